@@ -1,0 +1,38 @@
+//! # handshake
+//!
+//! A kernel-bypass TCP/TLS engine on AF_XDP. This crate holds the sans-IO protocol core and the
+//! thin shells around it:
+//!
+//! - [`wire`]: views over received bytes and in-place builders for Ethernet, ARP, IPv4, ICMP, TCP;
+//!   the Internet checksum, full and incremental.
+//! - [`arp`]: the neighbour cache (expiry, refresh, bounded pending queues, retries with backoff).
+//! - [`ipv4`]: validation, the routing decision (on-link or gateway), ICMP.
+//! - [`tcp`]: the TCP engine (RFC 9293).
+//! - [`stack`]: ties the layers together behind `handle_frame` / `poll_transmit` / `poll_timeout`.
+//! - [`device`]: the batched frame device interface, an in-memory device with fault injection and a
+//!   pcap writer.
+//! - [`xsk`]: the AF_XDP port (UMEM, fill/completion/RX/TX rings, frame accounting); its ring
+//!   logic runs against in-memory ring doubles without root, the xsk-rs backend needs feature `xdp`.
+//! - `loader` (feature `xdp`): loads and attaches the XDP program with aya, fills its maps.
+//! - [`daemon`]: configuration, per-queue pinned workers, signals, stats.
+//!
+//! Protocol code never touches sockets, clocks or threads: time is passed in ([`time::Instant`]).
+#![cfg_attr(not(feature = "xdp"), forbid(unsafe_code))]
+#![cfg_attr(feature = "xdp", deny(unsafe_code))]
+#![warn(missing_docs)]
+
+pub mod arp;
+pub mod config;
+pub mod daemon;
+pub mod device;
+pub mod ipv4;
+#[cfg(feature = "xdp")]
+pub mod loader;
+pub mod stack;
+pub mod stats;
+pub mod tcp;
+pub mod time;
+pub mod wire;
+pub mod xsk;
+
+pub use time::Instant;

@@ -1,0 +1,149 @@
+//! The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
+//!
+//! Sums are accumulated in a `u32`/`u64` of 16-bit big-endian words and folded at the end, so a
+//! checksum over a header plus a pseudo-header is `fold(sum(pseudo) + sum(header))`.
+
+/// Adds the 16-bit big-endian words of `data` to `acc` (an odd trailing byte is padded with zero).
+#[inline]
+pub fn sum(mut acc: u64, data: &[u8]) -> u64 {
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        // Four 16-bit words at a time; the u64 accumulator cannot overflow for any frame size.
+        acc += u16::from_be_bytes([c[0], c[1]]) as u64
+            + u16::from_be_bytes([c[2], c[3]]) as u64
+            + u16::from_be_bytes([c[4], c[5]]) as u64
+            + u16::from_be_bytes([c[6], c[7]]) as u64;
+    }
+    let rest = chunks.remainder();
+    let mut pairs = rest.chunks_exact(2);
+    for p in &mut pairs {
+        acc += u16::from_be_bytes([p[0], p[1]]) as u64;
+    }
+    if let [last] = pairs.remainder() {
+        acc += (*last as u64) << 8;
+    }
+    acc
+}
+
+/// Folds an accumulated sum to 16 bits (one's complement addition of the carries).
+#[inline]
+pub fn fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// The checksum field value for `data` (whose own checksum field must be zero).
+#[inline]
+pub fn checksum(data: &[u8]) -> u16 {
+    !fold(sum(0, data))
+}
+
+/// True when `data`, checksum field included, sums to all ones: the checksum is correct.
+#[inline]
+pub fn verify(data: &[u8]) -> bool {
+    fold(sum(0, data)) == 0xffff
+}
+
+/// Sum of the IPv4 pseudo-header used by TCP and UDP (RFC 9293 §3.1).
+#[inline]
+pub fn pseudo_header(src: [u8; 4], dst: [u8; 4], protocol: u8, len: u16) -> u64 {
+    u16::from_be_bytes([src[0], src[1]]) as u64
+        + u16::from_be_bytes([src[2], src[3]]) as u64
+        + u16::from_be_bytes([dst[0], dst[1]]) as u64
+        + u16::from_be_bytes([dst[2], dst[3]]) as u64
+        + protocol as u64
+        + len as u64
+}
+
+/// Checksum of a TCP or UDP segment (`segment` with its checksum field zeroed) over IPv4.
+#[inline]
+pub fn transport(src: [u8; 4], dst: [u8; 4], protocol: u8, segment: &[u8]) -> u16 {
+    let len = segment.len() as u16;
+    !fold(sum(pseudo_header(src, dst, protocol, len), segment))
+}
+
+/// Verifies a received TCP or UDP segment's checksum over IPv4.
+#[inline]
+pub fn verify_transport(src: [u8; 4], dst: [u8; 4], protocol: u8, segment: &[u8]) -> bool {
+    let len = segment.len() as u16;
+    fold(sum(pseudo_header(src, dst, protocol, len), segment)) == 0xffff
+}
+
+/// Incremental update (RFC 1624, eqn. 3): the new checksum after a 16-bit word of the covered data
+/// changed from `old` to `new`. `HC' = ~(~HC + ~m + m')`.
+#[inline]
+pub fn update16(check: u16, old: u16, new: u16) -> u16 {
+    !fold(!check as u64 + !old as u64 + new as u64)
+}
+
+/// Incremental update for a changed 32-bit field (e.g. an address), as two 16-bit words.
+#[inline]
+pub fn update32(check: u16, old: u32, new: u32) -> u16 {
+    let c = update16(check, (old >> 16) as u16, (new >> 16) as u16);
+    update16(c, old as u16, new as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 §3: the words 0001 f203 f4f5 f6f7 sum to ddf2 (folded).
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(fold(sum(0, &data)), 0xddf2);
+        assert_eq!(checksum(&data), !0xddf2);
+    }
+
+    #[test]
+    fn known_ipv4_header() {
+        // A real header (Wikipedia's IPv4 checksum example): checksum b861.
+        let mut h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(checksum(&h), 0xb861);
+        h[10..12].copy_from_slice(&0xb861u16.to_be_bytes());
+        assert!(verify(&h));
+        h[3] ^= 1;
+        assert!(!verify(&h));
+    }
+
+    #[test]
+    fn odd_length_pads_with_zero() {
+        assert_eq!(fold(sum(0, &[0xab])), 0xab00);
+        assert_eq!(fold(sum(0, &[0x12, 0x34, 0xab])), 0x1234 + 0xab00);
+    }
+
+    #[test]
+    fn incremental_matches_full_recompute() {
+        let mut data: Vec<u8> = (0..40u8).map(|b| b.wrapping_mul(37)).collect();
+        let c0 = checksum(&data);
+        for (i, new) in [(4usize, 0xbeefu16), (10, 0x0000), (20, 0xffff), (0, 0x1234)] {
+            let old = u16::from_be_bytes([data[i], data[i + 1]]);
+            let inc = update16(checksum(&data), old, new);
+            data[i..i + 2].copy_from_slice(&new.to_be_bytes());
+            let full = checksum(&data);
+            // One's complement has two zeros; both encodings verify, so compare by verification.
+            let mut with = data.clone();
+            with.extend_from_slice(&inc.to_be_bytes());
+            assert!(verify(&with), "incremental {inc:#06x} vs full {full:#06x}");
+        }
+        let _ = c0;
+    }
+
+    #[test]
+    fn transport_checksum_verifies() {
+        let seg = [0x30, 0x39, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0];
+        let src = [198, 18, 0, 2];
+        let dst = [198, 18, 0, 1];
+        let c = transport(src, dst, 6, &seg);
+        let mut s = seg;
+        s[16..18].copy_from_slice(&c.to_be_bytes());
+        assert!(verify_transport(src, dst, 6, &s));
+        s[0] ^= 0x80;
+        assert!(!verify_transport(src, dst, 6, &s));
+    }
+}

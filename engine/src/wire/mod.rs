@@ -1,0 +1,6 @@
+//! Wire formats: views over received bytes and in-place builders.
+//!
+//! Parsing uses etherparse's zero-copy slices where they fit and checks everything a hostile peer
+//! can lie about; building writes headers straight into the frame buffer (no intermediate copies).
+
+pub mod checksum;
