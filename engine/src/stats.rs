@@ -1,1 +1,213 @@
-//! (in progress)
+//! Per-worker counters of the stack.
+//!
+//! Each worker owns its [`StackStats`] (plain integers, no atomics on the fast path). The daemon
+//! publishes a copy into a [`SharedStats`] block of relaxed atomics once per batch so that other
+//! threads (the stats logger, the metrics endpoint) can read it without a lock.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! drop_reasons {
+    ($($(#[$doc:meta])* $name:ident => $label:literal,)*) => {
+        /// Why a received frame was dropped.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl DropReason {
+            /// Every reason, in index order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$name,)*];
+            /// Number of reasons.
+            pub const COUNT: usize = Self::ALL.len();
+            /// A short snake_case label for logs and metrics.
+            pub fn label(self) -> &'static str {
+                match self { $(DropReason::$name => $label,)* }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Frame shorter than an Ethernet header.
+    EthTruncated => "eth_truncated",
+    /// Destination MAC is neither ours nor broadcast.
+    EthNotForUs => "eth_not_for_us",
+    /// EtherType we do not handle (IPv6, VLAN, LLDP…).
+    EthUnknownType => "eth_unknown_type",
+    /// ARP shorter than 28 bytes.
+    ArpTruncated => "arp_truncated",
+    /// ARP hardware type/size is not Ethernet/6.
+    ArpBadHardware => "arp_bad_hardware",
+    /// ARP protocol type/size is not IPv4/4.
+    ArpBadProtocol => "arp_bad_protocol",
+    /// ARP operation neither request nor reply.
+    ArpBadOperation => "arp_bad_operation",
+    /// ARP with an invalid sender (multicast MAC, zero or broadcast IP, our own address).
+    ArpBadSender => "arp_bad_sender",
+    /// ARP not addressed to one of our addresses (learned nothing, answered nothing).
+    ArpNotForUs => "arp_not_for_us",
+    /// ARP reply we did not ask for (ignored: it cannot create or change an entry).
+    ArpUnsolicited => "arp_unsolicited",
+    /// IPv4 shorter than its header.
+    Ipv4Truncated => "ipv4_truncated",
+    /// IPv4 version field not 4.
+    Ipv4BadVersion => "ipv4_bad_version",
+    /// IPv4 IHL below 5.
+    Ipv4BadHeaderLen => "ipv4_bad_header_len",
+    /// IPv4 total length inconsistent with the header or the frame.
+    Ipv4BadTotalLen => "ipv4_bad_total_len",
+    /// IPv4 header checksum wrong.
+    Ipv4BadChecksum => "ipv4_bad_checksum",
+    /// IPv4 TTL of zero.
+    Ipv4TtlZero => "ipv4_ttl_zero",
+    /// IPv4 fragment (no reassembly).
+    Ipv4Fragment => "ipv4_fragment",
+    /// IPv4 destination not one of our addresses.
+    Ipv4NotForUs => "ipv4_not_for_us",
+    /// IPv4 source that cannot be answered (multicast, broadcast, zero, ours).
+    Ipv4BadSource => "ipv4_bad_source",
+    /// ICMP shorter than its header.
+    IcmpTruncated => "icmp_truncated",
+    /// ICMP checksum wrong.
+    IcmpBadChecksum => "icmp_bad_checksum",
+    /// ICMP type we do not answer (counted, not an error).
+    IcmpIgnored => "icmp_ignored",
+    /// ICMP echo reply suppressed by the rate limit.
+    IcmpRateLimited => "icmp_rate_limited",
+    /// TCP segment shorter than its header.
+    TcpTruncated => "tcp_truncated",
+    /// TCP checksum wrong.
+    TcpBadChecksum => "tcp_bad_checksum",
+    /// UDP or another protocol nobody serves (answered with ICMP unreachable when allowed).
+    ProtoUnreachable => "proto_unreachable",
+    /// An ICMP error we would have sent, suppressed by the rate limit.
+    IcmpErrorRateLimited => "icmp_error_rate_limited",
+    /// An outgoing packet dropped: its next hop did not answer ARP, or its queue was full.
+    ArpUnresolved => "arp_unresolved",
+    /// An outgoing packet dropped: no route (no gateway for an off-link destination).
+    NoRoute => "no_route",
+    /// An outgoing packet dropped: no transmit buffer.
+    TxNoBuffer => "tx_no_buffer",
+}
+
+/// Counters of one stack (one worker, one queue).
+#[derive(Clone, Debug, Default)]
+pub struct StackStats {
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Bytes received (Ethernet frames).
+    pub rx_bytes: u64,
+    /// Frames transmitted (in-place replies and originated frames).
+    pub tx_packets: u64,
+    /// Bytes transmitted.
+    pub tx_bytes: u64,
+    /// ARP requests answered.
+    pub arp_replies: u64,
+    /// ARP requests sent (resolution, refresh, gratuitous).
+    pub arp_requests: u64,
+    /// ICMP echo replies sent.
+    pub icmp_echo_replies: u64,
+    /// ICMP errors sent.
+    pub icmp_errors: u64,
+    /// TCP segments handed to the TCP layer.
+    pub tcp_segments: u64,
+    /// Drops by reason, indexed by `DropReason as usize`.
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl StackStats {
+    /// Counts a drop.
+    #[inline]
+    pub fn drop(&mut self, r: DropReason) {
+        self.drops[r as usize] += 1;
+    }
+    /// Drops of one reason.
+    pub fn drops_of(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+    /// All drops.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+}
+
+/// Number of scalar counters before the drop array in [`SharedStats`].
+const SCALARS: usize = 9;
+
+/// Lock-free snapshot of a worker's counters, written by the worker, read by anyone.
+#[derive(Debug)]
+pub struct SharedStats {
+    values: [AtomicU64; SCALARS + DropReason::COUNT],
+}
+
+impl Default for SharedStats {
+    fn default() -> Self {
+        SharedStats { values: core::array::from_fn(|_| AtomicU64::new(0)) }
+    }
+}
+
+impl SharedStats {
+    /// Publishes `s` (relaxed stores; readers may see a mix of two consecutive snapshots).
+    pub fn publish(&self, s: &StackStats) {
+        let scalars = [
+            s.rx_packets,
+            s.rx_bytes,
+            s.tx_packets,
+            s.tx_bytes,
+            s.arp_replies,
+            s.arp_requests,
+            s.icmp_echo_replies,
+            s.icmp_errors,
+            s.tcp_segments,
+        ];
+        for (slot, v) in self.values.iter().zip(scalars.iter().chain(s.drops.iter())) {
+            slot.store(*v, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads the latest snapshot.
+    pub fn read(&self) -> StackStats {
+        let v = |i: usize| self.values[i].load(Ordering::Relaxed);
+        StackStats {
+            rx_packets: v(0),
+            rx_bytes: v(1),
+            tx_packets: v(2),
+            tx_bytes: v(3),
+            arp_replies: v(4),
+            arp_requests: v(5),
+            icmp_echo_replies: v(6),
+            icmp_errors: v(7),
+            tcp_segments: v(8),
+            drops: core::array::from_fn(|i| v(SCALARS + i)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_read_roundtrip() {
+        let mut s = StackStats { rx_packets: 3, tcp_segments: 9, ..Default::default() };
+        s.drop(DropReason::Ipv4BadChecksum);
+        s.drop(DropReason::TxNoBuffer);
+        let shared = SharedStats::default();
+        shared.publish(&s);
+        let r = shared.read();
+        assert_eq!(r.rx_packets, 3);
+        assert_eq!(r.tcp_segments, 9);
+        assert_eq!(r.drops_of(DropReason::Ipv4BadChecksum), 1);
+        assert_eq!(r.drops_of(DropReason::TxNoBuffer), 1);
+        assert_eq!(r.total_drops(), 2);
+    }
+
+    #[test]
+    fn labels_are_unique() {
+        let mut l: Vec<_> = DropReason::ALL.iter().map(|r| r.label()).collect();
+        l.sort();
+        l.dedup();
+        assert_eq!(l.len(), DropReason::COUNT);
+    }
+}
