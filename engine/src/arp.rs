@@ -145,6 +145,15 @@ pub struct ArpStats {
     pub cache_full: u64,
 }
 
+/// What one worker's cache tells the others, so that all stay consistent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NeighborEvent {
+    /// This worker started resolving the address: a reply may arrive on another queue.
+    Resolving(Ipv4Addr),
+    /// This worker learned (or confirmed) the address from the wire.
+    Learned(Ipv4Addr, Mac),
+}
+
 /// How an ARP packet relates to us, for [`NeighborCache::learn`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Learn {
@@ -171,8 +180,10 @@ pub struct NeighborCache {
     entries: HashMap<Ipv4Addr, Entry, KeyedU32>,
     /// Addresses to send a request for, in order.
     requests: VecDeque<Ipv4Addr>,
-    /// Learned entries to share with the other workers.
-    events: VecDeque<(Ipv4Addr, Mac)>,
+    /// Events to share with the other workers.
+    events: VecDeque<NeighborEvent>,
+    /// Addresses another worker is resolving: a reply from them, arriving here, is solicited.
+    expected: HashMap<Ipv4Addr, Instant, KeyedU32>,
     /// Pending packets: fixed pool of buffers, allocated once.
     slots: Vec<Slot>,
     bufs: Vec<Box<[u8]>>,
@@ -190,6 +201,7 @@ impl NeighborCache {
             entries: HashMap::with_capacity_and_hasher(cfg.max_entries, KeyedU32::new(hash_key)),
             requests: VecDeque::with_capacity(64),
             events: VecDeque::with_capacity(64),
+            expected: HashMap::with_capacity_and_hasher(cfg.max_entries, KeyedU32::new(hash_key ^ 0x55)),
             slots: vec![Slot { next_hop: Ipv4Addr::UNSPECIFIED, len: 0, used: false }; n],
             bufs: (0..n).map(|_| vec![0u8; frame_size].into_boxed_slice()).collect(),
             ready: VecDeque::with_capacity(n),
@@ -224,6 +236,9 @@ impl NeighborCache {
                 e.probes = 0;
                 if self.requests.len() < self.requests.capacity() {
                     self.requests.push_back(ip);
+                }
+                if self.events.len() < 1024 {
+                    self.events.push_back(NeighborEvent::Resolving(ip));
                 }
             }
         }
@@ -295,6 +310,18 @@ impl NeighborCache {
     ///   MAC it repeats; it never creates or changes one.
     pub fn learn(&mut self, now: Instant, ip: Ipv4Addr, mac: Mac, how: Learn) -> bool {
         let until = now + self.reachable();
+        let expected = self.expected.get(&ip).is_some_and(|t| *t > now);
+        if expected && how == Learn::Reply && !self.entries.contains_key(&ip) {
+            // Another worker asked and the answer came here.
+            self.expected.remove(&ip);
+            if self.entries.len() >= self.cfg.max_entries && !self.evict_one(now) {
+                self.stats.cache_full += 1;
+                return false;
+            }
+            self.entries
+                .insert(ip, Entry { mac, state: State::Reachable(until), probe_at: None, probes: 0 });
+            return self.learned(ip, mac);
+        }
         let Some(e) = self.entries.get_mut(&ip) else {
             if how != Learn::RequestToUs {
                 return false;
@@ -307,7 +334,8 @@ impl NeighborCache {
                 .insert(ip, Entry { mac, state: State::Reachable(until), probe_at: None, probes: 0 });
             return self.learned(ip, mac);
         };
-        let probing = e.probe_at.is_some() || e.state == State::Incomplete;
+        // A refresh counts as outstanding only once its request went out.
+        let probing = (e.probe_at.is_some() && e.probes > 0) || e.state == State::Incomplete || expected;
         let accept = match how {
             Learn::Reply => probing || e.mac == mac,
             Learn::RequestToUs | Learn::Unsolicited => {
@@ -331,15 +359,31 @@ impl NeighborCache {
 
     fn learned(&mut self, ip: Ipv4Addr, mac: Mac) -> bool {
         self.stats.learned += 1;
+        self.expected.remove(&ip);
         if self.events.len() < 1024 {
-            self.events.push_back((ip, mac));
+            self.events.push_back(NeighborEvent::Learned(ip, mac));
         }
         self.release(ip, mac);
         true
     }
 
+    /// Applies an event from another worker.
+    pub fn handle_event(&mut self, now: Instant, ev: NeighborEvent) {
+        match ev {
+            NeighborEvent::Resolving(ip) => {
+                if self.expected.len() < self.cfg.max_entries {
+                    // A reply is solicited for as long as the other worker's probes can last.
+                    let window = self.cfg.retry_ms.saturating_mul(1 << self.cfg.max_probes.min(10));
+                    self.expected.insert(ip, now + Duration::from_millis(window));
+                }
+            }
+            NeighborEvent::Learned(ip, mac) => self.learn_shared(now, ip, mac),
+        }
+    }
+
     /// Learns an entry another worker resolved (it already passed that worker's checks).
-    pub fn learn_shared(&mut self, now: Instant, ip: Ipv4Addr, mac: Mac) {
+    fn learn_shared(&mut self, now: Instant, ip: Ipv4Addr, mac: Mac) {
+        self.expected.remove(&ip);
         let until = now + self.reachable();
         match self.entries.get_mut(&ip) {
             Some(e) => {
@@ -364,8 +408,8 @@ impl NeighborCache {
         self.entries.get(&ip).is_some_and(|e| e.probe_at.is_some() || e.state == State::Incomplete)
     }
 
-    /// The next learned entry to share with the other workers.
-    pub fn poll_event(&mut self) -> Option<(Ipv4Addr, Mac)> {
+    /// The next event to share with the other workers.
+    pub fn poll_event(&mut self) -> Option<NeighborEvent> {
         self.events.pop_front()
     }
 
@@ -436,6 +480,9 @@ impl NeighborCache {
         }
         for ip in &forget[..f] {
             self.entries.remove(ip);
+        }
+        if !self.expected.is_empty() {
+            self.expected.retain(|_, t| *t > now);
         }
     }
 
@@ -544,7 +591,8 @@ mod tests {
         assert_eq!(c.poll_ready(&mut out), Some(60));
         assert_eq!(&out[0..6], &MAC_A.0);
         assert_eq!(c.poll_ready(&mut out), None);
-        assert_eq!(c.poll_event(), Some((PEER, MAC_A)));
+        assert_eq!(c.poll_event(), Some(NeighborEvent::Resolving(PEER)));
+        assert_eq!(c.poll_event(), Some(NeighborEvent::Learned(PEER, MAC_A)));
         assert_eq!(c.parked(), 0);
     }
 
@@ -638,10 +686,34 @@ mod tests {
         let mut c = cache();
         c.lookup(t(0), GW);
         assert!(c.park(GW, &[9u8; 42]));
-        c.learn_shared(t(1), GW, MAC_B);
+        c.handle_event(t(1), NeighborEvent::Learned(GW, MAC_B));
         let mut out = [0u8; 64];
         assert_eq!(c.poll_ready(&mut out), Some(42));
         assert_eq!(&out[..6], &MAC_B.0);
+        assert_eq!(c.poll_event(), Some(NeighborEvent::Resolving(GW)));
         assert_eq!(c.poll_event(), None, "shared entries are not re-broadcast");
+    }
+
+    #[test]
+    fn reply_on_another_worker_resolves_everywhere() {
+        let mut asker = cache();
+        let mut other = cache();
+        asker.lookup(t(0), GW);
+        assert!(asker.park(GW, &[7u8; 42]));
+        assert!(!other.learn(t(1), GW, MAC_A, Learn::Reply), "nobody told it: unsolicited");
+        while let Some(ev) = asker.poll_event() {
+            other.handle_event(t(1), ev);
+        }
+        assert!(other.learn(t(2), GW, MAC_A, Learn::Reply), "solicited by the other worker");
+        assert!(!other.learn(t(2), GW, MAC_B, Learn::Reply), "first answer wins");
+        while let Some(ev) = other.poll_event() {
+            asker.handle_event(t(3), ev);
+        }
+        assert_eq!(asker.lookup(t(3), GW), Lookup::Hit(MAC_A));
+        let mut out = [0u8; 64];
+        assert_eq!(asker.poll_ready(&mut out), Some(42));
+        // A later forged reply on the other worker is refused.
+        assert!(!other.learn(t(4), GW, MAC_B, Learn::Reply));
+        assert_eq!(other.lookup(t(4), GW), Lookup::Hit(MAC_A));
     }
 }

@@ -1,1 +1,404 @@
-//! (in progress)
+//! The stack: one per worker (per queue). It ties the layers together behind a sans-IO API:
+//!
+//! - [`Stack::handle_frame`]: a received frame, lent by the device; answered in place when it can
+//!   be (ARP reply, ICMP echo reply: zero copy), else consumed.
+//! - [`Stack::poll_transmit`]: fills a free transmit buffer with the next frame to send.
+//! - [`Stack::poll_timeout`] / [`Stack::handle_timeout`]: timers (ARP retries, TCP).
+//! - [`Stack::poll_neighbor_event`] / [`Stack::handle_neighbor`]: keeps the neighbour caches of
+//!   all workers consistent.
+//!
+//! [`run_batch`] drives a stack over any [`Device`].
+
+use crate::arp::{ArpConfig, Learn, Lookup, NeighborCache, NeighborEvent};
+use crate::device::{Device, Verdict, BATCH};
+use crate::ipv4::{IcmpConfig, Routes, TokenBucket};
+use crate::stats::{DropReason, StackStats};
+use crate::time::Instant;
+use crate::wire::arp::{ArpError, ArpRepr, OP_REPLY, OP_REQUEST};
+use crate::wire::ethernet::{self, Mac, ETHERTYPE_ARP, ETHERTYPE_IPV4};
+use crate::wire::icmp::{self, IcmpError};
+use crate::wire::ipv4::{self, Ipv4Error, Ipv4View};
+use crate::wire::checksum;
+use core::net::Ipv4Addr;
+use std::collections::VecDeque;
+
+/// Offset of the IPv4 header in a frame.
+const IP: usize = ethernet::HEADER_LEN;
+/// Most bytes of the offending packet an ICMP error quotes (a 60-byte header plus 8).
+const QUOTE: usize = 68;
+/// Most ICMP errors waiting to be sent.
+const ICMP_QUEUE: usize = 32;
+
+/// Settings of a stack.
+#[derive(Clone, Debug)]
+pub struct StackConfig {
+    /// Our MAC address.
+    pub mac: Mac,
+    /// Our addresses and gateway.
+    pub routes: Routes,
+    /// IP MTU of the link (bytes of IPv4 packet, not counting Ethernet).
+    pub mtu: usize,
+    /// Neighbour cache.
+    pub arp: ArpConfig,
+    /// ICMP policy.
+    pub icmp: IcmpConfig,
+    /// Key of the hash tables (random per process).
+    pub hash_key: u64,
+    /// Size of frame buffers (for parked packets).
+    pub frame_size: usize,
+    /// Send a gratuitous ARP for each address when the stack starts.
+    pub gratuitous_arp: bool,
+}
+
+impl StackConfig {
+    /// A configuration with defaults for everything but the MAC and the addressing.
+    pub fn new(mac: Mac, routes: Routes) -> Self {
+        StackConfig {
+            mac,
+            routes,
+            mtu: 1500,
+            arp: ArpConfig::default(),
+            icmp: IcmpConfig::default(),
+            hash_key: 0x6a09_e667_f3bc_c908,
+            frame_size: 4096,
+            gratuitous_arp: true,
+        }
+    }
+}
+
+/// An ICMP error waiting to be sent.
+#[derive(Clone, Copy)]
+struct IcmpErrorOut {
+    dst: Ipv4Addr,
+    src: Ipv4Addr,
+    code: u8,
+    len: usize,
+    quote: [u8; QUOTE],
+}
+
+/// The per-worker stack.
+pub struct Stack {
+    mac: Mac,
+    routes: Routes,
+    mtu: usize,
+    neighbors: NeighborCache,
+    echo_limit: Option<TokenBucket>,
+    error_limit: Option<TokenBucket>,
+    icmp_errors: VecDeque<IcmpErrorOut>,
+    /// Gratuitous ARPs still to send (index into our addresses).
+    gratuitous: usize,
+    ident: u16,
+    stats: StackStats,
+}
+
+impl Stack {
+    /// A stack with `cfg`.
+    pub fn new(cfg: StackConfig) -> Self {
+        let gratuitous = if cfg.gratuitous_arp { cfg.routes.addrs().len() } else { 0 };
+        Stack {
+            mac: cfg.mac,
+            neighbors: NeighborCache::new(cfg.arp, cfg.hash_key, cfg.frame_size),
+            echo_limit: (cfg.icmp.echo_rate > 0)
+                .then(|| TokenBucket::new(cfg.icmp.echo_rate, cfg.icmp.echo_burst)),
+            error_limit: (cfg.icmp.error_rate > 0)
+                .then(|| TokenBucket::new(cfg.icmp.error_rate, cfg.icmp.error_burst)),
+            icmp_errors: VecDeque::with_capacity(ICMP_QUEUE),
+            gratuitous,
+            ident: (cfg.hash_key >> 48) as u16,
+            stats: StackStats::default(),
+            mtu: cfg.mtu,
+            routes: cfg.routes,
+        }
+    }
+
+    /// Our MAC address.
+    pub fn mac(&self) -> Mac {
+        self.mac
+    }
+
+    /// Our addressing.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &StackStats {
+        &self.stats
+    }
+
+    /// The neighbour cache.
+    pub fn neighbors(&self) -> &NeighborCache {
+        &self.neighbors
+    }
+
+    /// Handles one received frame: `frame[..len]` is the packet, `frame` the whole buffer (room to
+    /// write a reply in place).
+    pub fn handle_frame(&mut self, now: Instant, frame: &mut [u8], len: usize) -> Verdict {
+        let len = len.min(frame.len());
+        self.stats.rx_packets += 1;
+        self.stats.rx_bytes += len as u64;
+        match self.dispatch(now, frame, len) {
+            Ok(v) => {
+                if let Verdict::Transmit(n) = v {
+                    self.stats.tx_packets += 1;
+                    self.stats.tx_bytes += n as u64;
+                }
+                v
+            }
+            Err(r) => {
+                self.stats.drop(r);
+                Verdict::Drop
+            }
+        }
+    }
+
+    fn dispatch(&mut self, now: Instant, frame: &mut [u8], len: usize) -> Result<Verdict, DropReason> {
+        if len < ethernet::HEADER_LEN {
+            return Err(DropReason::EthTruncated);
+        }
+        let dst = ethernet::dst(frame);
+        if dst != self.mac && !dst.is_broadcast() {
+            return Err(DropReason::EthNotForUs);
+        }
+        match ethernet::ethertype(frame) {
+            ETHERTYPE_ARP => self.handle_arp(now, frame, len),
+            ETHERTYPE_IPV4 => self.handle_ipv4(now, frame, len),
+            _ => Err(DropReason::EthUnknownType),
+        }
+    }
+
+    fn handle_arp(&mut self, now: Instant, frame: &mut [u8], len: usize) -> Result<Verdict, DropReason> {
+        let arp = ArpRepr::parse(&frame[IP..len]).map_err(|e| match e {
+            ArpError::Truncated => DropReason::ArpTruncated,
+            ArpError::BadHardware => DropReason::ArpBadHardware,
+            ArpError::BadProtocol => DropReason::ArpBadProtocol,
+            ArpError::BadOperation => DropReason::ArpBadOperation,
+        })?;
+        if !arp.sender_mac.is_unicast() || self.routes.is_bad_source(arp.sender_ip) {
+            return Err(DropReason::ArpBadSender);
+        }
+        let to_us = self.routes.is_ours(arp.target_ip);
+        let how = match arp.op {
+            OP_REPLY => Learn::Reply,
+            OP_REQUEST if to_us => Learn::RequestToUs,
+            _ => Learn::Unsolicited,
+        };
+        let on_link = self.routes.addrs().iter().any(|a| a.contains(arp.sender_ip));
+        let learned = on_link && self.neighbors.learn(now, arp.sender_ip, arp.sender_mac, how);
+        if arp.op == OP_REQUEST && to_us {
+            // Answer in place: the request becomes the reply.
+            let reply = ArpRepr {
+                op: OP_REPLY,
+                sender_mac: self.mac,
+                sender_ip: arp.target_ip,
+                target_mac: arp.sender_mac,
+                target_ip: arp.sender_ip,
+            };
+            self.stats.arp_replies += 1;
+            return Ok(Verdict::Transmit(reply.emit_frame(frame, arp.sender_mac)));
+        }
+        if arp.op == OP_REPLY {
+            return if learned { Ok(Verdict::Drop) } else { Err(DropReason::ArpUnsolicited) };
+        }
+        if !to_us {
+            return Err(DropReason::ArpNotForUs);
+        }
+        Ok(Verdict::Drop)
+    }
+
+    fn handle_ipv4(&mut self, now: Instant, frame: &mut [u8], len: usize) -> Result<Verdict, DropReason> {
+        let ip = Ipv4View::parse(&frame[IP..len]).map_err(|e| match e {
+            Ipv4Error::Truncated => DropReason::Ipv4Truncated,
+            Ipv4Error::BadVersion => DropReason::Ipv4BadVersion,
+            Ipv4Error::BadHeaderLen => DropReason::Ipv4BadHeaderLen,
+            Ipv4Error::BadTotalLen => DropReason::Ipv4BadTotalLen,
+            Ipv4Error::BadChecksum => DropReason::Ipv4BadChecksum,
+        })?;
+        if !self.routes.is_ours(ip.dst) {
+            return Err(DropReason::Ipv4NotForUs);
+        }
+        if ip.ttl == 0 {
+            return Err(DropReason::Ipv4TtlZero);
+        }
+        if self.routes.is_bad_source(ip.src) {
+            return Err(DropReason::Ipv4BadSource);
+        }
+        if ip.fragment {
+            return Err(DropReason::Ipv4Fragment);
+        }
+        let l4 = IP + ip.header_len..IP + ip.total_len;
+        match ip.protocol {
+            ipv4::PROTO_ICMP => self.handle_icmp(now, frame, &ip),
+            ipv4::PROTO_TCP => {
+                let seg = &frame[l4];
+                if seg.len() < 20 {
+                    return Err(DropReason::TcpTruncated);
+                }
+                if !checksum::verify_transport(ip.src.octets(), ip.dst.octets(), ipv4::PROTO_TCP, seg) {
+                    return Err(DropReason::TcpBadChecksum);
+                }
+                self.stats.tcp_segments += 1;
+                // The TCP engine plugs in here.
+                self.unreachable(now, &frame[IP..IP + ip.total_len], &ip, icmp::CODE_PORT_UNREACHABLE);
+                Ok(Verdict::Drop)
+            }
+            ipv4::PROTO_UDP => {
+                self.unreachable(now, &frame[IP..IP + ip.total_len], &ip, icmp::CODE_PORT_UNREACHABLE);
+                Err(DropReason::ProtoUnreachable)
+            }
+            _ => {
+                self.unreachable(now, &frame[IP..IP + ip.total_len], &ip, icmp::CODE_PROTO_UNREACHABLE);
+                Err(DropReason::ProtoUnreachable)
+            }
+        }
+    }
+
+    fn handle_icmp(&mut self, now: Instant, frame: &mut [u8], ip: &Ipv4View) -> Result<Verdict, DropReason> {
+        let start = IP + ip.header_len;
+        let end = IP + ip.total_len;
+        let (ty, _code) = icmp::parse(&frame[start..end]).map_err(|e| match e {
+            IcmpError::Truncated => DropReason::IcmpTruncated,
+            IcmpError::BadChecksum => DropReason::IcmpBadChecksum,
+        })?;
+        if ty != icmp::ECHO_REQUEST {
+            return Err(DropReason::IcmpIgnored);
+        }
+        if let Some(limit) = &mut self.echo_limit {
+            if !limit.allow(now) {
+                return Err(DropReason::IcmpRateLimited);
+            }
+        }
+        // Reply in place: same buffer, addresses turned around, type 8 → 0, checksums updated
+        // incrementally. Ethernet padding beyond the IPv4 total length is not sent back.
+        icmp::echo_reply_in_place(&mut frame[start..end]);
+        ipv4::reply_in_place(&mut frame[IP..start]);
+        ethernet::reply_in_place(frame, self.mac);
+        self.stats.icmp_echo_replies += 1;
+        Ok(Verdict::Transmit(end))
+    }
+
+    /// Queues an ICMP destination unreachable about `packet` (its IPv4 header and payload).
+    fn unreachable(&mut self, now: Instant, packet: &[u8], ip: &Ipv4View, code: u8) {
+        let Some(limit) = &mut self.error_limit else { return };
+        if self.icmp_errors.len() >= ICMP_QUEUE || !limit.allow(now) {
+            self.stats.drop(DropReason::IcmpErrorRateLimited);
+            return;
+        }
+        let n = packet.len().min(ip.header_len + 8).min(QUOTE);
+        let mut quote = [0u8; QUOTE];
+        quote[..n].copy_from_slice(&packet[..n]);
+        self.icmp_errors.push_back(IcmpErrorOut { dst: ip.src, src: ip.dst, code, len: n, quote });
+    }
+
+    /// Writes Ethernet and IPv4 headers in front of a `payload_len`-byte payload already at
+    /// `buf[34..]`, addressed to `dst`. Returns the frame length, or `None` when the frame was
+    /// parked waiting for ARP or dropped (counted).
+    fn finish_ipv4(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        protocol: u8,
+        payload_len: usize,
+    ) -> Option<usize> {
+        let Some(hop) = self.routes.next_hop(dst) else {
+            self.stats.drop(DropReason::NoRoute);
+            return None;
+        };
+        self.ident = self.ident.wrapping_add(1);
+        ipv4::emit(&mut buf[IP..], src, dst, protocol, payload_len, self.ident);
+        let len = IP + ipv4::MIN_HEADER_LEN + payload_len;
+        match self.neighbors.lookup(now, hop) {
+            Lookup::Hit(mac) => {
+                ethernet::emit(buf, mac, self.mac, ETHERTYPE_IPV4);
+                Some(len)
+            }
+            Lookup::Miss => {
+                ethernet::emit(buf, Mac::ZERO, self.mac, ETHERTYPE_IPV4);
+                if !self.neighbors.park(hop, &buf[..len]) {
+                    self.stats.drop(DropReason::ArpUnresolved);
+                }
+                None
+            }
+            Lookup::Unreachable => {
+                self.stats.drop(DropReason::ArpUnresolved);
+                None
+            }
+        }
+    }
+
+    /// Fills `buf` with the next frame to send and returns its length, or `None` when there is
+    /// nothing to send now.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        let n = self.next_frame(now, buf)?;
+        self.stats.tx_packets += 1;
+        self.stats.tx_bytes += n as u64;
+        Some(n)
+    }
+
+    fn next_frame(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        let cap = buf.len().min(IP + self.mtu);
+        let buf = &mut buf[..cap];
+        if let Some(n) = self.neighbors.poll_ready(buf) {
+            return Some(n);
+        }
+        if self.gratuitous > 0 {
+            self.gratuitous -= 1;
+            let me = self.routes.addrs()[self.gratuitous].addr;
+            self.stats.arp_requests += 1;
+            let arp = ArpRepr { op: OP_REQUEST, sender_mac: self.mac, sender_ip: me, target_mac: Mac::ZERO, target_ip: me };
+            return Some(arp.emit_frame(buf, Mac::BROADCAST));
+        }
+        if let Some((ip, dst)) = self.neighbors.poll_request(now) {
+            self.stats.arp_requests += 1;
+            let src = self.routes.source_for(ip);
+            let arp = ArpRepr { op: OP_REQUEST, sender_mac: self.mac, sender_ip: src, target_mac: Mac::ZERO, target_ip: ip };
+            return Some(arp.emit_frame(buf, dst));
+        }
+        while let Some(e) = self.icmp_errors.pop_front() {
+            let payload = &mut buf[IP + ipv4::MIN_HEADER_LEN..];
+            let n = icmp::emit_unreachable(payload, e.code, &e.quote[..e.len]);
+            if let Some(len) = self.finish_ipv4(now, buf, e.src, e.dst, ipv4::PROTO_ICMP, n) {
+                self.stats.icmp_errors += 1;
+                return Some(len);
+            }
+        }
+        None
+    }
+
+    /// When the stack next needs [`Stack::handle_timeout`] (or has frames to send at once).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.gratuitous > 0 || !self.icmp_errors.is_empty() || self.neighbors.has_ready() {
+            return Some(Instant::ZERO);
+        }
+        self.neighbors.poll_timeout()
+    }
+
+    /// Runs the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.neighbors.handle_timeout(now);
+    }
+
+    /// A neighbour event from another worker.
+    pub fn handle_neighbor_event(&mut self, now: Instant, ev: NeighborEvent) {
+        self.neighbors.handle_event(now, ev);
+    }
+
+    /// A neighbour event of this worker, to share with the others.
+    pub fn poll_neighbor_event(&mut self) -> Option<NeighborEvent> {
+        self.neighbors.poll_event()
+    }
+}
+
+/// Runs one batch: timers, up to [`BATCH`] received frames, then everything the stack has to send.
+/// Returns the number of frames received and sent.
+pub fn run_batch<D: Device>(stack: &mut Stack, dev: &mut D, now: Instant) -> (usize, usize) {
+    if stack.poll_timeout().is_some_and(|t| t <= now) {
+        stack.handle_timeout(now);
+    }
+    let rx = dev.receive(BATCH, |frame, len| stack.handle_frame(now, frame, len));
+    let tx = dev.transmit(BATCH, |buf| stack.poll_transmit(now, buf));
+    dev.flush();
+    (rx, tx)
+}
