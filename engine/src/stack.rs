@@ -340,31 +340,36 @@ impl Stack {
     fn next_frame(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         let cap = buf.len().min(IP + self.mtu);
         let buf = &mut buf[..cap];
-        if let Some(n) = self.neighbors.poll_ready(buf) {
-            return Some(n);
-        }
-        if self.gratuitous > 0 {
-            self.gratuitous -= 1;
-            let me = self.routes.addrs()[self.gratuitous].addr;
-            self.stats.arp_requests += 1;
-            let arp = ArpRepr { op: OP_REQUEST, sender_mac: self.mac, sender_ip: me, target_mac: Mac::ZERO, target_ip: me };
-            return Some(arp.emit_frame(buf, Mac::BROADCAST));
-        }
-        if let Some((ip, dst)) = self.neighbors.poll_request(now) {
-            self.stats.arp_requests += 1;
-            let src = self.routes.source_for(ip);
-            let arp = ArpRepr { op: OP_REQUEST, sender_mac: self.mac, sender_ip: src, target_mac: Mac::ZERO, target_ip: ip };
-            return Some(arp.emit_frame(buf, dst));
-        }
-        while let Some(e) = self.icmp_errors.pop_front() {
-            let payload = &mut buf[IP + ipv4::MIN_HEADER_LEN..];
-            let n = icmp::emit_unreachable(payload, e.code, &e.quote[..e.len]);
-            if let Some(len) = self.finish_ipv4(now, buf, e.src, e.dst, ipv4::PROTO_ICMP, n) {
-                self.stats.icmp_errors += 1;
-                return Some(len);
+        // Each pass either returns a frame or consumes one queued item; a packet parked for ARP
+        // queues a request, which the next pass sends.
+        loop {
+            if let Some(n) = self.neighbors.poll_ready(buf) {
+                return Some(n);
             }
+            if self.gratuitous > 0 {
+                self.gratuitous -= 1;
+                let me = self.routes.addrs()[self.gratuitous].addr;
+                self.stats.arp_requests += 1;
+                let arp = ArpRepr { op: OP_REQUEST, sender_mac: self.mac, sender_ip: me, target_mac: Mac::ZERO, target_ip: me };
+                return Some(arp.emit_frame(buf, Mac::BROADCAST));
+            }
+            if let Some((ip, dst)) = self.neighbors.poll_request(now) {
+                self.stats.arp_requests += 1;
+                let src = self.routes.source_for(ip);
+                let arp = ArpRepr { op: OP_REQUEST, sender_mac: self.mac, sender_ip: src, target_mac: Mac::ZERO, target_ip: ip };
+                return Some(arp.emit_frame(buf, dst));
+            }
+            if let Some(e) = self.icmp_errors.pop_front() {
+                let payload = &mut buf[IP + ipv4::MIN_HEADER_LEN..];
+                let n = icmp::emit_unreachable(payload, e.code, &e.quote[..e.len]);
+                self.stats.icmp_errors += 1;
+                if let Some(len) = self.finish_ipv4(now, buf, e.src, e.dst, ipv4::PROTO_ICMP, n) {
+                    return Some(len);
+                }
+                continue;
+            }
+            return None;
         }
-        None
     }
 
     /// When the stack next needs [`Stack::handle_timeout`] (or has frames to send at once).

@@ -108,7 +108,7 @@ pub struct StackStats {
     pub arp_requests: u64,
     /// ICMP echo replies sent.
     pub icmp_echo_replies: u64,
-    /// ICMP errors sent.
+    /// ICMP errors built (sent, or parked until the destination's MAC resolves).
     pub icmp_errors: u64,
     /// TCP segments handed to the TCP layer.
     pub tcp_segments: u64,
