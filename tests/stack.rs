@@ -296,3 +296,112 @@ fn steady_ping_exchange_stops_allocating() {
     }
     assert_eq!(dev.allocated(), warm);
 }
+
+fn stack_with_http() -> Stack {
+    let routes = Routes::new(vec!["198.18.0.1/24".parse().unwrap()], None).unwrap();
+    let mut cfg = StackConfig::new(OUR_MAC, routes);
+    cfg.gratuitous_arp = false;
+    cfg.apps.http = Some(80);
+    cfg.apps.echo = Some(7);
+    Stack::new(cfg)
+}
+
+fn tcp_seg(sport: u16, dport: u16, seq: u32, ack: Option<u32>, syn: bool, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(PEER_MAC.0, OUR_MAC.0).ipv4(PEER, US, 64).tcp(sport, dport, seq, 64240);
+    if syn {
+        b = b.syn();
+    }
+    if fin {
+        b = b.fin();
+    }
+    if let Some(a) = ack {
+        b = b.ack(a);
+    }
+    let mut f = Vec::new();
+    b.write(&mut f, payload).unwrap();
+    f
+}
+
+struct Seg {
+    syn: bool,
+    ack: bool,
+    fin: bool,
+    rst: bool,
+    seq: u32,
+    ack_no: u32,
+    payload: Vec<u8>,
+}
+
+fn parse_tcp(frame: &[u8]) -> Seg {
+    let p = SlicedPacket::from_ethernet(frame).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!("not IPv4") };
+    assert_eq!(ip.header().source(), US);
+    assert_eq!(ip.header().destination(), PEER);
+    assert_eq!(&frame[0..6], &PEER_MAC.0, "addressed to the peer's MAC");
+    let Some(TransportSlice::Tcp(t)) = &p.transport else { panic!("not TCP") };
+    let payload = t.payload().to_vec();
+    // The checksum we filled must verify.
+    let h = t.to_header();
+    assert_eq!(h.checksum, h.calc_checksum_ipv4(&ip.header().to_header(), &payload).unwrap());
+    Seg { syn: t.syn(), ack: t.ack(), fin: t.fin(), rst: t.rst(), seq: t.sequence_number(), ack_no: t.acknowledgment_number(), payload }
+}
+
+/// The seeds' story through the whole stack: SYN, SYN-ACK, ACK, a request, the page, FIN/ACK both
+/// ways; every segment built by etherparse and checked by etherparse.
+#[test]
+fn http_over_the_stack_three_way_handshake_to_four_way_close() {
+    let mut st = stack_with_http();
+    let mut dev = MemDevice::new(2048);
+    let mut now = Instant::from_secs(1);
+    // The peer ARPed us first, so we know its MAC.
+    exchange(&mut st, &mut dev, now, &[arp_request(PEER_MAC, PEER, US)]);
+    let isn = 1_000_000u32;
+    let out = exchange(&mut st, &mut dev, now, &[tcp_seg(40000, 80, isn, None, true, false, &[])]);
+    assert_eq!(out.len(), 1);
+    let synack = parse_tcp(&out[0]);
+    assert!(synack.syn && synack.ack && !synack.rst);
+    assert_eq!(synack.ack_no, isn + 1);
+    let our = synack.seq.wrapping_add(1);
+    let req = b"GET / HTTP/1.1\r\nHost: 198.18.0.1\r\n\r\n";
+    now += std::time::Duration::from_millis(1);
+    let out = exchange(
+        &mut st,
+        &mut dev,
+        now,
+        &[tcp_seg(40000, 80, isn + 1, Some(our), false, false, &[]), tcp_seg(40000, 80, isn + 1, Some(our), false, false, req)],
+    );
+    let mut body = Vec::new();
+    for f in &out {
+        let s = parse_tcp(f);
+        body.extend_from_slice(&s.payload);
+    }
+    let text = String::from_utf8(body.clone()).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with(std::str::from_utf8(handshake::app::DEFAULT_PAGE).unwrap()));
+    // The client closes: FIN; we ACK and, keep-alive over, close our side too.
+    let after = our.wrapping_add(body.len() as u32);
+    let fin_seq = isn + 1 + req.len() as u32;
+    now += std::time::Duration::from_millis(1);
+    let out = exchange(&mut st, &mut dev, now, &[tcp_seg(40000, 80, fin_seq, Some(after), false, true, &[])]);
+    let segs: Vec<_> = out.iter().map(|f| parse_tcp(f)).collect();
+    assert!(segs.iter().any(|s| s.fin), "our FIN");
+    let our_fin = segs.iter().find(|s| s.fin).unwrap();
+    assert_eq!(our_fin.ack_no, fin_seq + 1, "their FIN acknowledged");
+    now += std::time::Duration::from_millis(1);
+    let out = exchange(&mut st, &mut dev, now, &[tcp_seg(40000, 80, fin_seq + 1, Some(our_fin.seq + 1), false, false, &[])]);
+    assert!(out.is_empty(), "the last ACK needs no answer: {}", out.len());
+    assert_eq!(st.apps().stats().http_status[0], 1);
+}
+
+#[test]
+fn syn_to_a_closed_port_gets_rst() {
+    let mut st = stack_with_http();
+    let mut dev = MemDevice::new(2048);
+    let now = Instant::from_secs(1);
+    exchange(&mut st, &mut dev, now, &[arp_request(PEER_MAC, PEER, US)]);
+    let out = exchange(&mut st, &mut dev, now, &[tcp_seg(40001, 81, 5, None, true, false, &[])]);
+    assert_eq!(out.len(), 1);
+    let rst = parse_tcp(&out[0]);
+    assert!(rst.rst && rst.ack);
+    assert_eq!(rst.ack_no, 6);
+}

@@ -1,1 +1,207 @@
-//! (in progress)
+//! The daemon's configuration: a TOML file whose every key can also be given as a flag.
+//!
+//! Precedence: built-in defaults < the file given with `--config` < command-line flags.
+
+use crate::arp::ArpConfig;
+use crate::tcp::TcpConfig;
+use crate::ipv4::{IcmpConfig, Ipv4Cidr, Routes};
+use crate::xsk::XskConfig;
+use serde::Deserialize;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// How to attach the XDP program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic (SKB) mode with a warning.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (SKB) mode only.
+    Skb,
+}
+
+/// Everything the daemon needs to run.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Interface to serve (`--iface`).
+    pub iface: String,
+    /// Addresses the engine owns, with their prefix (`--addr 198.18.0.1/24`, repeatable).
+    pub addr: Vec<Ipv4Cidr>,
+    /// Default gateway for destinations off our subnets (`--gateway`).
+    pub gateway: Option<Ipv4Addr>,
+    /// Number of queues (and workers) to serve, from queue 0 (`--queues`).
+    pub queues: u32,
+    /// Cores to pin the workers to, one per queue in order (`--cores 0,1`); default: core `q`
+    /// for queue `q`, modulo the number of cores.
+    pub cores: Vec<usize>,
+    /// XDP attach mode (`--mode auto|native|skb`).
+    pub mode: XdpMode,
+    /// Spin on the rings instead of sleeping in poll(2) (`--busy-poll`).
+    pub busy_poll: bool,
+    /// Path of the eBPF object (`--bpf-object`); default: `$HANDSHAKE_BPF_OBJECT`, else
+    /// `<dir of the executable>/../bpf/handshake-xdp.o` (where `cargo xtask build` puts it).
+    pub bpf_object: Option<PathBuf>,
+    /// Seconds between the one-line stats summaries in the log (0: never).
+    pub stats_interval_secs: u64,
+    /// IP MTU of the link.
+    pub mtu: usize,
+    /// TCP echo service port (`--echo`).
+    pub echo: Option<u16>,
+    /// Plain HTTP/1.1 service port (`--http`).
+    pub http: Option<u16>,
+    /// AF_XDP sockets and UMEM.
+    pub xsk: XskConfig,
+    /// Neighbour cache.
+    pub arp: ArpConfig,
+    /// ICMP policy.
+    pub icmp: IcmpConfig,
+    /// TCP.
+    pub tcp: TcpConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            iface: String::new(),
+            addr: Vec::new(),
+            gateway: None,
+            queues: 1,
+            cores: Vec::new(),
+            mode: XdpMode::Auto,
+            busy_poll: false,
+            bpf_object: None,
+            stats_interval_secs: 10,
+            mtu: 1500,
+            echo: None,
+            http: None,
+            xsk: XskConfig::default(),
+            arp: ArpConfig::default(),
+            icmp: IcmpConfig::default(),
+            tcp: TcpConfig::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (the message carries line and column).
+    #[error("invalid configuration file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the line and column.
+        message: String,
+    },
+    /// A required setting is missing.
+    #[error("no interface given: use --iface IF (or `iface = \"IF\"` in the configuration file)")]
+    NoIface,
+    /// The addressing is inconsistent.
+    #[error(transparent)]
+    Routes(#[from] crate::ipv4::RouteError),
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a configuration file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })
+    }
+
+    /// Parses TOML text; the error message names the line and column.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks everything that can be checked without touching the system.
+    pub fn validate(&self) -> Result<Routes, ConfigError> {
+        if self.iface.is_empty() {
+            return Err(ConfigError::NoIface);
+        }
+        let routes = Routes::new(self.addr.clone(), self.gateway)?;
+        if self.queues == 0 || self.queues > handshake_common::MAX_QUEUES {
+            return Err(ConfigError::Invalid(format!(
+                "queues = {}: must be between 1 and {}",
+                self.queues,
+                handshake_common::MAX_QUEUES
+            )));
+        }
+        if !(576..=9000).contains(&self.mtu) {
+            return Err(ConfigError::Invalid(format!("mtu = {}: must be between 576 and 9000", self.mtu)));
+        }
+        self.xsk.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(routes)
+    }
+
+    /// The core for queue `q`.
+    pub fn core_for(&self, q: u32, available: usize) -> usize {
+        match self.cores.get(q as usize) {
+            Some(c) => *c,
+            None => q as usize % available.max(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::from_toml(
+            r#"
+            iface = "veth0"
+            addr = ["198.18.0.1/24"]
+            gateway = "198.18.0.254"
+            queues = 2
+            cores = [1, 0]
+            mode = "skb"
+            echo = 7
+            [xsk]
+            frame_count = 2048
+            [arp]
+            max_entries = 64
+            [icmp]
+            echo_rate = 10
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.queues, 2);
+        assert_eq!(c.mode, XdpMode::Skb);
+        assert_eq!(c.xsk.frame_count, 2048);
+        assert_eq!(c.arp.max_entries, 64);
+        assert_eq!(c.icmp.echo_rate, 10);
+        assert_eq!(c.core_for(0, 2), 1);
+        assert_eq!(c.core_for(5, 2), 1);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_fix() {
+        let e = Config::from_toml("iface = \"x\"\nqueues = \"two\"\n").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        let e = Config::from_toml("iface = \"x\"\nqeues = 2\n").unwrap_err();
+        assert!(e.contains("unknown field") && e.contains("qeues"), "{e}");
+        let e = Config::from_toml("addr = [\"198.18.0.1\"]\n").unwrap_err();
+        assert!(e.contains("198.18.0.1/24"), "{e}");
+        assert!(Config::default().validate().unwrap_err().to_string().contains("--iface"));
+        let c = Config { iface: "x".into(), addr: vec!["198.18.0.1/24".parse().unwrap()], queues: 0, ..Default::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("queues = 0"));
+    }
+}

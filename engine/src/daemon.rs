@@ -1,1 +1,365 @@
-//! (in progress)
+//! The daemon: one pinned worker per queue around a [`Stack`], the XDP program, signals, stats.
+//!
+//! The worker loop ([`Worker::run`]) is generic over the [`Device`], so it runs the same against
+//! AF_XDP ports and in-memory devices (tests). Workers share nothing on the fast path: neighbour
+//! events travel between them over bounded crossbeam channels, counters are published into
+//! per-worker blocks of relaxed atomics.
+
+use crate::arp::NeighborEvent;
+use crate::device::Device;
+use crate::stack::{run_batch, Stack};
+use crate::stats::{DropReason, SharedStats, StackStats};
+use crate::time::Instant;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest a worker sleeps when idle, so that it notices a stop request promptly.
+const MAX_IDLE: Duration = Duration::from_millis(50);
+/// Capacity of each worker's neighbour-event inbox.
+pub const NEIGHBOR_INBOX: usize = 1024;
+
+/// A monotonic clock for the shells: microseconds since the daemon started.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock(std::time::Instant);
+
+impl Clock {
+    /// A clock starting now.
+    pub fn start() -> Self {
+        Clock(std::time::Instant::now())
+    }
+    /// The current instant (a vDSO read, not a syscall).
+    pub fn now(&self) -> Instant {
+        Instant::from_micros(self.0.elapsed().as_micros() as u64)
+    }
+}
+
+/// One worker: a stack, its inbox of neighbour events from the others, their senders.
+pub struct Worker {
+    /// Queue served.
+    pub queue: u32,
+    /// The stack.
+    pub stack: Stack,
+    /// Neighbour events from the other workers.
+    pub inbox: Receiver<NeighborEvent>,
+    /// The other workers' inboxes.
+    pub peers: Vec<Sender<NeighborEvent>>,
+    /// Where the counters are published.
+    pub shared: Arc<SharedStats>,
+    /// Set to stop the loop.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Makes `n` workers' channels: for each worker, its inbox and the senders to all others.
+pub fn neighbor_mesh(n: usize) -> Vec<(Receiver<NeighborEvent>, Vec<Sender<NeighborEvent>>)> {
+    let chans: Vec<_> = (0..n).map(|_| crossbeam_channel::bounded(NEIGHBOR_INBOX)).collect();
+    (0..n)
+        .map(|i| {
+            let others = chans.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, (tx, _))| tx.clone()).collect();
+            (chans[i].1.clone(), others)
+        })
+        .collect()
+}
+
+impl Worker {
+    /// One turn of the loop: neighbour events in, one batch through the stack, events out.
+    /// Returns true when the batch moved frames.
+    pub fn turn<D: Device>(&mut self, dev: &mut D, now: Instant) -> bool {
+        while let Ok(ev) = self.inbox.try_recv() {
+            self.stack.handle_neighbor_event(now, ev);
+        }
+        let (rx, tx) = run_batch(&mut self.stack, dev, now);
+        while let Some(ev) = self.stack.poll_neighbor_event() {
+            for p in &self.peers {
+                // A full inbox means that worker is far behind; it will learn the entry itself.
+                if let Err(TrySendError::Disconnected(_)) = p.try_send(ev) {
+                    continue;
+                }
+            }
+        }
+        rx + tx > 0
+    }
+
+    /// Runs until `stop` is set. `idle(dev, timeout)` waits for frames (poll(2)) or returns at
+    /// once (busy polling).
+    pub fn run<D: Device>(&mut self, dev: &mut D, clock: Clock, mut idle: impl FnMut(&mut D, Duration)) {
+        let mut last_publish = Instant::ZERO;
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = clock.now();
+            let busy = self.turn(dev, now);
+            if now.saturating_since(last_publish) >= Duration::from_millis(100) {
+                self.shared.publish(self.stack.stats());
+                last_publish = now;
+            }
+            if !busy && self.inbox.is_empty() {
+                let wait = match self.stack.poll_timeout() {
+                    Some(t) => t.saturating_since(now).min(MAX_IDLE),
+                    None => MAX_IDLE,
+                };
+                if !wait.is_zero() {
+                    idle(dev, wait);
+                }
+            }
+        }
+        self.shared.publish(self.stack.stats());
+    }
+}
+
+/// One line summarizing `stats` per queue, for the periodic log.
+pub fn summary(per_queue: &[StackStats]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    for (q, st) in per_queue.iter().enumerate() {
+        let _ = write!(s, "q{q}: rx {} tx {} drops {}", st.rx_packets, st.tx_packets, st.total_drops());
+        let mut first = true;
+        for r in DropReason::ALL {
+            let n = st.drops_of(*r);
+            if n > 0 {
+                let _ = write!(s, "{}{}={}", if first { " (" } else { ", " }, r.label(), n);
+                first = false;
+            }
+        }
+        if !first {
+            s.push(')');
+        }
+        s.push_str("; ");
+    }
+    s.truncate(s.trim_end_matches("; ").len());
+    s
+}
+
+#[cfg(feature = "xdp")]
+pub use xdp::run;
+
+#[cfg(feature = "xdp")]
+mod xdp {
+    use super::*;
+    use crate::config::{Config, XdpMode};
+    use crate::loader::{AttachMode, XdpLoader};
+    use crate::stack::StackConfig;
+    use crate::wire::Mac;
+    use crate::xsk::{Port, XskBackend};
+    use anyhow::{bail, Context};
+    use std::path::PathBuf;
+
+    fn iface_mac(iface: &str) -> anyhow::Result<Mac> {
+        let path = format!("/sys/class/net/{iface}/address");
+        let text = std::fs::read_to_string(&path).map_err(|_| {
+            anyhow::anyhow!("interface {iface} not found (no {path}): check the name with `ip link`, and run inside its network namespace")
+        })?;
+        text.trim().parse().with_context(|| format!("reading the MAC address of {iface}"))
+    }
+
+    fn iface_queues(iface: &str) -> usize {
+        std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
+            .map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count())
+            .unwrap_or(1)
+    }
+
+    /// 32 bytes from the kernel's CSPRNG: keys ISNs, SYN cookies and hash tables.
+    fn random_secret() -> anyhow::Result<[u8; 32]> {
+        use std::io::Read;
+        let mut s = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut s))
+            .context("reading /dev/urandom for the engine's secret")?;
+        Ok(s)
+    }
+
+    /// Runs the daemon until SIGINT or SIGTERM.
+    pub fn run(cfg: Config) -> anyhow::Result<()> {
+        let routes = cfg.validate()?;
+        let mac = iface_mac(&cfg.iface)?;
+        let available = iface_queues(&cfg.iface);
+        if cfg.queues as usize > available {
+            bail!(
+                "--queues {} but {} has {} RX queue(s): lower --queues, or add queues (`ethtool -L {} combined N`; for veth, create it with numrxqueues)",
+                cfg.queues, cfg.iface, available, cfg.iface
+            );
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+        }
+
+        let object: PathBuf = cfg.bpf_object.clone().unwrap_or_else(XdpLoader::default_object);
+        let mode = match cfg.mode {
+            XdpMode::Auto => AttachMode::Auto,
+            XdpMode::Native => AttachMode::Native,
+            XdpMode::Skb => AttachMode::Skb,
+        };
+        let mut prog = XdpLoader::new(object).mode(mode).attach(&cfg.iface)?;
+        tracing::info!(iface = %cfg.iface, mode = ?prog.mode(), "XDP program attached");
+        let addrs: Vec<_> = routes.addrs().iter().map(|a| a.addr).collect();
+        prog.set_addresses(&addrs)?;
+        let ports: Vec<u16> = [cfg.echo, cfg.http].into_iter().flatten().collect();
+        prog.set_ports(&ports)?;
+        // The engine owns its addresses outright: it answers every TCP segment (RST for closed
+        // ports) and UDP (ICMP port unreachable), as a host would.
+        prog.set_flags(handshake_common::flags::ALL_TCP | handshake_common::flags::UDP)?;
+
+        let mut ports_open = Vec::new();
+        for q in 0..cfg.queues {
+            let port = Port::<XskBackend>::open(&cfg.iface, q, &cfg.xsk)
+                .with_context(|| format!("opening the AF_XDP socket on {} queue {q}", cfg.iface))?;
+            prog.register_socket(q, port.fd())?;
+            ports_open.push(port);
+        }
+
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let clock = Clock::start();
+        let secret = random_secret()?;
+        let key = u64::from_le_bytes(secret[..8].try_into().expect("8 bytes"));
+        let mesh = neighbor_mesh(cfg.queues as usize);
+        let shared: Vec<Arc<SharedStats>> = (0..cfg.queues).map(|_| Arc::new(SharedStats::default())).collect();
+        let mut handles = Vec::new();
+        for (q, (mut port, (inbox, peers))) in ports_open.into_iter().zip(mesh).enumerate() {
+            let mut scfg = StackConfig::new(mac, routes.clone());
+            scfg.mtu = cfg.mtu;
+            scfg.arp = cfg.arp.clone();
+            scfg.icmp = cfg.icmp.clone();
+            scfg.hash_key = key;
+            scfg.frame_size = cfg.xsk.frame_size as usize;
+            scfg.gratuitous_arp = q == 0;
+            scfg.tcp = cfg.tcp.clone();
+            scfg.apps = crate::app::AppConfig { echo: cfg.echo, http: cfg.http, http_body: None };
+            scfg.secret = secret;
+            let mut worker = Worker {
+                queue: q as u32,
+                stack: Stack::new(scfg),
+                inbox,
+                peers,
+                shared: Arc::clone(&shared[q]),
+                stop: Arc::clone(&stop),
+            };
+            let core = cores.get(cfg.core_for(q as u32, cores.len())).copied();
+            let busy = cfg.busy_poll || cfg.xsk.busy_poll;
+            let h = std::thread::Builder::new()
+                .name(format!("hs-q{q}"))
+                .spawn(move || {
+                    match core {
+                        Some(c) if core_affinity::set_for_current(c) => {
+                            tracing::info!(queue = q, core = c.id, "worker pinned")
+                        }
+                        _ => tracing::warn!(queue = q, "could not pin the worker to a core; running unpinned"),
+                    }
+                    worker.run(&mut port, clock, |p, t| {
+                        if !busy {
+                            let _ = p.wait(t);
+                        }
+                    });
+                    let check = port.check();
+                    (port.stats().clone(), check)
+                })
+                .context("spawning a worker thread")?;
+            handles.push(h);
+        }
+        println!("ready: {} serving {} on {} queue(s)", cfg.iface, routes.addrs()[0], cfg.queues);
+        tracing::info!("ready");
+
+        let interval = Duration::from_secs(cfg.stats_interval_secs);
+        let mut last = std::time::Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+            if !interval.is_zero() && last.elapsed() >= interval {
+                last = std::time::Instant::now();
+                let per_queue: Vec<_> = shared.iter().map(|s| s.read()).collect();
+                let xdp = prog.counters();
+                tracing::info!("stats: {}; xdp: redirected {} passed {} malformed {} no_socket {}",
+                    summary(&per_queue), xdp[0], xdp[1], xdp[2], xdp[3]);
+            }
+        }
+        tracing::info!("stopping");
+        for (q, h) in handles.into_iter().enumerate() {
+            match h.join() {
+                Ok((stats, Ok(()))) => tracing::info!(queue = q, ?stats, "worker stopped; frame accounting checked"),
+                Ok((_, Err(e))) => tracing::error!(queue = q, "frame accounting error at shutdown: {e}"),
+                Err(_) => tracing::error!(queue = q, "worker panicked"),
+            }
+        }
+        let per_queue: Vec<_> = shared.iter().map(|s| s.read()).collect();
+        println!("final: {}", summary(&per_queue));
+        prog.detach()?;
+        tracing::info!("XDP program detached; bye");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::mem::MemDevice;
+    use crate::ipv4::Routes;
+    use crate::stack::StackConfig;
+    use crate::wire::Mac;
+    use std::net::Ipv4Addr;
+
+    fn worker(q: u32, inbox: Receiver<NeighborEvent>, peers: Vec<Sender<NeighborEvent>>) -> Worker {
+        let routes = Routes::new(vec!["198.18.0.1/24".parse().unwrap()], None).unwrap();
+        let mut cfg = StackConfig::new(Mac([2, 0, 0, 0, 0, 1]), routes);
+        cfg.gratuitous_arp = false;
+        Worker {
+            queue: q,
+            stack: Stack::new(cfg),
+            inbox,
+            peers,
+            shared: Arc::new(SharedStats::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Queue 0 sends a UDP port-unreachable that needs ARP; the ARP reply arrives on queue 1.
+    /// The neighbour mesh carries the knowledge back, and queue 0 sends the parked packet.
+    #[test]
+    fn arp_reply_on_another_queue_resolves_the_asker() {
+        let mut mesh = neighbor_mesh(2).into_iter();
+        let (i0, p0) = mesh.next().unwrap();
+        let (i1, p1) = mesh.next().unwrap();
+        let mut w0 = worker(0, i0, p0);
+        let mut w1 = worker(1, i1, p1);
+        let mut d0 = MemDevice::new(2048);
+        let mut d1 = MemDevice::new(2048);
+        let peer_mac = [2, 0, 0, 0, 0, 2];
+        let mut udp = Vec::new();
+        etherparse::PacketBuilder::ethernet2(peer_mac, [2, 0, 0, 0, 0, 1])
+            .ipv4([198, 18, 0, 2], [198, 18, 0, 1], 64)
+            .udp(1000, 9)
+            .write(&mut udp, b"x")
+            .unwrap();
+        d0.inject(&udp);
+        let now = Instant::from_secs(1);
+        w0.turn(&mut d0, now);
+        let sent = d0.take_all();
+        assert_eq!(sent.len(), 1, "an ARP request");
+        assert_eq!(&sent[0][12..14], &[8, 6]);
+        // The reply lands on queue 1.
+        let mut reply = sent[0].clone();
+        reply[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        reply[6..12].copy_from_slice(&peer_mac);
+        reply[21] = 2;
+        reply[22..28].copy_from_slice(&peer_mac);
+        reply[28..32].copy_from_slice(&[198, 18, 0, 2]);
+        reply[32..38].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        reply[38..42].copy_from_slice(&[198, 18, 0, 1]);
+        w1.turn(&mut d1, now); // receives the Resolving event
+        d1.inject(&reply);
+        w1.turn(&mut d1, now);
+        assert_eq!(w1.stack.stats().total_drops(), 0, "{:?}", w1.stack.stats());
+        w0.turn(&mut d0, now);
+        let sent = d0.take_all();
+        assert_eq!(sent.len(), 1, "the parked ICMP error, now addressed");
+        assert_eq!(&sent[0][0..6], &peer_mac);
+        assert_eq!(sent[0][23], 1, "ICMP");
+        assert_eq!(w0.stack.neighbors().parked(), 0);
+        let _ = Ipv4Addr::LOCALHOST;
+    }
+
+    #[test]
+    fn summary_lists_nonzero_drops() {
+        let mut a = StackStats { rx_packets: 5, tx_packets: 2, ..Default::default() };
+        a.drop(DropReason::Ipv4BadChecksum);
+        let b = StackStats::default();
+        assert_eq!(summary(&[a, b]), "q0: rx 5 tx 2 drops 1 (ipv4_bad_checksum=1); q1: rx 0 tx 0 drops 0");
+    }
+}

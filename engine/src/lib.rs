@@ -5,6 +5,7 @@
 //!
 //! - [`wire`]: views over received bytes and in-place builders for Ethernet, ARP, IPv4, ICMP, TCP;
 //!   the Internet checksum, full and incremental.
+//! - [`app`]: built-in apps (TCP echo, plain HTTP/1.1) driven by TCP events.
 //! - [`arp`]: the neighbour cache (expiry, refresh, bounded pending queues, retries with backoff).
 //! - [`ipv4`]: validation, the routing decision (on-link or gateway), ICMP.
 //! - [`tcp`]: the TCP engine (RFC 9293).
@@ -21,6 +22,7 @@
 #![cfg_attr(feature = "xdp", deny(unsafe_code))]
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod arp;
 pub mod config;
 pub mod daemon;

@@ -9,10 +9,12 @@
 //!
 //! [`run_batch`] drives a stack over any [`Device`].
 
+use crate::app::{AppConfig, Apps};
 use crate::arp::{ArpConfig, Learn, Lookup, NeighborCache, NeighborEvent};
 use crate::device::{Device, Verdict, BATCH};
 use crate::ipv4::{IcmpConfig, Routes, TokenBucket};
 use crate::stats::{DropReason, StackStats};
+use crate::tcp::{Tcp, TcpConfig};
 use crate::time::Instant;
 use crate::wire::arp::{ArpError, ArpRepr, OP_REPLY, OP_REQUEST};
 use crate::wire::ethernet::{self, Mac, ETHERTYPE_ARP, ETHERTYPE_IPV4};
@@ -48,6 +50,12 @@ pub struct StackConfig {
     pub frame_size: usize,
     /// Send a gratuitous ARP for each address when the stack starts.
     pub gratuitous_arp: bool,
+    /// TCP.
+    pub tcp: TcpConfig,
+    /// Built-in apps (their ports are the listening ports).
+    pub apps: AppConfig,
+    /// Secret keying ISNs, SYN cookies and flow hashes (random per process, same on all workers).
+    pub secret: [u8; 32],
 }
 
 impl StackConfig {
@@ -62,6 +70,9 @@ impl StackConfig {
             hash_key: 0x6a09_e667_f3bc_c908,
             frame_size: 4096,
             gratuitous_arp: true,
+            tcp: TcpConfig::default(),
+            apps: AppConfig::default(),
+            secret: [0x5a; 32],
         }
     }
 }
@@ -89,13 +100,25 @@ pub struct Stack {
     gratuitous: usize,
     ident: u16,
     stats: StackStats,
+    tcp: Tcp,
+    apps: Apps,
 }
 
 impl Stack {
     /// A stack with `cfg`.
     pub fn new(cfg: StackConfig) -> Self {
         let gratuitous = if cfg.gratuitous_arp { cfg.routes.addrs().len() } else { 0 };
+        let mut tcp_cfg = cfg.tcp.clone();
+        tcp_cfg.mtu = tcp_cfg.mtu.min(cfg.mtu.min(u16::MAX as usize) as u16);
+        let mut tcp = Tcp::new(tcp_cfg, cfg.secret);
+        let apps = Apps::new(&cfg.apps, tcp.config().max_flows);
+        for port in apps.ports() {
+            // Ports come from a validated configuration; a duplicate is harmless.
+            let _ = tcp.listen(port);
+        }
         Stack {
+            tcp,
+            apps,
             mac: cfg.mac,
             neighbors: NeighborCache::new(cfg.arp, cfg.hash_key, cfg.frame_size),
             echo_limit: (cfg.icmp.echo_rate > 0)
@@ -129,6 +152,28 @@ impl Stack {
     /// The neighbour cache.
     pub fn neighbors(&self) -> &NeighborCache {
         &self.neighbors
+    }
+
+    /// The TCP engine.
+    pub fn tcp(&self) -> &Tcp {
+        &self.tcp
+    }
+
+    /// The TCP engine, to open connections and move data from outside the built-in apps.
+    pub fn tcp_mut(&mut self) -> &mut Tcp {
+        &mut self.tcp
+    }
+
+    /// The built-in apps.
+    pub fn apps(&self) -> &Apps {
+        &self.apps
+    }
+
+    /// Hands pending TCP events to the built-in apps (once per batch).
+    pub fn run_apps(&mut self) {
+        while let Some(ev) = self.tcp.poll_event() {
+            self.apps.handle_event(&mut self.tcp, ev);
+        }
     }
 
     /// Handles one received frame: `frame[..len]` is the packet, `frame` the whole buffer (room to
@@ -238,8 +283,7 @@ impl Stack {
                     return Err(DropReason::TcpBadChecksum);
                 }
                 self.stats.tcp_segments += 1;
-                // The TCP engine plugs in here.
-                self.unreachable(now, &frame[IP..IP + ip.total_len], &ip, icmp::CODE_PORT_UNREACHABLE);
+                self.tcp.handle_segment(now, ip.src, ip.dst, seg);
                 Ok(Verdict::Drop)
             }
             ipv4::PROTO_UDP => {
@@ -368,6 +412,13 @@ impl Stack {
                 }
                 continue;
             }
+            let seg = IP + ipv4::MIN_HEADER_LEN;
+            if let Some(t) = self.tcp.poll_transmit(now, &mut buf[seg..]) {
+                if let Some(len) = self.finish_ipv4(now, buf, t.src, t.dst, ipv4::PROTO_TCP, t.len) {
+                    return Some(len);
+                }
+                continue;
+            }
             return None;
         }
     }
@@ -377,12 +428,16 @@ impl Stack {
         if self.gratuitous > 0 || !self.icmp_errors.is_empty() || self.neighbors.has_ready() {
             return Some(Instant::ZERO);
         }
-        self.neighbors.poll_timeout()
+        match (self.neighbors.poll_timeout(), self.tcp.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.neighbors.handle_timeout(now);
+        self.tcp.handle_timeout(now);
     }
 
     /// A neighbour event from another worker.
@@ -403,6 +458,7 @@ pub fn run_batch<D: Device>(stack: &mut Stack, dev: &mut D, now: Instant) -> (us
         stack.handle_timeout(now);
     }
     let rx = dev.receive(BATCH, |frame, len| stack.handle_frame(now, frame, len));
+    stack.run_apps();
     let tx = dev.transmit(BATCH, |buf| stack.poll_transmit(now, buf));
     dev.flush();
     (rx, tx)

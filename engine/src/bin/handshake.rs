@@ -1,1 +1,151 @@
-fn main() {}
+//! `handshake`: the daemon and its tools.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use handshake::config::{Config, XdpMode};
+use handshake::ipv4::Ipv4Cidr;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+/// A kernel-bypass TCP/TLS engine on AF_XDP.
+#[derive(Parser, Debug)]
+#[command(name = "handshake", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Serve an interface: attach the XDP program, open one AF_XDP socket per queue, run the
+    /// stack on pinned workers until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Configuration file tools.
+    Config {
+        /// Validate FILE and report the first error with its line.
+        #[arg(long, value_name = "FILE")]
+        check: Option<PathBuf>,
+    },
+}
+
+/// Flags of `handshake run`; each overrides the same key of the configuration file.
+#[derive(Args, Debug, Default)]
+struct RunArgs {
+    /// Configuration file (TOML); flags override its keys.
+    #[arg(long, value_name = "FILE.toml")]
+    config: Option<PathBuf>,
+    /// Interface to serve.
+    #[arg(long, value_name = "IF")]
+    iface: Option<String>,
+    /// Address the engine owns, with prefix (repeatable).
+    #[arg(long, value_name = "A.B.C.D/P")]
+    addr: Vec<Ipv4Cidr>,
+    /// Default gateway for destinations off our subnets.
+    #[arg(long, value_name = "IP")]
+    gateway: Option<Ipv4Addr>,
+    /// Queues (and workers) to serve, from queue 0.
+    #[arg(long, value_name = "N")]
+    queues: Option<u32>,
+    /// Cores for the workers, one per queue in order (e.g. 0,1).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    cores: Vec<usize>,
+    /// XDP attach mode.
+    #[arg(long, value_enum)]
+    mode: Option<XdpMode>,
+    /// Spin on the rings instead of sleeping in poll(2).
+    #[arg(long)]
+    busy_poll: bool,
+    /// eBPF object to load (default: next to the executable, see the README).
+    #[arg(long, value_name = "PATH")]
+    bpf_object: Option<PathBuf>,
+    /// TCP echo service on PORT.
+    #[arg(long, value_name = "PORT")]
+    echo: Option<u16>,
+    /// Plain HTTP/1.1 service on PORT.
+    #[arg(long, value_name = "PORT")]
+    http: Option<u16>,
+    /// Seconds between stats lines in the log (0: never).
+    #[arg(long, value_name = "SECS")]
+    stats_interval: Option<u64>,
+}
+
+impl RunArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.iface {
+            c.iface = v;
+        }
+        if !self.addr.is_empty() {
+            c.addr = self.addr;
+        }
+        if self.gateway.is_some() {
+            c.gateway = self.gateway;
+        }
+        if let Some(v) = self.queues {
+            c.queues = v;
+        }
+        if !self.cores.is_empty() {
+            c.cores = self.cores;
+        }
+        if let Some(v) = self.mode {
+            c.mode = v;
+        }
+        c.busy_poll |= self.busy_poll;
+        if self.bpf_object.is_some() {
+            c.bpf_object = self.bpf_object;
+        }
+        if self.echo.is_some() {
+            c.echo = self.echo;
+        }
+        if self.http.is_some() {
+            c.http = self.http;
+        }
+        if let Some(v) = self.stats_interval {
+            c.stats_interval_secs = v;
+        }
+        Ok(c)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run(args) => {
+            let cfg = args.into_config()?;
+            run(cfg)
+        }
+        Cmd::Config { check } => {
+            let Some(path) = check else {
+                anyhow::bail!("nothing to do: use `handshake config --check FILE`");
+            };
+            let cfg = Config::from_file(&path)?;
+            cfg.validate().with_context(|| format!("{} parses but is not usable", path.display()))?;
+            println!("{}: ok", path.display());
+            Ok(())
+        }
+    }
+}
+
+#[cfg(feature = "xdp")]
+fn run(cfg: Config) -> anyhow::Result<()> {
+    handshake::daemon::run(cfg)
+}
+
+#[cfg(not(feature = "xdp"))]
+fn run(cfg: Config) -> anyhow::Result<()> {
+    cfg.validate()?;
+    anyhow::bail!(
+        "this build of handshake has no AF_XDP support: build it with `cargo xtask build` \
+         (or `cargo build --release -p handshake --features xdp`)"
+    )
+}

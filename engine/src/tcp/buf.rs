@@ -1,0 +1,305 @@
+//! Per-connection byte rings and the out-of-order range tracker.
+//!
+//! Buffers are allocated once and recycled through a pool, so a warm engine allocates nothing
+//! per connection. Out-of-order data is written straight into the receive ring at its offset
+//! past the in-order bytes; [`Assembler`] remembers which ranges are there.
+
+use super::seq;
+
+/// A fixed-capacity byte ring.
+#[derive(Debug, Default)]
+pub(crate) struct RingBuf {
+    buf: Box<[u8]>,
+    head: usize,
+    len: usize,
+}
+
+impl RingBuf {
+    /// A ring over `buf` (its length is the capacity).
+    pub(crate) fn new(buf: Box<[u8]>) -> Self {
+        RingBuf { buf, head: 0, len: 0 }
+    }
+    /// Returns the storage, emptying the ring.
+    pub(crate) fn take(&mut self) -> Box<[u8]> {
+        self.head = 0;
+        self.len = 0;
+        core::mem::take(&mut self.buf)
+    }
+    /// Capacity in bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+    /// Bytes stored.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+    /// True when empty.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Free bytes.
+    pub(crate) fn free(&self) -> usize {
+        self.buf.len() - self.len
+    }
+
+    /// Copies `data` into the ring at `off` bytes past the stored bytes, without storing them
+    /// (see [`Self::commit`]); returns how many fit.
+    pub(crate) fn write_at(&mut self, off: usize, data: &[u8]) -> usize {
+        let cap = self.buf.len();
+        if off >= self.free() {
+            return 0;
+        }
+        let n = data.len().min(self.free() - off);
+        let start = (self.head + self.len + off) % cap;
+        let first = n.min(cap - start);
+        self.buf[start..start + first].copy_from_slice(&data[..first]);
+        self.buf[..n - first].copy_from_slice(&data[first..n]);
+        n
+    }
+    /// Stores `n` bytes previously written with [`Self::write_at`].
+    pub(crate) fn commit(&mut self, n: usize) {
+        debug_assert!(n <= self.free());
+        self.len += n.min(self.free());
+    }
+    /// Appends as much of `data` as fits; returns the count.
+    pub(crate) fn push(&mut self, data: &[u8]) -> usize {
+        let n = self.write_at(0, data);
+        self.commit(n);
+        n
+    }
+    /// Copies bytes from `off` into `out` without removing them; returns the count.
+    pub(crate) fn peek_at(&self, off: usize, out: &mut [u8]) -> usize {
+        if off >= self.len {
+            return 0;
+        }
+        let cap = self.buf.len();
+        let n = out.len().min(self.len - off);
+        let start = (self.head + off) % cap;
+        let first = n.min(cap - start);
+        out[..first].copy_from_slice(&self.buf[start..start + first]);
+        out[first..n].copy_from_slice(&self.buf[..n - first]);
+        n
+    }
+    /// Removes up to `n` bytes from the front.
+    pub(crate) fn discard(&mut self, n: usize) {
+        let n = n.min(self.len);
+        if n == 0 {
+            return;
+        }
+        self.head = (self.head + n) % self.buf.len();
+        self.len -= n;
+        if self.len == 0 {
+            self.head = 0;
+        }
+    }
+    /// Moves bytes from the front into `out`; returns the count.
+    pub(crate) fn pop(&mut self, out: &mut [u8]) -> usize {
+        let n = self.peek_at(0, out);
+        self.discard(n);
+        n
+    }
+}
+
+/// Most out-of-order ranges any connection can track.
+pub(crate) const MAX_RANGES: usize = 16;
+
+/// Out-of-order ranges `[start, end)` in sequence space, sorted, disjoint, non-adjacent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Assembler {
+    ranges: [(u32, u32); MAX_RANGES],
+    len: u8,
+    /// Index of the range holding the most recently received segment (reported first in SACK).
+    last: u8,
+}
+
+impl Default for Assembler {
+    fn default() -> Self {
+        Assembler { ranges: [(0, 0); MAX_RANGES], len: 0, last: 0 }
+    }
+}
+
+impl Assembler {
+    /// True when nothing is held out of order.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The ranges, lowest first.
+    pub(crate) fn ranges(&self) -> &[(u32, u32)] {
+        &self.ranges[..self.len as usize]
+    }
+    /// Forgets everything.
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+        self.last = 0;
+    }
+
+    /// Adds `[start, end)`, merging with neighbours. Fails (nothing changes) when it would need a
+    /// range beyond `limit`.
+    pub(crate) fn insert(&mut self, start: u32, end: u32, limit: usize) -> bool {
+        let n = self.len as usize;
+        let limit = limit.clamp(1, MAX_RANGES);
+        // First range whose end is at or past `start` (could merge or lies after).
+        let mut i = 0;
+        while i < n && seq::lt(self.ranges[i].1, start) {
+            i += 1;
+        }
+        // Ranges i..j overlap or touch [start, end).
+        let mut j = i;
+        let (mut s, mut e) = (start, end);
+        while j < n && seq::le(self.ranges[j].0, end) {
+            if seq::lt(self.ranges[j].0, s) {
+                s = self.ranges[j].0;
+            }
+            e = seq::max(e, self.ranges[j].1);
+            j += 1;
+        }
+        if i == j {
+            if n >= limit {
+                return false;
+            }
+            self.ranges.copy_within(i..n, i + 1);
+            self.len += 1;
+        } else {
+            self.ranges.copy_within(j..n, i + 1);
+            self.len -= (j - i - 1) as u8;
+        }
+        self.ranges[i] = (s, e);
+        self.last = i as u8;
+        true
+    }
+
+    /// With in-order data now reaching `nxt`: removes and returns the end of the range that
+    /// starts at or before `nxt` (the new in-order edge), dropping ranges entirely below it.
+    pub(crate) fn advance(&mut self, nxt: u32) -> u32 {
+        let mut edge = nxt;
+        let mut k = 0;
+        let n = self.len as usize;
+        while k < n && seq::le(self.ranges[k].0, edge) {
+            edge = seq::max(edge, self.ranges[k].1);
+            k += 1;
+        }
+        if k > 0 {
+            self.ranges.copy_within(k..n, 0);
+            self.len -= k as u8;
+            self.last = if (self.last as usize) < k { 0 } else { self.last - k as u8 };
+        }
+        edge
+    }
+
+    /// Writes up to `out.len()` SACK blocks: the most recent range first, then the others from
+    /// the lowest (RFC 2018 §4). Returns the count.
+    pub(crate) fn sack_blocks(&self, out: &mut [(u32, u32)]) -> usize {
+        let n = self.len as usize;
+        if n == 0 || out.is_empty() {
+            return 0;
+        }
+        let last = (self.last as usize).min(n - 1);
+        out[0] = self.ranges[last];
+        let mut k = 1;
+        for (i, r) in self.ranges[..n].iter().enumerate() {
+            if k == out.len() {
+                break;
+            }
+            if i != last {
+                out[k] = *r;
+                k += 1;
+            }
+        }
+        k
+    }
+}
+
+/// A stack of recycled buffers of one size.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    size: usize,
+    free: Vec<Box<[u8]>>,
+}
+
+impl Pool {
+    /// A pool of `size`-byte buffers with `prealloc` made now.
+    pub(crate) fn new(size: usize, prealloc: usize) -> Self {
+        let mut free = Vec::with_capacity(prealloc);
+        for _ in 0..prealloc {
+            free.push(vec![0u8; size].into_boxed_slice());
+        }
+        Pool { size, free }
+    }
+    /// A buffer: recycled, or allocated when the pool is empty.
+    pub(crate) fn get(&mut self) -> Box<[u8]> {
+        self.free.pop().unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice())
+    }
+    /// Returns a buffer (empty boxes are ignored).
+    pub(crate) fn put(&mut self, b: Box<[u8]>) {
+        if b.len() == self.size {
+            self.free.push(b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_wraps() {
+        let mut r = RingBuf::new(vec![0; 8].into_boxed_slice());
+        assert_eq!(r.push(b"abcdef"), 6);
+        let mut o = [0u8; 4];
+        assert_eq!(r.pop(&mut o), 4);
+        assert_eq!(&o, b"abcd");
+        assert_eq!(r.push(b"ghijklmn"), 6);
+        assert_eq!(r.len(), 8);
+        let mut o = [0u8; 8];
+        assert_eq!(r.peek_at(1, &mut o), 7);
+        assert_eq!(&o[..7], b"fghijkl");
+        r.discard(3);
+        assert_eq!(r.pop(&mut o), 5);
+        assert_eq!(&o[..5], b"hijkl");
+    }
+
+    #[test]
+    fn ring_write_at_then_commit() {
+        let mut r = RingBuf::new(vec![0; 8].into_boxed_slice());
+        r.push(b"xyz");
+        r.discard(3);
+        assert_eq!(r.write_at(3, b"DEFGHIJ"), 5); // only 5 fit past offset 3
+        assert_eq!(r.write_at(0, b"ABC"), 3);
+        r.commit(8);
+        let mut o = [0u8; 8];
+        r.pop(&mut o);
+        assert_eq!(&o, b"ABCDEFGH");
+        assert_eq!(r.write_at(8, b"a"), 0);
+    }
+
+    #[test]
+    fn assembler_merges_and_advances() {
+        let mut a = Assembler::default();
+        assert!(a.insert(10, 20, 4));
+        assert!(a.insert(30, 40, 4));
+        assert!(a.insert(20, 25, 4)); // touches the first
+        assert_eq!(a.ranges(), &[(10, 25), (30, 40)]);
+        assert!(a.insert(50, 60, 4));
+        assert!(a.insert(70, 80, 4));
+        assert!(!a.insert(90, 95, 4)); // limit reached
+        assert!(a.insert(24, 52, 4)); // bridges three
+        assert_eq!(a.ranges(), &[(10, 60), (70, 80)]);
+        assert_eq!(a.advance(5), 5);
+        assert_eq!(a.advance(10), 60);
+        assert_eq!(a.ranges(), &[(70, 80)]);
+    }
+
+    #[test]
+    fn assembler_wraps_and_reports_latest_first() {
+        let mut a = Assembler::default();
+        assert!(a.insert(0xffff_fff0, 0xffff_fff8, 8));
+        assert!(a.insert(0x10, 0x20, 8));
+        assert!(a.insert(0xffff_fffc, 4, 8));
+        assert_eq!(a.ranges(), &[(0xffff_fff0, 0xffff_fff8), (0xffff_fffc, 4), (0x10, 0x20)]);
+        let mut out = [(0, 0); 3];
+        assert_eq!(a.sack_blocks(&mut out), 3);
+        assert_eq!(out[0], (0xffff_fffc, 4));
+        assert_eq!(out[1], (0xffff_fff0, 0xffff_fff8));
+        assert_eq!(a.advance(0xffff_fff0), 0xffff_fff8);
+    }
+}

@@ -1,0 +1,221 @@
+//! Congestion control: slow start and congestion avoidance with NewReno (RFC 5681) or CUBIC
+//! (RFC 9438). Loss recovery itself (fast retransmit, NewReno partial ACKs, RFC 6582) is driven
+//! by the connection; this module owns `cwnd` and `ssthresh`.
+
+use super::config::Congestion;
+use crate::time::Instant;
+
+/// CUBIC's multiplicative decrease factor (RFC 9438 §4.6).
+const BETA: f64 = 0.7;
+/// CUBIC's scaling constant (RFC 9438 §5).
+const C: f64 = 0.4;
+const MAX_CWND: u32 = 1 << 30;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Cc {
+    algo: Congestion,
+    mss: u32,
+    /// Congestion window, bytes.
+    pub(crate) cwnd: u32,
+    /// Slow start threshold, bytes.
+    pub(crate) ssthresh: u32,
+    /// NewReno congestion avoidance byte counter (RFC 5681 §3.1, appropriate byte counting).
+    acc: u32,
+    /// CUBIC: window before the last reduction, in segments.
+    w_max: f64,
+    /// CUBIC: time to reach `w_max` again, seconds.
+    k: f64,
+    /// CUBIC: start of the current avoidance epoch.
+    epoch: Option<Instant>,
+    /// CUBIC: Reno-friendly estimate, segments.
+    w_est: f64,
+    /// CUBIC: fractional window, segments.
+    cwnd_f: f64,
+}
+
+impl Cc {
+    /// Initial state: `initial` segments of `mss` bytes, unbounded ssthresh.
+    pub(crate) fn new(algo: Congestion, mss: u32, initial: u32) -> Self {
+        let mss = mss.max(1);
+        Cc {
+            algo,
+            mss,
+            cwnd: initial.max(1).saturating_mul(mss),
+            ssthresh: u32::MAX,
+            acc: 0,
+            w_max: 0.0,
+            k: 0.0,
+            epoch: None,
+            w_est: 0.0,
+            cwnd_f: 0.0,
+        }
+    }
+
+    /// Sets the segment size (after option negotiation), keeping the window in segments.
+    pub(crate) fn set_mss(&mut self, mss: u32) {
+        let mss = mss.max(1);
+        let segs = (self.cwnd / self.mss).max(1);
+        self.mss = mss;
+        self.cwnd = segs.saturating_mul(mss).min(MAX_CWND);
+    }
+
+    /// New data acknowledged outside recovery.
+    pub(crate) fn on_ack(&mut self, now: Instant, acked: u32, srtt_us: u32) {
+        if self.cwnd < self.ssthresh {
+            // Slow start, with appropriate byte counting (L = 2·SMSS, RFC 3465).
+            self.cwnd = self.cwnd.saturating_add(acked.min(2 * self.mss)).min(MAX_CWND);
+            return;
+        }
+        match self.algo {
+            Congestion::NewReno => {
+                self.acc = self.acc.saturating_add(acked);
+                if self.acc >= self.cwnd {
+                    self.acc -= self.cwnd;
+                    self.cwnd = self.cwnd.saturating_add(self.mss).min(MAX_CWND);
+                }
+            }
+            Congestion::Cubic => self.cubic_ack(now, acked, srtt_us),
+        }
+    }
+
+    fn cubic_ack(&mut self, now: Instant, acked: u32, srtt_us: u32) {
+        let mss = self.mss as f64;
+        let cwnd = self.cwnd as f64 / mss;
+        let epoch = match self.epoch {
+            Some(e) => e,
+            None => {
+                self.epoch = Some(now);
+                if cwnd < self.w_max {
+                    self.k = ((self.w_max - cwnd) / C).cbrt();
+                } else {
+                    self.k = 0.0;
+                    self.w_max = cwnd;
+                }
+                self.w_est = cwnd;
+                self.cwnd_f = cwnd;
+                now
+            }
+        };
+        let t = (now - epoch).as_secs_f64() + srtt_us as f64 / 1e6;
+        let target = (C * (t - self.k).powi(3) + self.w_max).clamp(cwnd, 1.5 * cwnd);
+        let segs = acked as f64 / mss;
+        // Reno-friendly region (RFC 9438 §4.3).
+        let alpha = 3.0 * (1.0 - BETA) / (1.0 + BETA);
+        self.w_est += alpha * segs / cwnd.max(1.0);
+        if self.cwnd_f < cwnd {
+            self.cwnd_f = cwnd;
+        }
+        if target < self.w_est {
+            self.cwnd_f = self.w_est;
+        } else {
+            self.cwnd_f += (target - cwnd) / cwnd.max(1.0) * segs;
+        }
+        self.cwnd = ((self.cwnd_f * mss) as u32).clamp(self.mss, MAX_CWND);
+    }
+
+    /// A loss detected by duplicate ACKs or SACK: sets `ssthresh` (and CUBIC's state) from the
+    /// data in flight; the caller inflates `cwnd` for recovery.
+    pub(crate) fn on_loss(&mut self, flight: u32) {
+        match self.algo {
+            Congestion::NewReno => {
+                self.ssthresh = (flight / 2).max(2 * self.mss);
+            }
+            Congestion::Cubic => {
+                let cwnd = self.cwnd as f64 / self.mss as f64;
+                // Fast convergence (RFC 9438 §4.7).
+                self.w_max = if cwnd < self.w_max { cwnd * (1.0 + BETA) / 2.0 } else { cwnd };
+                self.ssthresh = ((self.cwnd as f64 * BETA) as u32).max(2 * self.mss);
+                self.epoch = None;
+            }
+        }
+        self.acc = 0;
+    }
+
+    /// A retransmission timeout: loss as above, then one segment (RFC 5681 §3.1).
+    pub(crate) fn on_rto(&mut self, flight: u32) {
+        self.on_loss(flight);
+        self.cwnd = self.mss;
+    }
+
+    /// Fast recovery entered: `cwnd = ssthresh + 3·SMSS` (RFC 5681 §3.2 step 4).
+    pub(crate) fn enter_recovery(&mut self) {
+        self.cwnd = self.ssthresh.saturating_add(3 * self.mss);
+    }
+
+    /// A further duplicate ACK in recovery: inflate by one segment.
+    pub(crate) fn inflate(&mut self) {
+        self.cwnd = self.cwnd.saturating_add(self.mss).min(MAX_CWND);
+    }
+
+    /// A partial ACK in recovery (RFC 6582 §3.2 step 5): deflate by the amount acknowledged,
+    /// add back one segment if at least one was acknowledged.
+    pub(crate) fn partial_ack(&mut self, acked: u32) {
+        self.cwnd = self.cwnd.saturating_sub(acked);
+        if acked >= self.mss {
+            self.cwnd = self.cwnd.saturating_add(self.mss);
+        }
+        self.cwnd = self.cwnd.max(self.mss);
+    }
+
+    /// Full ACK ending recovery (RFC 6582 §3.2 step 3, option 1).
+    pub(crate) fn exit_recovery(&mut self, flight: u32) {
+        self.cwnd = self.ssthresh.min(flight.max(self.mss) + self.mss).max(self.mss);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_start_then_newreno_avoidance() {
+        let mut c = Cc::new(Congestion::NewReno, 1000, 10);
+        assert_eq!(c.cwnd, 10_000);
+        c.on_ack(Instant::ZERO, 1000, 0);
+        assert_eq!(c.cwnd, 11_000);
+        c.on_ack(Instant::ZERO, 5000, 0); // ABC caps at 2 SMSS
+        assert_eq!(c.cwnd, 13_000);
+        c.on_loss(13_000);
+        assert_eq!(c.ssthresh, 6500);
+        c.enter_recovery();
+        assert_eq!(c.cwnd, 9500);
+        c.inflate();
+        assert_eq!(c.cwnd, 10_500);
+        c.partial_ack(2000);
+        assert_eq!(c.cwnd, 9500);
+        c.exit_recovery(4000);
+        assert_eq!(c.cwnd, 5000);
+        // Avoidance: one SMSS per cwnd of acknowledged bytes.
+        c.cwnd = 6500;
+        for _ in 0..6 {
+            c.on_ack(Instant::ZERO, 1000, 0);
+        }
+        assert_eq!(c.cwnd, 6500);
+        c.on_ack(Instant::ZERO, 1000, 0);
+        assert_eq!(c.cwnd, 7500);
+        c.on_rto(7500);
+        assert_eq!((c.cwnd, c.ssthresh), (1000, 3750));
+    }
+
+    #[test]
+    fn cubic_reduces_by_beta_and_regrows_to_wmax() {
+        let mut c = Cc::new(Congestion::Cubic, 1000, 100);
+        c.ssthresh = 50_000; // in avoidance
+        c.on_loss(100_000);
+        assert_eq!(c.ssthresh, 70_000);
+        c.cwnd = c.ssthresh;
+        // K = cbrt(100 * 0.3 / 0.4) ≈ 4.217 s: the window is back near w_max then.
+        let mut now = Instant::ZERO;
+        let mut at_k = 0;
+        for ms in (0..8000).step_by(10) {
+            now = Instant::from_millis(ms);
+            c.on_ack(now, 7000, 10_000);
+            if ms == 4200 {
+                at_k = c.cwnd;
+            }
+        }
+        assert!((95_000..=105_000).contains(&at_k), "cwnd at K: {at_k}");
+        assert!(c.cwnd > 105_000, "convex growth past w_max: {}", c.cwnd);
+        let _ = now;
+    }
+}

@@ -1,0 +1,1213 @@
+//! One connection's transmission control block and its state machine (RFC 9293 §3.10).
+//!
+//! `input` handles a segment, `output` writes at most one segment, `on_timer` runs due timers.
+//! The engine ([`super::Tcp`]) owns the slab, the flow table, the timer wheel, the events and
+//! the per-state counters, and applies what these return.
+
+use core::time::Duration;
+
+use super::buf::{Assembler, RingBuf};
+use super::cc::Cc;
+use super::seq;
+use super::table::FlowKey;
+use super::{CloseReason, ConnId, State, TcpConfig, TcpStats};
+use crate::time::Instant;
+use crate::wire::tcp::{flags, SackBlock, Timestamps, TcpOptions, TcpRepr, HEADER_LEN};
+
+/// Event bits a connection raises for the engine to turn into [`super::Event`]s.
+pub(crate) const N_READABLE: u8 = 1;
+pub(crate) const N_WRITABLE: u8 = 2;
+pub(crate) const N_PEER_CLOSED: u8 = 4;
+
+/// 24 days in microseconds: older timestamps are not used for PAWS (RFC 7323 §5.5).
+const PAWS_IDLE_US: u64 = 24 * 24 * 3600 * 1_000_000;
+/// Clock granularity G of RFC 6298 (one timer tick).
+const CLOCK_G_US: u64 = 1000;
+
+/// What the engine must do with the connection after an input or a timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Disp {
+    /// Keep it.
+    Keep,
+    /// Delete it without telling the application (it never knew it, or already was told).
+    Free,
+    /// Delete it and report `Closed` with this reason.
+    Close(CloseReason),
+}
+
+/// What a connection method may touch besides itself.
+pub(crate) struct Env<'a> {
+    pub(crate) cfg: &'a TcpConfig,
+    pub(crate) stats: &'a mut TcpStats,
+    pub(crate) now: Instant,
+    /// SYN_RECEIVED only: the listener's accept backlog has room.
+    pub(crate) accept_room: bool,
+    /// Set to reply with `<SEQ=x><CTL=RST>`.
+    pub(crate) reply_rst: Option<u32>,
+}
+
+impl<'a> Env<'a> {
+    pub(crate) fn new(cfg: &'a TcpConfig, stats: &'a mut TcpStats, now: Instant) -> Self {
+        Env { cfg, stats, now, accept_room: true, reply_rst: None }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) id: ConnId,
+    pub(crate) state: State,
+    pub(crate) key: FlowKey,
+    pub(crate) hash: u64,
+    /// The listening port for passive connections, 0 for active ones.
+    pub(crate) listen_port: u16,
+    /// The application holds a handle (accepted or connected).
+    pub(crate) visible: bool,
+    pub(crate) reported_closed: bool,
+    /// The application called `close`: no more reads, no more events but `Closed`.
+    pub(crate) orphan: bool,
+    pub(crate) in_txq: bool,
+    pub(crate) nodelay: bool,
+    pub(crate) notify: u8,
+    pub(crate) readable_signaled: bool,
+    pub(crate) want_writable: bool,
+
+    // Send sequence space (RFC 9293 §3.3.1).
+    pub(crate) iss: u32,
+    pub(crate) snd_una: u32,
+    pub(crate) snd_nxt: u32,
+    /// Highest sequence number sent + 1.
+    pub(crate) snd_max: u32,
+    pub(crate) snd_wnd: u32,
+    pub(crate) snd_wl1: u32,
+    pub(crate) snd_wl2: u32,
+    pub(crate) max_snd_wnd: u32,
+    pub(crate) snd_shift: u8,
+    /// Payload bytes per segment (peer MSS, our MTU, minus the timestamp option).
+    pub(crate) mss: usize,
+    pub(crate) syn_acked: bool,
+    pub(crate) fin_queued: bool,
+    pub(crate) fin_acked: bool,
+    pub(crate) tx: RingBuf,
+
+    // Receive sequence space.
+    pub(crate) irs: u32,
+    pub(crate) rcv_nxt: u32,
+    /// Right edge of the window we advertised (never moves left).
+    pub(crate) rcv_adv: u32,
+    pub(crate) rcv_shift: u8,
+    pub(crate) rx: RingBuf,
+    pub(crate) asm: Assembler,
+    /// Sequence number of a FIN received out of order.
+    pub(crate) rx_fin: Option<u32>,
+    pub(crate) peer_fin: bool,
+
+    // Options.
+    pub(crate) ws_ok: bool,
+    pub(crate) sack_ok: bool,
+    pub(crate) ts_ok: bool,
+    pub(crate) ts_recent: u32,
+    pub(crate) ts_recent_at: Instant,
+    pub(crate) ts_offset: u32,
+    pub(crate) last_ack_sent: u32,
+
+    // ACK policy.
+    pub(crate) ack_now: bool,
+    pub(crate) ack_at: Instant,
+    pub(crate) unacked_bytes: u32,
+
+    // RTT and retransmission (RFC 6298).
+    pub(crate) srtt_us: u64,
+    pub(crate) rttvar_us: u64,
+    pub(crate) rto_us: u64,
+    pub(crate) have_rtt: bool,
+    pub(crate) backoff: u32,
+    pub(crate) retries: u32,
+    pub(crate) rtt_seq: u32,
+    pub(crate) rtt_at: Option<Instant>,
+    pub(crate) rtx_at: Instant,
+    /// `rtx_at` is the persist (zero window / SWS override) timer.
+    pub(crate) persist: bool,
+    pub(crate) probe_pending: bool,
+
+    // Other timers.
+    pub(crate) state_at: Instant,
+    pub(crate) ka_at: Instant,
+    pub(crate) ka_probes: u32,
+    pub(crate) ka_probe_pending: bool,
+    pub(crate) last_rx: Instant,
+
+    // Congestion control and loss recovery.
+    pub(crate) cc: Cc,
+    pub(crate) dupacks: u32,
+    pub(crate) in_recovery: bool,
+    pub(crate) recover: u32,
+    /// Retransmissions allowed by recent ACKs (fast retransmit, partial ACKs, SACK holes).
+    pub(crate) rtx_budget: u32,
+    /// RFC 6675 HighRxt: next hole retransmission starts at or after it.
+    pub(crate) high_rxt: u32,
+    /// SACKed ranges above `snd_una` (the scoreboard).
+    pub(crate) sacked: Assembler,
+
+    // RFC 5961 challenge ACK rate limit, per connection.
+    pub(crate) chal_start: Instant,
+    pub(crate) chal_count: u32,
+}
+
+impl Default for Conn {
+    fn default() -> Self {
+        Conn {
+            id: ConnId { idx: 0, gen: 0 },
+            state: State::Closed,
+            key: FlowKey::default(),
+            hash: 0,
+            listen_port: 0,
+            visible: false,
+            reported_closed: false,
+            orphan: false,
+            in_txq: false,
+            nodelay: false,
+            notify: 0,
+            readable_signaled: false,
+            want_writable: false,
+            iss: 0,
+            snd_una: 0,
+            snd_nxt: 0,
+            snd_max: 0,
+            snd_wnd: 0,
+            snd_wl1: 0,
+            snd_wl2: 0,
+            max_snd_wnd: 0,
+            snd_shift: 0,
+            mss: 536,
+            syn_acked: false,
+            fin_queued: false,
+            fin_acked: false,
+            tx: RingBuf::default(),
+            irs: 0,
+            rcv_nxt: 0,
+            rcv_adv: 0,
+            rcv_shift: 0,
+            rx: RingBuf::default(),
+            asm: Assembler::default(),
+            rx_fin: None,
+            peer_fin: false,
+            ws_ok: false,
+            sack_ok: false,
+            ts_ok: false,
+            ts_recent: 0,
+            ts_recent_at: Instant::ZERO,
+            ts_offset: 0,
+            last_ack_sent: 0,
+            ack_now: false,
+            ack_at: Instant::MAX,
+            unacked_bytes: 0,
+            srtt_us: 0,
+            rttvar_us: 0,
+            rto_us: 1_000_000,
+            have_rtt: false,
+            backoff: 0,
+            retries: 0,
+            rtt_seq: 0,
+            rtt_at: None,
+            rtx_at: Instant::MAX,
+            persist: false,
+            probe_pending: false,
+            state_at: Instant::MAX,
+            ka_at: Instant::MAX,
+            ka_probes: 0,
+            ka_probe_pending: false,
+            last_rx: Instant::ZERO,
+            cc: Cc::new(super::Congestion::Cubic, 536, 10),
+            dupacks: 0,
+            in_recovery: false,
+            recover: 0,
+            rtx_budget: 0,
+            high_rxt: 0,
+            sacked: Assembler::default(),
+            chal_start: Instant::ZERO,
+            chal_count: 0,
+        }
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+impl Conn {
+    /// Fresh state for a new connection (keeps the slot's generation and buffers are set by
+    /// the caller).
+    pub(crate) fn reset(&mut self, cfg: &TcpConfig, now: Instant) {
+        let id = self.id;
+        *self = Conn::default();
+        self.id = id;
+        self.mss = cfg.effective_mss() as usize;
+        self.cc = Cc::new(cfg.congestion, self.mss as u32, cfg.initial_cwnd);
+        self.rto_us = cfg.rto_initial_ms * 1000;
+        self.last_rx = now;
+        self.chal_start = now;
+    }
+
+    fn set_options(&mut self, cfg: &TcpConfig, o: &TcpOptions) {
+        let peer_mss = o.mss.unwrap_or(536).max(64);
+        self.ws_ok = cfg.window_scale && o.window_scale.is_some();
+        self.snd_shift = if self.ws_ok { o.window_scale.unwrap_or(0) } else { 0 };
+        self.rcv_shift = if self.ws_ok { cfg.window_shift() } else { 0 };
+        self.sack_ok = cfg.sack && o.sack_permitted;
+        self.ts_ok = cfg.timestamps && o.timestamps.is_some();
+        self.set_mss(cfg, peer_mss);
+    }
+
+    fn set_mss(&mut self, cfg: &TcpConfig, peer_mss: u16) {
+        let m = peer_mss.min(cfg.effective_mss()) as usize;
+        self.mss = if self.ts_ok { m - 12 } else { m }.max(32);
+        self.cc.set_mss(self.mss as u32);
+    }
+
+    /// Passive open: a SYN arrived at a listener (RFC 9293 §3.10.7.2).
+    pub(crate) fn open_passive(&mut self, cfg: &TcpConfig, now: Instant, seg: &TcpRepr<'_>, ts_offset: u32) {
+        self.irs = seg.seq;
+        self.rcv_nxt = seg.seq.wrapping_add(1);
+        self.rcv_adv = self.rcv_nxt;
+        self.set_options(cfg, &seg.options);
+        if let (true, Some(ts)) = (self.ts_ok, seg.options.timestamps) {
+            self.ts_recent = ts.val;
+            self.ts_recent_at = now;
+        }
+        self.ts_offset = ts_offset;
+        // The SYN's window is never scaled.
+        self.snd_wnd = seg.window as u32;
+        self.max_snd_wnd = self.snd_wnd;
+        self.snd_wl1 = seg.seq;
+        self.snd_wl2 = self.iss;
+    }
+
+    /// Active open: a SYN is to be sent.
+    pub(crate) fn open_active(&mut self, _cfg: &TcpConfig, _now: Instant, ts_offset: u32) {
+        self.ts_offset = ts_offset;
+    }
+
+    /// A SYN cookie validated: the connection is created in SYN_RECEIVED with the SYN-ACK
+    /// already sent, so the ACK that carried the cookie completes it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn open_from_cookie(
+        &mut self,
+        cfg: &TcpConfig,
+        now: Instant,
+        seg: &TcpRepr<'_>,
+        mss: u16,
+        peer_ws: Option<u8>,
+        sack: bool,
+        ts: Option<Timestamps>,
+        ts_offset: u32,
+    ) {
+        self.irs = seg.seq.wrapping_sub(1);
+        self.rcv_nxt = seg.seq;
+        self.ws_ok = cfg.window_scale && peer_ws.is_some();
+        self.snd_shift = if self.ws_ok { peer_ws.unwrap_or(0) } else { 0 };
+        self.rcv_shift = if self.ws_ok { cfg.window_shift() } else { 0 };
+        self.sack_ok = cfg.sack && sack;
+        self.ts_ok = ts.is_some();
+        if let Some(t) = ts {
+            self.ts_recent = t.val;
+            self.ts_recent_at = now;
+        }
+        self.set_mss(cfg, mss);
+        self.ts_offset = ts_offset;
+        self.rcv_adv = self.rcv_nxt.wrapping_add(cfg.recv_buf.min(65535) as u32);
+        self.last_ack_sent = self.rcv_nxt;
+        self.snd_wl1 = self.irs;
+        self.snd_wl2 = self.iss;
+    }
+
+    /// The timestamp clock: milliseconds plus the per-connection offset.
+    fn ts_now(&self, now: Instant) -> u32 {
+        (now.as_millis() as u32).wrapping_add(self.ts_offset)
+    }
+
+    fn rto_now(&self, cfg: &TcpConfig) -> Duration {
+        let us = self.rto_us.checked_shl(self.backoff.min(20)).unwrap_or(u64::MAX);
+        Duration::from_micros(us.min(cfg.rto_max_ms * 1000))
+    }
+
+    /// `send` is allowed: the write side is open.
+    pub(crate) fn can_send(&self) -> bool {
+        matches!(self.state, State::SynSent | State::SynReceived | State::Established | State::CloseWait)
+            && !self.fin_queued
+    }
+
+    /// FIN_WAIT_2 timeout for orphaned connections.
+    fn fin_wait2_timer(&mut self, cfg: &TcpConfig, now: Instant) {
+        if self.orphan {
+            self.state_at = now + ms(cfg.fin_wait2_timeout_ms);
+        }
+    }
+
+    /// The earliest timer.
+    pub(crate) fn next_deadline(&self) -> Instant {
+        self.rtx_at.min(self.ack_at).min(self.state_at).min(self.ka_at)
+    }
+
+    /// Something may be sendable now (cheap, conservative).
+    pub(crate) fn wants_output(&self) -> bool {
+        if self.ack_now || self.probe_pending || self.ka_probe_pending || self.rtx_budget > 0 {
+            return true;
+        }
+        match self.state {
+            State::SynSent | State::SynReceived => self.snd_nxt == self.iss,
+            State::Established | State::CloseWait | State::FinWait1 | State::Closing | State::LastAck => {
+                let off = self.snd_nxt.wrapping_sub(self.snd_una) as usize;
+                (off < self.tx.len() && self.snd_wnd as usize > off)
+                    || (self.fin_queued && !self.fin_acked && off == self.tx.len())
+            }
+            _ => false,
+        }
+    }
+
+    /// After the application read: is a window update worth a segment?
+    pub(crate) fn window_update_due(&self) -> bool {
+        if !matches!(self.state, State::Established | State::FinWait1 | State::FinWait2) {
+            return false;
+        }
+        let max = 65535u32 << self.rcv_shift;
+        let old = self.rcv_adv.wrapping_sub(self.rcv_nxt);
+        let new = (self.rx.free() as u32).min(max);
+        let mss = self.mss as u32;
+        new >= old.saturating_add(mss.min(self.rx.capacity() as u32 / 2)) && (new >= 2 * old || old < mss)
+    }
+
+    fn challenge_ack(&mut self, env: &mut Env<'_>) {
+        if env.now.as_micros().saturating_sub(self.chal_start.as_micros()) >= 1_000_000 {
+            self.chal_start = env.now;
+            self.chal_count = 0;
+        }
+        if self.chal_count < env.cfg.challenge_ack_limit {
+            self.chal_count += 1;
+            self.ack_now = true;
+            env.stats.challenge_acks += 1;
+        } else {
+            env.stats.challenge_acks_limited += 1;
+        }
+    }
+
+    /// TIME_WAIT: may a new SYN reuse this 4-tuple? (RFC 6191; Linux's rule.)
+    pub(crate) fn time_wait_reusable(&self, seg: &TcpRepr<'_>) -> bool {
+        match (self.ts_ok, seg.options.timestamps) {
+            (true, Some(ts)) => seq::gt(ts.val, self.ts_recent),
+            _ => seq::gt(seg.seq, self.rcv_nxt),
+        }
+    }
+
+    fn rtt_sample(&mut self, cfg: &TcpConfig, r: u64) {
+        if !self.have_rtt {
+            self.srtt_us = r;
+            self.rttvar_us = r / 2;
+            self.have_rtt = true;
+        } else {
+            let d = self.srtt_us.abs_diff(r);
+            self.rttvar_us = (3 * self.rttvar_us + d) / 4;
+            self.srtt_us = (7 * self.srtt_us + r) / 8;
+        }
+        let rto = self.srtt_us + (4 * self.rttvar_us).max(CLOCK_G_US);
+        self.rto_us = rto.clamp(cfg.rto_min_ms * 1000, cfg.rto_max_ms * 1000);
+    }
+
+    // ---------------------------------------------------------------- input
+
+    /// A segment for this connection (RFC 9293 §3.10.7.3–4).
+    pub(crate) fn input(&mut self, env: &mut Env<'_>, seg: &TcpRepr<'_>) -> Disp {
+        if self.state == State::SynSent {
+            return self.input_syn_sent(env, seg);
+        }
+        let now = env.now;
+        let mut seg = *seg;
+        if self.state == State::SynReceived && seg.has(flags::SYN) && seg.seq == self.irs {
+            if !seg.has(flags::ACK) && !seg.has(flags::RST) {
+                // The peer retransmitted its SYN: our SYN-ACK was lost.
+                if self.syn_acked {
+                    return Disp::Keep;
+                }
+                self.snd_nxt = self.iss;
+                return Disp::Keep;
+            }
+            // Simultaneous open: the peer's SYN-ACK; its SYN is old, its ACK is news.
+            seg.seq = seg.seq.wrapping_add(1);
+            seg.flags &= !flags::SYN;
+        }
+        let rst = seg.has(flags::RST);
+        let syn = seg.has(flags::SYN);
+        let fin = seg.has(flags::FIN);
+        let seg_len = seg.seq_len();
+
+        // PAWS (RFC 7323 §5.3).
+        if self.ts_ok && !rst {
+            if let Some(ts) = seg.options.timestamps {
+                let idle = now.as_micros().saturating_sub(self.ts_recent_at.as_micros());
+                if seq::lt(ts.val, self.ts_recent) && idle < PAWS_IDLE_US {
+                    env.stats.paws_drops += 1;
+                    self.ack_now = true;
+                    return Disp::Keep;
+                }
+            }
+        }
+
+        // Acceptability (RFC 9293 §3.10.7.4, first check).
+        let wnd = self.rcv_adv.wrapping_sub(self.rcv_nxt);
+        let acceptable = match (seg_len, wnd) {
+            (0, 0) => seg.seq == self.rcv_nxt,
+            (0, _) => seq::in_range(seg.seq, self.rcv_nxt, self.rcv_nxt.wrapping_add(wnd)),
+            (_, 0) => false,
+            (_, _) => {
+                let end = self.rcv_nxt.wrapping_add(wnd);
+                seq::in_range(seg.seq, self.rcv_nxt, end)
+                    || seq::in_range(seg.seq.wrapping_add(seg_len - 1), self.rcv_nxt, end)
+            }
+        };
+        // A zero window still takes ACKs, RSTs and FIN-less probes at RCV.NXT (RFC 9293).
+        let zero_wnd_ok = wnd == 0 && seg.seq == self.rcv_nxt;
+        if !acceptable && !zero_wnd_ok {
+            if !rst {
+                self.ack_now = true;
+                if self.state == State::TimeWait && fin {
+                    self.state_at = now + ms(env.cfg.time_wait_ms);
+                }
+            }
+            env.stats.drops_out_of_window += 1;
+            return Disp::Keep;
+        }
+        self.last_rx = now;
+        self.ka_probes = 0;
+
+        // RST (RFC 5961 §3.2: only an exact match resets).
+        if rst {
+            if seg.seq == self.rcv_nxt {
+                env.stats.rsts_received += 1;
+                return match self.state {
+                    State::SynReceived if self.listen_port != 0 => Disp::Free,
+                    State::TimeWait => Disp::Free,
+                    State::SynReceived => Disp::Close(CloseReason::Refused),
+                    _ => Disp::Close(CloseReason::Reset),
+                };
+            }
+            self.challenge_ack(env);
+            return Disp::Keep;
+        }
+        // SYN in a synchronized state (RFC 5961 §4.2).
+        if syn {
+            self.challenge_ack(env);
+            return Disp::Keep;
+        }
+        if !seg.has(flags::ACK) {
+            return Disp::Keep;
+        }
+
+        // Timestamps: remember the peer's clock (RFC 7323 §4.3).
+        if let (true, Some(ts)) = (self.ts_ok, seg.options.timestamps) {
+            if seq::ge(ts.val, self.ts_recent) && seq::le(seg.seq, self.last_ack_sent) {
+                self.ts_recent = ts.val;
+                self.ts_recent_at = now;
+            }
+        }
+
+        if self.state == State::SynReceived {
+            if !(seq::lt(self.snd_una, seg.ack) && seq::le(seg.ack, self.snd_max)) {
+                env.reply_rst = Some(seg.ack);
+                return Disp::Keep;
+            }
+            if !env.accept_room {
+                env.stats.drops_accept_backlog += 1;
+                return Disp::Keep;
+            }
+            self.state = State::Established;
+            self.snd_wnd = (seg.window as u32) << self.snd_shift;
+            self.max_snd_wnd = self.max_snd_wnd.max(self.snd_wnd);
+            self.snd_wl1 = seg.seq;
+            self.snd_wl2 = seg.ack;
+            self.arm_keepalive(env.cfg, now);
+        }
+
+        // RFC 5961 §5.2: ACK validity.
+        if seq::gt(seg.ack, self.snd_max) {
+            self.ack_now = true;
+            return Disp::Keep;
+        }
+        if seq::lt(seg.ack, self.snd_una.wrapping_sub(self.max_snd_wnd)) {
+            self.challenge_ack(env);
+            return Disp::Keep;
+        }
+        if let Some(d) = self.process_ack(env, &seg) {
+            return d;
+        }
+
+        if !seg.payload.is_empty() {
+            if matches!(self.state, State::Established | State::FinWait1 | State::FinWait2) {
+                self.process_data(env, &seg);
+            } else {
+                self.ack_now = true;
+            }
+        }
+        if fin {
+            let fin_seq = seg.seq.wrapping_add(seg.payload.len() as u32);
+            if fin_seq == self.rcv_nxt {
+                self.receive_fin(env);
+            } else if seq::gt(fin_seq, self.rcv_nxt) && !self.peer_fin {
+                self.rx_fin = Some(fin_seq);
+                self.ack_now = true;
+            }
+        }
+        Disp::Keep
+    }
+
+    fn input_syn_sent(&mut self, env: &mut Env<'_>, seg: &TcpRepr<'_>) -> Disp {
+        let now = env.now;
+        let has_ack = seg.has(flags::ACK);
+        if has_ack && (seq::le(seg.ack, self.iss) || seq::gt(seg.ack, self.snd_max)) {
+            if !seg.has(flags::RST) {
+                env.reply_rst = Some(seg.ack);
+            }
+            return Disp::Keep;
+        }
+        if seg.has(flags::RST) {
+            if has_ack {
+                env.stats.rsts_received += 1;
+                return Disp::Close(CloseReason::Refused);
+            }
+            return Disp::Keep;
+        }
+        if !seg.has(flags::SYN) {
+            return Disp::Keep;
+        }
+        self.irs = seg.seq;
+        self.rcv_nxt = seg.seq.wrapping_add(1);
+        self.rcv_adv = self.rcv_nxt;
+        self.set_options(env.cfg, &seg.options);
+        if let (true, Some(ts)) = (self.ts_ok, seg.options.timestamps) {
+            self.ts_recent = ts.val;
+            self.ts_recent_at = now;
+        }
+        self.last_rx = now;
+        self.snd_wnd = seg.window as u32;
+        self.max_snd_wnd = self.snd_wnd;
+        self.snd_wl1 = seg.seq;
+        self.snd_wl2 = seg.ack;
+        if has_ack {
+            self.snd_una = seg.ack;
+            self.syn_acked = true;
+            if let Some(t) = self.rtt_at.take() {
+                self.rtt_sample(env.cfg, now.as_micros().saturating_sub(t.as_micros()));
+            }
+            self.backoff = 0;
+            self.retries = 0;
+            self.rtx_at = Instant::MAX;
+            self.state = State::Established;
+            self.ack_now = true;
+            self.arm_keepalive(env.cfg, now);
+        } else {
+            // Simultaneous open (RFC 9293 figure 8): answer with SYN-ACK.
+            self.state = State::SynReceived;
+            self.snd_nxt = self.iss;
+        }
+        Disp::Keep
+    }
+
+    /// ACK processing; `Some` ends the connection.
+    fn process_ack(&mut self, env: &mut Env<'_>, seg: &TcpRepr<'_>) -> Option<Disp> {
+        let now = env.now;
+        let ack = seg.ack;
+        let wnd = (seg.window as u32) << self.snd_shift;
+        if self.sack_ok && seg.options.sack_len > 0 {
+            for b in seg.options.sack_blocks() {
+                if seq::lt(self.snd_una, b.left) && seq::lt(b.left, b.right) && seq::le(b.right, self.snd_max) {
+                    self.sacked.insert(b.left, b.right, super::buf::MAX_RANGES);
+                }
+            }
+        }
+        if seq::gt(ack, self.snd_una) {
+            let mut acked = ack.wrapping_sub(self.snd_una) as usize;
+            if !self.syn_acked {
+                self.syn_acked = true;
+                acked -= 1;
+            }
+            let data = acked.min(self.tx.len());
+            self.tx.discard(data);
+            if acked > data && self.fin_queued {
+                self.fin_acked = true;
+            }
+            self.snd_una = ack;
+            if seq::lt(self.snd_nxt, ack) {
+                self.snd_nxt = ack;
+            }
+            if seq::lt(self.high_rxt, ack) {
+                self.high_rxt = ack;
+            }
+            self.sacked.advance(ack);
+            self.retries = 0;
+            self.backoff = 0;
+            // RTT: from the timestamp echo, else from the timed segment (Karn's rule).
+            let mut sampled = false;
+            if let (true, Some(ts)) = (self.ts_ok, seg.options.timestamps) {
+                let d = self.ts_now(now).wrapping_sub(ts.ecr);
+                if ts.ecr != 0 && (d as i32) >= 0 {
+                    self.rtt_sample(env.cfg, d as u64 * 1000);
+                    sampled = true;
+                }
+            }
+            if let Some(t) = self.rtt_at {
+                if seq::ge(ack, self.rtt_seq) {
+                    self.rtt_at = None;
+                    if !sampled {
+                        self.rtt_sample(env.cfg, now.as_micros().saturating_sub(t.as_micros()));
+                    }
+                }
+            }
+            // Congestion control and recovery (RFC 5681, RFC 6582).
+            if self.in_recovery {
+                if seq::ge(ack, self.recover) {
+                    self.in_recovery = false;
+                    let flight = self.snd_max.wrapping_sub(self.snd_una);
+                    self.cc.exit_recovery(flight);
+                    self.rtx_budget = 0;
+                } else {
+                    self.cc.partial_ack(data as u32);
+                    self.rtx_budget = self.rtx_budget.max(1);
+                    if !self.sack_ok {
+                        self.high_rxt = self.snd_una;
+                    }
+                }
+            } else {
+                self.cc.on_ack(now, data as u32, self.srtt_us as u32);
+            }
+            self.dupacks = 0;
+            self.persist = false;
+            self.probe_pending = false;
+            self.rtx_at = if self.snd_max == self.snd_una || self.snd_nxt == self.snd_una {
+                Instant::MAX
+            } else {
+                now + self.rto_now(env.cfg)
+            };
+            if self.want_writable && self.tx.free() > 0 {
+                self.want_writable = false;
+                self.notify |= N_WRITABLE;
+            }
+            if self.fin_acked {
+                match self.state {
+                    State::FinWait1 => {
+                        self.state = State::FinWait2;
+                        self.fin_wait2_timer(env.cfg, now);
+                    }
+                    State::Closing => self.state = State::TimeWait,
+                    State::LastAck => return Some(Disp::Close(CloseReason::Normal)),
+                    _ => {}
+                }
+            }
+        } else if ack == self.snd_una
+            && self.snd_max != self.snd_una
+            && seg.payload.is_empty()
+            && !seg.has(flags::FIN)
+            && wnd == self.snd_wnd
+        {
+            // Duplicate ACK (RFC 5681 §2).
+            self.dupacks += 1;
+            let sack_loss = self.sack_ok && self.sacked_bytes() >= 3 * self.mss as u32;
+            if !self.in_recovery
+                && (self.dupacks == 3 || (sack_loss && self.dupacks < 3))
+                && seq::gt(ack, self.recover.wrapping_sub(1))
+            {
+                let flight = self.snd_max.wrapping_sub(self.snd_una);
+                self.cc.on_loss(flight);
+                self.cc.enter_recovery();
+                self.in_recovery = true;
+                self.recover = self.snd_max;
+                self.high_rxt = self.snd_una;
+                self.rtx_budget = 1;
+                self.rtt_at = None;
+                env.stats.fast_retransmits += 1;
+            } else if self.in_recovery {
+                self.cc.inflate();
+                if self.sack_ok {
+                    self.rtx_budget = (self.rtx_budget + 1).min(4);
+                }
+            }
+        }
+        // Window update (RFC 9293 §3.10.7.4).
+        if seq::lt(self.snd_wl1, seg.seq) || (self.snd_wl1 == seg.seq && seq::le(self.snd_wl2, ack)) {
+            self.snd_wnd = wnd;
+            self.snd_wl1 = seg.seq;
+            self.snd_wl2 = ack;
+            self.max_snd_wnd = self.max_snd_wnd.max(wnd);
+            if wnd > 0 && self.persist {
+                self.persist = false;
+                self.probe_pending = false;
+                self.rtx_at = Instant::MAX;
+                self.backoff = 0;
+            }
+        }
+        None
+    }
+
+    fn sacked_bytes(&self) -> u32 {
+        self.sacked.ranges().iter().map(|r| r.1.wrapping_sub(r.0)).sum()
+    }
+
+    fn process_data(&mut self, env: &mut Env<'_>, seg: &TcpRepr<'_>) {
+        let now = env.now;
+        let mut seqn = seg.seq;
+        let mut data = seg.payload;
+        if seq::lt(seqn, self.rcv_nxt) {
+            let d = self.rcv_nxt.wrapping_sub(seqn) as usize;
+            if d >= data.len() {
+                self.ack_now = true;
+                return;
+            }
+            data = &data[d..];
+            seqn = self.rcv_nxt;
+        }
+        // Trim to the advertised window.
+        let room = self.rcv_adv.wrapping_sub(seqn) as usize;
+        if data.len() > room {
+            data = &data[..room];
+        }
+        if data.is_empty() {
+            self.ack_now = true;
+            return;
+        }
+        if self.orphan {
+            // Nobody will read: take in-order data and drop it.
+            if seqn == self.rcv_nxt {
+                self.rcv_nxt = self.rcv_nxt.wrapping_add(data.len() as u32);
+            }
+            self.ack_now = true;
+            return;
+        }
+        if seqn == self.rcv_nxt {
+            let n = self.rx.write_at(0, data);
+            let mut edge = self.rcv_nxt.wrapping_add(n as u32);
+            if !self.asm.is_empty() {
+                let e = self.asm.advance(edge);
+                if e != edge {
+                    edge = e;
+                }
+                // Filling a hole is acknowledged at once (RFC 5681 §4.2).
+                self.ack_now = true;
+            }
+            let advance = edge.wrapping_sub(self.rcv_nxt) as usize;
+            self.rx.commit(advance);
+            self.rcv_nxt = edge;
+            self.unacked_bytes = self.unacked_bytes.saturating_add(advance as u32);
+            if advance > 0 && !self.readable_signaled {
+                self.readable_signaled = true;
+                self.notify |= N_READABLE;
+            }
+            if self.rx_fin == Some(self.rcv_nxt) {
+                self.rx_fin = None;
+                self.receive_fin(env);
+            }
+            let full = 2 * env.cfg.effective_mss() as u32;
+            if env.cfg.delayed_ack_ms == 0 || self.unacked_bytes >= full {
+                self.ack_now = true;
+            } else if self.ack_at == Instant::MAX {
+                self.ack_at = now + ms(env.cfg.delayed_ack_ms);
+            }
+        } else {
+            // Out of order: store in place, remember the range, ACK at once with SACK.
+            let off = seqn.wrapping_sub(self.rcv_nxt) as usize;
+            let n = self.rx.write_at(off, data);
+            if n == 0
+                || !self
+                    .asm
+                    .insert(seqn, seqn.wrapping_add(n as u32), env.cfg.ooo_max_ranges)
+            {
+                env.stats.drops_ooo += 1;
+            }
+            self.ack_now = true;
+        }
+    }
+
+    fn receive_fin(&mut self, env: &mut Env<'_>) {
+        if self.peer_fin {
+            return;
+        }
+        self.peer_fin = true;
+        self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
+        self.ack_now = true;
+        self.notify |= N_PEER_CLOSED;
+        if !self.readable_signaled {
+            self.readable_signaled = true;
+            self.notify |= N_READABLE;
+        }
+        self.ka_at = Instant::MAX;
+        match self.state {
+            State::SynReceived | State::Established => self.state = State::CloseWait,
+            State::FinWait1 => {
+                self.state = if self.fin_acked { State::TimeWait } else { State::Closing };
+            }
+            State::FinWait2 => self.state = State::TimeWait,
+            State::TimeWait => self.state_at = env.now + ms(env.cfg.time_wait_ms),
+            _ => {}
+        }
+    }
+
+    fn arm_keepalive(&mut self, cfg: &TcpConfig, now: Instant) {
+        if let Some(k) = cfg.keepalive {
+            self.ka_at = now + ms(k.idle_ms);
+        }
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    /// Runs the timers due at `env.now`.
+    pub(crate) fn on_timer(&mut self, env: &mut Env<'_>) -> Disp {
+        let now = env.now;
+        if self.state_at <= now {
+            self.state_at = Instant::MAX;
+            match self.state {
+                State::TimeWait => return Disp::Free,
+                State::FinWait2 => return Disp::Close(CloseReason::Timeout),
+                _ => {}
+            }
+        }
+        if self.ack_at <= now {
+            self.ack_at = Instant::MAX;
+            self.ack_now = true;
+        }
+        if self.rtx_at <= now {
+            self.rtx_at = Instant::MAX;
+            if self.persist {
+                self.probe_pending = true;
+                self.backoff = (self.backoff + 1).min(20);
+            } else if self.snd_max != self.snd_una {
+                let handshake = matches!(self.state, State::SynSent | State::SynReceived);
+                let limit = if handshake { env.cfg.max_syn_retries } else { env.cfg.max_retries };
+                self.retries += 1;
+                if self.retries > limit {
+                    return if self.state == State::SynReceived && self.listen_port != 0 {
+                        Disp::Free
+                    } else {
+                        Disp::Close(CloseReason::Timeout)
+                    };
+                }
+                env.stats.rto_fired += 1;
+                self.backoff = (self.backoff + 1).min(20);
+                if !handshake {
+                    let flight = self.snd_max.wrapping_sub(self.snd_una);
+                    self.cc.on_rto(flight);
+                }
+                self.in_recovery = false;
+                self.dupacks = 0;
+                self.rtx_budget = 0;
+                self.sacked.clear();
+                self.recover = self.snd_max;
+                self.high_rxt = self.snd_una;
+                self.rtt_at = None;
+                self.snd_nxt = if handshake { self.iss } else { self.snd_una };
+            }
+        }
+        if self.ka_at <= now {
+            self.ka_at = Instant::MAX;
+            if let (Some(k), State::Established | State::CloseWait) = (env.cfg.keepalive, self.state) {
+                let idle = now.as_micros().saturating_sub(self.last_rx.as_micros());
+                if self.snd_max != self.snd_una {
+                    self.ka_at = now + ms(k.idle_ms);
+                } else if idle >= k.idle_ms * 1000 {
+                    if self.ka_probes >= k.probes {
+                        return Disp::Close(CloseReason::KeepaliveTimeout);
+                    }
+                    self.ka_probes += 1;
+                    self.ka_probe_pending = true;
+                    self.ka_at = now + ms(k.interval_ms);
+                } else {
+                    self.ka_at = self.last_rx + ms(k.idle_ms);
+                }
+            }
+        }
+        Disp::Keep
+    }
+
+    // ---------------------------------------------------------------- output
+
+    /// The window field to advertise, moving the right edge per receiver SWS avoidance.
+    fn advertise(&mut self, cfg: &TcpConfig) -> u16 {
+        let max = 65535u32 << self.rcv_shift;
+        let free = (self.rx.free() as u32).min(max);
+        let cand = self.rcv_nxt.wrapping_add((free >> self.rcv_shift) << self.rcv_shift);
+        if seq::gt(cand, self.rcv_adv) {
+            let inc = cand.wrapping_sub(self.rcv_adv);
+            let cur = self.rcv_adv.wrapping_sub(self.rcv_nxt);
+            let thresh = (self.rx.capacity() as u32 / 2).min(cfg.effective_mss() as u32);
+            if inc >= thresh || cur == 0 && free >= thresh || free == max {
+                self.rcv_adv = cand;
+            }
+        }
+        (self.rcv_adv.wrapping_sub(self.rcv_nxt) >> self.rcv_shift).min(65535) as u16
+    }
+
+    /// Writes a segment header for `seq`/`fl` with `len` payload bytes from send-buffer offset
+    /// `off`; returns the segment length.
+    fn emit(
+        &mut self,
+        env: &mut Env<'_>,
+        buf: &mut [u8],
+        seqn: u32,
+        fl: u8,
+        off: usize,
+        len: usize,
+    ) -> Option<usize> {
+        let mut o = TcpOptions::NONE;
+        if self.ts_ok {
+            o.timestamps = Some(Timestamps { val: self.ts_now(env.now), ecr: self.ts_recent });
+        }
+        if self.sack_ok && fl & flags::ACK != 0 && !self.asm.is_empty() {
+            let mut blocks = [(0u32, 0u32); 4];
+            let max = if self.ts_ok { 3 } else { 4 };
+            let n = self.asm.sack_blocks(&mut blocks[..max]);
+            for (i, b) in blocks[..n].iter().enumerate() {
+                o.sack[i] = SackBlock { left: b.0, right: b.1 };
+            }
+            o.sack_len = n as u8;
+        }
+        let window = self.advertise(env.cfg);
+        let repr = TcpRepr {
+            src_port: self.key.lport,
+            dst_port: self.key.rport,
+            seq: seqn,
+            ack: if fl & flags::ACK != 0 { self.rcv_nxt } else { 0 },
+            flags: fl,
+            window,
+            urgent: 0,
+            options: o,
+            payload: &[],
+        };
+        let hl = repr.header_len();
+        if buf.len() < hl + len || hl > HEADER_LEN + 40 {
+            return None;
+        }
+        repr.emit_header(buf).ok()?;
+        if len > 0 {
+            let n = self.tx.peek_at(off, &mut buf[hl..hl + len]);
+            debug_assert_eq!(n, len);
+        }
+        if fl & flags::ACK != 0 {
+            self.ack_now = false;
+            self.ack_at = Instant::MAX;
+            self.unacked_bytes = 0;
+            self.last_ack_sent = self.rcv_nxt;
+        }
+        Some(hl + len)
+    }
+
+    fn arm_rtx(&mut self, cfg: &TcpConfig, now: Instant) {
+        if self.rtx_at == Instant::MAX || self.persist {
+            self.persist = false;
+            self.rtx_at = now + self.rto_now(cfg);
+        }
+    }
+
+    /// Bookkeeping after sending `[seqn, seqn + n)` of sequence space.
+    fn sent(&mut self, env: &mut Env<'_>, seqn: u32, n: u32) {
+        let end = seqn.wrapping_add(n);
+        if seq::lt(seqn, self.snd_max) {
+            env.stats.retransmits += 1;
+            self.rtt_at = None;
+        } else if self.rtt_at.is_none() {
+            self.rtt_at = Some(env.now);
+            self.rtt_seq = end;
+        }
+        if seq::gt(end, self.snd_max) {
+            self.snd_max = end;
+        }
+        self.arm_rtx(env.cfg, env.now);
+    }
+
+    /// Writes the next segment of this connection into `buf` (checksum left to the caller).
+    pub(crate) fn output(&mut self, env: &mut Env<'_>, buf: &mut [u8]) -> Option<usize> {
+        let now = env.now;
+        let ack = flags::ACK;
+        match self.state {
+            State::SynSent | State::SynReceived if self.snd_nxt == self.iss => {
+                return self.output_syn(env, buf);
+            }
+            State::SynSent | State::Closed | State::Listen => return None,
+            State::SynReceived | State::TimeWait | State::FinWait2 | State::CloseWait
+                if !self.data_state() =>
+            {
+                return if self.ack_now { self.emit(env, buf, self.snd_nxt, ack, 0, 0) } else { None };
+            }
+            _ => {}
+        }
+        let tx_len = self.tx.len();
+        // Retransmissions allowed by duplicate or partial ACKs (and SACK holes).
+        if self.rtx_budget > 0 {
+            self.rtx_budget -= 1;
+            let start = if self.sack_ok { seq::max(self.snd_una, self.high_rxt) } else { self.snd_una };
+            if let Some((s, len, fin)) = self.hole(start, tx_len) {
+                let off = s.wrapping_sub(self.snd_una) as usize;
+                let mut fl = ack;
+                if fin {
+                    fl |= flags::FIN;
+                }
+                if len > 0 && off + len == tx_len {
+                    fl |= flags::PSH;
+                }
+                let n = self.emit(env, buf, s, fl, off, len)?;
+                let used = len as u32 + fin as u32;
+                self.high_rxt = s.wrapping_add(used);
+                env.stats.retransmits += 1;
+                self.rtt_at = None;
+                self.arm_rtx(env.cfg, now);
+                return Some(n);
+            }
+        }
+        if self.ka_probe_pending {
+            self.ka_probe_pending = false;
+            return self.emit(env, buf, self.snd_una.wrapping_sub(1), ack, 0, 0);
+        }
+        let off = self.snd_nxt.wrapping_sub(self.snd_una) as usize;
+        if off <= tx_len {
+            let avail = tx_len - off;
+            let wnd = self.snd_wnd.min(self.cc.cwnd) as usize;
+            let usable = wnd.saturating_sub(off);
+            let room = buf.len().saturating_sub(HEADER_LEN + 40);
+            let mut len = avail.min(usable).min(self.mss).min(room);
+            let retrans = seq::lt(self.snd_nxt, self.snd_max);
+            if self.probe_pending && avail > 0 && len == 0 && off == 0 {
+                // Zero-window probe: one byte past the window; SND.NXT stays.
+                self.probe_pending = false;
+                let n = self.emit(env, buf, self.snd_nxt, ack, 0, 1)?;
+                if seq::gt(self.snd_nxt.wrapping_add(1), self.snd_max) {
+                    self.snd_max = self.snd_nxt.wrapping_add(1);
+                }
+                self.persist = true;
+                self.rtx_at = now + self.rto_now(env.cfg);
+                return Some(n);
+            }
+            let mut ok = len > 0
+                && (retrans
+                    || len == self.mss
+                    || (len == avail && (self.nodelay || off == 0 || self.fin_queued))
+                    || (self.max_snd_wnd > 0 && len >= self.max_snd_wnd as usize / 2));
+            if len > 0 && !ok && self.probe_pending {
+                // SWS override timeout: send what the window allows.
+                ok = true;
+            }
+            if !ok {
+                len = 0;
+            }
+            let fin = self.fin_queued && !self.fin_acked && off + len == tx_len && (ok || avail == 0);
+            if len > 0 || fin {
+                self.probe_pending = false;
+                let mut fl = ack;
+                if fin {
+                    fl |= flags::FIN;
+                }
+                if len > 0 && off + len == tx_len {
+                    fl |= flags::PSH;
+                }
+                let seqn = self.snd_nxt;
+                let n = self.emit(env, buf, seqn, fl, off, len)?;
+                let used = len as u32 + fin as u32;
+                self.snd_nxt = seqn.wrapping_add(used);
+                self.sent(env, seqn, used);
+                return Some(n);
+            }
+            // Stalled with data and nothing in flight: persist (zero window) or SWS override.
+            if avail > 0 && off == 0 && self.rtx_at == Instant::MAX {
+                self.persist = true;
+                self.rtx_at = now + self.rto_now(env.cfg);
+            }
+        }
+        if self.ack_now {
+            return self.emit(env, buf, self.snd_nxt, ack, 0, 0);
+        }
+        None
+    }
+
+    /// States in which data or FIN may still be (re)sent.
+    fn data_state(&self) -> bool {
+        matches!(
+            self.state,
+            State::Established | State::CloseWait | State::FinWait1 | State::Closing | State::LastAck
+        ) || (self.fin_queued && !self.fin_acked && self.syn_acked)
+    }
+
+    /// The next segment to retransmit at or after `start`: the first byte not SACKed, up to the
+    /// next SACKed range or one MSS; `(seq, len, fin)`.
+    fn hole(&self, start: u32, tx_len: usize) -> Option<(u32, usize, bool)> {
+        let mut s = start;
+        let mut limit = None;
+        if self.sack_ok {
+            for &(l, r) in self.sacked.ranges() {
+                if seq::lt(s, l) {
+                    limit = Some(l);
+                    break;
+                }
+                s = seq::max(s, r);
+            }
+            // With SACK, only data below the highest SACKed byte counts as lost (RFC 6675);
+            // the first retransmission (at SND.UNA) always goes.
+            if limit.is_none() && s != self.snd_una {
+                return None;
+            }
+        }
+        let off = s.wrapping_sub(self.snd_una) as usize;
+        if !seq::lt(s, self.snd_max) || off > tx_len {
+            return None;
+        }
+        let mut len = (tx_len - off).min(self.mss);
+        if let Some(l) = limit {
+            len = len.min(l.wrapping_sub(s) as usize);
+        }
+        let fin = self.fin_queued && off + len == tx_len && seq::gt(self.snd_max, s.wrapping_add(len as u32));
+        if len == 0 && !fin {
+            return None;
+        }
+        Some((s, len, fin))
+    }
+
+    fn output_syn(&mut self, env: &mut Env<'_>, buf: &mut [u8]) -> Option<usize> {
+        let cfg = env.cfg;
+        let synack = self.state == State::SynReceived;
+        let mut o = TcpOptions { mss: Some(cfg.effective_mss()), ..TcpOptions::NONE };
+        let tsval = self.ts_now(env.now);
+        if synack {
+            if self.ws_ok {
+                o.window_scale = Some(self.rcv_shift);
+            }
+            o.sack_permitted = self.sack_ok;
+            if self.ts_ok {
+                o.timestamps = Some(Timestamps { val: tsval, ecr: self.ts_recent });
+            }
+        } else {
+            if cfg.window_scale {
+                o.window_scale = Some(cfg.window_shift());
+            }
+            o.sack_permitted = cfg.sack;
+            if cfg.timestamps {
+                o.timestamps = Some(Timestamps { val: tsval, ecr: 0 });
+            }
+        }
+        let window = self.rx.free().min(65535) as u16;
+        let fl = if synack { flags::SYN | flags::ACK } else { flags::SYN };
+        let repr = TcpRepr {
+            src_port: self.key.lport,
+            dst_port: self.key.rport,
+            seq: self.iss,
+            ack: if synack { self.rcv_nxt } else { 0 },
+            flags: fl,
+            window,
+            urgent: 0,
+            options: o,
+            payload: &[],
+        };
+        let n = repr.emit_header(buf).ok()?;
+        if synack {
+            self.rcv_adv = seq::max(self.rcv_adv, self.rcv_nxt.wrapping_add(window as u32));
+            self.last_ack_sent = self.rcv_nxt;
+            self.ack_now = false;
+            self.ack_at = Instant::MAX;
+        }
+        self.snd_nxt = self.iss.wrapping_add(1);
+        let iss = self.iss;
+        self.sent(env, iss, 1);
+        Some(n)
+    }
+}

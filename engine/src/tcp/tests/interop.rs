@@ -1,0 +1,2 @@
+//! interop tests.
+use super::*;

@@ -1,0 +1,2 @@
+//! security tests.
+use super::*;
