@@ -4,7 +4,6 @@
 use etherparse::{Icmpv4Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use handshake::arp::NeighborEvent;
 use handshake::device::mem::MemDevice;
-use handshake::device::Device;
 use handshake::ipv4::Routes;
 use handshake::stack::{run_batch, Stack, StackConfig};
 use handshake::stats::DropReason;
@@ -18,8 +17,11 @@ const US: [u8; 4] = [198, 18, 0, 1];
 const PEER: [u8; 4] = [198, 18, 0, 2];
 
 fn stack() -> Stack {
-    let routes = Routes::new(vec!["198.18.0.1/24".parse().unwrap()], Some(Ipv4Addr::new(198, 18, 0, 254)))
-        .unwrap();
+    let routes = Routes::new(
+        vec!["198.18.0.1/24".parse().unwrap()],
+        Some(Ipv4Addr::new(198, 18, 0, 254)),
+    )
+    .unwrap();
     let mut cfg = StackConfig::new(OUR_MAC, routes);
     cfg.gratuitous_arp = false;
     Stack::new(cfg)
@@ -38,14 +40,18 @@ fn arp_request(sender_mac: Mac, sender_ip: [u8; 4], target_ip: [u8; 4]) -> Vec<u
 }
 
 fn ping(payload: &[u8], seq: u16) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(PEER_MAC.0, OUR_MAC.0).ipv4(PEER, US, 64).icmpv4_echo_request(0x4242, seq);
+    let b = PacketBuilder::ethernet2(PEER_MAC.0, OUR_MAC.0)
+        .ipv4(PEER, US, 64)
+        .icmpv4_echo_request(0x4242, seq);
     let mut f = Vec::new();
     b.write(&mut f, payload).unwrap();
     f
 }
 
 fn udp(dst_port: u16) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(PEER_MAC.0, OUR_MAC.0).ipv4(PEER, US, 64).udp(5353, dst_port);
+    let b = PacketBuilder::ethernet2(PEER_MAC.0, OUR_MAC.0)
+        .ipv4(PEER, US, 64)
+        .udp(5353, dst_port);
     let mut f = Vec::new();
     b.write(&mut f, b"hello").unwrap();
     f
@@ -69,7 +75,12 @@ fn exchange(st: &mut Stack, dev: &mut MemDevice, now: Instant, frames: &[Vec<u8>
 fn arp_request_for_us_is_answered_in_place_with_exact_bytes() {
     let mut st = stack();
     let mut dev = MemDevice::new(2048);
-    let out = exchange(&mut st, &mut dev, Instant::from_secs(1), &[arp_request(PEER_MAC, PEER, US)]);
+    let out = exchange(
+        &mut st,
+        &mut dev,
+        Instant::from_secs(1),
+        &[arp_request(PEER_MAC, PEER, US)],
+    );
     let expected: Vec<u8> = [
         &PEER_MAC.0[..],
         &OUR_MAC.0,
@@ -83,14 +94,22 @@ fn arp_request_for_us_is_answered_in_place_with_exact_bytes() {
     assert_eq!(out, vec![expected]);
     assert_eq!(st.stats().arp_replies, 1);
     // The request taught us the peer (RFC 826 merge) and that is shared with the other workers.
-    assert_eq!(st.poll_neighbor_event(), Some(NeighborEvent::Learned(Ipv4Addr::from(PEER), PEER_MAC)));
+    assert_eq!(
+        st.poll_neighbor_event(),
+        Some(NeighborEvent::Learned(Ipv4Addr::from(PEER), PEER_MAC))
+    );
 }
 
 #[test]
 fn arp_for_other_hosts_is_not_answered() {
     let mut st = stack();
     let mut dev = MemDevice::new(2048);
-    let out = exchange(&mut st, &mut dev, Instant::from_secs(1), &[arp_request(PEER_MAC, PEER, [198, 18, 0, 3])]);
+    let out = exchange(
+        &mut st,
+        &mut dev,
+        Instant::from_secs(1),
+        &[arp_request(PEER_MAC, PEER, [198, 18, 0, 3])],
+    );
     assert!(out.is_empty());
     assert_eq!(st.stats().drops_of(DropReason::ArpNotForUs), 1);
 }
@@ -112,17 +131,27 @@ fn echo_request_is_answered_in_place() {
         let eth = p.link.unwrap().to_header().unwrap();
         let eth = eth.ethernet2().unwrap();
         assert_eq!((eth.source, eth.destination), (OUR_MAC.0, PEER_MAC.0));
-        let Some(NetSlice::Ipv4(ip)) = p.net else { panic!("not IPv4") };
+        let Some(NetSlice::Ipv4(ip)) = p.net else {
+            panic!("not IPv4")
+        };
         assert_eq!(ip.header().source(), US);
         assert_eq!(ip.header().destination(), PEER);
-        assert_eq!(ip.header().header_checksum(), ip.header().to_header().calc_header_checksum());
-        let Some(TransportSlice::Icmpv4(icmp)) = p.transport else { panic!("not ICMP") };
+        assert_eq!(
+            ip.header().header_checksum(),
+            ip.header().to_header().calc_header_checksum()
+        );
+        let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+            panic!("not ICMP")
+        };
         match icmp.icmp_type() {
             Icmpv4Type::EchoReply(h) => assert_eq!((h.id, h.seq), (0x4242, size as u16)),
             t => panic!("not an echo reply: {t:?}"),
         }
         assert_eq!(icmp.payload(), &payload[..]);
-        assert_eq!(icmp.checksum(), icmp.icmp_type().calc_checksum(icmp.payload()));
+        assert_eq!(
+            icmp.checksum(),
+            icmp.icmp_type().calc_checksum(icmp.payload())
+        );
     }
     assert_eq!(st.stats().icmp_echo_replies, 5);
 }
@@ -148,8 +177,13 @@ fn udp_gets_port_unreachable_after_arp_resolution() {
     let out = exchange(&mut st, &mut dev, now, &[reply]);
     assert_eq!(out.len(), 1);
     let p = SlicedPacket::from_ethernet(&out[0]).unwrap();
-    let Some(TransportSlice::Icmpv4(icmp)) = p.transport else { panic!("not ICMP") };
-    assert!(matches!(icmp.icmp_type(), Icmpv4Type::DestinationUnreachable(_)));
+    let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+        panic!("not ICMP")
+    };
+    assert!(matches!(
+        icmp.icmp_type(),
+        Icmpv4Type::DestinationUnreachable(_)
+    ));
     assert_eq!(&out[0][0..6], &PEER_MAC.0);
     assert_eq!(st.stats().icmp_errors, 1);
     assert_eq!(st.neighbors().parked(), 0);
@@ -188,47 +222,247 @@ fn malformed_frames_are_dropped_and_counted_by_reason() {
     };
     let table: Vec<(&str, Vec<u8>, DropReason)> = vec![
         ("empty frame", vec![], DropReason::EthTruncated),
-        ("13-byte frame", good_ping[..13].to_vec(), DropReason::EthTruncated),
-        ("unicast to another MAC", with(&good_ping, &|v| v[5] = 0x99), DropReason::EthNotForUs),
-        ("multicast MAC", with(&good_ping, &|v| v[0..6].copy_from_slice(&[1, 0, 0x5e, 0, 0, 1])), DropReason::EthNotForUs),
-        ("IPv6 ethertype", with(&good_ping, &|v| v[12..14].copy_from_slice(&[0x86, 0xdd])), DropReason::EthUnknownType),
-        ("VLAN tag", with(&good_ping, &|v| v[12..14].copy_from_slice(&[0x81, 0x00])), DropReason::EthUnknownType),
-        ("ARP truncated", good_arp[..14 + 27].to_vec(), DropReason::ArpTruncated),
-        ("ARP hardware type 6", with(&good_arp, &|v| v[15] = 6), DropReason::ArpBadHardware),
-        ("ARP hardware size 8", with(&good_arp, &|v| v[18] = 8), DropReason::ArpBadHardware),
-        ("ARP protocol IPv6", with(&good_arp, &|v| v[16..18].copy_from_slice(&[0x86, 0xdd])), DropReason::ArpBadProtocol),
-        ("ARP protocol size 16", with(&good_arp, &|v| v[19] = 16), DropReason::ArpBadProtocol),
-        ("ARP op 3", with(&good_arp, &|v| v[21] = 3), DropReason::ArpBadOperation),
-        ("ARP multicast sender MAC", with(&good_arp, &|v| v[22] = 1), DropReason::ArpBadSender),
-        ("ARP sender 0.0.0.0 (probe)", with(&good_arp, &|v| v[28..32].fill(0)), DropReason::ArpBadSender),
-        ("ARP sender is our address", with(&good_arp, &|v| v[28..32].copy_from_slice(&US)), DropReason::ArpBadSender),
-        ("IPv4 truncated header", good_ping[..14 + 19].to_vec(), DropReason::Ipv4Truncated),
-        ("IPv4 version 6", with(&good_ping, &|v| { v[14] = 0x65; fix_ip(v) }), DropReason::Ipv4BadVersion),
-        ("IPv4 IHL 4", with(&good_ping, &|v| { v[14] = 0x44; fix_ip(v) }), DropReason::Ipv4BadHeaderLen),
-        ("IPv4 IHL 15 past the packet", with(&good_ping, &|v| { v.truncate(14 + 40); v[14] = 0x4f; v[17] = 40; fix_ip(v) }), DropReason::Ipv4Truncated),
-        ("IPv4 total length > frame", with(&good_ping, &|v| { v[16] = 0x05; fix_ip(v) }), DropReason::Ipv4BadTotalLen),
-        ("IPv4 total length < header", with(&good_ping, &|v| { v[16] = 0; v[17] = 19; fix_ip(v) }), DropReason::Ipv4BadTotalLen),
-        ("IPv4 bad header checksum", with(&good_ping, &|v| v[24] ^= 0x55), DropReason::Ipv4BadChecksum),
-        ("IPv4 TTL 0", with(&good_ping, &|v| { v[22] = 0; fix_ip(v) }), DropReason::Ipv4TtlZero),
-        ("IPv4 first fragment (MF)", with(&good_ping, &|v| { v[20] = 0x20; fix_ip(v) }), DropReason::Ipv4Fragment),
-        ("IPv4 later fragment (offset)", with(&good_ping, &|v| { v[21] = 0x10; fix_ip(v) }), DropReason::Ipv4Fragment),
-        ("IPv4 to another address", with(&good_ping, &|v| { v[33] = 3; fix_ip(v) }), DropReason::Ipv4NotForUs),
-        ("IPv4 from broadcast", with(&good_ping, &|v| { v[26..30].fill(255); fix_ip(v) }), DropReason::Ipv4BadSource),
-        ("IPv4 from our own address", with(&good_ping, &|v| { v[26..30].copy_from_slice(&US); fix_ip(v) }), DropReason::Ipv4BadSource),
-        ("IPv4 from multicast", with(&good_ping, &|v| { v[26..30].copy_from_slice(&[224, 0, 0, 1]); fix_ip(v) }), DropReason::Ipv4BadSource),
-        ("ICMP truncated", with(&good_ping, &|v| { v.truncate(14 + 20 + 7); v[17] = 27; fix_ip(v) }), DropReason::IcmpTruncated),
-        ("ICMP bad checksum", with(&good_ping, &|v| v[40] ^= 0xff), DropReason::IcmpBadChecksum),
-        ("ICMP echo reply (not answered)", with(&good_ping, &|v| { v[34] = 0; v[36] = v[36].wrapping_add(8) }), DropReason::IcmpIgnored),
-        ("TCP truncated header", with(&good_ping, &|v| { v[23] = 6; v.truncate(14 + 20 + 12); v[17] = 32; fix_ip(v) }), DropReason::TcpTruncated),
-        ("TCP bad checksum", with(&good_ping, &|v| { v[23] = 6; v.resize(14 + 20 + 20, 0); v[17] = 40; fix_ip(v) }), DropReason::TcpBadChecksum),
+        (
+            "13-byte frame",
+            good_ping[..13].to_vec(),
+            DropReason::EthTruncated,
+        ),
+        (
+            "unicast to another MAC",
+            with(&good_ping, &|v| v[5] = 0x99),
+            DropReason::EthNotForUs,
+        ),
+        (
+            "multicast MAC",
+            with(&good_ping, &|v| {
+                v[0..6].copy_from_slice(&[1, 0, 0x5e, 0, 0, 1])
+            }),
+            DropReason::EthNotForUs,
+        ),
+        (
+            "IPv6 ethertype",
+            with(&good_ping, &|v| v[12..14].copy_from_slice(&[0x86, 0xdd])),
+            DropReason::EthUnknownType,
+        ),
+        (
+            "VLAN tag",
+            with(&good_ping, &|v| v[12..14].copy_from_slice(&[0x81, 0x00])),
+            DropReason::EthUnknownType,
+        ),
+        (
+            "ARP truncated",
+            good_arp[..14 + 27].to_vec(),
+            DropReason::ArpTruncated,
+        ),
+        (
+            "ARP hardware type 6",
+            with(&good_arp, &|v| v[15] = 6),
+            DropReason::ArpBadHardware,
+        ),
+        (
+            "ARP hardware size 8",
+            with(&good_arp, &|v| v[18] = 8),
+            DropReason::ArpBadHardware,
+        ),
+        (
+            "ARP protocol IPv6",
+            with(&good_arp, &|v| v[16..18].copy_from_slice(&[0x86, 0xdd])),
+            DropReason::ArpBadProtocol,
+        ),
+        (
+            "ARP protocol size 16",
+            with(&good_arp, &|v| v[19] = 16),
+            DropReason::ArpBadProtocol,
+        ),
+        (
+            "ARP op 3",
+            with(&good_arp, &|v| v[21] = 3),
+            DropReason::ArpBadOperation,
+        ),
+        (
+            "ARP multicast sender MAC",
+            with(&good_arp, &|v| v[22] = 1),
+            DropReason::ArpBadSender,
+        ),
+        (
+            "ARP sender 0.0.0.0 (probe)",
+            with(&good_arp, &|v| v[28..32].fill(0)),
+            DropReason::ArpBadSender,
+        ),
+        (
+            "ARP sender is our address",
+            with(&good_arp, &|v| v[28..32].copy_from_slice(&US)),
+            DropReason::ArpBadSender,
+        ),
+        (
+            "IPv4 truncated header",
+            good_ping[..14 + 19].to_vec(),
+            DropReason::Ipv4Truncated,
+        ),
+        (
+            "IPv4 version 6",
+            with(&good_ping, &|v| {
+                v[14] = 0x65;
+                fix_ip(v)
+            }),
+            DropReason::Ipv4BadVersion,
+        ),
+        (
+            "IPv4 IHL 4",
+            with(&good_ping, &|v| {
+                v[14] = 0x44;
+                fix_ip(v)
+            }),
+            DropReason::Ipv4BadHeaderLen,
+        ),
+        (
+            "IPv4 IHL 15 past the packet",
+            with(&good_ping, &|v| {
+                v.truncate(14 + 40);
+                v[14] = 0x4f;
+                v[17] = 40;
+                fix_ip(v)
+            }),
+            DropReason::Ipv4Truncated,
+        ),
+        (
+            "IPv4 total length > frame",
+            with(&good_ping, &|v| {
+                v[16] = 0x05;
+                fix_ip(v)
+            }),
+            DropReason::Ipv4BadTotalLen,
+        ),
+        (
+            "IPv4 total length < header",
+            with(&good_ping, &|v| {
+                v[16] = 0;
+                v[17] = 19;
+                fix_ip(v)
+            }),
+            DropReason::Ipv4BadTotalLen,
+        ),
+        (
+            "IPv4 bad header checksum",
+            with(&good_ping, &|v| v[24] ^= 0x55),
+            DropReason::Ipv4BadChecksum,
+        ),
+        (
+            "IPv4 TTL 0",
+            with(&good_ping, &|v| {
+                v[22] = 0;
+                fix_ip(v)
+            }),
+            DropReason::Ipv4TtlZero,
+        ),
+        (
+            "IPv4 first fragment (MF)",
+            with(&good_ping, &|v| {
+                v[20] = 0x20;
+                fix_ip(v)
+            }),
+            DropReason::Ipv4Fragment,
+        ),
+        (
+            "IPv4 later fragment (offset)",
+            with(&good_ping, &|v| {
+                v[21] = 0x10;
+                fix_ip(v)
+            }),
+            DropReason::Ipv4Fragment,
+        ),
+        (
+            "IPv4 to another address",
+            with(&good_ping, &|v| {
+                v[33] = 3;
+                fix_ip(v)
+            }),
+            DropReason::Ipv4NotForUs,
+        ),
+        (
+            "IPv4 from broadcast",
+            with(&good_ping, &|v| {
+                v[26..30].fill(255);
+                fix_ip(v)
+            }),
+            DropReason::Ipv4BadSource,
+        ),
+        (
+            "IPv4 from our own address",
+            with(&good_ping, &|v| {
+                v[26..30].copy_from_slice(&US);
+                fix_ip(v)
+            }),
+            DropReason::Ipv4BadSource,
+        ),
+        (
+            "IPv4 from multicast",
+            with(&good_ping, &|v| {
+                v[26..30].copy_from_slice(&[224, 0, 0, 1]);
+                fix_ip(v)
+            }),
+            DropReason::Ipv4BadSource,
+        ),
+        (
+            "ICMP truncated",
+            with(&good_ping, &|v| {
+                v.truncate(14 + 20 + 7);
+                v[17] = 27;
+                fix_ip(v)
+            }),
+            DropReason::IcmpTruncated,
+        ),
+        (
+            "ICMP bad checksum",
+            with(&good_ping, &|v| v[40] ^= 0xff),
+            DropReason::IcmpBadChecksum,
+        ),
+        (
+            "ICMP echo reply (not answered)",
+            with(&good_ping, &|v| {
+                v[34] = 0;
+                v[36] = v[36].wrapping_add(8)
+            }),
+            DropReason::IcmpIgnored,
+        ),
+        (
+            "TCP truncated header",
+            with(&good_ping, &|v| {
+                v[23] = 6;
+                v.truncate(14 + 20 + 12);
+                v[17] = 32;
+                fix_ip(v)
+            }),
+            DropReason::TcpTruncated,
+        ),
+        (
+            "TCP bad checksum",
+            with(&good_ping, &|v| {
+                v[23] = 6;
+                v.resize(14 + 20 + 20, 0);
+                v[17] = 40;
+                fix_ip(v)
+            }),
+            DropReason::TcpBadChecksum,
+        ),
     ];
     assert!(table.len() >= 20);
     for (name, frame, reason) in &table {
         let mut st = stack();
         let mut dev = MemDevice::new(2048);
-        let out = exchange(&mut st, &mut dev, Instant::from_secs(1), std::slice::from_ref(frame));
+        let out = exchange(
+            &mut st,
+            &mut dev,
+            Instant::from_secs(1),
+            std::slice::from_ref(frame),
+        );
         assert!(out.is_empty(), "{name}: answered with {out:?}");
-        assert_eq!(st.stats().drops_of(*reason), 1, "{name}: expected {reason:?}, got {:?}", st.stats());
+        assert_eq!(
+            st.stats().drops_of(*reason),
+            1,
+            "{name}: expected {reason:?}, got {:?}",
+            st.stats()
+        );
         assert_eq!(st.stats().total_drops(), 1, "{name}: counted once");
         assert_eq!(st.stats().rx_packets, 1);
     }
@@ -238,7 +472,12 @@ fn malformed_frames_are_dropped_and_counted_by_reason() {
 #[test]
 fn random_mutations_never_panic_or_leak() {
     let mut rng = handshake::device::mem::SplitMix64::new(7);
-    let seeds = [ping(b"abcdefgh", 1), arp_request(PEER_MAC, PEER, US), udp(53), ping(&[0x5a; 1400], 9)];
+    let seeds = [
+        ping(b"abcdefgh", 1),
+        arp_request(PEER_MAC, PEER, US),
+        udp(53),
+        ping(&[0x5a; 1400], 9),
+    ];
     let mut st = stack();
     let mut dev = MemDevice::new(2048);
     let mut now = Instant::from_secs(1);
@@ -286,7 +525,12 @@ fn steady_ping_exchange_stops_allocating() {
     let mut dev = MemDevice::new(2048);
     let req = ping(&[1; 56], 1);
     for _ in 0..10 {
-        exchange(&mut st, &mut dev, Instant::from_secs(1), std::slice::from_ref(&req));
+        exchange(
+            &mut st,
+            &mut dev,
+            Instant::from_secs(1),
+            std::slice::from_ref(&req),
+        );
     }
     let warm = dev.allocated();
     for _ in 0..10_000 {
@@ -306,8 +550,18 @@ fn stack_with_http() -> Stack {
     Stack::new(cfg)
 }
 
-fn tcp_seg(sport: u16, dport: u16, seq: u32, ack: Option<u32>, syn: bool, fin: bool, payload: &[u8]) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(PEER_MAC.0, OUR_MAC.0).ipv4(PEER, US, 64).tcp(sport, dport, seq, 64240);
+fn tcp_seg(
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: Option<u32>,
+    syn: bool,
+    fin: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(PEER_MAC.0, OUR_MAC.0)
+        .ipv4(PEER, US, 64)
+        .tcp(sport, dport, seq, 64240);
     if syn {
         b = b.syn();
     }
@@ -334,16 +588,32 @@ struct Seg {
 
 fn parse_tcp(frame: &[u8]) -> Seg {
     let p = SlicedPacket::from_ethernet(frame).unwrap();
-    let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!("not IPv4") };
+    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not IPv4")
+    };
     assert_eq!(ip.header().source(), US);
     assert_eq!(ip.header().destination(), PEER);
     assert_eq!(&frame[0..6], &PEER_MAC.0, "addressed to the peer's MAC");
-    let Some(TransportSlice::Tcp(t)) = &p.transport else { panic!("not TCP") };
+    let Some(TransportSlice::Tcp(t)) = &p.transport else {
+        panic!("not TCP")
+    };
     let payload = t.payload().to_vec();
     // The checksum we filled must verify.
     let h = t.to_header();
-    assert_eq!(h.checksum, h.calc_checksum_ipv4(&ip.header().to_header(), &payload).unwrap());
-    Seg { syn: t.syn(), ack: t.ack(), fin: t.fin(), rst: t.rst(), seq: t.sequence_number(), ack_no: t.acknowledgment_number(), payload }
+    assert_eq!(
+        h.checksum,
+        h.calc_checksum_ipv4(&ip.header().to_header(), &payload)
+            .unwrap()
+    );
+    Seg {
+        syn: t.syn(),
+        ack: t.ack(),
+        fin: t.fin(),
+        rst: t.rst(),
+        seq: t.sequence_number(),
+        ack_no: t.acknowledgment_number(),
+        payload,
+    }
 }
 
 /// The seeds' story through the whole stack: SYN, SYN-ACK, ACK, a request, the page, FIN/ACK both
@@ -356,7 +626,12 @@ fn http_over_the_stack_three_way_handshake_to_four_way_close() {
     // The peer ARPed us first, so we know its MAC.
     exchange(&mut st, &mut dev, now, &[arp_request(PEER_MAC, PEER, US)]);
     let isn = 1_000_000u32;
-    let out = exchange(&mut st, &mut dev, now, &[tcp_seg(40000, 80, isn, None, true, false, &[])]);
+    let out = exchange(
+        &mut st,
+        &mut dev,
+        now,
+        &[tcp_seg(40000, 80, isn, None, true, false, &[])],
+    );
     assert_eq!(out.len(), 1);
     let synack = parse_tcp(&out[0]);
     assert!(synack.syn && synack.ack && !synack.rst);
@@ -368,7 +643,10 @@ fn http_over_the_stack_three_way_handshake_to_four_way_close() {
         &mut st,
         &mut dev,
         now,
-        &[tcp_seg(40000, 80, isn + 1, Some(our), false, false, &[]), tcp_seg(40000, 80, isn + 1, Some(our), false, false, req)],
+        &[
+            tcp_seg(40000, 80, isn + 1, Some(our), false, false, &[]),
+            tcp_seg(40000, 80, isn + 1, Some(our), false, false, req),
+        ],
     );
     let mut body = Vec::new();
     for f in &out {
@@ -382,14 +660,36 @@ fn http_over_the_stack_three_way_handshake_to_four_way_close() {
     let after = our.wrapping_add(body.len() as u32);
     let fin_seq = isn + 1 + req.len() as u32;
     now += std::time::Duration::from_millis(1);
-    let out = exchange(&mut st, &mut dev, now, &[tcp_seg(40000, 80, fin_seq, Some(after), false, true, &[])]);
+    let out = exchange(
+        &mut st,
+        &mut dev,
+        now,
+        &[tcp_seg(40000, 80, fin_seq, Some(after), false, true, &[])],
+    );
     let segs: Vec<_> = out.iter().map(|f| parse_tcp(f)).collect();
     assert!(segs.iter().any(|s| s.fin), "our FIN");
     let our_fin = segs.iter().find(|s| s.fin).unwrap();
     assert_eq!(our_fin.ack_no, fin_seq + 1, "their FIN acknowledged");
     now += std::time::Duration::from_millis(1);
-    let out = exchange(&mut st, &mut dev, now, &[tcp_seg(40000, 80, fin_seq + 1, Some(our_fin.seq + 1), false, false, &[])]);
-    assert!(out.is_empty(), "the last ACK needs no answer: {}", out.len());
+    let out = exchange(
+        &mut st,
+        &mut dev,
+        now,
+        &[tcp_seg(
+            40000,
+            80,
+            fin_seq + 1,
+            Some(our_fin.seq + 1),
+            false,
+            false,
+            &[],
+        )],
+    );
+    assert!(
+        out.is_empty(),
+        "the last ACK needs no answer: {}",
+        out.len()
+    );
     assert_eq!(st.apps().stats().http_status[0], 1);
 }
 
@@ -399,7 +699,12 @@ fn syn_to_a_closed_port_gets_rst() {
     let mut dev = MemDevice::new(2048);
     let now = Instant::from_secs(1);
     exchange(&mut st, &mut dev, now, &[arp_request(PEER_MAC, PEER, US)]);
-    let out = exchange(&mut st, &mut dev, now, &[tcp_seg(40001, 81, 5, None, true, false, &[])]);
+    let out = exchange(
+        &mut st,
+        &mut dev,
+        now,
+        &[tcp_seg(40001, 81, 5, None, true, false, &[])],
+    );
     assert_eq!(out.len(), 1);
     let rst = parse_tcp(&out[0]);
     assert!(rst.rst && rst.ack);

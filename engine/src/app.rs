@@ -162,7 +162,8 @@ impl HttpConn {
     fn request_line(&mut self) {
         let line = &self.line[..self.line_len];
         let mut parts = line.split(|b| *b == b' ');
-        let (Some(method), Some(path), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(method), Some(path), Some(version), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return self.fail(400);
         };
@@ -205,7 +206,9 @@ impl HttpConn {
             if self.line_overflow {
                 return self.fail(400);
             }
-            let Some(n) = parse_u64(value) else { return self.fail(400) };
+            let Some(n) = parse_u64(value) else {
+                return self.fail(400);
+            };
             self.content_length = n;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Chunked request bodies are not supported by this responder.
@@ -229,7 +232,11 @@ impl HttpConn {
                     let n = (left.min((data.len() - i) as u64)) as usize;
                     i += n;
                     let left = left - n as u64;
-                    self.phase = if left == 0 { Phase::Respond } else { Phase::Body(left) };
+                    self.phase = if left == 0 {
+                        Phase::Respond
+                    } else {
+                        Phase::Body(left)
+                    };
                 }
                 Phase::Line | Phase::Headers => {
                     let b = data[i];
@@ -280,8 +287,14 @@ impl HttpConn {
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let s = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let e = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(s, |e| e + 1);
+    let s = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let e = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(s, |e| e + 1);
     &v[s..e.max(s)]
 }
 
@@ -289,11 +302,14 @@ fn parse_u64(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 18 {
         return None;
     }
-    v.iter().try_fold(0u64, |acc, b| b.is_ascii_digit().then(|| acc * 10 + (b - b'0') as u64))
+    v.iter().try_fold(0u64, |acc, b| {
+        b.is_ascii_digit().then(|| acc * 10 + (b - b'0') as u64)
+    })
 }
 
 fn contains_token(v: &[u8], token: &[u8]) -> bool {
-    v.split(|b| *b == b',').any(|t| trim(t).eq_ignore_ascii_case(token))
+    v.split(|b| *b == b',')
+        .any(|t| trim(t).eq_ignore_ascii_case(token))
 }
 
 /// What a connection is attached to.
@@ -317,7 +333,10 @@ pub struct Apps {
 
 impl std::fmt::Debug for Apps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Apps").field("echo", &self.echo).field("http", &self.http).finish()
+        f.debug_struct("Apps")
+            .field("echo", &self.echo)
+            .field("http", &self.http)
+            .finish()
     }
 }
 
@@ -327,7 +346,10 @@ impl Apps {
         Apps {
             echo: cfg.echo,
             http: cfg.http,
-            body: cfg.http_body.clone().unwrap_or_else(|| DEFAULT_PAGE.to_vec()),
+            body: cfg
+                .http_body
+                .clone()
+                .unwrap_or_else(|| DEFAULT_PAGE.to_vec()),
             slots: (0..max_flows).map(|_| Slot::Free).collect(),
             spare_http: Vec::new(),
             scratch: vec![0u8; 16 * 1024].into_boxed_slice(),
@@ -357,7 +379,10 @@ impl Apps {
                     *slot = Slot::Echo { peer_closed: false };
                     self.stats.echo_conns += 1;
                 } else if Some(listen_port) == self.http {
-                    let mut h = self.spare_http.pop().unwrap_or_else(|| Box::new(HttpConn::new()));
+                    let mut h = self
+                        .spare_http
+                        .pop()
+                        .unwrap_or_else(|| Box::new(HttpConn::new()));
                     h.reset_connection();
                     *slot = Slot::Http(h);
                     self.stats.http_conns += 1;
@@ -393,7 +418,9 @@ impl Apps {
     }
 
     fn service(&mut self, tcp: &mut Tcp, conn: ConnId) {
-        let Some(slot) = self.slots.get_mut(conn.index() as usize) else { return };
+        let Some(slot) = self.slots.get_mut(conn.index() as usize) else {
+            return;
+        };
         match slot {
             Slot::Free => {}
             Slot::Echo { peer_closed } => {
@@ -419,7 +446,13 @@ impl Apps {
         }
     }
 
-    fn service_http(tcp: &mut Tcp, conn: ConnId, h: &mut HttpConn, body: &[u8], stats: &mut AppStats) {
+    fn service_http(
+        tcp: &mut Tcp,
+        conn: ConnId,
+        h: &mut HttpConn,
+        body: &[u8],
+        stats: &mut AppStats,
+    ) {
         loop {
             match h.phase {
                 Phase::Done => {
@@ -545,7 +578,8 @@ mod tests {
 
     #[test]
     fn byte_at_a_time_is_the_same() {
-        let req = b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.0\r\n\r\n";
+        let req =
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.0\r\n\r\n";
         let mut h = HttpConn::new();
         let mut codes = vec![];
         let mut stats = AppStats::default();
@@ -564,11 +598,23 @@ mod tests {
     #[test]
     fn errors() {
         assert_eq!(parse_all(b"GARBAGE\r\n\r\n"), vec![(400, true)]);
-        assert_eq!(parse_all(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"), vec![(405, false)]);
+        assert_eq!(
+            parse_all(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"),
+            vec![(405, false)]
+        );
         assert_eq!(parse_all(b"GET / HTTP/2.0\r\n\r\n"), vec![(505, true)]);
-        assert_eq!(parse_all(b"GET / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"), vec![(413, true)]);
-        assert_eq!(parse_all(b"GET / HTTP/1.1\r\nContent-Length: x1\r\n\r\n"), vec![(400, true)]);
-        assert_eq!(parse_all(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), vec![(400, true)]);
+        assert_eq!(
+            parse_all(b"GET / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"),
+            vec![(413, true)]
+        );
+        assert_eq!(
+            parse_all(b"GET / HTTP/1.1\r\nContent-Length: x1\r\n\r\n"),
+            vec![(400, true)]
+        );
+        assert_eq!(
+            parse_all(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            vec![(400, true)]
+        );
         let mut big = b"GET / HTTP/1.1\r\n".to_vec();
         for _ in 0..1000 {
             big.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaa\r\n");

@@ -100,7 +100,9 @@ impl Hasher for KeyedU32Hasher {
         }
     }
     fn write_u8(&mut self, b: u8) {
-        self.state = (self.state ^ b as u64).wrapping_mul(self.key).rotate_left(29);
+        self.state = (self.state ^ b as u64)
+            .wrapping_mul(self.key)
+            .rotate_left(29);
     }
     fn write_u32(&mut self, v: u32) {
         self.state = ((self.state ^ v as u64).wrapping_mul(self.key)) ^ (self.key >> 17);
@@ -124,7 +126,10 @@ impl KeyedU32 {
 impl BuildHasher for KeyedU32 {
     type Hasher = KeyedU32Hasher;
     fn build_hasher(&self) -> KeyedU32Hasher {
-        KeyedU32Hasher { key: self.key, state: self.key.rotate_left(32) }
+        KeyedU32Hasher {
+            key: self.key,
+            state: self.key.rotate_left(32),
+        }
     }
 }
 
@@ -201,9 +206,21 @@ impl NeighborCache {
             entries: HashMap::with_capacity_and_hasher(cfg.max_entries, KeyedU32::new(hash_key)),
             requests: VecDeque::with_capacity(64),
             events: VecDeque::with_capacity(64),
-            expected: HashMap::with_capacity_and_hasher(cfg.max_entries, KeyedU32::new(hash_key ^ 0x55)),
-            slots: vec![Slot { next_hop: Ipv4Addr::UNSPECIFIED, len: 0, used: false }; n],
-            bufs: (0..n).map(|_| vec![0u8; frame_size].into_boxed_slice()).collect(),
+            expected: HashMap::with_capacity_and_hasher(
+                cfg.max_entries,
+                KeyedU32::new(hash_key ^ 0x55),
+            ),
+            slots: vec![
+                Slot {
+                    next_hop: Ipv4Addr::UNSPECIFIED,
+                    len: 0,
+                    used: false
+                };
+                n
+            ],
+            bufs: (0..n)
+                .map(|_| vec![0u8; frame_size].into_boxed_slice())
+                .collect(),
             ready: VecDeque::with_capacity(n),
             stats: ArpStats::default(),
             cfg,
@@ -247,7 +264,11 @@ impl NeighborCache {
     /// The MAC of `ip`, starting a resolution when it is unknown and a refresh when it is stale.
     pub fn lookup(&mut self, now: Instant, ip: Ipv4Addr) -> Lookup {
         match self.entries.get(&ip).copied() {
-            Some(Entry { mac, state: State::Reachable(until), .. }) => {
+            Some(Entry {
+                mac,
+                state: State::Reachable(until),
+                ..
+            }) => {
                 if now < until {
                     return Lookup::Hit(mac);
                 }
@@ -259,11 +280,18 @@ impl NeighborCache {
                 self.schedule_probe(ip, now);
                 Lookup::Hit(mac)
             }
-            Some(Entry { mac, state: State::Stale(_), .. }) => {
+            Some(Entry {
+                mac,
+                state: State::Stale(_),
+                ..
+            }) => {
                 self.schedule_probe(ip, now);
                 Lookup::Hit(mac)
             }
-            Some(Entry { state: State::Incomplete, .. }) => {
+            Some(Entry {
+                state: State::Incomplete,
+                ..
+            }) => {
                 self.stats.misses += 1;
                 Lookup::Miss
             }
@@ -275,7 +303,12 @@ impl NeighborCache {
                 }
                 self.entries.insert(
                     ip,
-                    Entry { mac: Mac::ZERO, state: State::Incomplete, probe_at: None, probes: 0 },
+                    Entry {
+                        mac: Mac::ZERO,
+                        state: State::Incomplete,
+                        probe_at: None,
+                        probes: 0,
+                    },
                 );
                 self.schedule_probe(ip, now);
                 Lookup::Miss
@@ -318,8 +351,15 @@ impl NeighborCache {
                 self.stats.cache_full += 1;
                 return false;
             }
-            self.entries
-                .insert(ip, Entry { mac, state: State::Reachable(until), probe_at: None, probes: 0 });
+            self.entries.insert(
+                ip,
+                Entry {
+                    mac,
+                    state: State::Reachable(until),
+                    probe_at: None,
+                    probes: 0,
+                },
+            );
             return self.learned(ip, mac);
         }
         let Some(e) = self.entries.get_mut(&ip) else {
@@ -330,12 +370,20 @@ impl NeighborCache {
                 self.stats.cache_full += 1;
                 return false;
             }
-            self.entries
-                .insert(ip, Entry { mac, state: State::Reachable(until), probe_at: None, probes: 0 });
+            self.entries.insert(
+                ip,
+                Entry {
+                    mac,
+                    state: State::Reachable(until),
+                    probe_at: None,
+                    probes: 0,
+                },
+            );
             return self.learned(ip, mac);
         };
         // A refresh counts as outstanding only once its request went out.
-        let probing = (e.probe_at.is_some() && e.probes > 0) || e.state == State::Incomplete || expected;
+        let probing =
+            (e.probe_at.is_some() && e.probes > 0) || e.state == State::Incomplete || expected;
         let accept = match how {
             Learn::Reply => probing || e.mac == mac,
             Learn::RequestToUs | Learn::Unsolicited => {
@@ -373,8 +421,12 @@ impl NeighborCache {
             NeighborEvent::Resolving(ip) => {
                 if self.expected.len() < self.cfg.max_entries {
                     // A reply is solicited for as long as the other worker's probes can last.
-                    let window = self.cfg.retry_ms.saturating_mul(1 << self.cfg.max_probes.min(10));
-                    self.expected.insert(ip, now + Duration::from_millis(window));
+                    let window = self
+                        .cfg
+                        .retry_ms
+                        .saturating_mul(1 << self.cfg.max_probes.min(10));
+                    self.expected
+                        .insert(ip, now + Duration::from_millis(window));
                 }
             }
             NeighborEvent::Learned(ip, mac) => self.learn_shared(now, ip, mac),
@@ -396,8 +448,15 @@ impl NeighborCache {
                 if self.entries.len() >= self.cfg.max_entries && !self.evict_one(now) {
                     return;
                 }
-                self.entries
-                    .insert(ip, Entry { mac, state: State::Reachable(until), probe_at: None, probes: 0 });
+                self.entries.insert(
+                    ip,
+                    Entry {
+                        mac,
+                        state: State::Reachable(until),
+                        probe_at: None,
+                        probes: 0,
+                    },
+                );
             }
         }
         self.release(ip, mac);
@@ -405,7 +464,9 @@ impl NeighborCache {
 
     /// True when we have a request outstanding for `ip` (a reply from it is solicited).
     pub fn is_probing(&self, ip: Ipv4Addr) -> bool {
-        self.entries.get(&ip).is_some_and(|e| e.probe_at.is_some() || e.state == State::Incomplete)
+        self.entries
+            .get(&ip)
+            .is_some_and(|e| e.probe_at.is_some() || e.state == State::Incomplete)
     }
 
     /// The next event to share with the other workers.
@@ -417,15 +478,24 @@ impl NeighborCache {
     /// request refreshes a known entry, else broadcast).
     pub fn poll_request(&mut self, now: Instant) -> Option<(Ipv4Addr, Mac)> {
         while let Some(ip) = self.requests.pop_front() {
-            let Some(e) = self.entries.get_mut(&ip) else { continue };
+            let Some(e) = self.entries.get_mut(&ip) else {
+                continue;
+            };
             let Some(at) = e.probe_at else { continue };
             if at > now {
                 continue; // rescheduled later; handle_timeout re-queues it
             }
             e.probes += 1;
-            let backoff = self.cfg.retry_ms.saturating_mul(1 << (e.probes - 1).min(10));
+            let backoff = self
+                .cfg
+                .retry_ms
+                .saturating_mul(1 << (e.probes - 1).min(10));
             e.probe_at = Some(now + Duration::from_millis(backoff));
-            let dst = if e.state == State::Incomplete { Mac::BROADCAST } else { e.mac };
+            let dst = if e.state == State::Incomplete {
+                Mac::BROADCAST
+            } else {
+                e.mac
+            };
             return Some((ip, dst));
         }
         None
@@ -462,7 +532,9 @@ impl NeighborCache {
                                 f += 1;
                             }
                         }
-                    } else if !self.requests.contains(ip) && self.requests.len() < self.requests.capacity() {
+                    } else if !self.requests.contains(ip)
+                        && self.requests.len() < self.requests.capacity()
+                    {
                         self.requests.push_back(*ip);
                     }
                 }
@@ -489,7 +561,11 @@ impl NeighborCache {
     /// Parks a frame (`frame[..len]`, Ethernet destination still to fill in) until `next_hop`
     /// resolves. Returns false (the caller counts the drop) when the queues are full.
     pub fn park(&mut self, next_hop: Ipv4Addr, frame: &[u8]) -> bool {
-        let waiting = self.slots.iter().filter(|s| s.used && s.next_hop == next_hop).count();
+        let waiting = self
+            .slots
+            .iter()
+            .filter(|s| s.used && s.next_hop == next_hop)
+            .count();
         if waiting >= self.cfg.pending_per_neighbor {
             self.stats.pending_dropped += 1;
             return false;
@@ -503,7 +579,11 @@ impl NeighborCache {
             return false;
         }
         self.bufs[i][..frame.len()].copy_from_slice(frame);
-        self.slots[i] = Slot { next_hop, len: frame.len(), used: true };
+        self.slots[i] = Slot {
+            next_hop,
+            len: frame.len(),
+            used: true,
+        };
         true
     }
 
@@ -611,8 +691,16 @@ mod tests {
             }
             now += Duration::from_millis(50);
         }
-        assert_eq!(sent, vec![0, 200, 600, 1400, 3000], "200 ms doubling, 5 probes");
-        assert_eq!(c.lookup(now, PEER), Lookup::Miss, "forgotten, so a new cycle starts");
+        assert_eq!(
+            sent,
+            vec![0, 200, 600, 1400, 3000],
+            "200 ms doubling, 5 probes"
+        );
+        assert_eq!(
+            c.lookup(now, PEER),
+            Lookup::Miss,
+            "forgotten, so a new cycle starts"
+        );
         assert_eq!(c.stats().failed, 1);
         assert_eq!(c.stats().pending_dropped, 1);
         assert_eq!(c.parked(), 0);
@@ -621,7 +709,10 @@ mod tests {
     #[test]
     fn unsolicited_reply_neither_creates_nor_hijacks() {
         let mut c = cache();
-        assert!(!c.learn(t(0), GW, MAC_A, Learn::Reply), "a reply we never asked for");
+        assert!(
+            !c.learn(t(0), GW, MAC_A, Learn::Reply),
+            "a reply we never asked for"
+        );
         assert!(!c.learn(t(0), GW, MAC_A, Learn::Unsolicited));
         assert_eq!(c.len(), 0);
         c.lookup(t(0), GW);
@@ -630,14 +721,24 @@ mod tests {
         assert!(!c.learn(t(1), GW, MAC_B, Learn::Reply), "first answer wins");
         // Forged packets claiming the gateway with another MAC are refused and trigger a probe.
         assert!(!c.learn(t(2), GW, MAC_B, Learn::Unsolicited));
-        assert!(!c.learn(t(3), GW, MAC_B, Learn::RequestToUs), "a request may not flip an entry");
+        assert!(
+            !c.learn(t(3), GW, MAC_B, Learn::RequestToUs),
+            "a request may not flip an entry"
+        );
         assert_eq!(c.lookup(t(4), GW), Lookup::Hit(MAC_A));
         assert_eq!(c.stats().hijack_refused, 3);
-        assert_eq!(c.poll_request(t(4)), Some((GW, MAC_A)), "probe unicast to the known MAC");
+        assert_eq!(
+            c.poll_request(t(4)),
+            Some((GW, MAC_A)),
+            "probe unicast to the known MAC"
+        );
         // The genuine owner answers the probe: the entry is confirmed.
         assert!(c.learn(t(5), GW, MAC_A, Learn::Reply));
         assert!(!c.is_probing(GW));
-        assert!(c.learn(t(6), GW, MAC_A, Learn::Unsolicited), "a repeat confirms");
+        assert!(
+            c.learn(t(6), GW, MAC_A, Learn::Unsolicited),
+            "a repeat confirms"
+        );
     }
 
     #[test]
@@ -646,8 +747,16 @@ mod tests {
         assert!(c.learn(t(0), PEER, MAC_A, Learn::RequestToUs));
         assert_eq!(c.lookup(t(29_999), PEER), Lookup::Hit(MAC_A));
         assert_eq!(c.poll_request(t(29_999)), None);
-        assert_eq!(c.lookup(t(30_000), PEER), Lookup::Hit(MAC_A), "stale is still usable");
-        assert_eq!(c.poll_request(t(30_000)), Some((PEER, MAC_A)), "refresh is unicast");
+        assert_eq!(
+            c.lookup(t(30_000), PEER),
+            Lookup::Hit(MAC_A),
+            "stale is still usable"
+        );
+        assert_eq!(
+            c.poll_request(t(30_000)),
+            Some((PEER, MAC_A)),
+            "refresh is unicast"
+        );
         assert!(c.learn(t(30_001), PEER, MAC_A, Learn::Reply));
         assert_eq!(c.lookup(t(30_002), PEER), Lookup::Hit(MAC_A));
         // No answers to refreshes: forgotten after max_probes.
@@ -663,12 +772,20 @@ mod tests {
 
     #[test]
     fn bounded_cache_and_queues() {
-        let cfg = ArpConfig { max_entries: 4, pending_per_neighbor: 2, pending_total: 3, ..Default::default() };
+        let cfg = ArpConfig {
+            max_entries: 4,
+            pending_per_neighbor: 2,
+            pending_total: 3,
+            ..Default::default()
+        };
         let mut c = NeighborCache::new(cfg, 7, 64);
         for i in 0..4 {
             assert_eq!(c.lookup(t(0), Ipv4Addr::new(198, 18, 1, i)), Lookup::Miss);
         }
-        assert_eq!(c.lookup(t(0), Ipv4Addr::new(198, 18, 1, 9)), Lookup::Unreachable);
+        assert_eq!(
+            c.lookup(t(0), Ipv4Addr::new(198, 18, 1, 9)),
+            Lookup::Unreachable
+        );
         assert_eq!(c.stats().cache_full, 1);
         let a = Ipv4Addr::new(198, 18, 1, 0);
         let b = Ipv4Addr::new(198, 18, 1, 1);
@@ -677,7 +794,7 @@ mod tests {
         assert!(!c.park(a, &[3; 10]), "per-neighbour limit");
         assert!(c.park(b, &[4; 10]));
         assert!(!c.park(b, &[5; 10]), "total limit");
-        assert!(!c.park(b, &[0; 100]) , "oversized frame refused");
+        assert!(!c.park(b, &[0; 100]), "oversized frame refused");
         assert_eq!(c.stats().pending_dropped, 3);
     }
 
@@ -700,12 +817,21 @@ mod tests {
         let mut other = cache();
         asker.lookup(t(0), GW);
         assert!(asker.park(GW, &[7u8; 42]));
-        assert!(!other.learn(t(1), GW, MAC_A, Learn::Reply), "nobody told it: unsolicited");
+        assert!(
+            !other.learn(t(1), GW, MAC_A, Learn::Reply),
+            "nobody told it: unsolicited"
+        );
         while let Some(ev) = asker.poll_event() {
             other.handle_event(t(1), ev);
         }
-        assert!(other.learn(t(2), GW, MAC_A, Learn::Reply), "solicited by the other worker");
-        assert!(!other.learn(t(2), GW, MAC_B, Learn::Reply), "first answer wins");
+        assert!(
+            other.learn(t(2), GW, MAC_A, Learn::Reply),
+            "solicited by the other worker"
+        );
+        assert!(
+            !other.learn(t(2), GW, MAC_B, Learn::Reply),
+            "first answer wins"
+        );
         while let Some(ev) = other.poll_event() {
             asker.handle_event(t(3), ev);
         }

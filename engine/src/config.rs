@@ -3,8 +3,8 @@
 //! Precedence: built-in defaults < the file given with `--config` < command-line flags.
 
 use crate::arp::ArpConfig;
-use crate::tcp::TcpConfig;
 use crate::ipv4::{IcmpConfig, Ipv4Cidr, Routes};
+use crate::tcp::TcpConfig;
 use crate::xsk::XskConfig;
 use serde::Deserialize;
 use std::net::Ipv4Addr;
@@ -119,9 +119,14 @@ pub enum ConfigError {
 impl Config {
     /// Reads a configuration file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })
     }
 
     /// Parses TOML text; the error message names the line and column.
@@ -143,9 +148,14 @@ impl Config {
             )));
         }
         if !(576..=9000).contains(&self.mtu) {
-            return Err(ConfigError::Invalid(format!("mtu = {}: must be between 576 and 9000", self.mtu)));
+            return Err(ConfigError::Invalid(format!(
+                "mtu = {}: must be between 576 and 9000",
+                self.mtu
+            )));
         }
-        self.xsk.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.xsk
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(routes)
     }
 
@@ -200,8 +210,17 @@ mod tests {
         assert!(e.contains("unknown field") && e.contains("qeues"), "{e}");
         let e = Config::from_toml("addr = [\"198.18.0.1\"]\n").unwrap_err();
         assert!(e.contains("198.18.0.1/24"), "{e}");
-        assert!(Config::default().validate().unwrap_err().to_string().contains("--iface"));
-        let c = Config { iface: "x".into(), addr: vec!["198.18.0.1/24".parse().unwrap()], queues: 0, ..Default::default() };
+        assert!(Config::default()
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--iface"));
+        let c = Config {
+            iface: "x".into(),
+            addr: vec!["198.18.0.1/24".parse().unwrap()],
+            queues: 0,
+            ..Default::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("queues = 0"));
     }
 }

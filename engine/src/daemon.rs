@@ -53,10 +53,17 @@ pub struct Worker {
 
 /// Makes `n` workers' channels: for each worker, its inbox and the senders to all others.
 pub fn neighbor_mesh(n: usize) -> Vec<(Receiver<NeighborEvent>, Vec<Sender<NeighborEvent>>)> {
-    let chans: Vec<_> = (0..n).map(|_| crossbeam_channel::bounded(NEIGHBOR_INBOX)).collect();
+    let chans: Vec<_> = (0..n)
+        .map(|_| crossbeam_channel::bounded(NEIGHBOR_INBOX))
+        .collect();
     (0..n)
         .map(|i| {
-            let others = chans.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, (tx, _))| tx.clone()).collect();
+            let others = chans
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, (tx, _))| tx.clone())
+                .collect();
             (chans[i].1.clone(), others)
         })
         .collect()
@@ -83,7 +90,12 @@ impl Worker {
 
     /// Runs until `stop` is set. `idle(dev, timeout)` waits for frames (poll(2)) or returns at
     /// once (busy polling).
-    pub fn run<D: Device>(&mut self, dev: &mut D, clock: Clock, mut idle: impl FnMut(&mut D, Duration)) {
+    pub fn run<D: Device>(
+        &mut self,
+        dev: &mut D,
+        clock: Clock,
+        mut idle: impl FnMut(&mut D, Duration),
+    ) {
         let mut last_publish = Instant::ZERO;
         while !self.stop.load(Ordering::Relaxed) {
             let now = clock.now();
@@ -111,7 +123,13 @@ pub fn summary(per_queue: &[StackStats]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     for (q, st) in per_queue.iter().enumerate() {
-        let _ = write!(s, "q{q}: rx {} tx {} drops {}", st.rx_packets, st.tx_packets, st.total_drops());
+        let _ = write!(
+            s,
+            "q{q}: rx {} tx {} drops {}",
+            st.rx_packets,
+            st.tx_packets,
+            st.total_drops()
+        );
         let mut first = true;
         for r in DropReason::ALL {
             let n = st.drops_of(*r);
@@ -148,12 +166,18 @@ mod xdp {
         let text = std::fs::read_to_string(&path).map_err(|_| {
             anyhow::anyhow!("interface {iface} not found (no {path}): check the name with `ip link`, and run inside its network namespace")
         })?;
-        text.trim().parse().with_context(|| format!("reading the MAC address of {iface}"))
+        text.trim()
+            .parse()
+            .with_context(|| format!("reading the MAC address of {iface}"))
     }
 
     fn iface_queues(iface: &str) -> usize {
         std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
-            .map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                    .count()
+            })
             .unwrap_or(1)
     }
 
@@ -165,6 +189,52 @@ mod xdp {
             .and_then(|mut f| f.read_exact(&mut s))
             .context("reading /dev/urandom for the engine's secret")?;
         Ok(s)
+    }
+
+    /// True when the error (or one of its causes) is EBUSY.
+    fn is_ebusy(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cur {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                if io.raw_os_error() == Some(libc::EBUSY) {
+                    return true;
+                }
+            }
+            if err.to_string().contains("os error 16") {
+                return true;
+            }
+            cur = err.source();
+        }
+        false
+    }
+
+    /// Opens the AF_XDP socket of `queue`. The kernel releases a closed socket's queue
+    /// asynchronously, so right after a previous daemon exited (even by SIGKILL) the bind can
+    /// fail with EBUSY for some milliseconds: retry for up to 2 s before giving up.
+    fn open_port(
+        iface: &str,
+        queue: u32,
+        cfg: &crate::xsk::XskConfig,
+    ) -> anyhow::Result<Port<XskBackend>> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match Port::<XskBackend>::open(iface, queue, cfg) {
+                Ok(p) => return Ok(p),
+                Err(e) if is_ebusy(&e) => {
+                    if std::time::Instant::now() > deadline {
+                        return Err(e).with_context(|| format!(
+                            "AF_XDP socket on {iface} queue {queue} still busy after 2 s: is another handshake daemon (or AF_XDP program) using this queue?"
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("opening the AF_XDP socket on {iface} queue {queue}")
+                    })
+                }
+            }
+        }
     }
 
     /// Runs the daemon until SIGINT or SIGTERM.
@@ -180,10 +250,14 @@ mod xdp {
         }
         let stop = Arc::new(AtomicBool::new(false));
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+            signal_hook::flag::register(sig, Arc::clone(&stop))
+                .context("installing signal handlers")?;
         }
 
-        let object: PathBuf = cfg.bpf_object.clone().unwrap_or_else(XdpLoader::default_object);
+        let object: PathBuf = cfg
+            .bpf_object
+            .clone()
+            .unwrap_or_else(XdpLoader::default_object);
         let mode = match cfg.mode {
             XdpMode::Auto => AttachMode::Auto,
             XdpMode::Native => AttachMode::Native,
@@ -201,8 +275,7 @@ mod xdp {
 
         let mut ports_open = Vec::new();
         for q in 0..cfg.queues {
-            let port = Port::<XskBackend>::open(&cfg.iface, q, &cfg.xsk)
-                .with_context(|| format!("opening the AF_XDP socket on {} queue {q}", cfg.iface))?;
+            let port = open_port(&cfg.iface, q, &cfg.xsk)?;
             prog.register_socket(q, port.fd())?;
             ports_open.push(port);
         }
@@ -212,7 +285,9 @@ mod xdp {
         let secret = random_secret()?;
         let key = u64::from_le_bytes(secret[..8].try_into().expect("8 bytes"));
         let mesh = neighbor_mesh(cfg.queues as usize);
-        let shared: Vec<Arc<SharedStats>> = (0..cfg.queues).map(|_| Arc::new(SharedStats::default())).collect();
+        let shared: Vec<Arc<SharedStats>> = (0..cfg.queues)
+            .map(|_| Arc::new(SharedStats::default()))
+            .collect();
         let mut handles = Vec::new();
         for (q, (mut port, (inbox, peers))) in ports_open.into_iter().zip(mesh).enumerate() {
             let mut scfg = StackConfig::new(mac, routes.clone());
@@ -223,7 +298,11 @@ mod xdp {
             scfg.frame_size = cfg.xsk.frame_size as usize;
             scfg.gratuitous_arp = q == 0;
             scfg.tcp = cfg.tcp.clone();
-            scfg.apps = crate::app::AppConfig { echo: cfg.echo, http: cfg.http, http_body: None };
+            scfg.apps = crate::app::AppConfig {
+                echo: cfg.echo,
+                http: cfg.http,
+                http_body: None,
+            };
             scfg.secret = secret;
             let mut worker = Worker {
                 queue: q as u32,
@@ -242,7 +321,10 @@ mod xdp {
                         Some(c) if core_affinity::set_for_current(c) => {
                             tracing::info!(queue = q, core = c.id, "worker pinned")
                         }
-                        _ => tracing::warn!(queue = q, "could not pin the worker to a core; running unpinned"),
+                        _ => tracing::warn!(
+                            queue = q,
+                            "could not pin the worker to a core; running unpinned"
+                        ),
                     }
                     worker.run(&mut port, clock, |p, t| {
                         if !busy {
@@ -250,12 +332,17 @@ mod xdp {
                         }
                     });
                     let check = port.check();
-                    (port.stats().clone(), check)
+                    (*port.stats(), check)
                 })
                 .context("spawning a worker thread")?;
             handles.push(h);
         }
-        println!("ready: {} serving {} on {} queue(s)", cfg.iface, routes.addrs()[0], cfg.queues);
+        println!(
+            "ready: {} serving {} on {} queue(s)",
+            cfg.iface,
+            routes.addrs()[0],
+            cfg.queues
+        );
         tracing::info!("ready");
 
         let interval = Duration::from_secs(cfg.stats_interval_secs);
@@ -266,15 +353,27 @@ mod xdp {
                 last = std::time::Instant::now();
                 let per_queue: Vec<_> = shared.iter().map(|s| s.read()).collect();
                 let xdp = prog.counters();
-                tracing::info!("stats: {}; xdp: redirected {} passed {} malformed {} no_socket {}",
-                    summary(&per_queue), xdp[0], xdp[1], xdp[2], xdp[3]);
+                tracing::info!(
+                    "stats: {}; xdp: redirected {} passed {} malformed {} no_socket {}",
+                    summary(&per_queue),
+                    xdp[0],
+                    xdp[1],
+                    xdp[2],
+                    xdp[3]
+                );
             }
         }
         tracing::info!("stopping");
         for (q, h) in handles.into_iter().enumerate() {
             match h.join() {
-                Ok((stats, Ok(()))) => tracing::info!(queue = q, ?stats, "worker stopped; frame accounting checked"),
-                Ok((_, Err(e))) => tracing::error!(queue = q, "frame accounting error at shutdown: {e}"),
+                Ok((stats, Ok(()))) => tracing::info!(
+                    queue = q,
+                    ?stats,
+                    "worker stopped; frame accounting checked"
+                ),
+                Ok((_, Err(e))) => {
+                    tracing::error!(queue = q, "frame accounting error at shutdown: {e}")
+                }
                 Err(_) => tracing::error!(queue = q, "worker panicked"),
             }
         }
@@ -357,9 +456,16 @@ mod tests {
 
     #[test]
     fn summary_lists_nonzero_drops() {
-        let mut a = StackStats { rx_packets: 5, tx_packets: 2, ..Default::default() };
+        let mut a = StackStats {
+            rx_packets: 5,
+            tx_packets: 2,
+            ..Default::default()
+        };
         a.drop(DropReason::Ipv4BadChecksum);
         let b = StackStats::default();
-        assert_eq!(summary(&[a, b]), "q0: rx 5 tx 2 drops 1 (ipv4_bad_checksum=1); q1: rx 0 tx 0 drops 0");
+        assert_eq!(
+            summary(&[a, b]),
+            "q0: rx 5 tx 2 drops 1 (ipv4_bad_checksum=1); q1: rx 0 tx 0 drops 0"
+        );
     }
 }

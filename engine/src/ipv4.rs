@@ -23,7 +23,11 @@ impl Ipv4Cidr {
     }
     /// The subnet's broadcast address.
     pub fn broadcast(&self) -> Ipv4Addr {
-        let host = if self.prefix >= 32 { 0 } else { u32::MAX >> self.prefix };
+        let host = if self.prefix >= 32 {
+            0
+        } else {
+            u32::MAX >> self.prefix
+        };
         Ipv4Addr::from(u32::from(self.addr) | host)
     }
 }
@@ -117,7 +121,10 @@ impl Routes {
             || ip.is_loopback()
             || u32::from(ip) >> 28 == 0xf
             || self.is_ours(ip)
-            || self.addrs.iter().any(|a| a.prefix < 31 && a.broadcast() == ip)
+            || self
+                .addrs
+                .iter()
+                .any(|a| a.prefix < 31 && a.broadcast() == ip)
     }
 
     /// The routing decision (seed 003): the next hop for `dst` — `dst` itself when it is on one
@@ -134,7 +141,11 @@ impl Routes {
     /// The source address to use towards `dst`: the address whose subnet holds the next hop.
     pub fn source_for(&self, dst: Ipv4Addr) -> Ipv4Addr {
         let hop = self.next_hop(dst).unwrap_or(dst);
-        self.addrs.iter().find(|a| a.contains(hop)).unwrap_or(&self.addrs[0]).addr
+        self.addrs
+            .iter()
+            .find(|a| a.contains(hop))
+            .unwrap_or(&self.addrs[0])
+            .addr
     }
 }
 
@@ -154,7 +165,12 @@ pub struct IcmpConfig {
 
 impl Default for IcmpConfig {
     fn default() -> Self {
-        IcmpConfig { echo_rate: 100_000, echo_burst: 1_000, error_rate: 100, error_burst: 50 }
+        IcmpConfig {
+            echo_rate: 100_000,
+            echo_burst: 1_000,
+            error_rate: 100,
+            error_burst: 50,
+        }
     }
 }
 
@@ -171,7 +187,12 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket of `burst` tokens refilled at `rate` per second (`rate` 0: the burst only).
     pub fn new(rate: u32, burst: u32) -> Self {
-        TokenBucket { rate, burst: burst.max(1), micro_tokens: burst.max(1) as u64 * 1_000_000, last: Instant::ZERO }
+        TokenBucket {
+            rate,
+            burst: burst.max(1),
+            micro_tokens: burst.max(1) as u64 * 1_000_000,
+            last: Instant::ZERO,
+        }
     }
 
     /// Takes a token if one is available at `now`.
@@ -195,7 +216,11 @@ mod tests {
     use super::*;
 
     fn routes() -> Routes {
-        Routes::new(vec!["198.18.0.1/24".parse().unwrap()], Some(Ipv4Addr::new(198, 18, 0, 254))).unwrap()
+        Routes::new(
+            vec!["198.18.0.1/24".parse().unwrap()],
+            Some(Ipv4Addr::new(198, 18, 0, 254)),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -213,25 +238,45 @@ mod tests {
     #[test]
     fn routing_decision_on_link_or_gateway() {
         let r = routes();
-        assert_eq!(r.next_hop(Ipv4Addr::new(198, 18, 0, 2)), Some(Ipv4Addr::new(198, 18, 0, 2)));
-        assert_eq!(r.next_hop(Ipv4Addr::new(198, 19, 0, 7)), Some(Ipv4Addr::new(198, 18, 0, 254)));
+        assert_eq!(
+            r.next_hop(Ipv4Addr::new(198, 18, 0, 2)),
+            Some(Ipv4Addr::new(198, 18, 0, 2))
+        );
+        assert_eq!(
+            r.next_hop(Ipv4Addr::new(198, 19, 0, 7)),
+            Some(Ipv4Addr::new(198, 18, 0, 254))
+        );
         let no_gw = Routes::new(vec!["198.18.0.1/24".parse().unwrap()], None).unwrap();
         assert_eq!(no_gw.next_hop(Ipv4Addr::new(198, 19, 0, 7)), None);
-        assert_eq!(r.source_for(Ipv4Addr::new(198, 19, 0, 7)), Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(
+            r.source_for(Ipv4Addr::new(198, 19, 0, 7)),
+            Ipv4Addr::new(198, 18, 0, 1)
+        );
     }
 
     #[test]
     fn config_errors_are_actionable() {
         assert_eq!(Routes::new(vec![], None), Err(RouteError::NoAddress));
-        let e = Routes::new(vec!["198.18.0.1/24".parse().unwrap()], Some(Ipv4Addr::new(198, 19, 0, 1)))
-            .unwrap_err();
+        let e = Routes::new(
+            vec!["198.18.0.1/24".parse().unwrap()],
+            Some(Ipv4Addr::new(198, 19, 0, 1)),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("not on any configured subnet"));
     }
 
     #[test]
     fn bad_sources() {
         let r = routes();
-        for ip in ["0.0.0.0", "255.255.255.255", "224.0.0.1", "127.0.0.1", "198.18.0.1", "198.18.0.255", "240.0.0.1"] {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "127.0.0.1",
+            "198.18.0.1",
+            "198.18.0.255",
+            "240.0.0.1",
+        ] {
             assert!(r.is_bad_source(ip.parse().unwrap()), "{ip}");
         }
         assert!(!r.is_bad_source(Ipv4Addr::new(198, 18, 0, 2)));
@@ -244,7 +289,10 @@ mod tests {
         assert!(b.allow(t0) && b.allow(t0) && b.allow(t0));
         assert!(!b.allow(t0), "burst spent");
         assert!(!b.allow(t0 + core::time::Duration::from_millis(99)));
-        assert!(b.allow(t0 + core::time::Duration::from_millis(100)), "one token per 100 ms");
+        assert!(
+            b.allow(t0 + core::time::Duration::from_millis(100)),
+            "one token per 100 ms"
+        );
         // A long pause refills only up to the burst.
         let later = t0 + core::time::Duration::from_secs(60);
         assert_eq!((0..10).filter(|_| b.allow(later)).count(), 3);

@@ -17,10 +17,10 @@ use crate::stats::{DropReason, StackStats};
 use crate::tcp::{Tcp, TcpConfig};
 use crate::time::Instant;
 use crate::wire::arp::{ArpError, ArpRepr, OP_REPLY, OP_REQUEST};
+use crate::wire::checksum;
 use crate::wire::ethernet::{self, Mac, ETHERTYPE_ARP, ETHERTYPE_IPV4};
 use crate::wire::icmp::{self, IcmpError};
 use crate::wire::ipv4::{self, Ipv4Error, Ipv4View};
-use crate::wire::checksum;
 use core::net::Ipv4Addr;
 use std::collections::VecDeque;
 
@@ -107,7 +107,11 @@ pub struct Stack {
 impl Stack {
     /// A stack with `cfg`.
     pub fn new(cfg: StackConfig) -> Self {
-        let gratuitous = if cfg.gratuitous_arp { cfg.routes.addrs().len() } else { 0 };
+        let gratuitous = if cfg.gratuitous_arp {
+            cfg.routes.addrs().len()
+        } else {
+            0
+        };
         let mut tcp_cfg = cfg.tcp.clone();
         tcp_cfg.mtu = tcp_cfg.mtu.min(cfg.mtu.min(u16::MAX as usize) as u16);
         let mut tcp = Tcp::new(tcp_cfg, cfg.secret);
@@ -197,7 +201,12 @@ impl Stack {
         }
     }
 
-    fn dispatch(&mut self, now: Instant, frame: &mut [u8], len: usize) -> Result<Verdict, DropReason> {
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        frame: &mut [u8],
+        len: usize,
+    ) -> Result<Verdict, DropReason> {
         if len < ethernet::HEADER_LEN {
             return Err(DropReason::EthTruncated);
         }
@@ -212,7 +221,12 @@ impl Stack {
         }
     }
 
-    fn handle_arp(&mut self, now: Instant, frame: &mut [u8], len: usize) -> Result<Verdict, DropReason> {
+    fn handle_arp(
+        &mut self,
+        now: Instant,
+        frame: &mut [u8],
+        len: usize,
+    ) -> Result<Verdict, DropReason> {
         let arp = ArpRepr::parse(&frame[IP..len]).map_err(|e| match e {
             ArpError::Truncated => DropReason::ArpTruncated,
             ArpError::BadHardware => DropReason::ArpBadHardware,
@@ -228,8 +242,15 @@ impl Stack {
             OP_REQUEST if to_us => Learn::RequestToUs,
             _ => Learn::Unsolicited,
         };
-        let on_link = self.routes.addrs().iter().any(|a| a.contains(arp.sender_ip));
-        let learned = on_link && self.neighbors.learn(now, arp.sender_ip, arp.sender_mac, how);
+        let on_link = self
+            .routes
+            .addrs()
+            .iter()
+            .any(|a| a.contains(arp.sender_ip));
+        let learned = on_link
+            && self
+                .neighbors
+                .learn(now, arp.sender_ip, arp.sender_mac, how);
         if arp.op == OP_REQUEST && to_us {
             // Answer in place: the request becomes the reply.
             let reply = ArpRepr {
@@ -243,7 +264,11 @@ impl Stack {
             return Ok(Verdict::Transmit(reply.emit_frame(frame, arp.sender_mac)));
         }
         if arp.op == OP_REPLY {
-            return if learned { Ok(Verdict::Drop) } else { Err(DropReason::ArpUnsolicited) };
+            return if learned {
+                Ok(Verdict::Drop)
+            } else {
+                Err(DropReason::ArpUnsolicited)
+            };
         }
         if !to_us {
             return Err(DropReason::ArpNotForUs);
@@ -251,7 +276,12 @@ impl Stack {
         Ok(Verdict::Drop)
     }
 
-    fn handle_ipv4(&mut self, now: Instant, frame: &mut [u8], len: usize) -> Result<Verdict, DropReason> {
+    fn handle_ipv4(
+        &mut self,
+        now: Instant,
+        frame: &mut [u8],
+        len: usize,
+    ) -> Result<Verdict, DropReason> {
         let ip = Ipv4View::parse(&frame[IP..len]).map_err(|e| match e {
             Ipv4Error::Truncated => DropReason::Ipv4Truncated,
             Ipv4Error::BadVersion => DropReason::Ipv4BadVersion,
@@ -279,7 +309,12 @@ impl Stack {
                 if seg.len() < 20 {
                     return Err(DropReason::TcpTruncated);
                 }
-                if !checksum::verify_transport(ip.src.octets(), ip.dst.octets(), ipv4::PROTO_TCP, seg) {
+                if !checksum::verify_transport(
+                    ip.src.octets(),
+                    ip.dst.octets(),
+                    ipv4::PROTO_TCP,
+                    seg,
+                ) {
                     return Err(DropReason::TcpBadChecksum);
                 }
                 self.stats.tcp_segments += 1;
@@ -287,17 +322,32 @@ impl Stack {
                 Ok(Verdict::Drop)
             }
             ipv4::PROTO_UDP => {
-                self.unreachable(now, &frame[IP..IP + ip.total_len], &ip, icmp::CODE_PORT_UNREACHABLE);
+                self.unreachable(
+                    now,
+                    &frame[IP..IP + ip.total_len],
+                    &ip,
+                    icmp::CODE_PORT_UNREACHABLE,
+                );
                 Err(DropReason::ProtoUnreachable)
             }
             _ => {
-                self.unreachable(now, &frame[IP..IP + ip.total_len], &ip, icmp::CODE_PROTO_UNREACHABLE);
+                self.unreachable(
+                    now,
+                    &frame[IP..IP + ip.total_len],
+                    &ip,
+                    icmp::CODE_PROTO_UNREACHABLE,
+                );
                 Err(DropReason::ProtoUnreachable)
             }
         }
     }
 
-    fn handle_icmp(&mut self, now: Instant, frame: &mut [u8], ip: &Ipv4View) -> Result<Verdict, DropReason> {
+    fn handle_icmp(
+        &mut self,
+        now: Instant,
+        frame: &mut [u8],
+        ip: &Ipv4View,
+    ) -> Result<Verdict, DropReason> {
         let start = IP + ip.header_len;
         let end = IP + ip.total_len;
         let (ty, _code) = icmp::parse(&frame[start..end]).map_err(|e| match e {
@@ -323,7 +373,9 @@ impl Stack {
 
     /// Queues an ICMP destination unreachable about `packet` (its IPv4 header and payload).
     fn unreachable(&mut self, now: Instant, packet: &[u8], ip: &Ipv4View, code: u8) {
-        let Some(limit) = &mut self.error_limit else { return };
+        let Some(limit) = &mut self.error_limit else {
+            return;
+        };
         if self.icmp_errors.len() >= ICMP_QUEUE || !limit.allow(now) {
             self.stats.drop(DropReason::IcmpErrorRateLimited);
             return;
@@ -331,7 +383,13 @@ impl Stack {
         let n = packet.len().min(ip.header_len + 8).min(QUOTE);
         let mut quote = [0u8; QUOTE];
         quote[..n].copy_from_slice(&packet[..n]);
-        self.icmp_errors.push_back(IcmpErrorOut { dst: ip.src, src: ip.dst, code, len: n, quote });
+        self.icmp_errors.push_back(IcmpErrorOut {
+            dst: ip.src,
+            src: ip.dst,
+            code,
+            len: n,
+            quote,
+        });
     }
 
     /// Writes Ethernet and IPv4 headers in front of a `payload_len`-byte payload already at
@@ -394,13 +452,25 @@ impl Stack {
                 self.gratuitous -= 1;
                 let me = self.routes.addrs()[self.gratuitous].addr;
                 self.stats.arp_requests += 1;
-                let arp = ArpRepr { op: OP_REQUEST, sender_mac: self.mac, sender_ip: me, target_mac: Mac::ZERO, target_ip: me };
+                let arp = ArpRepr {
+                    op: OP_REQUEST,
+                    sender_mac: self.mac,
+                    sender_ip: me,
+                    target_mac: Mac::ZERO,
+                    target_ip: me,
+                };
                 return Some(arp.emit_frame(buf, Mac::BROADCAST));
             }
             if let Some((ip, dst)) = self.neighbors.poll_request(now) {
                 self.stats.arp_requests += 1;
                 let src = self.routes.source_for(ip);
-                let arp = ArpRepr { op: OP_REQUEST, sender_mac: self.mac, sender_ip: src, target_mac: Mac::ZERO, target_ip: ip };
+                let arp = ArpRepr {
+                    op: OP_REQUEST,
+                    sender_mac: self.mac,
+                    sender_ip: src,
+                    target_mac: Mac::ZERO,
+                    target_ip: ip,
+                };
                 return Some(arp.emit_frame(buf, dst));
             }
             if let Some(e) = self.icmp_errors.pop_front() {
@@ -414,7 +484,8 @@ impl Stack {
             }
             let seg = IP + ipv4::MIN_HEADER_LEN;
             if let Some(t) = self.tcp.poll_transmit(now, &mut buf[seg..]) {
-                if let Some(len) = self.finish_ipv4(now, buf, t.src, t.dst, ipv4::PROTO_TCP, t.len) {
+                if let Some(len) = self.finish_ipv4(now, buf, t.src, t.dst, ipv4::PROTO_TCP, t.len)
+                {
                     return Some(len);
                 }
                 continue;

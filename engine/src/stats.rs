@@ -143,7 +143,9 @@ pub struct SharedStats {
 
 impl Default for SharedStats {
     fn default() -> Self {
-        SharedStats { values: core::array::from_fn(|_| AtomicU64::new(0)) }
+        SharedStats {
+            values: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
     }
 }
 
@@ -190,7 +192,11 @@ mod tests {
 
     #[test]
     fn publish_read_roundtrip() {
-        let mut s = StackStats { rx_packets: 3, tcp_segments: 9, ..Default::default() };
+        let mut s = StackStats {
+            rx_packets: 3,
+            tcp_segments: 9,
+            ..Default::default()
+        };
         s.drop(DropReason::Ipv4BadChecksum);
         s.drop(DropReason::TxNoBuffer);
         let shared = SharedStats::default();

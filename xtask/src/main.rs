@@ -1,1 +1,96 @@
-fn main() {}
+//! `cargo xtask`: the project's own scripts, in Rust.
+//!
+//! ```text
+//! cargo xtask deps                      install what is missing (apt, rust-src, bpf-linker)
+//! cargo xtask build-ebpf [--debug]      build ebpf/ -> target/bpf/handshake-xdp.o
+//! cargo xtask build [--debug]           build-ebpf + the daemon with feature xdp
+//! cargo xtask run -- <daemon args>      build, then run target/release/handshake <args>
+//! cargo xtask netns up [--queues N]     a test network that stays (prints its names)
+//! cargo xtask netns down [--all]        remove it (--all: every hs-* namespace)
+//! cargo xtask test                      deps, build, all tests, clippy, fmt; a summary
+//! cargo xtask demo                      the seed story live: ARP, ping, TCP, over a veth pair
+//! ```
+
+mod build;
+mod demo;
+mod deps;
+mod netns;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run and test handshake",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: Debian packages, nightly rust-src, bpf-linker (idempotent).
+    Deps,
+    /// Build the XDP program (nightly, bpf-linker) into target/bpf/handshake-xdp.o.
+    BuildEbpf {
+        /// Unoptimised profile (the verifier may reject it: for debugging the build only).
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Build the eBPF object and the daemon (`handshake`, feature xdp).
+    Build {
+        /// Debug profile for the daemon (target/debug/handshake).
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Build, then run the daemon with the given arguments (needs root).
+    Run {
+        /// Debug profile.
+        #[arg(long)]
+        debug: bool,
+        /// Arguments for `handshake`, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Bring a test network (two namespaces and a veth pair) up or down.
+    Netns {
+        #[command(subcommand)]
+        action: netns::Action,
+    },
+    /// Everything: deps, build, rootless and privileged tests, clippy, fmt; then a summary.
+    Test,
+    /// Bring a network up, start the daemon, and show ARP, ICMP and TCP being answered.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Deps => deps::ensure(deps::Need::ALL),
+        Cmd::BuildEbpf { debug } => {
+            deps::ensure(deps::Need::EBPF)?;
+            build::ebpf(build::Profile::from_debug(debug)).map(|_| ())
+        }
+        Cmd::Build { debug } => {
+            deps::ensure(deps::Need::BUILD)?;
+            build::all(build::Profile::from_debug(debug)).map(|_| ())
+        }
+        Cmd::Run { debug, args } => {
+            deps::ensure(deps::Need::BUILD)?;
+            let daemon = build::all(build::Profile::from_debug(debug))?;
+            build::run_daemon(&daemon, &args)
+        }
+        Cmd::Netns { action } => {
+            deps::ensure(deps::Need::NETNS)?;
+            netns::run(action)
+        }
+        Cmd::Test => test::run(),
+        Cmd::Demo => demo::run(),
+    }
+}

@@ -12,7 +12,7 @@ pub mod maps {
     pub const ADDRS: &str = "HS_ADDRS";
     /// `HashMap<u16, u8>`: TCP ports the engine listens on, key in host byte order.
     pub const PORTS: &str = "HS_PORTS";
-    /// `Array<XdpConfig>` with one entry.
+    /// `Array<u32>` with [`crate::config::COUNT`] entries, indexed by [`crate::config`].
     pub const CONFIG: &str = "HS_CONFIG";
     /// `XskMap`: AF_XDP socket per RX queue index.
     pub const XSKS: &str = "HS_XSKS";

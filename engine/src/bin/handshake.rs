@@ -129,7 +129,8 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("nothing to do: use `handshake config --check FILE`");
             };
             let cfg = Config::from_file(&path)?;
-            cfg.validate().with_context(|| format!("{} parses but is not usable", path.display()))?;
+            cfg.validate()
+                .with_context(|| format!("{} parses but is not usable", path.display()))?;
             println!("{}: ok", path.display());
             Ok(())
         }

@@ -89,7 +89,10 @@ pub struct MemDevice {
 
 impl std::fmt::Debug for MemDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemDevice").field("rx", &self.rx.len()).field("tx", &self.tx.len()).finish()
+        f.debug_struct("MemDevice")
+            .field("rx", &self.rx.len())
+            .field("tx", &self.tx.len())
+            .finish()
     }
 }
 
@@ -195,7 +198,9 @@ impl Device for MemDevice {
     {
         let mut n = 0;
         while n < max {
-            let Some(mut f) = self.rx.pop_front() else { break };
+            let Some(mut f) = self.rx.pop_front() else {
+                break;
+            };
             n += 1;
             if self.pcap.is_some() {
                 self.capture(&f.buf[..f.len]);
@@ -253,7 +258,12 @@ pub struct MemLink {
 impl MemLink {
     /// A link applying `faults`.
     pub fn new(faults: Faults) -> Self {
-        MemLink { rng: SplitMix64::new(faults.seed), faults, held: None, stats: FaultStats::default() }
+        MemLink {
+            rng: SplitMix64::new(faults.seed),
+            faults,
+            held: None,
+            stats: FaultStats::default(),
+        }
     }
 
     /// What the injector did so far.
@@ -327,11 +337,14 @@ mod tests {
             }
         });
         assert_eq!(n, 2);
-        assert_eq!(d.take_all(), vec![{
-            let mut v = vec![1u8; 50];
-            v[0] = 9;
-            v
-        }]);
+        assert_eq!(
+            d.take_all(),
+            vec![{
+                let mut v = vec![1u8; 50];
+                v[0] = 9;
+                v
+            }]
+        );
         let sent = d.transmit(64, {
             let mut k = 0;
             move |buf| {
@@ -351,7 +364,13 @@ mod tests {
         let run = |seed| {
             let mut a = MemDevice::new(128);
             let mut b = MemDevice::new(128);
-            let mut link = MemLink::new(Faults { seed, drop: 100, duplicate: 100, reorder: 100, corrupt: 100 });
+            let mut link = MemLink::new(Faults {
+                seed,
+                drop: 100,
+                duplicate: 100,
+                reorder: 100,
+                corrupt: 100,
+            });
             for i in 0..1000u32 {
                 a.transmit(1, |buf| {
                     buf[..20].fill(0);
@@ -367,7 +386,12 @@ mod tests {
         assert_eq!(run(42).0, s, "same seed, same faults");
         assert_ne!(run(43).0, s);
         assert_eq!(s.offered, 1000);
-        for (what, v) in [("drop", s.dropped), ("dup", s.duplicated), ("reorder", s.reordered), ("corrupt", s.corrupted)] {
+        for (what, v) in [
+            ("drop", s.dropped),
+            ("dup", s.duplicated),
+            ("reorder", s.reordered),
+            ("corrupt", s.corrupted),
+        ] {
             assert!((50..160).contains(&v), "{what}: {v} of 1000 at 10%");
         }
         assert_eq!(rx as u64, s.offered - s.dropped + s.duplicated);

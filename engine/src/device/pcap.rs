@@ -51,13 +51,22 @@ mod tests {
     #[test]
     fn layout_is_libpcap() {
         let mut w = PcapWriter::new(Vec::new(), 65535).unwrap();
-        w.write(Instant::from_micros(1_500_000), &[0xaa; 60]).unwrap();
+        w.write(Instant::from_micros(1_500_000), &[0xaa; 60])
+            .unwrap();
         let b = w.into_inner().unwrap();
         assert_eq!(b.len(), 24 + 16 + 60);
         assert_eq!(&b[0..4], &[0xd4, 0xc3, 0xb2, 0xa1]);
         assert_eq!(u32::from_le_bytes(b[20..24].try_into().unwrap()), 1);
-        assert_eq!(u32::from_le_bytes(b[24..28].try_into().unwrap()), 1, "seconds");
-        assert_eq!(u32::from_le_bytes(b[28..32].try_into().unwrap()), 500_000, "microseconds");
+        assert_eq!(
+            u32::from_le_bytes(b[24..28].try_into().unwrap()),
+            1,
+            "seconds"
+        );
+        assert_eq!(
+            u32::from_le_bytes(b[28..32].try_into().unwrap()),
+            500_000,
+            "microseconds"
+        );
         assert_eq!(u32::from_le_bytes(b[32..36].try_into().unwrap()), 60);
     }
 }

@@ -17,7 +17,11 @@ pub(crate) struct RingBuf {
 impl RingBuf {
     /// A ring over `buf` (its length is the capacity).
     pub(crate) fn new(buf: Box<[u8]>) -> Self {
-        RingBuf { buf, head: 0, len: 0 }
+        RingBuf {
+            buf,
+            head: 0,
+            len: 0,
+        }
     }
     /// Returns the storage, emptying the ring.
     pub(crate) fn take(&mut self) -> Box<[u8]> {
@@ -86,11 +90,10 @@ impl RingBuf {
         if n == 0 {
             return;
         }
+        // `head` must not be reset when the ring empties: out-of-order bytes may sit past the
+        // end, at offsets relative to `head + len`.
         self.head = (self.head + n) % self.buf.len();
         self.len -= n;
-        if self.len == 0 {
-            self.head = 0;
-        }
     }
     /// Moves bytes from the front into `out`; returns the count.
     pub(crate) fn pop(&mut self, out: &mut [u8]) -> usize {
@@ -114,7 +117,11 @@ pub(crate) struct Assembler {
 
 impl Default for Assembler {
     fn default() -> Self {
-        Assembler { ranges: [(0, 0); MAX_RANGES], len: 0, last: 0 }
+        Assembler {
+            ranges: [(0, 0); MAX_RANGES],
+            len: 0,
+            last: 0,
+        }
     }
 }
 
@@ -181,7 +188,11 @@ impl Assembler {
         if k > 0 {
             self.ranges.copy_within(k..n, 0);
             self.len -= k as u8;
-            self.last = if (self.last as usize) < k { 0 } else { self.last - k as u8 };
+            self.last = if (self.last as usize) < k {
+                0
+            } else {
+                self.last - k as u8
+            };
         }
         edge
     }
@@ -227,7 +238,9 @@ impl Pool {
     }
     /// A buffer: recycled, or allocated when the pool is empty.
     pub(crate) fn get(&mut self) -> Box<[u8]> {
-        self.free.pop().unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice())
+        self.free
+            .pop()
+            .unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice())
     }
     /// Returns a buffer (empty boxes are ignored).
     pub(crate) fn put(&mut self, b: Box<[u8]>) {
@@ -295,7 +308,10 @@ mod tests {
         assert!(a.insert(0xffff_fff0, 0xffff_fff8, 8));
         assert!(a.insert(0x10, 0x20, 8));
         assert!(a.insert(0xffff_fffc, 4, 8));
-        assert_eq!(a.ranges(), &[(0xffff_fff0, 0xffff_fff8), (0xffff_fffc, 4), (0x10, 0x20)]);
+        assert_eq!(
+            a.ranges(),
+            &[(0xffff_fff0, 0xffff_fff8), (0xffff_fffc, 4), (0x10, 0x20)]
+        );
         let mut out = [(0, 0); 3];
         assert_eq!(a.sack_blocks(&mut out), 3);
         assert_eq!(out[0], (0xffff_fffc, 4));

@@ -63,7 +63,10 @@ impl Cc {
     pub(crate) fn on_ack(&mut self, now: Instant, acked: u32, srtt_us: u32) {
         if self.cwnd < self.ssthresh {
             // Slow start, with appropriate byte counting (L = 2·SMSS, RFC 3465).
-            self.cwnd = self.cwnd.saturating_add(acked.min(2 * self.mss)).min(MAX_CWND);
+            self.cwnd = self
+                .cwnd
+                .saturating_add(acked.min(2 * self.mss))
+                .min(MAX_CWND);
             return;
         }
         match self.algo {
@@ -123,7 +126,11 @@ impl Cc {
             Congestion::Cubic => {
                 let cwnd = self.cwnd as f64 / self.mss as f64;
                 // Fast convergence (RFC 9438 §4.7).
-                self.w_max = if cwnd < self.w_max { cwnd * (1.0 + BETA) / 2.0 } else { cwnd };
+                self.w_max = if cwnd < self.w_max {
+                    cwnd * (1.0 + BETA) / 2.0
+                } else {
+                    cwnd
+                };
                 self.ssthresh = ((self.cwnd as f64 * BETA) as u32).max(2 * self.mss);
                 self.epoch = None;
             }
@@ -159,7 +166,10 @@ impl Cc {
 
     /// Full ACK ending recovery (RFC 6582 §3.2 step 3, option 1).
     pub(crate) fn exit_recovery(&mut self, flight: u32) {
-        self.cwnd = self.ssthresh.min(flight.max(self.mss) + self.mss).max(self.mss);
+        self.cwnd = self
+            .ssthresh
+            .min(flight.max(self.mss) + self.mss)
+            .max(self.mss);
     }
 }
 

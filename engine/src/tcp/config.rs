@@ -180,14 +180,24 @@ mod tests {
         assert_eq!(c.mss, 1200);
         assert_eq!(c.congestion, Congestion::NewReno);
         assert_eq!(c.syn_cookies, SynCookies::Always);
-        assert_eq!(c.keepalive, Some(Keepalive { idle_ms: 1000, interval_ms: 100, probes: 3 }));
+        assert_eq!(
+            c.keepalive,
+            Some(Keepalive {
+                idle_ms: 1000,
+                interval_ms: 100,
+                probes: 3
+            })
+        );
         assert_eq!(c.recv_buf, TcpConfig::default().recv_buf);
         assert!(toml::from_str::<TcpConfig>("bogus = 1").is_err());
     }
 
     #[test]
     fn shift_and_mss() {
-        let mut c = TcpConfig { recv_buf: 65535, ..TcpConfig::default() };
+        let mut c = TcpConfig {
+            recv_buf: 65535,
+            ..TcpConfig::default()
+        };
         assert_eq!(c.window_shift(), 0);
         c.recv_buf = 65536;
         assert_eq!(c.window_shift(), 1);

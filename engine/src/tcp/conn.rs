@@ -12,7 +12,7 @@ use super::seq;
 use super::table::FlowKey;
 use super::{CloseReason, ConnId, State, TcpConfig, TcpStats};
 use crate::time::Instant;
-use crate::wire::tcp::{flags, SackBlock, Timestamps, TcpOptions, TcpRepr, HEADER_LEN};
+use crate::wire::tcp::{flags, SackBlock, TcpOptions, TcpRepr, Timestamps, HEADER_LEN};
 
 /// Event bits a connection raises for the engine to turn into [`super::Event`]s.
 pub(crate) const N_READABLE: u8 = 1;
@@ -48,7 +48,13 @@ pub(crate) struct Env<'a> {
 
 impl<'a> Env<'a> {
     pub(crate) fn new(cfg: &'a TcpConfig, stats: &'a mut TcpStats, now: Instant) -> Self {
-        Env { cfg, stats, now, accept_room: true, reply_rst: None }
+        Env {
+            cfg,
+            stats,
+            now,
+            accept_room: true,
+            reply_rst: None,
+        }
     }
 }
 
@@ -251,7 +257,11 @@ impl Conn {
     fn set_options(&mut self, cfg: &TcpConfig, o: &TcpOptions) {
         let peer_mss = o.mss.unwrap_or(536).max(64);
         self.ws_ok = cfg.window_scale && o.window_scale.is_some();
-        self.snd_shift = if self.ws_ok { o.window_scale.unwrap_or(0) } else { 0 };
+        self.snd_shift = if self.ws_ok {
+            o.window_scale.unwrap_or(0)
+        } else {
+            0
+        };
         self.rcv_shift = if self.ws_ok { cfg.window_shift() } else { 0 };
         self.sack_ok = cfg.sack && o.sack_permitted;
         self.ts_ok = cfg.timestamps && o.timestamps.is_some();
@@ -265,7 +275,13 @@ impl Conn {
     }
 
     /// Passive open: a SYN arrived at a listener (RFC 9293 §3.10.7.2).
-    pub(crate) fn open_passive(&mut self, cfg: &TcpConfig, now: Instant, seg: &TcpRepr<'_>, ts_offset: u32) {
+    pub(crate) fn open_passive(
+        &mut self,
+        cfg: &TcpConfig,
+        now: Instant,
+        seg: &TcpRepr<'_>,
+        ts_offset: u32,
+    ) {
         self.irs = seg.seq;
         self.rcv_nxt = seg.seq.wrapping_add(1);
         self.rcv_adv = self.rcv_nxt;
@@ -326,14 +342,19 @@ impl Conn {
     }
 
     fn rto_now(&self, cfg: &TcpConfig) -> Duration {
-        let us = self.rto_us.checked_shl(self.backoff.min(20)).unwrap_or(u64::MAX);
+        let us = self
+            .rto_us
+            .checked_shl(self.backoff.min(20))
+            .unwrap_or(u64::MAX);
         Duration::from_micros(us.min(cfg.rto_max_ms * 1000))
     }
 
     /// `send` is allowed: the write side is open.
     pub(crate) fn can_send(&self) -> bool {
-        matches!(self.state, State::SynSent | State::SynReceived | State::Established | State::CloseWait)
-            && !self.fin_queued
+        matches!(
+            self.state,
+            State::SynSent | State::SynReceived | State::Established | State::CloseWait
+        ) && !self.fin_queued
     }
 
     /// FIN_WAIT_2 timeout for orphaned connections.
@@ -345,7 +366,10 @@ impl Conn {
 
     /// The earliest timer.
     pub(crate) fn next_deadline(&self) -> Instant {
-        self.rtx_at.min(self.ack_at).min(self.state_at).min(self.ka_at)
+        self.rtx_at
+            .min(self.ack_at)
+            .min(self.state_at)
+            .min(self.ka_at)
     }
 
     /// Something may be sendable now (cheap, conservative).
@@ -355,7 +379,11 @@ impl Conn {
         }
         match self.state {
             State::SynSent | State::SynReceived => self.snd_nxt == self.iss,
-            State::Established | State::CloseWait | State::FinWait1 | State::Closing | State::LastAck => {
+            State::Established
+            | State::CloseWait
+            | State::FinWait1
+            | State::Closing
+            | State::LastAck => {
                 let off = self.snd_nxt.wrapping_sub(self.snd_una) as usize;
                 (off < self.tx.len() && self.snd_wnd as usize > off)
                     || (self.fin_queued && !self.fin_acked && off == self.tx.len())
@@ -366,18 +394,27 @@ impl Conn {
 
     /// After the application read: is a window update worth a segment?
     pub(crate) fn window_update_due(&self) -> bool {
-        if !matches!(self.state, State::Established | State::FinWait1 | State::FinWait2) {
+        if !matches!(
+            self.state,
+            State::Established | State::FinWait1 | State::FinWait2
+        ) {
             return false;
         }
         let max = 65535u32 << self.rcv_shift;
         let old = self.rcv_adv.wrapping_sub(self.rcv_nxt);
         let new = (self.rx.free() as u32).min(max);
         let mss = self.mss as u32;
-        new >= old.saturating_add(mss.min(self.rx.capacity() as u32 / 2)) && (new >= 2 * old || old < mss)
+        new >= old.saturating_add(mss.min(self.rx.capacity() as u32 / 2))
+            && (new >= 2 * old || old < mss)
     }
 
     fn challenge_ack(&mut self, env: &mut Env<'_>) {
-        if env.now.as_micros().saturating_sub(self.chal_start.as_micros()) >= 1_000_000 {
+        if env
+            .now
+            .as_micros()
+            .saturating_sub(self.chal_start.as_micros())
+            >= 1_000_000
+        {
             self.chal_start = env.now;
             self.chal_count = 0;
         }
@@ -442,7 +479,9 @@ impl Conn {
         // PAWS (RFC 7323 §5.3).
         if self.ts_ok && !rst {
             if let Some(ts) = seg.options.timestamps {
-                let idle = now.as_micros().saturating_sub(self.ts_recent_at.as_micros());
+                let idle = now
+                    .as_micros()
+                    .saturating_sub(self.ts_recent_at.as_micros());
                 if seq::lt(ts.val, self.ts_recent) && idle < PAWS_IDLE_US {
                     env.stats.paws_drops += 1;
                     self.ack_now = true;
@@ -540,7 +579,10 @@ impl Conn {
         }
 
         if !seg.payload.is_empty() {
-            if matches!(self.state, State::Established | State::FinWait1 | State::FinWait2) {
+            if matches!(
+                self.state,
+                State::Established | State::FinWait1 | State::FinWait2
+            ) {
                 self.process_data(env, &seg);
             } else {
                 self.ack_now = true;
@@ -617,7 +659,10 @@ impl Conn {
         let wnd = (seg.window as u32) << self.snd_shift;
         if self.sack_ok && seg.options.sack_len > 0 {
             for b in seg.options.sack_blocks() {
-                if seq::lt(self.snd_una, b.left) && seq::lt(b.left, b.right) && seq::le(b.right, self.snd_max) {
+                if seq::lt(self.snd_una, b.left)
+                    && seq::lt(b.left, b.right)
+                    && seq::le(b.right, self.snd_max)
+                {
                     self.sacked.insert(b.left, b.right, super::buf::MAX_RANGES);
                 }
             }
@@ -730,7 +775,8 @@ impl Conn {
             }
         }
         // Window update (RFC 9293 §3.10.7.4).
-        if seq::lt(self.snd_wl1, seg.seq) || (self.snd_wl1 == seg.seq && seq::le(self.snd_wl2, ack)) {
+        if seq::lt(self.snd_wl1, seg.seq) || (self.snd_wl1 == seg.seq && seq::le(self.snd_wl2, ack))
+        {
             self.snd_wnd = wnd;
             self.snd_wl1 = seg.seq;
             self.snd_wl2 = ack;
@@ -746,7 +792,11 @@ impl Conn {
     }
 
     fn sacked_bytes(&self) -> u32 {
-        self.sacked.ranges().iter().map(|r| r.1.wrapping_sub(r.0)).sum()
+        self.sacked
+            .ranges()
+            .iter()
+            .map(|r| r.1.wrapping_sub(r.0))
+            .sum()
     }
 
     fn process_data(&mut self, env: &mut Env<'_>, seg: &TcpRepr<'_>) {
@@ -839,7 +889,11 @@ impl Conn {
         match self.state {
             State::SynReceived | State::Established => self.state = State::CloseWait,
             State::FinWait1 => {
-                self.state = if self.fin_acked { State::TimeWait } else { State::Closing };
+                self.state = if self.fin_acked {
+                    State::TimeWait
+                } else {
+                    State::Closing
+                };
             }
             State::FinWait2 => self.state = State::TimeWait,
             State::TimeWait => self.state_at = env.now + ms(env.cfg.time_wait_ms),
@@ -877,7 +931,11 @@ impl Conn {
                 self.backoff = (self.backoff + 1).min(20);
             } else if self.snd_max != self.snd_una {
                 let handshake = matches!(self.state, State::SynSent | State::SynReceived);
-                let limit = if handshake { env.cfg.max_syn_retries } else { env.cfg.max_retries };
+                let limit = if handshake {
+                    env.cfg.max_syn_retries
+                } else {
+                    env.cfg.max_retries
+                };
                 self.retries += 1;
                 if self.retries > limit {
                     return if self.state == State::SynReceived && self.listen_port != 0 {
@@ -904,7 +962,9 @@ impl Conn {
         }
         if self.ka_at <= now {
             self.ka_at = Instant::MAX;
-            if let (Some(k), State::Established | State::CloseWait) = (env.cfg.keepalive, self.state) {
+            if let (Some(k), State::Established | State::CloseWait) =
+                (env.cfg.keepalive, self.state)
+            {
                 let idle = now.as_micros().saturating_sub(self.last_rx.as_micros());
                 if self.snd_max != self.snd_una {
                     self.ka_at = now + ms(k.idle_ms);
@@ -929,7 +989,9 @@ impl Conn {
     fn advertise(&mut self, cfg: &TcpConfig) -> u16 {
         let max = 65535u32 << self.rcv_shift;
         let free = (self.rx.free() as u32).min(max);
-        let cand = self.rcv_nxt.wrapping_add((free >> self.rcv_shift) << self.rcv_shift);
+        let cand = self
+            .rcv_nxt
+            .wrapping_add((free >> self.rcv_shift) << self.rcv_shift);
         if seq::gt(cand, self.rcv_adv) {
             let inc = cand.wrapping_sub(self.rcv_adv);
             let cur = self.rcv_adv.wrapping_sub(self.rcv_nxt);
@@ -954,14 +1016,20 @@ impl Conn {
     ) -> Option<usize> {
         let mut o = TcpOptions::NONE;
         if self.ts_ok {
-            o.timestamps = Some(Timestamps { val: self.ts_now(env.now), ecr: self.ts_recent });
+            o.timestamps = Some(Timestamps {
+                val: self.ts_now(env.now),
+                ecr: self.ts_recent,
+            });
         }
         if self.sack_ok && fl & flags::ACK != 0 && !self.asm.is_empty() {
             let mut blocks = [(0u32, 0u32); 4];
             let max = if self.ts_ok { 3 } else { 4 };
             let n = self.asm.sack_blocks(&mut blocks[..max]);
             for (i, b) in blocks[..n].iter().enumerate() {
-                o.sack[i] = SackBlock { left: b.0, right: b.1 };
+                o.sack[i] = SackBlock {
+                    left: b.0,
+                    right: b.1,
+                };
             }
             o.sack_len = n as u8;
         }
@@ -970,7 +1038,11 @@ impl Conn {
             src_port: self.key.lport,
             dst_port: self.key.rport,
             seq: seqn,
-            ack: if fl & flags::ACK != 0 { self.rcv_nxt } else { 0 },
+            ack: if fl & flags::ACK != 0 {
+                self.rcv_nxt
+            } else {
+                0
+            },
             flags: fl,
             window,
             urgent: 0,
@@ -1030,7 +1102,11 @@ impl Conn {
             State::SynReceived | State::TimeWait | State::FinWait2 | State::CloseWait
                 if !self.data_state() =>
             {
-                return if self.ack_now { self.emit(env, buf, self.snd_nxt, ack, 0, 0) } else { None };
+                return if self.ack_now {
+                    self.emit(env, buf, self.ack_seq(), ack, 0, 0)
+                } else {
+                    None
+                };
             }
             _ => {}
         }
@@ -1038,7 +1114,11 @@ impl Conn {
         // Retransmissions allowed by duplicate or partial ACKs (and SACK holes).
         if self.rtx_budget > 0 {
             self.rtx_budget -= 1;
-            let start = if self.sack_ok { seq::max(self.snd_una, self.high_rxt) } else { self.snd_una };
+            let start = if self.sack_ok {
+                seq::max(self.snd_una, self.high_rxt)
+            } else {
+                self.snd_una
+            };
             if let Some((s, len, fin)) = self.hole(start, tx_len) {
                 let off = s.wrapping_sub(self.snd_una) as usize;
                 let mut fl = ack;
@@ -1092,7 +1172,8 @@ impl Conn {
             if !ok {
                 len = 0;
             }
-            let fin = self.fin_queued && !self.fin_acked && off + len == tx_len && (ok || avail == 0);
+            let fin =
+                self.fin_queued && !self.fin_acked && off + len == tx_len && (ok || avail == 0);
             if len > 0 || fin {
                 self.probe_pending = false;
                 let mut fl = ack;
@@ -1116,16 +1197,36 @@ impl Conn {
             }
         }
         if self.ack_now {
-            return self.emit(env, buf, self.snd_nxt, ack, 0, 0);
+            let seqn = self.ack_seq();
+            return self.emit(env, buf, seqn, ack, 0, 0);
         }
         None
+    }
+
+    /// Sequence number for a pure ACK: the highest sent, not `SND.NXT` (which a retransmission
+    /// timeout pulls back, and which the peer would find below its window), bounded by the
+    /// peer's window edge as Linux's `tcp_acceptable_seq`.
+    fn ack_seq(&self) -> u32 {
+        if !self.syn_acked {
+            return self.snd_nxt;
+        }
+        let wnd_end = self.snd_una.wrapping_add(self.snd_wnd);
+        if seq::ge(wnd_end, self.snd_max) {
+            self.snd_max
+        } else {
+            seq::max(wnd_end, self.snd_nxt)
+        }
     }
 
     /// States in which data or FIN may still be (re)sent.
     fn data_state(&self) -> bool {
         matches!(
             self.state,
-            State::Established | State::CloseWait | State::FinWait1 | State::Closing | State::LastAck
+            State::Established
+                | State::CloseWait
+                | State::FinWait1
+                | State::Closing
+                | State::LastAck
         ) || (self.fin_queued && !self.fin_acked && self.syn_acked)
     }
 
@@ -1156,7 +1257,9 @@ impl Conn {
         if let Some(l) = limit {
             len = len.min(l.wrapping_sub(s) as usize);
         }
-        let fin = self.fin_queued && off + len == tx_len && seq::gt(self.snd_max, s.wrapping_add(len as u32));
+        let fin = self.fin_queued
+            && off + len == tx_len
+            && seq::gt(self.snd_max, s.wrapping_add(len as u32));
         if len == 0 && !fin {
             return None;
         }
@@ -1166,7 +1269,10 @@ impl Conn {
     fn output_syn(&mut self, env: &mut Env<'_>, buf: &mut [u8]) -> Option<usize> {
         let cfg = env.cfg;
         let synack = self.state == State::SynReceived;
-        let mut o = TcpOptions { mss: Some(cfg.effective_mss()), ..TcpOptions::NONE };
+        let mut o = TcpOptions {
+            mss: Some(cfg.effective_mss()),
+            ..TcpOptions::NONE
+        };
         let tsval = self.ts_now(env.now);
         if synack {
             if self.ws_ok {
@@ -1174,7 +1280,10 @@ impl Conn {
             }
             o.sack_permitted = self.sack_ok;
             if self.ts_ok {
-                o.timestamps = Some(Timestamps { val: tsval, ecr: self.ts_recent });
+                o.timestamps = Some(Timestamps {
+                    val: tsval,
+                    ecr: self.ts_recent,
+                });
             }
         } else {
             if cfg.window_scale {
@@ -1186,7 +1295,11 @@ impl Conn {
             }
         }
         let window = self.rx.free().min(65535) as u16;
-        let fl = if synack { flags::SYN | flags::ACK } else { flags::SYN };
+        let fl = if synack {
+            flags::SYN | flags::ACK
+        } else {
+            flags::SYN
+        };
         let repr = TcpRepr {
             src_port: self.key.lport,
             dst_port: self.key.rport,

@@ -32,7 +32,10 @@ impl SipKey {
         let mut k1 = [0u8; 8];
         k0.copy_from_slice(&b[..8]);
         k1.copy_from_slice(&b[8..]);
-        SipKey { k0: u64::from_le_bytes(k0), k1: u64::from_le_bytes(k1) }
+        SipKey {
+            k0: u64::from_le_bytes(k0),
+            k1: u64::from_le_bytes(k1),
+        }
     }
 
     /// SipHash-1-3 of `data`.

@@ -36,7 +36,7 @@ use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::time::Instant;
-use crate::wire::tcp::{self as wire, flags, Timestamps, TcpOptions, TcpRepr};
+use crate::wire::tcp::{self as wire, flags, TcpOptions, TcpRepr, Timestamps};
 
 pub use config::{Congestion, Keepalive, SynCookies, TcpConfig};
 
@@ -152,7 +152,8 @@ pub enum Event {
         /// The connection.
         conn: ConnId,
     },
-    /// The connection ended; its handle is dead (or in TIME_WAIT, where only `state` answers).
+    /// The connection ended; its handle is dead, or in TIME_WAIT, where `state` answers and
+    /// `recv` returns the data still unread.
     Closed {
         /// The connection.
         conn: ConnId,
@@ -199,7 +200,9 @@ pub enum TcpError {
     #[error("flow table full: raise tcp.max_flows or close connections")]
     TableFull,
     /// Every ephemeral port to this destination is in use.
-    #[error("no free ephemeral port for this destination: widen tcp.ephemeral_first..ephemeral_last")]
+    #[error(
+        "no free ephemeral port for this destination: widen tcp.ephemeral_first..ephemeral_last"
+    )]
     NoEphemeralPort,
 }
 
@@ -401,7 +404,11 @@ impl Tcp {
         if self.listeners.len() >= self.cfg.max_listeners {
             return Err(TcpError::TooManyListeners);
         }
-        self.listeners.push(Listener { port, syn_rcvd: 0, accept_pending: 0 });
+        self.listeners.push(Listener {
+            port,
+            syn_rcvd: 0,
+            accept_pending: 0,
+        });
         Ok(())
     }
 
@@ -431,18 +438,27 @@ impl Tcp {
             return Err(TcpError::TableFull);
         }
         // RFC 6056 algorithm 3: a keyed offset per destination plus a global counter.
-        let (first, last) = (self.cfg.ephemeral_first as u32, self.cfg.ephemeral_last as u32);
+        let (first, last) = (
+            self.cfg.ephemeral_first as u32,
+            self.cfg.ephemeral_last as u32,
+        );
         let count = last - first + 1;
         let laddr = u32::from(local);
         let raddr = u32::from(*remote.ip());
         let offset = self.keys.port.tuple(laddr, 0, raddr, remote.port(), 0) as u32;
         let mut chosen = None;
         for i in 0..count {
-            let port = (first + (offset.wrapping_add(self.port_seq).wrapping_add(i)) % count) as u16;
+            let port =
+                (first + (offset.wrapping_add(self.port_seq).wrapping_add(i)) % count) as u16;
             if port == 0 || self.listeners.iter().any(|l| l.port == port) {
                 continue;
             }
-            let key = FlowKey { laddr, lport: port, raddr, rport: remote.port() };
+            let key = FlowKey {
+                laddr,
+                lport: port,
+                raddr,
+                rport: remote.port(),
+            };
             if self.lookup(&key).is_none() {
                 self.port_seq = self.port_seq.wrapping_add(i + 1);
                 chosen = Some(key);
@@ -477,8 +493,12 @@ impl Tcp {
             self.stats.drops_malformed += 1;
             return;
         }
-        let key =
-            FlowKey { laddr: u32::from(dst), lport: seg.dst_port, raddr: u32::from(src), rport: seg.src_port };
+        let key = FlowKey {
+            laddr: u32::from(dst),
+            lport: seg.dst_port,
+            raddr: u32::from(src),
+            rport: seg.src_port,
+        };
         let hash = self.flow_hash(&key);
         let mut isn_hint = None;
         if let Some(idx) = self.find(hash, &key) {
@@ -522,7 +542,11 @@ impl Tcp {
                 if c.flags & flags::RST != 0 {
                     self.stats.rsts_sent += 1;
                 }
-                return Some(Transmit { src: c.src, dst: c.dst, len });
+                return Some(Transmit {
+                    src: c.src,
+                    dst: c.dst,
+                    len,
+                });
             }
         }
         while let Some((idx, gen)) = self.txq.pop_front() {
@@ -608,11 +632,24 @@ impl Tcp {
         let c = &mut self.conns[idx as usize];
         let n = c.rx.pop(buf);
         c.readable_signaled = false;
+        if c.state == State::TimeWait && c.rx.is_empty() && c.rx.capacity() > 0 {
+            self.rx_pool.put(c.rx.take());
+            let c = &self.conns[idx as usize];
+            return if n == 0 && !buf.is_empty() && !c.peer_fin {
+                Err(TcpError::WouldBlock)
+            } else {
+                Ok(n)
+            };
+        }
         if n == 0 {
             if buf.is_empty() {
                 return Ok(0);
             }
-            return if c.peer_fin { Ok(0) } else { Err(TcpError::WouldBlock) };
+            return if c.peer_fin {
+                Ok(0)
+            } else {
+                Err(TcpError::WouldBlock)
+            };
         }
         if c.window_update_due() {
             c.ack_now = true;
@@ -665,7 +702,8 @@ impl Tcp {
         if let Ok(idx) = self.check(conn) {
             let c = &mut self.conns[idx as usize];
             if c.state == State::FinWait2 {
-                c.state_at = c.last_rx + core::time::Duration::from_millis(self.cfg.fin_wait2_timeout_ms);
+                c.state_at =
+                    c.last_rx + core::time::Duration::from_millis(self.cfg.fin_wait2_timeout_ms);
                 self.sync_timer(idx);
             }
         }
@@ -805,7 +843,12 @@ impl Tcp {
             }
             c.reported_closed = true;
             let id = c.id;
-            push_event(&mut self.events, &self.cfg, &mut self.stats, Event::Closed { conn: id, reason });
+            push_event(
+                &mut self.events,
+                &self.cfg,
+                &mut self.stats,
+                Event::Closed { conn: id, reason },
+            );
         }
         let c = &mut self.conns[idx as usize];
         let (hash, lport, passive) = (c.hash, c.listen_port, c.listen_port != 0);
@@ -876,13 +919,22 @@ impl Tcp {
                     &mut self.events,
                     &self.cfg,
                     &mut self.stats,
-                    Event::Accepted { conn: id, listen_port: lport },
+                    Event::Accepted {
+                        conn: id,
+                        listen_port: lport,
+                    },
                 );
-            } else if matches!(old, State::SynSent | State::SynReceived) && c.listen_port == 0 {
-                if !matches!(new, State::SynSent | State::SynReceived) {
-                    self.stats.active_opens += 1;
-                    push_event(&mut self.events, &self.cfg, &mut self.stats, Event::Connected { conn: id });
-                }
+            } else if matches!(old, State::SynSent | State::SynReceived)
+                && !matches!(new, State::SynSent | State::SynReceived)
+                && c.listen_port == 0
+            {
+                self.stats.active_opens += 1;
+                push_event(
+                    &mut self.events,
+                    &self.cfg,
+                    &mut self.stats,
+                    Event::Connected { conn: id },
+                );
             }
             if new == State::TimeWait {
                 if self.stats.time_wait() > self.cfg.max_time_wait as u64 {
@@ -896,8 +948,11 @@ impl Tcp {
                 }
                 let c = &mut self.conns[idx as usize];
                 c.state_at = now + core::time::Duration::from_millis(self.cfg.time_wait_ms);
+                // Buffers go back to the pool now, but unread data stays readable.
                 self.tx_pool.put(c.tx.take());
-                self.rx_pool.put(c.rx.take());
+                if c.rx.is_empty() {
+                    self.rx_pool.put(c.rx.take());
+                }
                 self.flush_notify(idx);
                 let c = &mut self.conns[idx as usize];
                 if c.visible && !c.reported_closed {
@@ -907,7 +962,10 @@ impl Tcp {
                         &mut self.events,
                         &self.cfg,
                         &mut self.stats,
-                        Event::Closed { conn: id, reason: CloseReason::Normal },
+                        Event::Closed {
+                            conn: id,
+                            reason: CloseReason::Normal,
+                        },
                     );
                 }
             }
@@ -927,13 +985,28 @@ impl Tcp {
         }
         let conn = c.id;
         if bits & conn::N_READABLE != 0 {
-            push_event(&mut self.events, &self.cfg, &mut self.stats, Event::Readable { conn });
+            push_event(
+                &mut self.events,
+                &self.cfg,
+                &mut self.stats,
+                Event::Readable { conn },
+            );
         }
         if bits & conn::N_WRITABLE != 0 {
-            push_event(&mut self.events, &self.cfg, &mut self.stats, Event::Writable { conn });
+            push_event(
+                &mut self.events,
+                &self.cfg,
+                &mut self.stats,
+                Event::Writable { conn },
+            );
         }
         if bits & conn::N_PEER_CLOSED != 0 {
-            push_event(&mut self.events, &self.cfg, &mut self.stats, Event::PeerClosed { conn });
+            push_event(
+                &mut self.events,
+                &self.cfg,
+                &mut self.stats,
+                Event::PeerClosed { conn },
+            );
         }
     }
 
@@ -995,7 +1068,12 @@ impl Tcp {
         if seg.has(flags::ACK) {
             self.reply_rst(key, seg.ack, 0, flags::RST);
         } else {
-            self.reply_rst(key, 0, seg.seq.wrapping_add(seg.seq_len()), flags::RST | flags::ACK);
+            self.reply_rst(
+                key,
+                0,
+                seg.seq.wrapping_add(seg.seq_len()),
+                flags::RST | flags::ACK,
+            );
         }
     }
 
@@ -1032,7 +1110,8 @@ impl Tcp {
             .find(|l| l.port == key.lport)
             .is_some_and(|l| l.syn_rcvd >= self.cfg.syn_backlog);
         let table_full = self.free.is_empty();
-        if mode == SynCookies::Always || ((backlog_full || table_full) && mode == SynCookies::Auto) {
+        if mode == SynCookies::Always || ((backlog_full || table_full) && mode == SynCookies::Auto)
+        {
             self.send_cookie(now, key, seg);
             return;
         }
@@ -1066,13 +1145,16 @@ impl Tcp {
             SynCookies::Never => false,
             SynCookies::Always => true,
             SynCookies::Auto => self.last_cookie.is_some_and(|t| {
-                now.as_micros().saturating_sub(t.as_micros()) < COOKIE_PERIOD_US * COOKIE_MAX_AGE as u64
+                now.as_micros().saturating_sub(t.as_micros())
+                    < COOKIE_PERIOD_US * COOKIE_MAX_AGE as u64
             }),
         }
     }
 
     fn cookie_hash(&self, k: &FlowKey, count: u32) -> u32 {
-        self.keys.cookie.tuple(k.laddr, k.lport, k.raddr, k.rport, count) as u32
+        self.keys
+            .cookie
+            .tuple(k.laddr, k.lport, k.raddr, k.rport, count) as u32
     }
 
     /// The cookie ISN (Linux layout): `H1 + peer ISN + (count << 24) + (H2(count) + mss) mod 2^24`.
@@ -1087,7 +1169,9 @@ impl Tcp {
     /// Checks a cookie; returns the MSS index.
     fn cookie_check(&self, now: Instant, k: &FlowKey, peer_isn: u32, cookie: u32) -> Option<u32> {
         let count = (now.as_micros() / COOKIE_PERIOD_US) as u32;
-        let c = cookie.wrapping_sub(self.cookie_hash(k, u32::MAX)).wrapping_sub(peer_isn);
+        let c = cookie
+            .wrapping_sub(self.cookie_hash(k, u32::MAX))
+            .wrapping_sub(peer_isn);
         let age = count.wrapping_sub(c >> 24) & 0xff;
         if age > COOKIE_MAX_AGE {
             return None;
@@ -1101,7 +1185,10 @@ impl Tcp {
         let peer_mss = seg.options.mss.unwrap_or(536).min(self.cfg.effective_mss());
         let mss_idx = COOKIE_MSS.iter().rposition(|&m| m <= peer_mss).unwrap_or(0) as u32;
         let isn = self.cookie_isn(now, &key, seg.seq, mss_idx);
-        let mut options = TcpOptions { mss: Some(COOKIE_MSS[mss_idx as usize]), ..TcpOptions::NONE };
+        let mut options = TcpOptions {
+            mss: Some(COOKIE_MSS[mss_idx as usize]),
+            ..TcpOptions::NONE
+        };
         // Window scale and SACK survive only inside the timestamp (as Linux).
         if let (true, Some(ts)) = (self.cfg.timestamps, seg.options.timestamps) {
             // The peer's shift (0xf: none) and SACK-permitted in the low 5 bits of TSval.
@@ -1134,7 +1221,13 @@ impl Tcp {
     }
 
     /// Validates a cookie ACK and creates the established connection.
-    fn cookie_accept(&mut self, now: Instant, key: FlowKey, hash: u64, seg: &TcpRepr<'_>) -> Option<u32> {
+    fn cookie_accept(
+        &mut self,
+        now: Instant,
+        key: FlowKey,
+        hash: u64,
+        seg: &TcpRepr<'_>,
+    ) -> Option<u32> {
         let peer_isn = seg.seq.wrapping_sub(1);
         let iss = seg.ack.wrapping_sub(1);
         let mss_idx = self.cookie_check(now, &key, peer_isn, iss)?;
@@ -1158,11 +1251,24 @@ impl Tcp {
         let (ws, sack, ts) = match (self.cfg.timestamps, seg.options.timestamps) {
             (true, Some(t)) => {
                 let ws = t.ecr & 0xf;
-                (if ws == 0xf { None } else { Some(ws as u8) }, t.ecr & 0x10 != 0, Some(t))
+                (
+                    if ws == 0xf { None } else { Some(ws as u8) },
+                    t.ecr & 0x10 != 0,
+                    Some(t),
+                )
             }
             _ => (None, false, None),
         };
-        c.open_from_cookie(&self.cfg, now, seg, COOKIE_MSS[mss_idx as usize], ws, sack, ts, ts_offset);
+        c.open_from_cookie(
+            &self.cfg,
+            now,
+            seg,
+            COOKIE_MSS[mss_idx as usize],
+            ws,
+            sack,
+            ts,
+            ts_offset,
+        );
         if let Some(l) = self.listener(key.lport) {
             l.syn_rcvd += 1; // balanced when it leaves SYN_RECEIVED
         }

@@ -34,7 +34,11 @@ impl FlowTable {
     /// A table for up to `max` flows (load factor at most 1/2).
     pub(crate) fn new(max: usize) -> Self {
         let cap = (max.max(4) * 2).next_power_of_two();
-        FlowTable { slots: vec![Slot { idx: 0, hash: 0 }; cap], mask: cap - 1, len: 0 }
+        FlowTable {
+            slots: vec![Slot { idx: 0, hash: 0 }; cap],
+            mask: cap - 1,
+            len: 0,
+        }
     }
 
     /// Number of flows.
@@ -69,7 +73,10 @@ impl FlowTable {
         while self.slots[i].idx != 0 {
             i = (i + 1) & self.mask;
         }
-        self.slots[i] = Slot { idx: idx + 1, hash: h };
+        self.slots[i] = Slot {
+            idx: idx + 1,
+            hash: h,
+        };
         self.len += 1;
     }
 
@@ -115,7 +122,7 @@ mod tests {
     #[test]
     fn insert_find_remove_with_collisions() {
         let mut t = FlowTable::new(8); // 16 slots
-        // All hash to slot 3 (low bits) except one, forcing probe chains and wrap-around.
+                                       // All hash to slot 3 (low bits) except one, forcing probe chains and wrap-around.
         let hashes = [3u64, 3 + 16, 3 + 32, 15, 3 + 48, 15 + 16];
         for (i, &h) in hashes.iter().enumerate() {
             t.insert(h, i as u32);
@@ -127,7 +134,11 @@ mod tests {
         t.remove(hashes[1], 1);
         t.remove(hashes[3], 3);
         for (i, &h) in hashes.iter().enumerate() {
-            let expect = if i == 1 || i == 3 { None } else { Some(i as u32) };
+            let expect = if i == 1 || i == 3 {
+                None
+            } else {
+                Some(i as u32)
+            };
             assert_eq!(t.find(h, |k| k == i as u32), expect, "{i}");
         }
         assert_eq!(t.len(), 4);
@@ -139,7 +150,9 @@ mod tests {
         let mut live = std::collections::HashMap::new();
         let mut x = 12345u64;
         for step in 0..20_000u32 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let idx = (x >> 33) as u32 % 64;
             let h = (x >> 7) & 0xff; // many collisions
             if let Some(old) = live.remove(&idx) {

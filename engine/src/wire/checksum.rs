@@ -136,7 +136,9 @@ mod tests {
 
     #[test]
     fn transport_checksum_verifies() {
-        let seg = [0x30, 0x39, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0];
+        let seg = [
+            0x30, 0x39, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
+        ];
         let src = [198, 18, 0, 2];
         let dst = [198, 18, 0, 1];
         let c = transport(src, dst, 6, &seg);

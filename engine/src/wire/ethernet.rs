@@ -43,7 +43,11 @@ impl Mac {
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -127,7 +131,12 @@ mod tests {
     #[test]
     fn emit_matches_etherparse() {
         let mut f = [0u8; 14];
-        emit(&mut f, Mac::BROADCAST, Mac([2, 0, 0, 0, 0, 1]), ETHERTYPE_ARP);
+        emit(
+            &mut f,
+            Mac::BROADCAST,
+            Mac([2, 0, 0, 0, 0, 1]),
+            ETHERTYPE_ARP,
+        );
         let h = etherparse::Ethernet2HeaderSlice::from_slice(&f).unwrap();
         assert_eq!(h.destination(), [0xff; 6]);
         assert_eq!(h.source(), [2, 0, 0, 0, 0, 1]);

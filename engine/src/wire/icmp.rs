@@ -84,7 +84,9 @@ mod tests {
         z[3] = 0;
         assert_eq!(checksum::checksum(&z).to_be_bytes(), [m[2], m[3]]);
         let e = etherparse::Icmpv4Slice::from_slice(&m).unwrap();
-        assert!(matches!(e.icmp_type(), etherparse::Icmpv4Type::EchoReply(h) if h.id == 0x1c46 && h.seq == 1));
+        assert!(
+            matches!(e.icmp_type(), etherparse::Icmpv4Type::EchoReply(h) if h.id == 0x1c46 && h.seq == 1)
+        );
     }
 
     #[test]
@@ -101,7 +103,10 @@ mod tests {
         let mut m = [0u8; 64];
         let n = emit_unreachable(&mut m, CODE_PORT_UNREACHABLE, &orig);
         assert_eq!(n, 36);
-        assert_eq!(parse(&m[..n]), Ok((DEST_UNREACHABLE, CODE_PORT_UNREACHABLE)));
+        assert_eq!(
+            parse(&m[..n]),
+            Ok((DEST_UNREACHABLE, CODE_PORT_UNREACHABLE))
+        );
         assert_eq!(&m[8..36], &orig);
     }
 }

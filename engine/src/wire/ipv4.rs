@@ -91,7 +91,14 @@ impl Ipv4View {
 
 /// Writes a 20-byte IPv4 header (no options, DF set) with its checksum at the start of `p`.
 #[inline]
-pub fn emit(p: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, payload_len: usize, ident: u16) {
+pub fn emit(
+    p: &mut [u8],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: u8,
+    payload_len: usize,
+    ident: u16,
+) {
     let total = (MIN_HEADER_LEN + payload_len) as u16;
     p[0] = 0x45;
     p[1] = 0;
@@ -125,7 +132,11 @@ pub fn reply_in_place(p: &mut [u8]) {
 /// The routing decision of seed 003: is `dst` on our subnet (`addr/prefix`)?
 #[inline]
 pub fn on_link(addr: Ipv4Addr, prefix: u8, dst: Ipv4Addr) -> bool {
-    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix.min(32) as u32) };
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix.min(32) as u32)
+    };
     (u32::from(addr) & mask) == (u32::from(dst) & mask)
 }
 
@@ -135,7 +146,14 @@ mod tests {
 
     fn header() -> [u8; 20] {
         let mut h = [0u8; 20];
-        emit(&mut h, Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2), PROTO_ICMP, 64, 7);
+        emit(
+            &mut h,
+            Ipv4Addr::new(198, 18, 0, 1),
+            Ipv4Addr::new(198, 18, 0, 2),
+            PROTO_ICMP,
+            64,
+            7,
+        );
         h
     }
 
@@ -149,7 +167,10 @@ mod tests {
         let mut p = h.to_vec();
         p.resize(84, 0);
         let v = Ipv4View::parse(&p).unwrap();
-        assert_eq!((v.header_len, v.total_len, v.protocol, v.ttl), (20, 84, PROTO_ICMP, 64));
+        assert_eq!(
+            (v.header_len, v.total_len, v.protocol, v.ttl),
+            (20, 84, PROTO_ICMP, 64)
+        );
         assert!(!v.fragment);
     }
 

@@ -262,12 +262,18 @@ impl TcpOptions {
                 (kind::WS, 1) => o.window_scale = Some(body[0].min(MAX_WINDOW_SHIFT)),
                 (kind::SACK_PERM, 0) => o.sack_permitted = true,
                 (kind::TS, 8) => {
-                    o.timestamps = Some(Timestamps { val: be32(&body[..4]), ecr: be32(&body[4..]) })
+                    o.timestamps = Some(Timestamps {
+                        val: be32(&body[..4]),
+                        ecr: be32(&body[4..]),
+                    })
                 }
                 (kind::SACK, n) if n % 8 == 0 && (8..=8 * MAX_SACK_BLOCKS).contains(&n) => {
                     o.sack_len = (n / 8) as u8;
                     for (i, b) in body.chunks_exact(8).enumerate() {
-                        o.sack[i] = SackBlock { left: be32(&b[..4]), right: be32(&b[4..]) };
+                        o.sack[i] = SackBlock {
+                            left: be32(&b[..4]),
+                            right: be32(&b[4..]),
+                        };
                     }
                 }
                 // Unknown option, or a known one with a wrong length: ignored, as Linux does.
@@ -506,7 +512,10 @@ mod tests {
                 mss: Some(1460),
                 window_scale: Some(7),
                 sack_permitted: true,
-                timestamps: Some(Timestamps { val: 0x0001_0203, ecr: 0 }),
+                timestamps: Some(Timestamps {
+                    val: 0x0001_0203,
+                    ecr: 0,
+                }),
                 ..TcpOptions::NONE
             },
             payload: &[],
@@ -547,7 +556,9 @@ mod tests {
         let c = checksum::transport(SRC, DST, PROTOCOL, &expect);
         expect[16..18].copy_from_slice(&c.to_be_bytes());
         assert_eq!(buf[..n], expect);
-        assert!(TcpPacket::new_checked(&buf[..n]).unwrap().verify_checksum(SRC, DST));
+        assert!(TcpPacket::new_checked(&buf[..n])
+            .unwrap()
+            .verify_checksum(SRC, DST));
         // etherparse computes the same checksum.
         let e = TcpHeaderSlice::from_slice(&buf[..n]).unwrap();
         assert_eq!(e.calc_checksum_ipv4_raw(SRC, DST, &[]).unwrap(), c);
@@ -556,13 +567,25 @@ mod tests {
     #[test]
     fn emit_parse_roundtrip_data_with_sack() {
         let mut o = TcpOptions {
-            timestamps: Some(Timestamps { val: 0xffff_fff0, ecr: 7 }),
+            timestamps: Some(Timestamps {
+                val: 0xffff_fff0,
+                ecr: 7,
+            }),
             sack_len: 3,
             ..TcpOptions::NONE
         };
-        o.sack[0] = SackBlock { left: 100, right: 200 };
-        o.sack[1] = SackBlock { left: 0xffff_ff00, right: 5 };
-        o.sack[2] = SackBlock { left: 300, right: 400 };
+        o.sack[0] = SackBlock {
+            left: 100,
+            right: 200,
+        };
+        o.sack[1] = SackBlock {
+            left: 0xffff_ff00,
+            right: 5,
+        };
+        o.sack[2] = SackBlock {
+            left: 300,
+            right: 400,
+        };
         let r = TcpRepr {
             src_port: 443,
             dst_port: 50000,
@@ -585,23 +608,35 @@ mod tests {
         assert!(p.verify_checksum(DST, SRC));
         assert_eq!(TcpRepr::parse(&p).unwrap(), r);
         let e = TcpHeaderSlice::from_slice(&buf[..n]).unwrap();
-        assert_eq!(e.calc_checksum_ipv4_raw(DST, SRC, b"hello").unwrap(), p.checksum());
+        assert_eq!(
+            e.calc_checksum_ipv4_raw(DST, SRC, b"hello").unwrap(),
+            p.checksum()
+        );
         assert_eq!(e.sequence_number(), 0xffff_fffe);
         assert_eq!(e.acknowledgment_number(), 17);
     }
 
     #[test]
     fn four_sack_blocks_without_timestamps() {
-        let mut o = TcpOptions { sack_len: 4, ..TcpOptions::NONE };
+        let mut o = TcpOptions {
+            sack_len: 4,
+            ..TcpOptions::NONE
+        };
         for i in 0..4 {
-            o.sack[i] = SackBlock { left: i as u32 * 10, right: i as u32 * 10 + 5 };
+            o.sack[i] = SackBlock {
+                left: i as u32 * 10,
+                right: i as u32 * 10 + 5,
+            };
         }
         let mut buf = [0u8; 60];
         let n = o.emit(&mut buf).unwrap();
         assert_eq!(n, 36);
         assert_eq!(TcpOptions::parse(&buf[..n]).unwrap(), o);
         // With timestamps too it no longer fits in 40 bytes.
-        let too_many = TcpOptions { timestamps: Some(Timestamps::default()), ..o };
+        let too_many = TcpOptions {
+            timestamps: Some(Timestamps::default()),
+            ..o
+        };
         assert_eq!(too_many.emit(&mut buf), Err(TcpWireError::NoSpace));
     }
 
@@ -616,32 +651,57 @@ mod tests {
     fn data_offset_below_five_is_rejected() {
         let mut b = LINUX_SYN;
         b[12] = 0x40;
-        assert_eq!(TcpPacket::new_checked(&b[..]).unwrap_err(), TcpWireError::BadDataOffset);
+        assert_eq!(
+            TcpPacket::new_checked(&b[..]).unwrap_err(),
+            TcpWireError::BadDataOffset
+        );
         b[12] = 0x00;
-        assert_eq!(TcpRepr::parse_bytes(&b).unwrap_err(), TcpWireError::BadDataOffset);
+        assert_eq!(
+            TcpRepr::parse_bytes(&b).unwrap_err(),
+            TcpWireError::BadDataOffset
+        );
     }
 
     #[test]
     fn data_offset_past_end_is_rejected() {
-        assert_eq!(TcpRepr::parse_bytes(&LINUX_SYN[..36]).unwrap_err(), TcpWireError::Truncated);
-        assert_eq!(TcpRepr::parse_bytes(&LINUX_SYN[..19]).unwrap_err(), TcpWireError::Truncated);
-        assert_eq!(TcpRepr::parse_bytes(&[]).unwrap_err(), TcpWireError::Truncated);
+        assert_eq!(
+            TcpRepr::parse_bytes(&LINUX_SYN[..36]).unwrap_err(),
+            TcpWireError::Truncated
+        );
+        assert_eq!(
+            TcpRepr::parse_bytes(&LINUX_SYN[..19]).unwrap_err(),
+            TcpWireError::Truncated
+        );
+        assert_eq!(
+            TcpRepr::parse_bytes(&[]).unwrap_err(),
+            TcpWireError::Truncated
+        );
     }
 
     #[test]
     fn option_length_zero_or_one_is_rejected() {
         for bad in [[2u8, 0, 0, 0], [2, 1, 0, 0], [99, 0, 1, 1], [8, 1, 1, 1]] {
             let b = with_options(&bad);
-            assert_eq!(TcpRepr::parse_bytes(&b).unwrap_err(), TcpWireError::BadOption, "{bad:?}");
+            assert_eq!(
+                TcpRepr::parse_bytes(&b).unwrap_err(),
+                TcpWireError::BadOption,
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn option_overrun_is_rejected() {
         let b = with_options(&[1, 1, 8, 10]); // TS claims 10 bytes, 2 remain
-        assert_eq!(TcpRepr::parse_bytes(&b).unwrap_err(), TcpWireError::BadOption);
+        assert_eq!(
+            TcpRepr::parse_bytes(&b).unwrap_err(),
+            TcpWireError::BadOption
+        );
         let b = with_options(&[1, 1, 1, 2]); // kind 2 without a length byte
-        assert_eq!(TcpRepr::parse_bytes(&b).unwrap_err(), TcpWireError::BadOption);
+        assert_eq!(
+            TcpRepr::parse_bytes(&b).unwrap_err(),
+            TcpWireError::BadOption
+        );
     }
 
     #[test]
@@ -649,7 +709,13 @@ mod tests {
         // Unknown kind 30 (MPTCP) of length 4, then MSS, then EOL followed by garbage.
         let b = with_options(&[30, 4, 0xaa, 0xbb, 2, 4, 0x02, 0x18, 0, 0xff, 0xff, 0xff]);
         let r = TcpRepr::parse_bytes(&b).unwrap();
-        assert_eq!(r.options, TcpOptions { mss: Some(536), ..TcpOptions::NONE });
+        assert_eq!(
+            r.options,
+            TcpOptions {
+                mss: Some(536),
+                ..TcpOptions::NONE
+            }
+        );
     }
 
     #[test]
@@ -663,10 +729,19 @@ mod tests {
     #[test]
     fn window_scale_above_14_clamped() {
         let b = with_options(&[1, 3, 3, 15]);
-        assert_eq!(TcpRepr::parse_bytes(&b).unwrap().options.window_scale, Some(14));
+        assert_eq!(
+            TcpRepr::parse_bytes(&b).unwrap().options.window_scale,
+            Some(14)
+        );
         let b = with_options(&[1, 3, 3, 255]);
-        assert_eq!(TcpRepr::parse_bytes(&b).unwrap().options.window_scale, Some(14));
-        let o = TcpOptions { window_scale: Some(20), ..TcpOptions::NONE };
+        assert_eq!(
+            TcpRepr::parse_bytes(&b).unwrap().options.window_scale,
+            Some(14)
+        );
+        let o = TcpOptions {
+            window_scale: Some(20),
+            ..TcpOptions::NONE
+        };
         let mut buf = [0u8; 4];
         o.emit(&mut buf).unwrap();
         assert_eq!(buf, [1, 3, 3, 14]);
@@ -695,6 +770,9 @@ mod tests {
     #[test]
     fn emit_into_short_buffer_fails() {
         let mut buf = [0u8; 39];
-        assert_eq!(syn_repr().emit(&mut buf, SRC, DST), Err(TcpWireError::NoSpace));
+        assert_eq!(
+            syn_repr().emit(&mut buf, SRC, DST),
+            Err(TcpWireError::NoSpace)
+        );
     }
 }

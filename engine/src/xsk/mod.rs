@@ -13,20 +13,20 @@
 //!   without root.
 //! - `xdp::XskBackend` (feature `xdp`) binds a real AF_XDP socket with xsk-rs, zero-copy when the
 //!   driver can and copy mode otherwise. It never loads an XDP program: ours (loaded with aya)
-//!   owns the `XskMap`, into which the daemon registers [`Port::fd`].
+//!   owns the `XskMap`, into which the daemon registers `Port::fd()`.
 //!
 //! # Frame life
 //!
 //! ```text
-//!            refill                 kernel writes a packet, posts it on RX
-//!   Free ───────────────► Fill ──────────────────────────────────────────┐
-//!    ▲ ▲                   ▲                                              │ receive: read ≤ batch
-//!    │ │                   │ Verdict::Drop (straight back to the fill ring)▼
-//!    │ │                   └──────────────────────────────────── Rx ──► Stack
-//!    │ │  transmit: lend a free frame to the stack                          │ Verdict::Transmit(n)
-//!    │ └──────────────────────────────────────────────────── Stack ─► Tx ◄──┘
-//!    │                                                                   │ kernel sends, posts
-//!    └──────────────────────── Completion ◄──────────────────────────────┘ on the completion ring
+//!          refill            the kernel writes a packet, posts it on RX         receive
+//!  Free ────────────► Fill ────────────────────────────────────────────► Rx ───────► Stack
+//!   │ ▲                 ▲                                                              │
+//!   │ │                 └─────────────────── Verdict::Drop ────────────────────────────┤
+//!   │ │                                                                                │
+//!   │ │        the kernel sends it, posts it on the completion ring   Verdict::         │
+//!   │ └─── Completion ◄──────────────────────────────────────── Tx ◄── Transmit(n) ────┤
+//!   │                                                                                  │
+//!   └──► Stack (transmit lends a free frame, the closure answers Some(n)) ─────────────┘
 //! ```
 //!
 //! Frames never wait in the transient locations (Rx, Stack, Completion) between port calls.
@@ -535,14 +535,9 @@ impl<B: Backend> Port<B> {
         &self.ledger
     }
 
-    /// The backend (tests drive the in-memory kernel through it).
+    /// The backend.
     pub fn backend(&self) -> &B {
         &self.backend
-    }
-
-    /// The backend, mutably.
-    pub fn backend_mut(&mut self) -> &mut B {
-        &mut self.backend
     }
 
     /// The UMEM geometry.
@@ -733,6 +728,16 @@ impl<B: Backend> Port<B> {
                 self.free.push(frame);
             }
         }
+    }
+}
+
+impl Port<mem::MemBackend> {
+    /// The simulated kernel, to inject packets, run its transmit path and set fault knobs.
+    ///
+    /// Only the in-memory backend is reachable mutably: the rings of a real socket are driven by
+    /// the port alone, which is what keeps its frames out of the kernel's way.
+    pub fn backend_mut(&mut self) -> &mut mem::MemBackend {
+        &mut self.backend
     }
 }
 

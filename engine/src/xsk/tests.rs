@@ -1086,12 +1086,15 @@ fn two_ports_back_to_back_echo() {
 // The real backend on a veth (root, inside a throwaway network namespace)
 
 /// Binds on a veth inside a throwaway namespace. Run by a harness that creates the namespace and
-/// the pair and deletes them afterwards, e.g.:
+/// the pair and deletes them on every exit path, e.g. (as root):
 ///
 /// ```text
-/// ip netns add hs-xsk-$$ && ip -n hs-xsk-$$ link add hsx0 type veth peer name hsx1 && ...
-/// HS_XSK_TEST_IF=hsx0 HS_XSK_TEST_PEER=hsx1 ip netns exec hs-xsk-$$ <test binary> \
-///     --ignored --exact xsk::tests::xsk_binds_on_veth
+/// NS=hs-xsk-$$; trap 'ip netns del $NS' EXIT; ip netns add $NS
+/// ip -n $NS link add hsx0 type veth peer name hsx1
+/// ip -n $NS addr add 198.18.0.3/24 dev hsx0; ip -n $NS addr add 198.18.0.2/24 dev hsx1
+/// ip -n $NS link set hsx0 up; ip -n $NS link set hsx1 up
+/// HS_XSK_TEST_IF=hsx0 HS_XSK_TEST_PEER=hsx1 ip netns exec $NS <test binary built with
+///     --features xdp> --ignored --exact xsk::tests::xsk_binds_on_veth
 /// ```
 #[cfg(feature = "xdp")]
 #[test]
@@ -1222,4 +1225,102 @@ fn xsk_binds_on_veth() {
         Port::new("a/b", 0, &cfg),
         Err(XskError::InterfaceName { .. })
     ));
+}
+
+/// The whole RX path on a real kernel: our XDP program redirects ARP and ICMP for 198.18.0.1
+/// to the port; the port answers the ARP request in place (zero copy), so the peer's ping then
+/// reaches the port as ICMP echo requests. Harness (as root): namespaces `E` and `P`, a veth
+/// `hsx0` in `E` and `hsx1` in `P` with 198.18.0.2/24 (nothing on `hsx0`), both up, then
+/// `HS_XSK_TEST_IF=hsx0 HS_XSK_TEST_PEER_NS=$P HANDSHAKE_BPF_OBJECT=target/bpf/handshake-xdp.o
+/// ip netns exec $E <test binary> --ignored --exact
+/// xsk::tests::xsk_receives_redirected_frames_and_replies_in_place`; delete both on exit.
+#[cfg(feature = "xdp")]
+#[test]
+#[ignore = "needs root, the XDP object, and veth pair across two throwaway netns \
+            (HS_XSK_TEST_IF, HS_XSK_TEST_PEER_NS)"]
+fn xsk_receives_redirected_frames_and_replies_in_place() {
+    use crate::loader::XdpLoader;
+    use std::net::Ipv4Addr;
+    use std::time::Instant as StdInstant;
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let ifname = std::env::var("HS_XSK_TEST_IF").expect("HS_XSK_TEST_IF: the engine's veth");
+    let peer_ns = std::env::var("HS_XSK_TEST_PEER_NS").expect("HS_XSK_TEST_PEER_NS");
+    let mac_text = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address")).unwrap();
+    let mac: Vec<u8> = mac_text
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    let ours = [198u8, 18, 0, 1];
+
+    let cfg = XskConfig {
+        frame_count: 512,
+        frame_size: 4096,
+        rx_size: 256,
+        tx_size: 256,
+        ..XskConfig::default()
+    };
+    let mut port = Port::new(&ifname, 0, &cfg).expect("bind");
+    let mut prog = XdpLoader::new(XdpLoader::default_object())
+        .attach(&ifname)
+        .expect("attach the XDP program (build it with `cargo xtask build-ebpf`)");
+    prog.set_addresses(&[Ipv4Addr::from(ours)]).unwrap();
+    prog.register_socket(0, port.fd()).unwrap();
+
+    let mut ping = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &peer_ns, "ping", "-c", "4", "-i", "0.2", "-W", "1",
+        ])
+        .arg(Ipv4Addr::from(ours).to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ping");
+    let (mut arp_requests, mut echo_requests) = (0u32, 0u32);
+    let start = StdInstant::now();
+    while start.elapsed().as_secs() < 4 && echo_requests < 2 {
+        port.wait(Duration::from_millis(50)).unwrap();
+        port.receive(64, |f, len| {
+            assert!(f.len() >= 4096 - 256 && len >= 42 && len <= f.len());
+            match (&f[12..14], f.get(20..22)) {
+                // ARP request for our address: answer in place.
+                ([0x08, 0x06], Some([0, 1])) if f[38..42] == ours => {
+                    arp_requests += 1;
+                    let (peer_mac, peer_ip): ([u8; 6], [u8; 4]) =
+                        (f[22..28].try_into().unwrap(), f[28..32].try_into().unwrap());
+                    f[0..6].copy_from_slice(&peer_mac);
+                    f[6..12].copy_from_slice(&mac);
+                    f[21] = 2;
+                    f[22..28].copy_from_slice(&mac);
+                    f[28..32].copy_from_slice(&ours);
+                    f[32..38].copy_from_slice(&peer_mac);
+                    f[38..42].copy_from_slice(&peer_ip);
+                    Verdict::Transmit(42)
+                }
+                // IPv4 ICMP echo request to us.
+                ([0x08, 0x00], _) if f[23] == 1 && f[30..34] == ours && f[34] == 8 => {
+                    echo_requests += 1;
+                    Verdict::Drop
+                }
+                _ => Verdict::Drop,
+            }
+        });
+        port.flush();
+    }
+    let _ = ping.kill();
+    let _ = ping.wait();
+    let counters = prog.counters();
+    prog.detach().unwrap();
+    eprintln!(
+        "arp requests {arp_requests}, echo requests {echo_requests}, port {:?}, xdp {counters:?}",
+        port.stats()
+    );
+    assert!(arp_requests >= 1, "no ARP request redirected to the socket");
+    assert!(echo_requests >= 2, "the peer never used our ARP reply");
+    assert!(port.stats().tx_packets >= 1);
+    port.flush();
+    port.check().unwrap();
+    assert_eq!(
+        port.stats().invalid_rx_descs + port.stats().invalid_comp_descs,
+        0
+    );
 }

@@ -38,7 +38,8 @@ impl RingDesc for FrameDesc {
     }
 }
 
-/// An AF_XDP socket bound to one interface queue, with its own UMEM.
+/// An AF_XDP socket bound to one interface queue, with its own UMEM. Made by [`Port::new`],
+/// which alone drives its rings.
 #[derive(Debug)]
 pub struct XskBackend {
     // Declared (and so dropped) before the UMEM: every queue holds a handle on the socket, which
@@ -85,7 +86,10 @@ impl XskBackend {
     /// Creates a UMEM of `cfg.frame_count` frames and binds an AF_XDP socket on `ifname` queue
     /// `queue`. Needs root (or CAP_NET_ADMIN + CAP_NET_RAW, and CAP_IPC_LOCK or a high enough
     /// `RLIMIT_MEMLOCK`).
-    pub fn bind(ifname: &str, queue: u32, cfg: &XskConfig) -> Result<Self, XskError> {
+    ///
+    /// Crate-private on purpose: the [`Backend`] methods are safe to call only for frames the
+    /// caller owns, and only a [`Port`] (built with [`Port::new`]) keeps that account.
+    pub(crate) fn bind(ifname: &str, queue: u32, cfg: &XskConfig) -> Result<Self, XskError> {
         cfg.validate()?;
         let bad_name = ifname.is_empty()
             || ifname.len() > 15

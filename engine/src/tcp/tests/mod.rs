@@ -2,15 +2,15 @@
 //! `send!` / `recv!` / `recv_nothing!` macros, with exact segments in and out.
 
 use super::*;
-use crate::wire::tcp::{flags::*, SackBlock, Timestamps, TcpOptions, TcpRepr};
+use crate::wire::tcp::{flags::*, SackBlock, TcpOptions, TcpRepr, Timestamps};
 
+mod active;
 mod harness;
 mod interop;
 mod options;
 mod passive;
 mod reliability;
 mod security;
-mod active;
 
 pub(crate) const LOCAL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub(crate) const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -49,7 +49,10 @@ pub(crate) const RECV_TEMPL: TcpRepr<'static> = TcpRepr {
 };
 
 /// Options of our SYN-ACK in the default test configuration.
-pub(crate) const MSS_ONLY: TcpOptions = TcpOptions { mss: Some(1460), ..TcpOptions::NONE };
+pub(crate) const MSS_ONLY: TcpOptions = TcpOptions {
+    mss: Some(1460),
+    ..TcpOptions::NONE
+};
 
 /// The test configuration: 64-byte buffers, no window scale / SACK / timestamps, immediate
 /// ACKs, one ephemeral port (80), no cookies unless a test asks.
@@ -81,7 +84,10 @@ impl T {
         let mut tcp = Tcp::new(cfg, SECRET);
         tcp.test_isn = Some(LOCAL_SEQ);
         tcp.test_ts_offset = Some(0);
-        T { tcp, now: Instant::ZERO }
+        T {
+            tcp,
+            now: Instant::ZERO,
+        }
     }
 
     pub(crate) fn at(&mut self, ms: u64) {
@@ -92,7 +98,8 @@ impl T {
     /// Hands `repr` (from REMOTE to LOCAL) to the engine.
     pub(crate) fn send(&mut self, repr: &TcpRepr<'_>) {
         let mut buf = vec![0u8; repr.buffer_len()];
-        repr.emit(&mut buf, REMOTE.octets(), LOCAL.octets()).unwrap();
+        repr.emit(&mut buf, REMOTE.octets(), LOCAL.octets())
+            .unwrap();
         self.tcp.handle_segment(self.now, REMOTE, LOCAL, &buf);
     }
 
@@ -167,8 +174,20 @@ pub(crate) struct OwnedSeg {
 }
 
 fn flag_names(f: u8) -> String {
-    let names = [(SYN, "SYN"), (ACK, "ACK"), (FIN, "FIN"), (RST, "RST"), (PSH, "PSH"), (URG, "URG")];
-    names.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join("|")
+    let names = [
+        (SYN, "SYN"),
+        (ACK, "ACK"),
+        (FIN, "FIN"),
+        (RST, "RST"),
+        (PSH, "PSH"),
+        (URG, "URG"),
+    ];
+    names
+        .iter()
+        .filter(|(b, _)| f & b != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join("|")
 }
 
 impl From<&TcpRepr<'_>> for OwnedSeg {
@@ -209,23 +228,47 @@ pub(crate) fn tcp_listen() -> T {
 }
 
 pub(crate) fn syn() -> TcpRepr<'static> {
-    TcpRepr { flags: SYN, seq: REMOTE_SEQ, ack: 0, ..SEND_TEMPL }
+    TcpRepr {
+        flags: SYN,
+        seq: REMOTE_SEQ,
+        ack: 0,
+        ..SEND_TEMPL
+    }
 }
 
 pub(crate) fn tcp_syn_received() -> T {
     let mut t = tcp_listen();
     send!(t, syn());
-    recv!(t, TcpRepr { flags: SYN | ACK, seq: LOCAL_SEQ, ack: REMOTE_SEQ + 1, options: MSS_ONLY, ..RECV_TEMPL });
+    recv!(
+        t,
+        TcpRepr {
+            flags: SYN | ACK,
+            seq: LOCAL_SEQ,
+            ack: REMOTE_SEQ + 1,
+            options: MSS_ONLY,
+            ..RECV_TEMPL
+        }
+    );
     t
 }
 
 /// Established (passive), the `Accepted` event consumed.
 pub(crate) fn tcp_established() -> (T, ConnId) {
     let mut t = tcp_syn_received();
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, ..SEND_TEMPL });
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            ..SEND_TEMPL
+        }
+    );
     let ev = t.events();
     let conn = match ev.as_slice() {
-        [Event::Accepted { conn, listen_port: LPORT }] => *conn,
+        [Event::Accepted {
+            conn,
+            listen_port: LPORT,
+        }] => *conn,
         other => panic!("expected Accepted, got {other:?}"),
     };
     assert_eq!(t.tcp.state(conn), Some(State::Established));
@@ -236,10 +279,29 @@ pub(crate) fn tcp_established() -> (T, ConnId) {
 /// CLOSE_WAIT: the peer's FIN received and acknowledged.
 pub(crate) fn tcp_close_wait() -> (T, ConnId) {
     let (mut t, c) = tcp_established();
-    send!(t, TcpRepr { flags: FIN | ACK, seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, ..SEND_TEMPL });
-    recv!(t, [TcpRepr { seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 2, window: 63, ..RECV_TEMPL }]);
+    send!(
+        t,
+        TcpRepr {
+            flags: FIN | ACK,
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 2,
+            window: 63,
+            ..RECV_TEMPL
+        }]
+    );
     assert_eq!(t.tcp.state(c), Some(State::CloseWait));
-    assert_eq!(t.events(), vec![Event::Readable { conn: c }, Event::PeerClosed { conn: c }]);
+    assert_eq!(
+        t.events(),
+        vec![Event::Readable { conn: c }, Event::PeerClosed { conn: c }]
+    );
     (t, c)
 }
 
@@ -247,7 +309,16 @@ pub(crate) fn tcp_close_wait() -> (T, ConnId) {
 pub(crate) fn tcp_last_ack() -> (T, ConnId) {
     let (mut t, c) = tcp_close_wait();
     t.tcp.close(c).unwrap();
-    recv!(t, [TcpRepr { flags: FIN | ACK, seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 2, window: 63, ..RECV_TEMPL }]);
+    recv!(
+        t,
+        [TcpRepr {
+            flags: FIN | ACK,
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 2,
+            window: 63,
+            ..RECV_TEMPL
+        }]
+    );
     assert_eq!(t.tcp.state(c), Some(State::LastAck));
     (t, c)
 }
@@ -256,7 +327,15 @@ pub(crate) fn tcp_last_ack() -> (T, ConnId) {
 pub(crate) fn tcp_fin_wait_1() -> (T, ConnId) {
     let (mut t, c) = tcp_established();
     t.tcp.shutdown(c).unwrap();
-    recv!(t, [TcpRepr { flags: FIN | ACK, seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 1, ..RECV_TEMPL }]);
+    recv!(
+        t,
+        [TcpRepr {
+            flags: FIN | ACK,
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 1,
+            ..RECV_TEMPL
+        }]
+    );
     assert_eq!(t.tcp.state(c), Some(State::FinWait1));
     (t, c)
 }
@@ -264,7 +343,14 @@ pub(crate) fn tcp_fin_wait_1() -> (T, ConnId) {
 /// FIN_WAIT_2: our FIN acknowledged.
 pub(crate) fn tcp_fin_wait_2() -> (T, ConnId) {
     let (mut t, c) = tcp_fin_wait_1();
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 2, ..SEND_TEMPL });
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 2,
+            ..SEND_TEMPL
+        }
+    );
     recv_nothing!(t);
     assert_eq!(t.tcp.state(c), Some(State::FinWait2));
     (t, c)
@@ -273,8 +359,24 @@ pub(crate) fn tcp_fin_wait_2() -> (T, ConnId) {
 /// CLOSING: our FIN sent, the peer's FIN received before the ACK of ours.
 pub(crate) fn tcp_closing() -> (T, ConnId) {
     let (mut t, c) = tcp_fin_wait_1();
-    send!(t, TcpRepr { flags: FIN | ACK, seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, ..SEND_TEMPL });
-    recv!(t, [TcpRepr { seq: LOCAL_SEQ + 2, ack: REMOTE_SEQ + 2, window: 63, ..RECV_TEMPL }]);
+    send!(
+        t,
+        TcpRepr {
+            flags: FIN | ACK,
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 2,
+            ack: REMOTE_SEQ + 2,
+            window: 63,
+            ..RECV_TEMPL
+        }]
+    );
     assert_eq!(t.tcp.state(c), Some(State::Closing));
     (t, c)
 }
@@ -282,8 +384,24 @@ pub(crate) fn tcp_closing() -> (T, ConnId) {
 /// TIME_WAIT (entered from FIN_WAIT_2 at t = 0).
 pub(crate) fn tcp_time_wait() -> (T, ConnId) {
     let (mut t, c) = tcp_fin_wait_2();
-    send!(t, TcpRepr { flags: FIN | ACK, seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 2, ..SEND_TEMPL });
-    recv!(t, [TcpRepr { seq: LOCAL_SEQ + 2, ack: REMOTE_SEQ + 2, window: 63, ..RECV_TEMPL }]);
+    send!(
+        t,
+        TcpRepr {
+            flags: FIN | ACK,
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 2,
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 2,
+            ack: REMOTE_SEQ + 2,
+            window: 63,
+            ..RECV_TEMPL
+        }]
+    );
     assert_eq!(t.tcp.state(c), Some(State::TimeWait));
     t.events();
     (t, c)
@@ -292,13 +410,22 @@ pub(crate) fn tcp_time_wait() -> (T, ConnId) {
 /// SYN_SENT (active open to REMOTE:RPORT from LOCAL:80).
 pub(crate) fn tcp_syn_sent_with(cfg: TcpConfig) -> (T, ConnId) {
     let mut t = T::new(cfg);
-    let c = t.tcp.connect(t.now, LOCAL, SocketAddrV4::new(REMOTE, RPORT)).unwrap();
+    let c = t
+        .tcp
+        .connect(t.now, LOCAL, SocketAddrV4::new(REMOTE, RPORT))
+        .unwrap();
     assert_eq!(t.tcp.state(c), Some(State::SynSent));
     (t, c)
 }
 
 pub(crate) fn our_syn() -> TcpRepr<'static> {
-    TcpRepr { flags: SYN, seq: LOCAL_SEQ, ack: 0, options: MSS_ONLY, ..RECV_TEMPL }
+    TcpRepr {
+        flags: SYN,
+        seq: LOCAL_SEQ,
+        ack: 0,
+        options: MSS_ONLY,
+        ..RECV_TEMPL
+    }
 }
 
 pub(crate) fn tcp_syn_sent() -> (T, ConnId) {
@@ -310,8 +437,23 @@ pub(crate) fn tcp_syn_sent() -> (T, ConnId) {
 /// Established (active), the `Connected` event consumed.
 pub(crate) fn tcp_established_active() -> (T, ConnId) {
     let (mut t, c) = tcp_syn_sent();
-    send!(t, TcpRepr { flags: SYN | ACK, seq: REMOTE_SEQ, ack: LOCAL_SEQ + 1, ..SEND_TEMPL });
-    recv!(t, [TcpRepr { seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 1, ..RECV_TEMPL }]);
+    send!(
+        t,
+        TcpRepr {
+            flags: SYN | ACK,
+            seq: REMOTE_SEQ,
+            ack: LOCAL_SEQ + 1,
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 1,
+            ..RECV_TEMPL
+        }]
+    );
     assert_eq!(t.events(), vec![Event::Connected { conn: c }]);
     assert_eq!(t.tcp.state(c), Some(State::Established));
     (t, c)

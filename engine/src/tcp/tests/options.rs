@@ -1,2 +1,574 @@
-//! options tests.
+//! Options in the state machine: MSS clamp, window scaling, timestamps + PAWS + RTT, SACK.
+
 use super::*;
+
+fn opts_cfg() -> TcpConfig {
+    TcpConfig {
+        window_scale: true,
+        sack: true,
+        timestamps: true,
+        recv_buf: 1 << 20,
+        send_buf: 4096,
+        ..cfg()
+    }
+}
+
+const PEER_TS: u32 = 1000;
+
+fn peer_syn_opts() -> TcpOptions {
+    TcpOptions {
+        mss: Some(1460),
+        window_scale: Some(7),
+        sack_permitted: true,
+        timestamps: Some(Timestamps {
+            val: PEER_TS,
+            ecr: 0,
+        }),
+        ..TcpOptions::NONE
+    }
+}
+
+fn ts(val: u32, ecr: u32) -> TcpOptions {
+    TcpOptions {
+        timestamps: Some(Timestamps { val, ecr }),
+        ..TcpOptions::NONE
+    }
+}
+
+/// Established with window scale 7 (peer) / 5 (ours), SACK and timestamps; our TS clock
+/// offset is 1000 (so TSval = 1000 + ms).
+fn established_opts() -> (T, ConnId) {
+    let mut t = tcp_listen_with(opts_cfg());
+    t.tcp.test_ts_offset = Some(1000);
+    send!(
+        t,
+        TcpRepr {
+            options: peer_syn_opts(),
+            ..syn()
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            flags: SYN | ACK,
+            seq: LOCAL_SEQ,
+            ack: REMOTE_SEQ + 1,
+            window: 65535,
+            options: TcpOptions {
+                mss: Some(1460),
+                window_scale: Some(5),
+                sack_permitted: true,
+                timestamps: Some(Timestamps {
+                    val: 1000,
+                    ecr: PEER_TS
+                }),
+                ..TcpOptions::NONE
+            },
+            ..RECV_TEMPL
+        }]
+    );
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            window: 100,
+            options: ts(PEER_TS + 1, 1000),
+            ..SEND_TEMPL
+        }
+    );
+    let Some(Event::Accepted { conn, .. }) = t.tcp.poll_event() else {
+        panic!()
+    };
+    (t, conn)
+}
+
+#[test]
+fn test_syn_received_options_negotiated() {
+    let (t, c) = established_opts();
+    let k = &t.tcp.conns[c.index() as usize];
+    assert!(k.ws_ok && k.sack_ok && k.ts_ok);
+    assert_eq!((k.snd_shift, k.rcv_shift), (7, 5));
+    assert_eq!(k.snd_wnd, 100 << 7);
+    assert_eq!(k.mss, 1448, "MSS less the 12 bytes of timestamps");
+    assert_eq!(k.ts_recent, PEER_TS + 1);
+}
+
+#[test]
+fn test_window_scale_only_when_both_offer() {
+    let mut t = tcp_listen_with(opts_cfg());
+    send!(
+        t,
+        TcpRepr {
+            options: TcpOptions {
+                window_scale: None,
+                ..peer_syn_opts()
+            },
+            ..syn()
+        }
+    );
+    let mut buf = [0u8; 2048];
+    let r = t.recv(&mut buf).unwrap();
+    assert_eq!(r.options.window_scale, None);
+    // And we never offer options the configuration disables.
+    let mut t = tcp_listen();
+    send!(
+        t,
+        TcpRepr {
+            options: peer_syn_opts(),
+            ..syn()
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            flags: SYN | ACK,
+            seq: LOCAL_SEQ,
+            ack: REMOTE_SEQ + 1,
+            options: MSS_ONLY,
+            ..RECV_TEMPL
+        }]
+    );
+}
+
+#[test]
+fn test_mss_clamped_by_mtu() {
+    let mut t = tcp_listen_with(TcpConfig { mtu: 1280, ..cfg() });
+    send!(t, syn());
+    let mut buf = [0u8; 2048];
+    assert_eq!(t.recv(&mut buf).unwrap().options.mss, Some(1240));
+    let (mut t, c) = tcp_syn_sent_with(TcpConfig {
+        mss: 9000,
+        mtu: 9000,
+        send_buf: 20_000,
+        ..cfg()
+    });
+    assert_eq!(t.recv(&mut buf).unwrap().options.mss, Some(8960));
+    // The peer's smaller MSS wins for what we send.
+    send!(
+        t,
+        TcpRepr {
+            flags: SYN | ACK,
+            seq: REMOTE_SEQ,
+            ack: LOCAL_SEQ + 1,
+            window: 65535,
+            options: TcpOptions {
+                mss: Some(1000),
+                ..TcpOptions::NONE
+            },
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(t.tcp.conns[c.index() as usize].mss, 1000);
+}
+
+#[test]
+fn test_window_scaled_both_ways() {
+    let (mut t, c) = established_opts();
+    t.at(5);
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            window: 100,
+            options: ts(PEER_TS + 2, 1000),
+            payload: &[7; 10],
+            ..SEND_TEMPL
+        }
+    );
+    // (2^20 − 10) >> 5 = 32767.
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 11,
+            window: 32767,
+            options: ts(1005, PEER_TS + 2),
+            ..RECV_TEMPL
+        }]
+    );
+    // We may send up to 100 << 7 bytes; the send buffer (4096) is the limit here.
+    t.tcp.set_nodelay(c, true).unwrap();
+    assert_eq!(t.tcp.send(c, &[1; 4096]), Ok(4096));
+    let mut n = 0;
+    let mut buf = [0u8; 2048];
+    while let Some(r) = t.recv(&mut buf) {
+        n += r.payload.len();
+    }
+    assert_eq!(n, 4096);
+}
+
+#[test]
+fn test_timestamps_echoed_and_paws_drops_old() {
+    let (mut t, c) = established_opts();
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            window: 100,
+            options: ts(PEER_TS + 5, 1000),
+            payload: b"new",
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 4,
+            window: 32767,
+            options: ts(1000, PEER_TS + 5),
+            ..RECV_TEMPL
+        }]
+    );
+    // An old duplicate with an older timestamp: dropped by PAWS, answered with an ACK.
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 4,
+            ack: LOCAL_SEQ + 1,
+            window: 100,
+            options: ts(PEER_TS + 1, 1000),
+            payload: b"old",
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 4,
+            window: 32767,
+            options: ts(1000, PEER_TS + 5),
+            ..RECV_TEMPL
+        }]
+    );
+    assert_eq!(t.tcp.stats().paws_drops, 1);
+    assert_eq!(t.tcp.recv_available(c), Ok(3));
+}
+
+#[test]
+fn test_timestamps_wrap_around() {
+    let mut t = tcp_listen_with(opts_cfg());
+    t.tcp.test_ts_offset = Some(0xffff_fff0);
+    let o = TcpOptions {
+        timestamps: Some(Timestamps {
+            val: 0xffff_fffe,
+            ecr: 0,
+        }),
+        ..peer_syn_opts()
+    };
+    send!(
+        t,
+        TcpRepr {
+            options: o,
+            ..syn()
+        }
+    );
+    let mut buf = [0u8; 2048];
+    assert_eq!(
+        t.recv(&mut buf).unwrap().options.timestamps,
+        Some(Timestamps {
+            val: 0xffff_fff0,
+            ecr: 0xffff_fffe
+        })
+    );
+    send!(t, time 20, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, window: 100, options: ts(3, 0xffff_fff0), ..SEND_TEMPL });
+    let Some(Event::Accepted { conn: c, .. }) = t.tcp.poll_event() else {
+        panic!()
+    };
+    // The peer's clock wrapped: 3 is newer than 0xfffffffe, so data is accepted.
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            window: 100,
+            options: ts(5, 0xffff_fff0),
+            payload: b"w",
+            ..SEND_TEMPL
+        }
+    );
+    // Our clock wrapped too: 0xfffffff0 + 20 ms = 4.
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 2,
+            window: 32767,
+            options: ts(4, 5),
+            ..RECV_TEMPL
+        }]
+    );
+    assert_eq!(t.tcp.recv_available(c), Ok(1));
+    // RTT from the echo across the wrap: sent at TSval 0xfffffff0, echoed at 20 ms → 20 ms.
+    let k = &t.tcp.conns[c.index() as usize];
+    assert_eq!(k.srtt_us, 20_000);
+}
+
+#[test]
+fn test_rtt_from_timestamps_even_for_retransmissions() {
+    let (mut t, c) = established_opts();
+    t.tcp.send(c, b"abc").unwrap();
+    let mut buf = [0u8; 2048];
+    t.recv(&mut buf).unwrap();
+    t.at(200); // RTO → retransmission at TSval 1200
+    assert_eq!(
+        t.recv(&mut buf).unwrap().options.timestamps.unwrap().val,
+        1200
+    );
+    // The ACK echoes the retransmission's timestamp: RTT 50 ms, unambiguous (RFC 7323 §4).
+    send!(t, time 250, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 4, window: 100, options: ts(PEER_TS + 9, 1200), ..SEND_TEMPL });
+    let k = &t.tcp.conns[c.index() as usize];
+    // Second sample 50 ms after the handshake's 0: SRTT = 50/8.
+    assert_eq!(k.srtt_us, 6_250);
+}
+
+#[test]
+fn test_sack_blocks_reported_most_recent_first() {
+    let (mut t, _c) = established_opts();
+    let seg = |off: u32, p: &'static [u8]| TcpRepr {
+        seq: REMOTE_SEQ + 1 + off,
+        ack: LOCAL_SEQ + 1,
+        window: 100,
+        options: ts(PEER_TS + 2, 1000),
+        payload: p,
+        ..SEND_TEMPL
+    };
+    let sack = |blocks: &[(u32, u32)]| {
+        let mut o = ts(1000, PEER_TS + 1);
+        for (i, &(l, r)) in blocks.iter().enumerate() {
+            o.sack[i] = SackBlock {
+                left: REMOTE_SEQ + 1 + l,
+                right: REMOTE_SEQ + 1 + r,
+            };
+        }
+        o.sack_len = blocks.len() as u8;
+        o
+    };
+    send!(t, seg(10, b"bbbb"));
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 1,
+            window: 32768,
+            options: sack(&[(10, 14)]),
+            ..RECV_TEMPL
+        }]
+    );
+    send!(t, seg(20, b"cc"));
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 1,
+            window: 32768,
+            options: sack(&[(20, 22), (10, 14)]),
+            ..RECV_TEMPL
+        }]
+    );
+    send!(t, seg(30, b"d"));
+    send!(t, seg(40, b"e"));
+    // With timestamps, three blocks fit: the latest first, then the lowest ones.
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 1,
+            window: 32768,
+            options: sack(&[(40, 41), (10, 14), (20, 22)]),
+            ..RECV_TEMPL
+        }]
+    );
+    // Filling the first hole: the cumulative ACK moves, the rest are still SACKed.
+    send!(t, seg(0, b"aaaaaaaaaa"));
+    // The in-order segment also refreshed TS.Recent (RFC 7323 §4.3); the latest block stays
+    // first.
+    let mut o = sack(&[(40, 41), (20, 22), (30, 31)]);
+    o.timestamps = Some(Timestamps {
+        val: 1000,
+        ecr: PEER_TS + 2,
+    });
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 15,
+            window: 32767,
+            options: o,
+            ..RECV_TEMPL
+        }]
+    );
+}
+
+#[test]
+fn test_sack_recovery_retransmits_holes_only() {
+    let cf = TcpConfig {
+        sack: true,
+        send_buf: 4096,
+        congestion: Congestion::NewReno,
+        ..cfg()
+    };
+    let mut t = tcp_listen_with(cf);
+    send!(
+        t,
+        TcpRepr {
+            window: 4096,
+            options: TcpOptions {
+                mss: Some(100),
+                sack_permitted: true,
+                ..TcpOptions::NONE
+            },
+            ..syn()
+        }
+    );
+    let mut buf = [0u8; 2048];
+    t.recv(&mut buf).unwrap();
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            window: 4096,
+            ..SEND_TEMPL
+        }
+    );
+    let Some(Event::Accepted { conn: c, .. }) = t.tcp.poll_event() else {
+        panic!()
+    };
+    t.tcp.set_nodelay(c, true).unwrap();
+    let data: Vec<u8> = (0..800u32).map(|i| (i * 7) as u8).collect();
+    t.tcp.send(c, &data).unwrap();
+    for _ in 0..8 {
+        t.recv(&mut buf).unwrap();
+    }
+    recv_nothing!(t);
+    let ack = |n: u32, blocks: &[(u32, u32)]| {
+        let mut o = TcpOptions::NONE;
+        for (i, &(l, r)) in blocks.iter().enumerate() {
+            o.sack[i] = SackBlock {
+                left: LOCAL_SEQ + 1 + l,
+                right: LOCAL_SEQ + 1 + r,
+            };
+        }
+        o.sack_len = blocks.len() as u8;
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1 + n,
+            window: 4096,
+            options: o,
+            ..SEND_TEMPL
+        }
+    };
+    // Segments 2 (100..200) and 4 (300..400) are lost.
+    send!(t, ack(100, &[]));
+    send!(t, ack(100, &[(200, 300)]));
+    send!(t, ack(100, &[(400, 500), (200, 300)]));
+    recv_nothing!(t);
+    send!(t, ack(100, &[(400, 600), (200, 300)]));
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 101,
+            ack: REMOTE_SEQ + 1,
+            payload: &data[100..200],
+            ..RECV_TEMPL
+        }]
+    );
+    // A further duplicate ACK: the next hole goes at once, skipping the SACKed 200..300.
+    send!(t, ack(100, &[(400, 700), (200, 300)]));
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 301,
+            ack: REMOTE_SEQ + 1,
+            payload: &data[300..400],
+            ..RECV_TEMPL
+        }]
+    );
+    // Nothing else is a hole (700..800 is above every SACKed byte).
+    send!(t, ack(100, &[(400, 800), (200, 300)]));
+    recv_nothing!(t);
+    send!(t, ack(800, &[]));
+    recv_nothing!(t);
+    assert_eq!(t.tcp.stats().retransmits, 2);
+}
+
+#[test]
+fn test_time_wait_reuse_by_newer_timestamp() {
+    let (mut t, c) = established_opts();
+    t.tcp.shutdown(c).unwrap();
+    let mut buf = [0u8; 2048];
+    t.recv(&mut buf).unwrap();
+    send!(
+        t,
+        TcpRepr {
+            flags: FIN | ACK,
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 2,
+            window: 100,
+            options: ts(PEER_TS + 2, 1000),
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(t.tcp.state(c), Some(State::TimeWait));
+    // A SYN with a lower sequence number but a newer timestamp reuses the tuple (as Linux).
+    let o = TcpOptions {
+        timestamps: Some(Timestamps {
+            val: PEER_TS + 3,
+            ecr: 0,
+        }),
+        ..peer_syn_opts()
+    };
+    send!(t, time 1, TcpRepr { seq: REMOTE_SEQ - 1000, options: o, ..syn() });
+    assert_eq!(t.tcp.state(c), None);
+    assert_eq!(t.tcp.stats().time_wait_reused, 1);
+    while let Some(r) = t.recv(&mut buf) {
+        if r.has(SYN | ACK) {
+            assert_eq!(r.seq, LOCAL_SEQ + 2 + 65537);
+            assert_eq!(r.ack, REMOTE_SEQ - 999);
+            return;
+        }
+    }
+    panic!("no SYN-ACK");
+}
+
+#[test]
+fn test_time_wait_old_timestamp_not_reused() {
+    let (mut t, c) = established_opts();
+    t.tcp.shutdown(c).unwrap();
+    let mut buf = [0u8; 2048];
+    t.recv(&mut buf).unwrap();
+    send!(
+        t,
+        TcpRepr {
+            flags: FIN | ACK,
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 2,
+            window: 100,
+            options: ts(PEER_TS + 2, 1000),
+            ..SEND_TEMPL
+        }
+    );
+    while t.recv(&mut buf).is_some() {}
+    let o = TcpOptions {
+        timestamps: Some(Timestamps {
+            val: PEER_TS,
+            ecr: 0,
+        }),
+        ..peer_syn_opts()
+    };
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 100_000,
+            options: o,
+            ..syn()
+        }
+    );
+    assert_eq!(t.tcp.state(c), Some(State::TimeWait));
+    assert_eq!(t.tcp.stats().time_wait_reused, 0);
+}

@@ -5,11 +5,31 @@ use super::*;
 /// Handshake with a peer SYN advertising `mss` and window `window`; returns the connection.
 fn established_with(cfg: TcpConfig, mss: u16, window: u16) -> (T, ConnId) {
     let mut t = tcp_listen_with(cfg);
-    send!(t, TcpRepr { options: TcpOptions { mss: Some(mss), ..TcpOptions::NONE }, window, ..syn() });
+    send!(
+        t,
+        TcpRepr {
+            options: TcpOptions {
+                mss: Some(mss),
+                ..TcpOptions::NONE
+            },
+            window,
+            ..syn()
+        }
+    );
     let mut buf = [0u8; 2048];
     assert!(t.recv(&mut buf).unwrap().has(SYN | ACK));
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, window, ..SEND_TEMPL });
-    let Some(Event::Accepted { conn, .. }) = t.tcp.poll_event() else { panic!() };
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            window,
+            ..SEND_TEMPL
+        }
+    );
+    let Some(Event::Accepted { conn, .. }) = t.tcp.poll_event() else {
+        panic!()
+    };
     (t, conn)
 }
 
@@ -17,7 +37,13 @@ fn established_with(cfg: TcpConfig, mss: u16, window: u16) -> (T, ConnId) {
 fn test_established_rto_retransmit_with_backoff() {
     let (mut t, c) = tcp_established();
     t.tcp.send(c, b"abc").unwrap();
-    let data = TcpRepr { flags: ACK | PSH, seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 1, payload: b"abc", ..RECV_TEMPL };
+    let data = TcpRepr {
+        flags: ACK | PSH,
+        seq: LOCAL_SEQ + 1,
+        ack: REMOTE_SEQ + 1,
+        payload: b"abc",
+        ..RECV_TEMPL
+    };
     recv!(t, [data]);
     recv_nothing!(t, time 199);
     recv!(t, time 200, data);
@@ -28,29 +54,61 @@ fn test_established_rto_retransmit_with_backoff() {
     assert_eq!(t.tcp.stats().retransmits, 3);
     assert_eq!(t.tcp.stats().rto_fired, 3);
     // The ACK ends it; backoff resets.
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 4, ..SEND_TEMPL });
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 4,
+            ..SEND_TEMPL
+        }
+    );
     assert_eq!(t.tcp.conns[c.index() as usize].backoff, 0);
     recv_nothing!(t, time 10_000);
 }
 
 #[test]
 fn test_established_retries_exhausted_closes_with_timeout() {
-    let (mut t, c) = tcp_listen_with(TcpConfig { max_retries: 2, ..cfg() }).pipe(|mut t| {
+    let (mut t, c) = tcp_listen_with(TcpConfig {
+        max_retries: 2,
+        ..cfg()
+    })
+    .pipe(|mut t| {
         send!(t, syn());
         let mut buf = [0u8; 2048];
         t.recv(&mut buf).unwrap();
-        send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, ..SEND_TEMPL });
-        let Some(Event::Accepted { conn, .. }) = t.tcp.poll_event() else { panic!() };
+        send!(
+            t,
+            TcpRepr {
+                seq: REMOTE_SEQ + 1,
+                ack: LOCAL_SEQ + 1,
+                ..SEND_TEMPL
+            }
+        );
+        let Some(Event::Accepted { conn, .. }) = t.tcp.poll_event() else {
+            panic!()
+        };
         (t, conn)
     });
     t.tcp.send(c, b"x").unwrap();
-    let data = TcpRepr { flags: ACK | PSH, seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 1, payload: b"x", ..RECV_TEMPL };
+    let data = TcpRepr {
+        flags: ACK | PSH,
+        seq: LOCAL_SEQ + 1,
+        ack: REMOTE_SEQ + 1,
+        payload: b"x",
+        ..RECV_TEMPL
+    };
     recv!(t, [data]);
     recv!(t, time 200, data);
     recv!(t, time 600, data);
     t.at(1400);
     recv_nothing!(t);
-    assert_eq!(t.events(), vec![Event::Closed { conn: c, reason: CloseReason::Timeout }]);
+    assert_eq!(
+        t.events(),
+        vec![Event::Closed {
+            conn: c,
+            reason: CloseReason::Timeout
+        }]
+    );
 }
 
 trait Pipe: Sized {
@@ -62,20 +120,31 @@ impl<T> Pipe for T {}
 
 #[test]
 fn test_rtt_sample_sets_rto() {
-    let mut t = tcp_listen_with(TcpConfig { rto_min_ms: 10, ..cfg() });
+    let mut t = tcp_listen_with(TcpConfig {
+        rto_min_ms: 10,
+        ..cfg()
+    });
     send!(t, syn());
     t.recv(&mut [0u8; 2048]).unwrap();
     send!(t, time 100, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, ..SEND_TEMPL });
-    let Some(Event::Accepted { conn: c, .. }) = t.tcp.poll_event() else { panic!() };
+    let Some(Event::Accepted { conn: c, .. }) = t.tcp.poll_event() else {
+        panic!()
+    };
     let k = &t.tcp.conns[c.index() as usize];
     // First sample R = 100 ms: SRTT = R, RTTVAR = R/2, RTO = SRTT + 4·RTTVAR.
-    assert_eq!((k.srtt_us, k.rttvar_us, k.rto_us), (100_000, 50_000, 300_000));
+    assert_eq!(
+        (k.srtt_us, k.rttvar_us, k.rto_us),
+        (100_000, 50_000, 300_000)
+    );
     t.tcp.send(c, b"abc").unwrap();
     t.recv(&mut [0u8; 2048]).unwrap();
     send!(t, time 300, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 4, ..SEND_TEMPL });
     let k = &t.tcp.conns[c.index() as usize];
     // R = 200 ms: RTTVAR = 3/4·50 + 1/4·|100 − 200| = 62.5, SRTT = 7/8·100 + 1/8·200 = 112.5.
-    assert_eq!((k.srtt_us, k.rttvar_us, k.rto_us), (112_500, 62_500, 362_500));
+    assert_eq!(
+        (k.srtt_us, k.rttvar_us, k.rto_us),
+        (112_500, 62_500, 362_500)
+    );
 }
 
 #[test]
@@ -93,11 +162,42 @@ fn test_karn_no_sample_from_retransmitted_segment() {
 #[test]
 fn test_established_ooo_reassembly() {
     let (mut t, c) = tcp_established();
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 4, ack: LOCAL_SEQ + 1, payload: b"def", ..SEND_TEMPL });
-    recv!(t, [TcpRepr { seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 1, ..RECV_TEMPL }]);
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 4,
+            ack: LOCAL_SEQ + 1,
+            payload: b"def",
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 1,
+            ..RECV_TEMPL
+        }]
+    );
     assert!(t.events().is_empty());
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, payload: b"abc", ..SEND_TEMPL });
-    recv!(t, [TcpRepr { seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 7, window: 58, ..RECV_TEMPL }]);
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            payload: b"abc",
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 7,
+            window: 58,
+            ..RECV_TEMPL
+        }]
+    );
     let mut b = [0u8; 16];
     assert_eq!(t.tcp.recv(c, &mut b), Ok(6));
     assert_eq!(&b[..6], b"abcdef");
@@ -105,29 +205,107 @@ fn test_established_ooo_reassembly() {
 
 #[test]
 fn test_established_ooo_ranges_bounded() {
-    let (mut t, c) = established_with(TcpConfig { ooo_max_ranges: 1, ..cfg() }, 536, 256);
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 3, ack: LOCAL_SEQ + 1, payload: b"c", ..SEND_TEMPL });
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 5, ack: LOCAL_SEQ + 1, payload: b"e", ..SEND_TEMPL });
+    let (mut t, c) = established_with(
+        TcpConfig {
+            ooo_max_ranges: 1,
+            ..cfg()
+        },
+        536,
+        256,
+    );
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 3,
+            ack: LOCAL_SEQ + 1,
+            payload: b"c",
+            ..SEND_TEMPL
+        }
+    );
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 5,
+            ack: LOCAL_SEQ + 1,
+            payload: b"e",
+            ..SEND_TEMPL
+        }
+    );
     assert_eq!(t.tcp.stats().drops_ooo, 1);
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, payload: b"ab", ..SEND_TEMPL });
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            payload: b"ab",
+            ..SEND_TEMPL
+        }
+    );
     assert_eq!(t.tcp.recv_available(c), Ok(3));
 }
 
 #[test]
 fn test_established_ooo_fin_before_data() {
     let (mut t, c) = tcp_established();
-    send!(t, TcpRepr { flags: FIN | ACK, seq: REMOTE_SEQ + 4, ack: LOCAL_SEQ + 1, payload: b"def", ..SEND_TEMPL });
-    recv!(t, [TcpRepr { seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 1, ..RECV_TEMPL }]);
+    send!(
+        t,
+        TcpRepr {
+            flags: FIN | ACK,
+            seq: REMOTE_SEQ + 4,
+            ack: LOCAL_SEQ + 1,
+            payload: b"def",
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 1,
+            ..RECV_TEMPL
+        }]
+    );
     assert_eq!(t.tcp.state(c), Some(State::Established));
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, payload: b"abc", ..SEND_TEMPL });
-    recv!(t, [TcpRepr { seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 8, window: 57, ..RECV_TEMPL }]);
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            payload: b"abc",
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 8,
+            window: 57,
+            ..RECV_TEMPL
+        }]
+    );
     assert_eq!(t.tcp.state(c), Some(State::CloseWait));
 }
 
 #[test]
 fn test_delayed_ack_fires_after_timeout() {
-    let (mut t, _c) = established_with(TcpConfig { delayed_ack_ms: 40, ..cfg() }, 536, 256);
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, payload: b"abc", ..SEND_TEMPL });
+    let (mut t, _c) = established_with(
+        TcpConfig {
+            delayed_ack_ms: 40,
+            ..cfg()
+        },
+        536,
+        256,
+    );
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            payload: b"abc",
+            ..SEND_TEMPL
+        }
+    );
     recv_nothing!(t);
     assert_eq!(t.tcp.poll_timeout(), Some(Instant::from_millis(40)));
     recv_nothing!(t, time 39);
@@ -136,43 +314,160 @@ fn test_delayed_ack_fires_after_timeout() {
 
 #[test]
 fn test_delayed_ack_every_second_full_segment() {
-    let c = TcpConfig { delayed_ack_ms: 40, mss: 64, recv_buf: 256, ..cfg() };
+    let c = TcpConfig {
+        delayed_ack_ms: 40,
+        mss: 64,
+        recv_buf: 256,
+        ..cfg()
+    };
     let (mut t, _c) = established_with(c, 64, 256);
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, payload: &[1; 64], ..SEND_TEMPL });
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            payload: &[1; 64],
+            ..SEND_TEMPL
+        }
+    );
     recv_nothing!(t);
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 65, ack: LOCAL_SEQ + 1, payload: &[2; 64], ..SEND_TEMPL });
-    recv!(t, [TcpRepr { seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 129, window: 128, ..RECV_TEMPL }]);
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 65,
+            ack: LOCAL_SEQ + 1,
+            payload: &[2; 64],
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 129,
+            window: 128,
+            ..RECV_TEMPL
+        }]
+    );
 }
 
 #[test]
 fn test_delayed_ack_piggybacks_on_response() {
-    let (mut t, c) = established_with(TcpConfig { delayed_ack_ms: 40, ..cfg() }, 536, 256);
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, payload: b"req", ..SEND_TEMPL });
+    let (mut t, c) = established_with(
+        TcpConfig {
+            delayed_ack_ms: 40,
+            ..cfg()
+        },
+        536,
+        256,
+    );
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            payload: b"req",
+            ..SEND_TEMPL
+        }
+    );
     t.tcp.send(c, b"resp").unwrap();
-    recv!(t, [TcpRepr { flags: ACK | PSH, seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 4, window: 61, payload: b"resp", ..RECV_TEMPL }]);
+    recv!(
+        t,
+        [TcpRepr {
+            flags: ACK | PSH,
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 4,
+            window: 61,
+            payload: b"resp",
+            ..RECV_TEMPL
+        }]
+    );
     recv_nothing!(t, time 40);
 }
 
 #[test]
 fn test_ooo_acked_immediately_despite_delayed_ack() {
-    let (mut t, _c) = established_with(TcpConfig { delayed_ack_ms: 40, ..cfg() }, 536, 256);
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 2, ack: LOCAL_SEQ + 1, payload: b"b", ..SEND_TEMPL });
-    recv!(t, [TcpRepr { seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 1, ..RECV_TEMPL }]);
+    let (mut t, _c) = established_with(
+        TcpConfig {
+            delayed_ack_ms: 40,
+            ..cfg()
+        },
+        536,
+        256,
+    );
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 2,
+            ack: LOCAL_SEQ + 1,
+            payload: b"b",
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 1,
+            ..RECV_TEMPL
+        }]
+    );
     // Filling the hole is acknowledged at once too.
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, payload: b"a", ..SEND_TEMPL });
-    recv!(t, [TcpRepr { seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 3, window: 62, ..RECV_TEMPL }]);
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            payload: b"a",
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 3,
+            window: 62,
+            ..RECV_TEMPL
+        }]
+    );
 }
 
 #[test]
 fn test_nagle_holds_small_segment_until_ack() {
     let (mut t, c) = tcp_established();
     t.tcp.send(c, b"a").unwrap();
-    recv!(t, [TcpRepr { flags: ACK | PSH, seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 1, payload: b"a", ..RECV_TEMPL }]);
+    recv!(
+        t,
+        [TcpRepr {
+            flags: ACK | PSH,
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 1,
+            payload: b"a",
+            ..RECV_TEMPL
+        }]
+    );
     t.tcp.send(c, b"b").unwrap();
     t.tcp.send(c, b"c").unwrap();
     recv_nothing!(t);
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 2, ..SEND_TEMPL });
-    recv!(t, [TcpRepr { flags: ACK | PSH, seq: LOCAL_SEQ + 2, ack: REMOTE_SEQ + 1, payload: b"bc", ..RECV_TEMPL }]);
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 2,
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            flags: ACK | PSH,
+            seq: LOCAL_SEQ + 2,
+            ack: REMOTE_SEQ + 1,
+            payload: b"bc",
+            ..RECV_TEMPL
+        }]
+    );
 }
 
 #[test]
@@ -180,63 +475,187 @@ fn test_nodelay_sends_small_segments_at_once() {
     let (mut t, c) = tcp_established();
     t.tcp.set_nodelay(c, true).unwrap();
     t.tcp.send(c, b"a").unwrap();
-    recv!(t, [TcpRepr { flags: ACK | PSH, seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 1, payload: b"a", ..RECV_TEMPL }]);
+    recv!(
+        t,
+        [TcpRepr {
+            flags: ACK | PSH,
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 1,
+            payload: b"a",
+            ..RECV_TEMPL
+        }]
+    );
     t.tcp.send(c, b"b").unwrap();
-    recv!(t, [TcpRepr { flags: ACK | PSH, seq: LOCAL_SEQ + 2, ack: REMOTE_SEQ + 1, payload: b"b", ..RECV_TEMPL }]);
+    recv!(
+        t,
+        [TcpRepr {
+            flags: ACK | PSH,
+            seq: LOCAL_SEQ + 2,
+            ack: REMOTE_SEQ + 1,
+            payload: b"b",
+            ..RECV_TEMPL
+        }]
+    );
 }
 
 #[test]
 fn test_zero_window_persist_probes() {
     let (mut t, c) = tcp_established();
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, window: 0, ..SEND_TEMPL });
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            window: 0,
+            ..SEND_TEMPL
+        }
+    );
     t.tcp.send(c, b"abc").unwrap();
     recv_nothing!(t);
     recv_nothing!(t, time 199);
-    let probe = TcpRepr { seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 1, payload: b"a", ..RECV_TEMPL };
+    let probe = TcpRepr {
+        seq: LOCAL_SEQ + 1,
+        ack: REMOTE_SEQ + 1,
+        payload: b"a",
+        ..RECV_TEMPL
+    };
     recv!(t, time 200, probe);
     recv_nothing!(t);
     // Still closed: the next probe backs off.
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, window: 0, ..SEND_TEMPL });
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            window: 0,
+            ..SEND_TEMPL
+        }
+    );
     recv_nothing!(t, time 599);
     recv!(t, time 600, probe);
     // The window opens: everything goes.
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, window: 100, ..SEND_TEMPL });
-    recv!(t, [TcpRepr { flags: ACK | PSH, seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 1, payload: b"abc", ..RECV_TEMPL }]);
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            window: 100,
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            flags: ACK | PSH,
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 1,
+            payload: b"abc",
+            ..RECV_TEMPL
+        }]
+    );
     assert_eq!(t.tcp.state(c), Some(State::Established));
 }
 
 #[test]
 fn test_zero_window_probe_accepted_advances() {
     let (mut t, c) = tcp_established();
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, window: 0, ..SEND_TEMPL });
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            window: 0,
+            ..SEND_TEMPL
+        }
+    );
     t.tcp.send(c, b"abc").unwrap();
     recv_nothing!(t);
     recv!(t, time 200, TcpRepr { seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 1, payload: b"a", ..RECV_TEMPL });
     // The peer took the byte and opened a little.
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 2, window: 10, ..SEND_TEMPL });
-    recv!(t, [TcpRepr { flags: ACK | PSH, seq: LOCAL_SEQ + 2, ack: REMOTE_SEQ + 1, payload: b"bc", ..RECV_TEMPL }]);
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 2,
+            window: 10,
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            flags: ACK | PSH,
+            seq: LOCAL_SEQ + 2,
+            ack: REMOTE_SEQ + 1,
+            payload: b"bc",
+            ..RECV_TEMPL
+        }]
+    );
 }
 
 #[test]
 fn test_keepalive_probes_then_timeout() {
-    let ka = Keepalive { idle_ms: 1000, interval_ms: 100, probes: 2 };
-    let (mut t, c) = established_with(TcpConfig { keepalive: Some(ka), ..cfg() }, 536, 256);
-    let probe = TcpRepr { seq: LOCAL_SEQ, ack: REMOTE_SEQ + 1, ..RECV_TEMPL };
+    let ka = Keepalive {
+        idle_ms: 1000,
+        interval_ms: 100,
+        probes: 2,
+    };
+    let (mut t, c) = established_with(
+        TcpConfig {
+            keepalive: Some(ka),
+            ..cfg()
+        },
+        536,
+        256,
+    );
+    let probe = TcpRepr {
+        seq: LOCAL_SEQ,
+        ack: REMOTE_SEQ + 1,
+        ..RECV_TEMPL
+    };
     recv_nothing!(t, time 999);
     recv!(t, time 1000, probe);
     recv!(t, time 1100, probe);
     t.at(1200);
     recv_nothing!(t);
-    assert_eq!(t.events(), vec![Event::Closed { conn: c, reason: CloseReason::KeepaliveTimeout }]);
+    assert_eq!(
+        t.events(),
+        vec![Event::Closed {
+            conn: c,
+            reason: CloseReason::KeepaliveTimeout
+        }]
+    );
 }
 
 #[test]
 fn test_keepalive_answered_keeps_connection() {
-    let ka = Keepalive { idle_ms: 1000, interval_ms: 100, probes: 2 };
-    let (mut t, c) = established_with(TcpConfig { keepalive: Some(ka), ..cfg() }, 536, 256);
-    let probe = TcpRepr { seq: LOCAL_SEQ, ack: REMOTE_SEQ + 1, ..RECV_TEMPL };
+    let ka = Keepalive {
+        idle_ms: 1000,
+        interval_ms: 100,
+        probes: 2,
+    };
+    let (mut t, c) = established_with(
+        TcpConfig {
+            keepalive: Some(ka),
+            ..cfg()
+        },
+        536,
+        256,
+    );
+    let probe = TcpRepr {
+        seq: LOCAL_SEQ,
+        ack: REMOTE_SEQ + 1,
+        ..RECV_TEMPL
+    };
     recv!(t, time 1000, probe);
-    send!(t, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, ..SEND_TEMPL });
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            ..SEND_TEMPL
+        }
+    );
     recv_nothing!(t, time 1999);
     recv!(t, time 2000, probe);
     assert_eq!(t.tcp.state(c), Some(State::Established));
@@ -244,7 +663,11 @@ fn test_keepalive_answered_keeps_connection() {
 
 #[test]
 fn test_fast_retransmit_and_newreno_partial_ack() {
-    let cf = TcpConfig { send_buf: 4096, congestion: Congestion::NewReno, ..cfg() };
+    let cf = TcpConfig {
+        send_buf: 4096,
+        congestion: Congestion::NewReno,
+        ..cfg()
+    };
     let (mut t, c) = established_with(cf, 100, 4096);
     t.tcp.set_nodelay(c, true).unwrap();
     let data: Vec<u8> = (0..500u32).map(|i| i as u8).collect();
@@ -252,20 +675,51 @@ fn test_fast_retransmit_and_newreno_partial_ack() {
     for i in 0..5u32 {
         let fl = if i == 4 { ACK | PSH } else { ACK };
         let p = &data[100 * i as usize..100 * (i as usize + 1)];
-        recv!(t, TcpRepr { flags: fl, seq: LOCAL_SEQ + 1 + 100 * i, ack: REMOTE_SEQ + 1, window: 64, payload: p, ..RECV_TEMPL });
+        recv!(
+            t,
+            TcpRepr {
+                flags: fl,
+                seq: LOCAL_SEQ + 1 + 100 * i,
+                ack: REMOTE_SEQ + 1,
+                window: 64,
+                payload: p,
+                ..RECV_TEMPL
+            }
+        );
     }
     recv_nothing!(t);
-    let ack = |n: u32| TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1 + n, window: 4096, ..SEND_TEMPL };
+    let ack = |n: u32| TcpRepr {
+        seq: REMOTE_SEQ + 1,
+        ack: LOCAL_SEQ + 1 + n,
+        window: 4096,
+        ..SEND_TEMPL
+    };
     send!(t, ack(100));
     send!(t, ack(100));
     send!(t, ack(100));
     recv_nothing!(t);
     send!(t, ack(100)); // third duplicate
-    recv!(t, [TcpRepr { seq: LOCAL_SEQ + 101, ack: REMOTE_SEQ + 1, payload: &data[100..200], ..RECV_TEMPL }]);
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 101,
+            ack: REMOTE_SEQ + 1,
+            payload: &data[100..200],
+            ..RECV_TEMPL
+        }]
+    );
     assert_eq!(t.tcp.stats().fast_retransmits, 1);
     // Partial ACK: the next hole is retransmitted at once (RFC 6582).
     send!(t, ack(200));
-    recv!(t, [TcpRepr { seq: LOCAL_SEQ + 201, ack: REMOTE_SEQ + 1, payload: &data[200..300], ..RECV_TEMPL }]);
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 201,
+            ack: REMOTE_SEQ + 1,
+            payload: &data[200..300],
+            ..RECV_TEMPL
+        }]
+    );
     // Full ACK ends recovery.
     send!(t, ack(500));
     recv_nothing!(t);
@@ -280,16 +734,165 @@ fn test_sequence_numbers_wrap_around() {
     t.tcp.test_isn = Some(0xffff_fffe);
     let rseq = 0xffff_fffcu32;
     send!(t, TcpRepr { seq: rseq, ..syn() });
-    recv!(t, [TcpRepr { flags: SYN | ACK, seq: 0xffff_fffe, ack: 0xffff_fffd, options: MSS_ONLY, ..RECV_TEMPL }]);
-    send!(t, TcpRepr { seq: 0xffff_fffd, ack: 0xffff_ffff, ..SEND_TEMPL });
-    let Some(Event::Accepted { conn: c, .. }) = t.tcp.poll_event() else { panic!() };
-    send!(t, TcpRepr { seq: 0xffff_fffd, ack: 0xffff_ffff, payload: b"abcdef", ..SEND_TEMPL });
-    recv!(t, [TcpRepr { seq: 0xffff_ffff, ack: 3, window: 58, ..RECV_TEMPL }]);
+    recv!(
+        t,
+        [TcpRepr {
+            flags: SYN | ACK,
+            seq: 0xffff_fffe,
+            ack: 0xffff_fffd,
+            options: MSS_ONLY,
+            ..RECV_TEMPL
+        }]
+    );
+    send!(
+        t,
+        TcpRepr {
+            seq: 0xffff_fffd,
+            ack: 0xffff_ffff,
+            ..SEND_TEMPL
+        }
+    );
+    let Some(Event::Accepted { conn: c, .. }) = t.tcp.poll_event() else {
+        panic!()
+    };
+    send!(
+        t,
+        TcpRepr {
+            seq: 0xffff_fffd,
+            ack: 0xffff_ffff,
+            payload: b"abcdef",
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: 0xffff_ffff,
+            ack: 3,
+            window: 58,
+            ..RECV_TEMPL
+        }]
+    );
     t.tcp.send(c, b"xyz").unwrap();
-    recv!(t, [TcpRepr { flags: ACK | PSH, seq: 0xffff_ffff, ack: 3, window: 58, payload: b"xyz", ..RECV_TEMPL }]);
-    send!(t, TcpRepr { seq: 3, ack: 2, ..SEND_TEMPL });
+    recv!(
+        t,
+        [TcpRepr {
+            flags: ACK | PSH,
+            seq: 0xffff_ffff,
+            ack: 3,
+            window: 58,
+            payload: b"xyz",
+            ..RECV_TEMPL
+        }]
+    );
+    send!(
+        t,
+        TcpRepr {
+            seq: 3,
+            ack: 2,
+            ..SEND_TEMPL
+        }
+    );
     assert_eq!(t.tcp.send_capacity(c), Ok(64));
     let mut b = [0u8; 8];
     assert_eq!(t.tcp.recv(c, &mut b), Ok(6));
     assert_eq!(&b[..6], b"abcdef");
+}
+
+/// Seeded fuzz of the receive path: random segments (in and out of order, duplicated,
+/// overlapping, beyond the window) and random reads; the byte stream must come out exact.
+#[test]
+fn test_receive_path_fuzz_reassembles_exactly() {
+    for seed in 1..40u64 {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut rnd = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let (mut t, c) = established_with(
+            TcpConfig {
+                recv_buf: 512,
+                ooo_max_ranges: 4,
+                ..cfg()
+            },
+            536,
+            256,
+        );
+        let stream: Vec<u8> = (0..20_000u32)
+            .map(|i| (i.wrapping_mul(31) ^ (i >> 8)) as u8)
+            .collect();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        let mut acked = 0usize;
+        for _ in 0..20_000 {
+            if got.len() == stream.len() {
+                break;
+            }
+            // A segment somewhere around what the receiver acknowledged.
+            let start = (acked + rnd(700) as usize)
+                .saturating_sub(100)
+                .min(stream.len() - 1);
+            let len = (1 + rnd(200) as usize).min(stream.len() - start);
+            let seg = TcpRepr {
+                seq: REMOTE_SEQ + 1 + start as u32,
+                ack: LOCAL_SEQ + 1,
+                payload: &stream[start..start + len],
+                ..SEND_TEMPL
+            };
+            send!(t, seg);
+            while let Some(r) = t.recv(&mut buf) {
+                acked = r.ack.wrapping_sub(REMOTE_SEQ + 1) as usize;
+            }
+            if rnd(3) == 0 {
+                let mut b = [0u8; 300];
+                if let Ok(n) = t.tcp.recv(c, &mut b[..1 + rnd(299) as usize]) {
+                    got.extend_from_slice(&b[..n]);
+                }
+            }
+        }
+        let mut b = [0u8; 1024];
+        while let Ok(n) = t.tcp.recv(c, &mut b) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&b[..n]);
+        }
+        let first = got.iter().zip(&stream).position(|(a, b)| a != b);
+        assert_eq!(first, None, "seed {seed}: first wrong byte");
+        assert!(got.len() > 5000, "seed {seed}: progress {}", got.len());
+    }
+}
+
+#[test]
+fn test_pure_ack_after_rto_uses_highest_sequence_sent() {
+    let (mut t, c) = tcp_established();
+    t.tcp.set_nodelay(c, true).unwrap();
+    t.tcp.send(c, b"abc").unwrap();
+    t.recv(&mut [0u8; 2048]).unwrap();
+    t.tcp.send(c, b"def").unwrap();
+    t.recv(&mut [0u8; 2048]).unwrap();
+    // RTO: SND.NXT goes back to SND.UNA and "abcdef" is resent as one segment.
+    recv!(t, time 200, TcpRepr { flags: ACK | PSH, seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 1, payload: b"abcdef", ..RECV_TEMPL });
+    // Data from the peer is acknowledged from SND.MAX, which the peer's window accepts.
+    t.tcp.send(c, b"").unwrap();
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            payload: b"x",
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 7,
+            ack: REMOTE_SEQ + 2,
+            window: 63,
+            ..RECV_TEMPL
+        }]
+    );
 }

@@ -1,0 +1,199 @@
+//! Privileged tests of the foundation over veth in network namespaces, against the kernel as the
+//! peer: ARP, ICMP, XDP_PASS for what we do not own, two queues, clean detach on SIGTERM/SIGKILL.
+//! Run with `cargo xtask test` (root; builds the daemon and the eBPF object first).
+
+use anyhow::{ensure, Result};
+use handshake_tests::daemon::{final_per_queue, Daemon};
+use handshake_tests::netns::{mac_string, Topology, ENGINE_ADDR, KERNEL_ADDR};
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn xdp_attached(topo: &Topology) -> Result<bool> {
+    let o = topo.run_eng(&format!("ip link show dev {}", topo.eng_if()))?;
+    Ok(text(&o).contains("xdp"))
+}
+
+/// Parses "N packets transmitted, M received" from ping's summary.
+fn ping_counts(out: &str) -> (u32, u32) {
+    let line = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or("");
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    (
+        nums.first().copied().unwrap_or(0),
+        nums.get(1).copied().unwrap_or(0),
+    )
+}
+
+#[test]
+fn arping_is_answered_with_the_engine_mac() -> Result<()> {
+    let topo = Topology::builder().kernel_address(true).up()?;
+    let _d = Daemon::start(&topo, &["--addr", "198.18.0.1/24"])?;
+    let o = topo.run_peer(&format!(
+        "arping -c 3 -w 5 -I {} {ENGINE_ADDR}",
+        topo.peer_if()
+    ))?;
+    let out = text(&o);
+    ensure!(o.status.success(), "arping failed:\n{out}");
+    let mac = mac_string(topo.eng_mac());
+    ensure!(
+        out.to_lowercase().contains(&mac),
+        "replies not from {mac}:\n{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn thousand_pings_lose_none_small_and_large() -> Result<()> {
+    let topo = Topology::builder().kernel_address(true).up()?;
+    let d = Daemon::start(&topo, &["--addr", "198.18.0.1/24"])?;
+    for size in [56, 1400] {
+        let o = topo.run_peer(&format!(
+            "ping -q -c 1000 -i 0.001 -W 2 -s {size} {ENGINE_ADDR}"
+        ))?;
+        let out = text(&o);
+        let (sent, got) = ping_counts(&out);
+        ensure!(
+            sent == 1000 && got == 1000,
+            "size {size}: {sent} sent, {got} received:\n{out}"
+        );
+    }
+    drop(d);
+    Ok(())
+}
+
+#[test]
+fn kernel_keeps_what_the_engine_does_not_own() -> Result<()> {
+    let topo = Topology::builder().kernel_address(true).up()?;
+    let _d = Daemon::start(&topo, &["--addr", "198.18.0.1/24", "--http", "80"])?;
+    // A kernel TCP listener on the kernel's address in the engine namespace.
+    let mut server = topo.spawn_eng([
+        "python3",
+        "-c",
+        "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('198.18.0.3', 8080)); s.listen(1)\nc,_=s.accept(); c.sendall(b'kernel-here'); c.close()",
+    ])?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let o = topo.run_peer(&format!("ping -c 3 -i 0.2 -W 2 {KERNEL_ADDR}"))?;
+    ensure!(
+        o.status.success(),
+        "ping to the kernel's address failed:\n{}",
+        text(&o)
+    );
+    let o = topo.run_peer_args(["curl", "-s", "--max-time", "5", "telnet://198.18.0.3:8080"])?;
+    let got = String::from_utf8_lossy(&o.stdout).to_string();
+    let _ = server.kill();
+    let _ = server.wait();
+    ensure!(
+        got.contains("kernel-here"),
+        "TCP to the kernel's address failed: {got:?} {}",
+        text(&o)
+    );
+    // And the engine's address is still the engine's.
+    let o = topo.run_peer(&format!("ping -c 2 -i 0.2 -W 2 {ENGINE_ADDR}"))?;
+    ensure!(o.status.success(), "{}", text(&o));
+    Ok(())
+}
+
+#[test]
+fn two_queues_both_answered_and_counted() -> Result<()> {
+    let topo = Topology::builder().queues(2).kernel_address(true).up()?;
+    let mut d = Daemon::start(
+        &topo,
+        &[
+            "--addr",
+            "198.18.0.1/24",
+            "--queues",
+            "2",
+            "--mode",
+            "native",
+            "--echo",
+            "7",
+        ],
+    )?;
+    // Many flows: the peer's veth spreads them over its two TX queues (= our RX queues).
+    let script = r#"
+import socket
+ok = 0
+for i in range(64):
+    s = socket.create_connection(('198.18.0.1', 7), timeout=5)
+    s.sendall(b'x' * 100)
+    got = b''
+    while len(got) < 100:
+        got += s.recv(100)
+    s.close()
+    ok += got == b'x' * 100
+print('ok', ok)
+"#;
+    let o = topo.run_peer_args(["python3", "-c", script])?;
+    let out = text(&o);
+    ensure!(out.contains("ok 64"), "echo over two queues failed:\n{out}");
+    let lines = d.stop_with("TERM")?;
+    let q = final_per_queue(&lines)?;
+    ensure!(q.len() == 2, "two queues expected: {q:?}");
+    ensure!(
+        q.iter().all(|(rx, tx)| *rx > 0 && *tx > 0),
+        "both queues must receive and send: {q:?}\n{}",
+        lines.join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn no_xdp_program_left_after_sigterm_or_sigkill() -> Result<()> {
+    let topo = Topology::builder().up()?;
+    for signal in ["TERM", "KILL"] {
+        let mut d = Daemon::start(&topo, &["--addr", "198.18.0.1/24"])?;
+        ensure!(
+            xdp_attached(&topo)?,
+            "XDP should be attached while the daemon runs"
+        );
+        d.stop_with(signal)?;
+        // A bpf_link is released when its last fd closes: at exit, even on SIGKILL.
+        let mut detached = false;
+        for _ in 0..50 {
+            if !xdp_attached(&topo)? {
+                detached = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        ensure!(detached, "XDP program still attached after SIG{signal}");
+    }
+    Ok(())
+}
+
+#[test]
+fn curl_gets_the_page_with_keep_alive() -> Result<()> {
+    let topo = Topology::builder().up()?;
+    let _d = Daemon::start(&topo, &["--addr", "198.18.0.1/24", "--http", "80"])?;
+    let o = topo.run_peer_args([
+        "curl",
+        "-sv",
+        "--max-time",
+        "5",
+        "http://198.18.0.1/",
+        "http://198.18.0.1/",
+    ])?;
+    let out = text(&o);
+    ensure!(o.status.success(), "curl failed:\n{out}");
+    let page = std::str::from_utf8(handshake::app::DEFAULT_PAGE)?;
+    ensure!(
+        String::from_utf8_lossy(&o.stdout) == format!("{page}{page}"),
+        "body differs:\n{out}"
+    );
+    ensure!(
+        out.contains("Re-using existing connection") || out.contains("Reusing existing connection"),
+        "keep-alive not reused:\n{out}"
+    );
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! `cargo xtask demo`: the seed story, live, on a veth pair between two network namespaces.
+
+use std::{
+    io::{BufRead as _, BufReader, Read},
+    process::{Child, Command},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use handshake_tests::netns::{self, Topology};
+
+use crate::{build, deps, util};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The daemon; killed (and reaped) on drop so the namespaces can go.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// Prints what the daemon said so far.
+    fn drain(&self) {
+        while let Ok(line) = self.lines.try_recv() {
+            println!("  daemon | {line}");
+        }
+    }
+
+    /// Waits until a line says "ready", printing its output; false on timeout or exit.
+    fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok(line) => {
+                    println!("  daemon | {line}");
+                    if line.to_ascii_lowercase().contains("ready") {
+                        return true;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        println!("the daemon exited early ({status})");
+                        return false;
+                    }
+                    if left.is_zero() {
+                        return false;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+    }
+
+    /// SIGTERM, then up to `timeout` to exit, then SIGKILL.
+    fn stop(&mut self, timeout: Duration) -> Result<()> {
+        if self.child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        let pid = self.child.id().to_string();
+        util::run(Command::new("kill").args(["-TERM", &pid]))?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            self.drain();
+            if let Some(status) = self.child.try_wait()? {
+                self.drain();
+                println!("the daemon exited: {status}");
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        println!("the daemon did not exit within {timeout:?} of SIGTERM: killing it");
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn forward(stream: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+fn show(topo: &Topology, peer: bool, cmd: &[&str]) -> Result<bool> {
+    let ns = if peer { topo.peer_ns() } else { topo.eng_ns() };
+    println!("$ ip netns exec {ns} {}", cmd.join(" "));
+    let out = if peer {
+        topo.run_peer_args(cmd)?
+    } else {
+        topo.run_eng_args(cmd)?
+    };
+    // stderr first: curl -v and friends tell the protocol story there, the payload follows.
+    for line in String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stdout).lines())
+    {
+        println!("  {line}");
+    }
+    if !out.status.success() {
+        println!("  -> failed ({})", out.status);
+    }
+    Ok(out.status.success())
+}
+
+pub fn run() -> Result<()> {
+    if !util::is_root() {
+        bail!(
+            "the demo creates network namespaces and attaches XDP: run `sudo -E cargo xtask demo`"
+        );
+    }
+    deps::ensure(deps::Need::ALL)?;
+    let daemon_path = build::all(build::Profile::Release)?;
+    for id in netns::cleanup_stale()? {
+        println!("removed a leftover network of a finished run: {id}");
+    }
+
+    util::heading("1. Two machines and a cable");
+    println!(
+        "Two network namespaces play two machines; a veth pair is the cable between them.\n\
+         The engine will own 198.18.0.1 on its side. The kernel of the engine's machine keeps\n\
+         198.18.0.3 on the same interface: what the engine does not own must still reach it.\n\
+         The peer is an ordinary Linux stack at 198.18.0.2 (ping, arping, curl)."
+    );
+    let topo = Topology::builder().queues(2).up()?;
+    println!(
+        "engine: namespace {}, interface {} ({})\npeer:   namespace {}, interface {} ({}), {}/{}",
+        topo.eng_ns(),
+        topo.eng_if(),
+        netns::mac_string(topo.eng_mac()),
+        topo.peer_ns(),
+        topo.peer_if(),
+        netns::mac_string(topo.peer_mac()),
+        netns::PEER_ADDR,
+        netns::PREFIX_LEN
+    );
+
+    util::heading("2. Start the engine");
+    println!(
+        "The daemon attaches the XDP program to {} and opens one AF_XDP socket per queue.\n\
+         From now on, the XDP program looks at every frame arriving on the cable: ARP and IPv4\n\
+         for 198.18.0.1 go to the engine's sockets, everything else to the kernel.",
+        topo.eng_if()
+    );
+    let args = [
+        daemon_path.to_string_lossy().into_owned(),
+        "run".into(),
+        "--iface".into(),
+        topo.eng_if().into(),
+        "--addr".into(),
+        format!("{}/{}", netns::ENGINE_ADDR, netns::PREFIX_LEN),
+        "--queues".into(),
+        "2".into(),
+        "--http".into(),
+        "80".into(),
+        "--echo".into(),
+        "7".into(),
+    ];
+    println!("$ ip netns exec {} {}", topo.eng_ns(), args.join(" "));
+    let mut child = topo
+        .spawn_eng(
+            [
+                "env".to_owned(),
+                format!("HANDSHAKE_BPF_OBJECT={}", build::object_path().display()),
+                "RUST_LOG=info".into(),
+            ]
+            .into_iter()
+            .chain(args.iter().cloned()),
+        )
+        .context("starting the daemon")?;
+    let (tx, lines) = mpsc::channel();
+    forward(child.stdout.take().expect("piped"), tx.clone());
+    forward(child.stderr.take().expect("piped"), tx);
+    let mut daemon = Daemon { child, lines };
+    if !daemon.wait_ready(READY_TIMEOUT) {
+        println!("(no \"ready\" line within {READY_TIMEOUT:?}; going on anyway)");
+    }
+    let link = topo.run_eng_args(["ip", "link", "show", "dev", topo.eng_if()])?;
+    let link = String::from_utf8_lossy(&link.stdout);
+    print!("{link}");
+
+    util::heading("3. ARP: who has 198.18.0.1?");
+    println!(
+        "Before the peer can send an IP packet to 198.18.0.1 on its own subnet, it needs that\n\
+         address's MAC: it broadcasts an ARP request. The XDP program sees ARP for an address the\n\
+         engine owns and steers it to the engine, which replies with its MAC."
+    );
+    show(
+        &topo,
+        true,
+        &[
+            "arping",
+            "-c",
+            "3",
+            "-w",
+            "5",
+            "-I",
+            topo.peer_if(),
+            netns::ENGINE_ADDR,
+        ],
+    )?;
+    daemon.drain();
+
+    util::heading("4. ICMP: ping the engine");
+    println!(
+        "Now the peer knows the MAC and sends IPv4 ICMP echo requests. The engine validates the\n\
+         IPv4 header and checksum and answers each with an echo reply."
+    );
+    show(
+        &topo,
+        true,
+        &[
+            "ping",
+            "-c",
+            "5",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            netns::ENGINE_ADDR,
+        ],
+    )?;
+    daemon.drain();
+
+    util::heading("5. The kernel keeps what the engine does not own");
+    println!(
+        "198.18.0.3 lives on the same interface but belongs to the kernel: the XDP program\n\
+         passes those frames on (XDP_PASS), and the kernel answers as usual."
+    );
+    show(
+        &topo,
+        true,
+        &[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            netns::KERNEL_ADDR,
+        ],
+    )?;
+    daemon.drain();
+
+    util::heading("6. TCP: three-way handshake, an HTTP request, four-way close");
+    println!(
+        "curl opens a TCP connection to port 80: SYN, SYN-ACK, ACK (the engine's listener), then\n\
+         sends GET / and reads the answer; then FIN/ACK both ways. (If the engine's HTTP responder\n\
+         is not there yet, this fails: the failure is shown, the demo goes on.)"
+    );
+    let url = format!("http://{}/", netns::ENGINE_ADDR);
+    show(&topo, true, &["curl", "-sv", "--max-time", "5", &url])?;
+    daemon.drain();
+
+    util::heading("7. Stop the engine");
+    println!(
+        "SIGTERM: the daemon drains, prints its counters and exits. Its XDP program was attached\n\
+         through a bpf_link owned by the process, so it is gone with it: the interface is the\n\
+         kernel's again."
+    );
+    daemon.stop(STOP_TIMEOUT)?;
+    drop(daemon);
+    let link = topo.run_eng_args(["ip", "link", "show", "dev", topo.eng_if()])?;
+    let link = String::from_utf8_lossy(&link.stdout).into_owned();
+    print!("{link}");
+    let detached = !link.contains(" xdp") && !link.contains("prog/xdp");
+    if detached {
+        println!("no XDP program on {} any more", topo.eng_if());
+    } else {
+        println!(
+            "WARNING: an XDP program is still attached to {}",
+            topo.eng_if()
+        );
+    }
+
+    util::heading("8. Tear down");
+    let (eng, peer) = (topo.eng_ns().to_owned(), topo.peer_ns().to_owned());
+    topo.down()?;
+    println!("removed {eng} and {peer} (and with them the veth pair)");
+    if !detached {
+        bail!("the XDP program outlived the daemon");
+    }
+    Ok(())
+}

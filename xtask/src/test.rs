@@ -1,0 +1,159 @@
+//! `cargo xtask test`: every stage, in order, then a summary. A failed stage does not stop the
+//! independent ones after it; the exit status is non-zero if any stage failed.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::{build, deps, util};
+
+enum Outcome {
+    Passed,
+    Failed(String),
+    Skipped(&'static str),
+}
+
+struct Stage {
+    name: &'static str,
+    outcome: Outcome,
+    took: Duration,
+}
+
+fn stage(stages: &mut Vec<Stage>, name: &'static str, f: impl FnOnce() -> Result<()>) -> bool {
+    util::heading(name);
+    let start = Instant::now();
+    let outcome = match f() {
+        Ok(()) => Outcome::Passed,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            Outcome::Failed(format!("{e:#}"))
+        }
+    };
+    let passed = matches!(outcome, Outcome::Passed);
+    stages.push(Stage {
+        name,
+        outcome,
+        took: start.elapsed(),
+    });
+    passed
+}
+
+fn skip(stages: &mut Vec<Stage>, name: &'static str, why: &'static str) {
+    util::heading(name);
+    println!("SKIPPED: {why}");
+    stages.push(Stage {
+        name,
+        outcome: Outcome::Skipped(why),
+        took: Duration::ZERO,
+    });
+}
+
+pub fn run() -> Result<()> {
+    let mut stages = Vec::new();
+    let total = Instant::now();
+
+    let deps_ok = stage(&mut stages, "deps", || deps::ensure(deps::Need::ALL));
+    let built = deps_ok
+        && stage(&mut stages, "build (eBPF object + daemon)", || {
+            build::all(build::Profile::Release).map(|_| ())
+        });
+    stage(
+        &mut stages,
+        "rootless tests (cargo test --workspace)",
+        || {
+            util::run(util::cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
+            // The criterion benches must at least compile.
+            util::run(util::cargo().args(["test", "--workspace", "--benches", "--no-run"]))
+        },
+    );
+    if !util::is_root() {
+        skip(
+            &mut stages,
+            "privileged tests (netns, XDP)",
+            "they need root: run `sudo -E cargo xtask test`",
+        );
+    } else if !built {
+        skip(
+            &mut stages,
+            "privileged tests (netns, XDP)",
+            "the build failed",
+        );
+    } else {
+        stage(&mut stages, "privileged tests (netns, XDP)", || {
+            util::run(
+                util::cargo()
+                    .env("HANDSHAKE_BPF_OBJECT", build::object_path())
+                    .args([
+                        "test",
+                        "--no-fail-fast",
+                        "-p",
+                        "handshake-tests",
+                        "--features",
+                        "netns",
+                        "--",
+                        "--test-threads=1",
+                    ]),
+            )
+        });
+    }
+    stage(
+        &mut stages,
+        "clippy (-D warnings; with xdp and netns; the eBPF crate)",
+        || {
+            util::run(util::cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--features",
+                "handshake/xdp,handshake-tests/netns",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        },
+    );
+    stage(&mut stages, "rustfmt", || {
+        util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
+        util::run(
+            util::cargo()
+                .current_dir(util::root().join("ebpf"))
+                .args(["fmt", "--check"]),
+        )
+    });
+
+    util::heading("summary");
+    let mut failed = 0;
+    let mut skipped = 0;
+    for s in &stages {
+        let (word, detail) = match &s.outcome {
+            Outcome::Passed => ("passed ", String::new()),
+            Outcome::Failed(e) => {
+                failed += 1;
+                ("FAILED ", first_line(e))
+            }
+            Outcome::Skipped(why) => {
+                skipped += 1;
+                ("skipped", (*why).to_owned())
+            }
+        };
+        println!(
+            "{word}  {:>6.1}s  {}  {detail}",
+            s.took.as_secs_f64(),
+            s.name
+        );
+    }
+    println!("total    {:>6.1}s", total.elapsed().as_secs_f64());
+    if failed > 0 {
+        bail!("{failed} stage(s) failed");
+    }
+    if skipped > 0 {
+        println!("all run stages passed; {skipped} skipped");
+    } else {
+        println!("all stages passed");
+    }
+    Ok(())
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_owned()
+}
