@@ -583,6 +583,7 @@ struct Seg {
     rst: bool,
     seq: u32,
     ack_no: u32,
+    window: u16,
     payload: Vec<u8>,
 }
 
@@ -612,6 +613,7 @@ fn parse_tcp(frame: &[u8]) -> Seg {
         rst: t.rst(),
         seq: t.sequence_number(),
         ack_no: t.acknowledgment_number(),
+        window: t.window_size(),
         payload,
     }
 }
@@ -709,4 +711,139 @@ fn syn_to_a_closed_port_gets_rst() {
     let rst = parse_tcp(&out[0]);
     assert!(rst.rst && rst.ack);
     assert_eq!(rst.ack_no, 6);
+}
+
+/// Regression: with a Linux-like peer (MSS 1460, timestamps) and 1514-byte frames, full-sized
+/// segments must go out at once (initial window), not one per retransmission timeout.
+#[test]
+fn bulk_echo_sends_full_segments_without_waiting_for_a_timer() {
+    use etherparse::TcpOptionElement;
+    let mut st = stack_with_http();
+    let mut dev = MemDevice::new(1514);
+    let now = Instant::from_secs(1);
+    exchange(&mut st, &mut dev, now, &[arp_request(PEER_MAC, PEER, US)]);
+    let isn = 7u32;
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(PEER_MAC.0, OUR_MAC.0)
+        .ipv4(PEER, US, 64)
+        .tcp(40002, 7, isn, 64240)
+        .syn()
+        .options(&[
+            TcpOptionElement::MaximumSegmentSize(1460),
+            TcpOptionElement::Timestamp(100, 0),
+            TcpOptionElement::WindowScale(7),
+        ])
+        .unwrap()
+        .write(&mut f, &[])
+        .unwrap();
+    let out = exchange(&mut st, &mut dev, now, &[f]);
+    let synack = parse_tcp(&out[0]);
+    let our = synack.seq.wrapping_add(1);
+    let seg = |seq: u32, payload: &[u8]| {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(PEER_MAC.0, OUR_MAC.0)
+            .ipv4(PEER, US, 64)
+            .tcp(40002, 7, seq, 2000)
+            .ack(our)
+            .options(&[TcpOptionElement::Timestamp(101, 1)])
+            .unwrap()
+            .write(&mut f, payload)
+            .unwrap();
+        f
+    };
+    let data = vec![0xabu8; 1448];
+    let frames: Vec<_> = (0..10u32).map(|i| seg(isn + 1 + i * 1448, &data)).collect();
+    let out = exchange(&mut st, &mut dev, now, &frames);
+    let sizes: Vec<usize> = out
+        .iter()
+        .map(|f| parse_tcp(f).payload.len())
+        .filter(|n| *n > 0)
+        .collect();
+    let echoed: usize = sizes.iter().sum();
+    assert!(
+        echoed >= 10 * 1448,
+        "only {echoed} bytes echoed at once: {sizes:?}"
+    );
+    assert!(
+        sizes.iter().all(|n| *n == 1448),
+        "segments not full-sized: {sizes:?}"
+    );
+}
+
+/// Regression: an echo larger than the send and receive buffers keeps flowing. The echo app waits
+/// for send space; TCP must wake it (Writable) when the peer's ACKs free some.
+#[test]
+fn echo_larger_than_the_buffers_completes() {
+    let mut st = stack_with_http();
+    let mut dev = MemDevice::new(1514);
+    let mut now = Instant::from_secs(1);
+    exchange(&mut st, &mut dev, now, &[arp_request(PEER_MAC, PEER, US)]);
+    let isn = 100u32;
+    let out = exchange(
+        &mut st,
+        &mut dev,
+        now,
+        &[tcp_seg(40003, 7, isn, None, true, false, &[])],
+    );
+    let our = parse_tcp(&out[0]).seq.wrapping_add(1);
+    let total = 512 * 1024usize;
+    let data: Vec<u8> = (0..total).map(|i| (i * 31 % 251) as u8).collect();
+    let mut sent = 0usize; // client bytes sent
+    let mut acked_by_engine = 0usize;
+    let mut echoed: Vec<u8> = Vec::with_capacity(total);
+    let mut window = 65535usize; // the engine's advertised window (no scaling: we sent no WS)
+    let mut rounds = 0;
+    while echoed.len() < total {
+        // Go-back-N: resend from what the engine acknowledged, within its window.
+        sent = acked_by_engine;
+        rounds += 1;
+        assert!(
+            rounds < 5_000,
+            "stalled: {} of {total} echoed, {sent} sent, {acked_by_engine} acked",
+            echoed.len()
+        );
+        let mut frames = Vec::new();
+        // Keep at most 32 KiB in flight towards the engine (below its 64 KiB window).
+        while sent < total && sent - acked_by_engine < window.min(32 * 1024) {
+            let n = (total - sent).min(1400);
+            let ack = our.wrapping_add(echoed.len() as u32);
+            frames.push(tcp_seg(
+                40003,
+                7,
+                isn + 1 + sent as u32,
+                Some(ack),
+                false,
+                false,
+                &data[sent..sent + n],
+            ));
+            sent += n;
+        }
+        // And acknowledge what we received.
+        frames.push(tcp_seg(
+            40003,
+            7,
+            isn + 1 + acked_by_engine as u32,
+            Some(our.wrapping_add(echoed.len() as u32)),
+            false,
+            false,
+            &[],
+        ));
+        now += std::time::Duration::from_millis(1);
+        for f in exchange(&mut st, &mut dev, now, &frames) {
+            let s = parse_tcp(&f);
+            acked_by_engine = acked_by_engine.max(s.ack_no.wrapping_sub(isn + 1) as usize);
+            window = s.window as usize;
+            if s.seq == our.wrapping_add(echoed.len() as u32) {
+                echoed.extend_from_slice(&s.payload);
+            } else if std::env::var_os("HS_DEBUG").is_some() {
+                eprintln!(
+                    "round {rounds}: unexpected seq {} (want {}), {} bytes",
+                    s.seq.wrapping_sub(our),
+                    echoed.len(),
+                    s.payload.len()
+                );
+            }
+        }
+    }
+    assert!(echoed == data, "echo differs");
 }

@@ -192,6 +192,8 @@ pub struct NeighborCache {
     /// Pending packets: fixed pool of buffers, allocated once.
     slots: Vec<Slot>,
     bufs: Vec<Box<[u8]>>,
+    /// Slots in use (so the common case, nothing parked, skips the scan).
+    parked_count: usize,
     /// Slots whose neighbour resolved, ready to go out.
     ready: VecDeque<usize>,
     stats: ArpStats,
@@ -222,6 +224,7 @@ impl NeighborCache {
                 .map(|_| vec![0u8; frame_size].into_boxed_slice())
                 .collect(),
             ready: VecDeque::with_capacity(n),
+            parked_count: 0,
             stats: ArpStats::default(),
             cfg,
         }
@@ -398,11 +401,19 @@ impl NeighborCache {
             }
             return false;
         }
+        // Share only news: a resolution, a changed MAC, or a refresh of an entry that had gone
+        // stale (the other workers' copies age alike). Confirming a fresh entry stays local.
+        let news = e.mac != mac || !matches!(e.state, State::Reachable(u) if now < u);
         e.mac = mac;
         e.state = State::Reachable(until);
         e.probe_at = None;
         e.probes = 0;
-        self.learned(ip, mac)
+        if news {
+            self.learned(ip, mac)
+        } else {
+            self.stats.learned += 1;
+            true
+        }
     }
 
     fn learned(&mut self, ip: Ipv4Addr, mac: Mac) -> bool {
@@ -584,6 +595,7 @@ impl NeighborCache {
             len: frame.len(),
             used: true,
         };
+        self.parked_count += 1;
         true
     }
 
@@ -598,26 +610,29 @@ impl NeighborCache {
         while let Some(i) = self.ready.pop_front() {
             let s = self.slots[i];
             if !s.used || out.len() < s.len {
-                self.slots[i].used = false;
+                self.free_slot(i);
                 continue;
             }
             let mac = match self.entries.get(&s.next_hop) {
                 Some(e) if e.state != State::Incomplete => e.mac,
                 _ => {
-                    self.slots[i].used = false;
+                    self.free_slot(i);
                     self.stats.pending_dropped += 1;
                     continue;
                 }
             };
             out[..s.len].copy_from_slice(&self.bufs[i][..s.len]);
             out[0..6].copy_from_slice(&mac.0);
-            self.slots[i].used = false;
+            self.free_slot(i);
             return Some(s.len);
         }
         None
     }
 
     fn release(&mut self, ip: Ipv4Addr, _mac: Mac) {
+        if self.parked_count == 0 {
+            return;
+        }
         for (i, s) in self.slots.iter().enumerate() {
             if s.used && s.next_hop == ip && !self.ready.contains(&i) {
                 self.ready.push_back(i);
@@ -625,10 +640,18 @@ impl NeighborCache {
         }
     }
 
+    fn free_slot(&mut self, i: usize) {
+        if self.slots[i].used {
+            self.slots[i].used = false;
+            self.parked_count -= 1;
+        }
+    }
+
     fn drop_pending(&mut self, ip: Ipv4Addr) {
         for s in self.slots.iter_mut() {
             if s.used && s.next_hop == ip {
                 s.used = false;
+                self.parked_count -= 1;
                 self.stats.pending_dropped += 1;
             }
         }
@@ -636,7 +659,11 @@ impl NeighborCache {
 
     /// Packets parked, waiting for resolution or ready.
     pub fn parked(&self) -> usize {
-        self.slots.iter().filter(|s| s.used).count()
+        debug_assert_eq!(
+            self.parked_count,
+            self.slots.iter().filter(|s| s.used).count()
+        );
+        self.parked_count
     }
 }
 

@@ -101,7 +101,7 @@ impl Worker {
             let now = clock.now();
             let busy = self.turn(dev, now);
             if now.saturating_since(last_publish) >= Duration::from_millis(100) {
-                self.shared.publish(self.stack.stats());
+                self.shared.publish(&self.stack.snapshot());
                 last_publish = now;
             }
             if !busy && self.inbox.is_empty() {
@@ -114,7 +114,7 @@ impl Worker {
                 }
             }
         }
-        self.shared.publish(self.stack.stats());
+        self.shared.publish(&self.stack.snapshot());
     }
 }
 
@@ -125,10 +125,16 @@ pub fn summary(per_queue: &[StackStats]) -> String {
     for (q, st) in per_queue.iter().enumerate() {
         let _ = write!(
             s,
-            "q{q}: rx {} tx {} drops {}",
+            "q{q}: rx {} tx {} drops {} flows {} time_wait {} cookies {}/{} challenge_acks {} retransmits {}",
             st.rx_packets,
             st.tx_packets,
-            st.total_drops()
+            st.total_drops(),
+            st.tcp_flows,
+            st.tcp_time_wait,
+            st.syn_cookies_sent,
+            st.syn_cookies_validated,
+            st.challenge_acks,
+            st.tcp_retransmits
         );
         let mut first = true;
         for r in DropReason::ALL {
@@ -465,7 +471,9 @@ mod tests {
         let b = StackStats::default();
         assert_eq!(
             summary(&[a, b]),
-            "q0: rx 5 tx 2 drops 1 (ipv4_bad_checksum=1); q1: rx 0 tx 0 drops 0"
+            "q0: rx 5 tx 2 drops 1 flows 0 time_wait 0 cookies 0/0 challenge_acks 0 retransmits 0 \
+             (ipv4_bad_checksum=1); \
+             q1: rx 0 tx 0 drops 0 flows 0 time_wait 0 cookies 0/0 challenge_acks 0 retransmits 0"
         );
     }
 }

@@ -102,6 +102,8 @@ pub struct Stack {
     stats: StackStats,
     tcp: Tcp,
     apps: Apps,
+    /// Earliest instant at which `maybe_handle_timeout` looks at the timers again.
+    next_timer_check: Instant,
 }
 
 impl Stack {
@@ -123,6 +125,7 @@ impl Stack {
         Stack {
             tcp,
             apps,
+            next_timer_check: Instant::ZERO,
             mac: cfg.mac,
             neighbors: NeighborCache::new(cfg.arp, cfg.hash_key, cfg.frame_size),
             echo_limit: (cfg.icmp.echo_rate > 0)
@@ -151,6 +154,25 @@ impl Stack {
     /// Counters.
     pub fn stats(&self) -> &StackStats {
         &self.stats
+    }
+
+    /// Counters with the TCP figures filled in (for publishing; not for the per-packet path).
+    pub fn snapshot(&self) -> StackStats {
+        use crate::tcp::State;
+        let t = self.tcp.stats();
+        let mut s = self.stats.clone();
+        s.tcp_time_wait = t.flows(State::TimeWait);
+        s.tcp_flows = State::ALL
+            .iter()
+            .filter(|st| !matches!(st, State::Closed | State::Listen | State::TimeWait))
+            .map(|st| t.flows(*st))
+            .sum();
+        s.syn_cookies_sent = t.syn_cookies_sent;
+        s.syn_cookies_validated = t.syn_cookies_validated;
+        s.challenge_acks = t.challenge_acks;
+        s.tcp_retransmits = t.retransmits;
+        s.tcp_rsts_sent = t.rsts_sent;
+        s
     }
 
     /// The neighbour cache.
@@ -505,6 +527,19 @@ impl Stack {
         }
     }
 
+    /// Runs the timers if any is due, looking at most once per millisecond (the timers'
+    /// granularity): finding the next deadline scans the neighbour cache and the timer wheel,
+    /// which is too much work to repeat for every batch.
+    pub fn maybe_handle_timeout(&mut self, now: Instant) {
+        if now < self.next_timer_check {
+            return;
+        }
+        self.next_timer_check = now + core::time::Duration::from_millis(1);
+        if self.poll_timeout().is_some_and(|t| t <= now) {
+            self.handle_timeout(now);
+        }
+    }
+
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.neighbors.handle_timeout(now);
@@ -525,9 +560,7 @@ impl Stack {
 /// Runs one batch: timers, up to [`BATCH`] received frames, then everything the stack has to send.
 /// Returns the number of frames received and sent.
 pub fn run_batch<D: Device>(stack: &mut Stack, dev: &mut D, now: Instant) -> (usize, usize) {
-    if stack.poll_timeout().is_some_and(|t| t <= now) {
-        stack.handle_timeout(now);
-    }
+    stack.maybe_handle_timeout(now);
     let rx = dev.receive(BATCH, |frame, len| stack.handle_frame(now, frame, len));
     stack.run_apps();
     let tx = dev.transmit(BATCH, |buf| stack.poll_transmit(now, buf));

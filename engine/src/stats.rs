@@ -112,6 +112,20 @@ pub struct StackStats {
     pub icmp_errors: u64,
     /// TCP segments handed to the TCP layer.
     pub tcp_segments: u64,
+    /// TCP connections open (any state but CLOSED and TIME_WAIT); filled by `Stack::snapshot`.
+    pub tcp_flows: u64,
+    /// TCP connections in TIME_WAIT.
+    pub tcp_time_wait: u64,
+    /// SYN cookies sent.
+    pub syn_cookies_sent: u64,
+    /// SYN cookies validated (connections established from a cookie).
+    pub syn_cookies_validated: u64,
+    /// RFC 5961 challenge ACKs sent.
+    pub challenge_acks: u64,
+    /// TCP retransmissions.
+    pub tcp_retransmits: u64,
+    /// TCP RSTs sent.
+    pub tcp_rsts_sent: u64,
     /// Drops by reason, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -133,7 +147,7 @@ impl StackStats {
 }
 
 /// Number of scalar counters before the drop array in [`SharedStats`].
-const SCALARS: usize = 9;
+const SCALARS: usize = 16;
 
 /// Lock-free snapshot of a worker's counters, written by the worker, read by anyone.
 #[derive(Debug)]
@@ -162,6 +176,13 @@ impl SharedStats {
             s.icmp_echo_replies,
             s.icmp_errors,
             s.tcp_segments,
+            s.tcp_flows,
+            s.tcp_time_wait,
+            s.syn_cookies_sent,
+            s.syn_cookies_validated,
+            s.challenge_acks,
+            s.tcp_retransmits,
+            s.tcp_rsts_sent,
         ];
         for (slot, v) in self.values.iter().zip(scalars.iter().chain(s.drops.iter())) {
             slot.store(*v, Ordering::Relaxed);
@@ -181,6 +202,13 @@ impl SharedStats {
             icmp_echo_replies: v(6),
             icmp_errors: v(7),
             tcp_segments: v(8),
+            tcp_flows: v(9),
+            tcp_time_wait: v(10),
+            syn_cookies_sent: v(11),
+            syn_cookies_validated: v(12),
+            challenge_acks: v(13),
+            tcp_retransmits: v(14),
+            tcp_rsts_sent: v(15),
             drops: core::array::from_fn(|i| v(SCALARS + i)),
         }
     }
@@ -195,6 +223,7 @@ mod tests {
         let mut s = StackStats {
             rx_packets: 3,
             tcp_segments: 9,
+            tcp_rsts_sent: 4,
             ..Default::default()
         };
         s.drop(DropReason::Ipv4BadChecksum);
@@ -204,6 +233,7 @@ mod tests {
         let r = shared.read();
         assert_eq!(r.rx_packets, 3);
         assert_eq!(r.tcp_segments, 9);
+        assert_eq!(r.tcp_rsts_sent, 4);
         assert_eq!(r.drops_of(DropReason::Ipv4BadChecksum), 1);
         assert_eq!(r.drops_of(DropReason::TxNoBuffer), 1);
         assert_eq!(r.total_drops(), 2);

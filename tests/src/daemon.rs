@@ -152,18 +152,87 @@ impl Drop for Daemon {
     }
 }
 
-/// Parses `final: q0: rx N tx M drops D ...; q1: ...` into per-queue (rx, tx).
-pub fn final_per_queue(lines: &[String]) -> Result<Vec<(u64, u64)>> {
+/// Counters of one queue, as the daemon prints them in its `stats:` and `final:` lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Frames received.
+    pub rx: u64,
+    /// Frames sent.
+    pub tx: u64,
+    /// Frames dropped.
+    pub drops: u64,
+    /// Open TCP connections.
+    pub flows: u64,
+    /// Connections in TIME_WAIT.
+    pub time_wait: u64,
+    /// SYN cookies sent.
+    pub cookies_sent: u64,
+    /// SYN cookies validated.
+    pub cookies_validated: u64,
+    /// Challenge ACKs sent.
+    pub challenge_acks: u64,
+    /// Retransmissions.
+    pub retransmits: u64,
+}
+
+/// Parses one summary (`q0: rx N tx M drops D flows F time_wait T cookies S/V challenge_acks C
+/// retransmits R (reasons); q1: ...`).
+pub fn parse_summary(line: &str) -> Result<Vec<QueueStats>> {
+    line.split("; ")
+        .map(|q| {
+            let w: Vec<&str> = q.split_whitespace().collect();
+            let num = |key: &str| -> Result<u64> {
+                let i = w
+                    .iter()
+                    .position(|x| *x == key)
+                    .with_context(|| format!("no {key} in {q:?}"))?;
+                Ok(w.get(i + 1).context("value")?.parse()?)
+            };
+            let cookies = w
+                .iter()
+                .position(|x| *x == "cookies")
+                .and_then(|i| w.get(i + 1))
+                .context("cookies")?;
+            let (cs, cv) = cookies.split_once('/').context("cookies S/V")?;
+            Ok(QueueStats {
+                rx: num("rx")?,
+                tx: num("tx")?,
+                drops: num("drops")?,
+                flows: num("flows")?,
+                time_wait: num("time_wait")?,
+                cookies_sent: cs.parse()?,
+                cookies_validated: cv.parse()?,
+                challenge_acks: num("challenge_acks")?,
+                retransmits: num("retransmits")?,
+            })
+        })
+        .collect()
+}
+
+/// The per-queue counters of the `final:` line (printed at a clean shutdown).
+pub fn final_stats(lines: &[String]) -> Result<Vec<QueueStats>> {
     let line = lines
         .iter()
         .find_map(|l| l.strip_prefix("final: "))
         .context("no `final:` line in the daemon's output")?;
-    line.split("; ")
-        .map(|q| {
-            let w: Vec<&str> = q.split_whitespace().collect();
-            let rx = w.get(2).context("rx")?.parse()?;
-            let tx = w.get(4).context("tx")?.parse()?;
-            Ok((rx, tx))
-        })
-        .collect()
+    parse_summary(line)
+}
+
+/// The per-queue counters of the latest periodic `stats:` log line (`--stats-interval`).
+pub fn latest_stats(lines: &[String]) -> Result<Vec<QueueStats>> {
+    let line = lines
+        .iter()
+        .rev()
+        .find_map(|l| l.split_once("stats: ").map(|(_, r)| r))
+        .context("no `stats:` line yet")?;
+    let line = line.split("; xdp:").next().unwrap_or(line);
+    parse_summary(line)
+}
+
+/// Parses `final: ...` into per-queue (rx, tx).
+pub fn final_per_queue(lines: &[String]) -> Result<Vec<(u64, u64)>> {
+    Ok(final_stats(lines)?
+        .into_iter()
+        .map(|q| (q.rx, q.tx))
+        .collect())
 }

@@ -138,6 +138,8 @@ pub(crate) struct Conn {
     // Other timers.
     pub(crate) state_at: Instant,
     pub(crate) ka_at: Instant,
+    /// The deadline the timer wheel holds for this connection (`MAX`: none).
+    pub(crate) wheel_at: Instant,
     pub(crate) ka_probes: u32,
     pub(crate) ka_probe_pending: bool,
     pub(crate) last_rx: Instant,
@@ -220,6 +222,7 @@ impl Default for Conn {
             probe_pending: false,
             state_at: Instant::MAX,
             ka_at: Instant::MAX,
+            wheel_at: Instant::MAX,
             ka_probes: 0,
             ka_probe_pending: false,
             last_rx: Instant::ZERO,
@@ -1003,6 +1006,29 @@ impl Conn {
         (self.rcv_adv.wrapping_sub(self.rcv_nxt) >> self.rcv_shift).min(65535) as u16
     }
 
+    /// Bytes of options the next data segment carries: timestamps (12 with padding) and, while
+    /// out-of-order data is held, up to 3 or 4 SACK blocks.
+    fn data_options_len(&self) -> usize {
+        let ts = if self.ts_ok { 12 } else { 0 };
+        let sack = if self.sack_ok && !self.asm.is_empty() {
+            if self.ts_ok {
+                28
+            } else {
+                36
+            } // 2 + 8·n, padded to a multiple of 4
+        } else {
+            0
+        };
+        ts + sack
+    }
+
+    /// Largest payload for the next data segment in a buffer of `buf_len` bytes.
+    fn max_payload(&self, buf_len: usize) -> usize {
+        buf_len
+            .saturating_sub(HEADER_LEN + self.data_options_len())
+            .min(self.mss)
+    }
+
     /// Writes a segment header for `seq`/`fl` with `len` payload bytes from send-buffer offset
     /// `off`; returns the segment length.
     fn emit(
@@ -1120,6 +1146,12 @@ impl Conn {
                 self.snd_una
             };
             if let Some((s, len, fin)) = self.hole(start, tx_len) {
+                let room = self.max_payload(buf.len());
+                let (len, fin) = if len > room {
+                    (room, false)
+                } else {
+                    (len, fin)
+                };
                 let off = s.wrapping_sub(self.snd_una) as usize;
                 let mut fl = ack;
                 if fin {
@@ -1146,8 +1178,10 @@ impl Conn {
             let avail = tx_len - off;
             let wnd = self.snd_wnd.min(self.cc.cwnd) as usize;
             let usable = wnd.saturating_sub(off);
-            let room = buf.len().saturating_sub(HEADER_LEN + 40);
-            let mut len = avail.min(usable).min(self.mss).min(room);
+            // A full segment: the MSS, or less when this segment's options and the buffer
+            // leave less room (a full segment is never held back by Nagle).
+            let full = self.max_payload(buf.len());
+            let mut len = avail.min(usable).min(full);
             let retrans = seq::lt(self.snd_nxt, self.snd_max);
             if self.probe_pending && avail > 0 && len == 0 && off == 0 {
                 // Zero-window probe: one byte past the window; SND.NXT stays.
@@ -1162,7 +1196,7 @@ impl Conn {
             }
             let mut ok = len > 0
                 && (retrans
-                    || len == self.mss
+                    || len == full
                     || (len == avail && (self.nodelay || off == 0 || self.fin_queued))
                     || (self.max_snd_wnd > 0 && len >= self.max_snd_wnd as usize / 2));
             if len > 0 && !ok && self.probe_pending {

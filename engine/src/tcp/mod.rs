@@ -349,6 +349,24 @@ impl Tcp {
         if cfg.ephemeral_last < cfg.ephemeral_first {
             cfg.ephemeral_last = cfg.ephemeral_first;
         }
+        // Times beyond ~30 years would overflow microsecond arithmetic.
+        const MAX_MS: u64 = 1 << 40;
+        for v in [
+            &mut cfg.time_wait_ms,
+            &mut cfg.fin_wait2_timeout_ms,
+            &mut cfg.delayed_ack_ms,
+            &mut cfg.rto_min_ms,
+            &mut cfg.rto_max_ms,
+            &mut cfg.rto_initial_ms,
+        ] {
+            *v = (*v).min(MAX_MS);
+        }
+        cfg.rto_min_ms = cfg.rto_min_ms.max(1);
+        cfg.rto_max_ms = cfg.rto_max_ms.max(cfg.rto_min_ms);
+        if let Some(k) = cfg.keepalive.as_mut() {
+            k.idle_ms = k.idle_ms.clamp(1, MAX_MS);
+            k.interval_ms = k.interval_ms.clamp(1, MAX_MS);
+        }
         let n = cfg.max_flows;
         let mut conns = Vec::with_capacity(n);
         for _ in 0..n {
@@ -585,6 +603,7 @@ impl Tcp {
         self.wheel.expire(now, &mut expired);
         for &idx in &expired {
             let c = &mut self.conns[idx as usize];
+            c.wheel_at = Instant::MAX; // the wheel has unarmed it
             if c.state == State::Closed {
                 continue;
             }
@@ -664,10 +683,17 @@ impl Tcp {
         Ok(self.conns[idx as usize].rx.len())
     }
 
-    /// Free space in the send buffer.
-    pub fn send_capacity(&self, conn: ConnId) -> Result<usize, TcpError> {
+    /// Free space in the send buffer. When it is 0, a `Writable` event follows once the peer's
+    /// acknowledgments free some (as after a short `send`).
+    pub fn send_capacity(&mut self, conn: ConnId) -> Result<usize, TcpError> {
         let idx = self.check(conn)?;
-        Ok(self.conns[idx as usize].tx.free())
+        let c = &mut self.conns[idx as usize];
+        let free = c.tx.free();
+        if free == 0 {
+            // The caller will wait for room: tell it when there is some.
+            c.want_writable = true;
+        }
+        Ok(free)
     }
 
     /// Closes the write side: a FIN follows the queued data. Reading goes on.
@@ -858,6 +884,7 @@ impl Tcp {
         c.id.gen = c.id.gen.wrapping_add(1);
         self.table.remove(hash, idx);
         self.wheel.cancel(idx);
+        self.conns[idx as usize].wheel_at = Instant::MAX;
         if passive && old == State::SynReceived {
             if let Some(l) = self.listener(lport) {
                 l.syn_rcvd = l.syn_rcvd.saturating_sub(1);
@@ -876,11 +903,15 @@ impl Tcp {
     }
 
     fn sync_timer(&mut self, idx: u32) {
-        let c = &self.conns[idx as usize];
-        if c.state == State::Closed {
-            self.wheel.cancel(idx);
+        let c = &mut self.conns[idx as usize];
+        let at = if c.state == State::Closed {
+            Instant::MAX
         } else {
-            self.wheel.set(idx, c.next_deadline());
+            c.next_deadline()
+        };
+        if at != c.wheel_at {
+            c.wheel_at = at;
+            self.wheel.set(idx, at);
         }
     }
 
@@ -1091,11 +1122,12 @@ impl Tcp {
         }
         if seg.has(flags::ACK) {
             if !seg.has(flags::SYN) && self.cookies_recent(now) {
-                if let Some(idx) = self.cookie_accept(now, key, hash, seg) {
-                    self.conn_segment(now, idx, seg);
-                    return;
+                match self.cookie_accept(now, key, hash, seg) {
+                    Ok(idx) => return self.conn_segment(now, idx, seg),
+                    // A valid cookie but no room: drop, the peer retransmits (as Linux).
+                    Err(true) => return,
+                    Err(false) => self.stats.syn_cookies_failed += 1,
                 }
-                self.stats.syn_cookies_failed += 1;
             }
             self.reply_rst(key, seg.ack, 0, flags::RST);
             return;
@@ -1130,7 +1162,10 @@ impl Tcp {
             c.snd_nxt = isn;
             c.snd_max = isn;
         }
-        let ts_offset = self.ts_offset(&key);
+        let ts_offset = match (self.cfg.timestamps, seg.options.timestamps) {
+            (true, Some(_)) => self.ts_offset(&key),
+            _ => 0,
+        };
         self.conns[idx as usize].open_passive(&self.cfg, now, seg, ts_offset);
         if let Some(l) = self.listener(key.lport) {
             l.syn_rcvd += 1;
@@ -1220,17 +1255,18 @@ impl Tcp {
         });
     }
 
-    /// Validates a cookie ACK and creates the established connection.
+    /// Validates a cookie ACK and creates the connection (in SYN_RECEIVED, completed by this
+    /// very ACK). `Err(true)`: valid but no room (accept backlog or table full).
     fn cookie_accept(
         &mut self,
         now: Instant,
         key: FlowKey,
         hash: u64,
         seg: &TcpRepr<'_>,
-    ) -> Option<u32> {
+    ) -> Result<u32, bool> {
         let peer_isn = seg.seq.wrapping_sub(1);
         let iss = seg.ack.wrapping_sub(1);
-        let mss_idx = self.cookie_check(now, &key, peer_isn, iss)?;
+        let mss_idx = self.cookie_check(now, &key, peer_isn, iss).ok_or(false)?;
         let room = self
             .listeners
             .iter()
@@ -1238,10 +1274,13 @@ impl Tcp {
             .is_some_and(|l| l.accept_pending < self.cfg.accept_backlog);
         if !room {
             self.stats.drops_accept_backlog += 1;
-            return None;
+            return Err(true);
         }
         let ts_offset = self.ts_offset(&key);
-        let idx = self.create(now, key, hash, key.lport)?;
+        let Some(idx) = self.create(now, key, hash, key.lport) else {
+            self.stats.drops_table_full += 1;
+            return Err(true);
+        };
         self.stats.syn_cookies_validated += 1;
         let c = &mut self.conns[idx as usize];
         c.iss = iss;
@@ -1273,7 +1312,7 @@ impl Tcp {
             l.syn_rcvd += 1; // balanced when it leaves SYN_RECEIVED
         }
         self.set_state(idx, State::SynReceived);
-        Some(idx)
+        Ok(idx)
     }
 }
 

@@ -5,7 +5,7 @@ use super::*;
 use crate::wire::tcp::{flags::*, SackBlock, TcpOptions, TcpRepr, Timestamps};
 
 mod active;
-mod harness;
+
 mod interop;
 mod options;
 mod passive;

@@ -1486,78 +1486,83 @@ fn test_server_life_counts_segments() {
 }
 
 /// Rough cost of a server-side connection life (SYN … last ACK, 100-byte request and
-/// response). Run with `cargo test --release -p handshake --lib server_life_cost -- --ignored
-/// --nocapture`; the criterion benchmark is the reference.
+/// response), the peer's segments prebuilt. Run with `cargo test --release -p handshake --lib
+/// server_life_cost -- --ignored --nocapture`; the criterion benchmark is the reference.
 #[test]
 #[ignore]
 fn server_life_cost() {
     let cfg = TcpConfig {
-        max_flows: 1024,
-        prealloc_buffers: 1024,
+        max_flows: 4096,
+        prealloc_buffers: 16,
         time_wait_ms: 1,
         ..TcpConfig::default()
     };
     let mut tcp = Tcp::new(cfg, SECRET);
+    tcp.test_isn = Some(1000);
     tcp.listen(LPORT).unwrap();
-    let mk = |r: TcpRepr<'_>, buf: &mut [u8]| r.emit(buf, REMOTE.octets(), LOCAL.octets()).unwrap();
     let req = [b'q'; 100];
     let resp = [b'r'; 100];
+    let ports = 2000u16;
+    let mut segs = Vec::new();
+    for k in 0..ports {
+        let base = TcpRepr {
+            src_port: 1024 + k,
+            ..SEND_TEMPL
+        };
+        let mut v = Vec::new();
+        for r in [
+            TcpRepr {
+                flags: SYN,
+                seq: 1,
+                ..base
+            },
+            TcpRepr {
+                seq: 2,
+                ack: 1001,
+                payload: &req,
+                ..base
+            },
+            TcpRepr {
+                flags: FIN | ACK,
+                seq: 102,
+                ack: 1102,
+                ..base
+            },
+        ] {
+            let mut b = vec![0u8; r.buffer_len()];
+            r.emit(&mut b, REMOTE.octets(), LOCAL.octets()).unwrap();
+            v.push(b);
+        }
+        segs.push(v);
+    }
     let mut out = [0u8; 2048];
-    let mut seg = [0u8; 256];
+    let mut b = [0u8; 128];
     let n = 200_000u32;
     let start = std::time::Instant::now();
     for i in 0..n {
         let now = Instant::from_millis(i as u64 * 2);
         tcp.handle_timeout(now);
-        let port = 1024 + (i % 60000) as u16;
-        let base = SEND_TEMPL;
-        let l = mk(
-            TcpRepr {
-                src_port: port,
-                flags: SYN,
-                seq: 1,
-                ..base
-            },
-            &mut seg,
-        );
-        tcp.handle_segment(now, REMOTE, LOCAL, &seg[..l]);
-        let sa = tcp.poll_transmit(now, &mut out).unwrap();
-        let iss = TcpRepr::parse_bytes(&out[..sa.len]).unwrap().seq;
-        let l = mk(
-            TcpRepr {
-                src_port: port,
-                seq: 2,
-                ack: iss + 1,
-                payload: &req,
-                ..base
-            },
-            &mut seg,
-        );
-        tcp.handle_segment(now, REMOTE, LOCAL, &seg[..l]);
+        let s = &segs[(i % ports as u32) as usize];
+        tcp.handle_segment(now, REMOTE, LOCAL, &s[0]);
+        tcp.poll_transmit(now, &mut out).unwrap();
+        tcp.handle_segment(now, REMOTE, LOCAL, &s[1]);
         let Some(Event::Accepted { conn, .. }) = tcp.poll_event() else {
             panic!()
         };
         let _ = tcp.poll_event();
-        let mut b = [0u8; 128];
         tcp.recv(conn, &mut b).unwrap();
         tcp.send(conn, &resp).unwrap();
         tcp.close(conn).unwrap();
         tcp.poll_transmit(now, &mut out).unwrap();
-        let l = mk(
-            TcpRepr {
-                src_port: port,
-                flags: FIN | ACK,
-                seq: 102,
-                ack: iss + 102,
-                ..base
-            },
-            &mut seg,
-        );
-        tcp.handle_segment(now, REMOTE, LOCAL, &seg[..l]);
+        tcp.handle_segment(now, REMOTE, LOCAL, &s[2]);
         while tcp.poll_event().is_some() {}
         while tcp.poll_transmit(now, &mut out).is_some() {}
     }
-    assert!(tcp.stats().time_wait() <= 2);
     let per = start.elapsed().as_nanos() / n as u128;
-    eprintln!("server life: {per} ns (includes building the peer's segments)");
+    assert!(tcp.stats().time_wait() <= 2);
+    assert_eq!(tcp.stats().passive_opens, n as u64);
+    eprintln!(
+        "server life: {per} ns; size_of::<Conn>() = {}",
+        core::mem::size_of::<conn::Conn>()
+    );
 }

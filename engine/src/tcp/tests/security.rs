@@ -443,3 +443,137 @@ fn test_syn_cookies_when_flow_table_full() {
     );
     assert_eq!(t.tcp.stats().syn_cookies_validated, 1);
 }
+
+#[test]
+fn test_syn_cookie_valid_but_table_full_dropped_silently() {
+    let mut t = tcp_listen_with(TcpConfig {
+        max_flows: 1,
+        syn_cookies: SynCookies::Auto,
+        ..cfg()
+    });
+    send!(t, syn());
+    t.recv(&mut [0u8; 2048]).unwrap();
+    send!(
+        t,
+        TcpRepr {
+            src_port: RPORT + 1,
+            ..syn()
+        }
+    );
+    let mut buf = [0u8; 2048];
+    let cookie = t.recv(&mut buf).unwrap().seq;
+    send!(
+        t,
+        TcpRepr {
+            src_port: RPORT + 1,
+            seq: REMOTE_SEQ + 1,
+            ack: cookie.wrapping_add(1),
+            ..SEND_TEMPL
+        }
+    );
+    recv_nothing!(t);
+    assert_eq!(t.tcp.stats().drops_table_full, 1);
+    assert_eq!(t.tcp.stats().syn_cookies_failed, 0);
+}
+
+/// Seeded fuzz: random bytes and random plausible segments against every state; the engine
+/// must never panic, and its per-state counters must stay consistent.
+#[test]
+fn test_fuzz_random_segments_never_panic() {
+    type Factory = fn() -> (T, ConnId);
+    let factories: [Factory; 9] = [
+        tcp_established,
+        tcp_close_wait,
+        tcp_last_ack,
+        tcp_fin_wait_1,
+        tcp_fin_wait_2,
+        tcp_closing,
+        tcp_time_wait,
+        tcp_syn_sent,
+        tcp_established_active,
+    ];
+    let mut x = 0x1234_5678_9abc_def1u64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for (fi, f) in factories.iter().enumerate() {
+        let (mut t, c) = f();
+        t.tcp.send(c, b"pending data").ok();
+        let mut out = [0u8; 2048];
+        for i in 0..3000u32 {
+            let r = rnd();
+            let mut seg = [0u8; 80];
+            let len = if r % 4 == 0 {
+                // Raw garbage of random length.
+                for b in seg.iter_mut() {
+                    *b = rnd() as u8;
+                }
+                (rnd() % 80) as usize
+            } else {
+                // A plausible header with random fields near the connection's numbers.
+                let near =
+                    |base: u32, r: u64| base.wrapping_add((r % 200) as u32).wrapping_sub(100);
+                let opts = [
+                    2u8,
+                    4,
+                    5,
+                    0xb4,
+                    1,
+                    3,
+                    3,
+                    (r >> 8) as u8 % 20,
+                    4,
+                    2,
+                    8,
+                    10,
+                    0,
+                    0,
+                    0,
+                    1,
+                    0,
+                    0,
+                    0,
+                    2,
+                ];
+                let mut o = TcpOptions::NONE;
+                if r & 0x100 != 0 {
+                    o = TcpOptions::parse(&opts).unwrap();
+                }
+                if r & 0x200 != 0 {
+                    o.sack_len = 2;
+                    o.sack[0] = SackBlock {
+                        left: near(LOCAL_SEQ, rnd()),
+                        right: near(LOCAL_SEQ, rnd()),
+                    };
+                    o.sack[1] = SackBlock {
+                        left: rnd() as u32,
+                        right: rnd() as u32,
+                    };
+                }
+                let repr = TcpRepr {
+                    seq: near(REMOTE_SEQ, rnd()),
+                    ack: near(LOCAL_SEQ, rnd()),
+                    flags: (rnd() & 0x3f) as u8,
+                    window: rnd() as u16,
+                    options: o,
+                    payload: &b"0123456789abcdef"[..(rnd() % 17) as usize],
+                    ..SEND_TEMPL
+                };
+                repr.emit(&mut seg, REMOTE.octets(), LOCAL.octets())
+                    .unwrap()
+            };
+            if i % 7 == 0 {
+                t.at(t.now.as_millis() + (rnd() % 500));
+            }
+            t.tcp.handle_segment(t.now, REMOTE, LOCAL, &seg[..len]);
+            while t.tcp.poll_transmit(t.now, &mut out).is_some() {}
+            while t.tcp.poll_event().is_some() {}
+            let _ = t.tcp.recv(c, &mut [0u8; 7]);
+            let total: u64 = t.tcp.stats().flows_by_state.iter().sum();
+            assert_eq!(total, 8, "factory {fi}, step {i}");
+        }
+    }
+}

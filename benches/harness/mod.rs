@@ -1,0 +1,7 @@
+//! Shared pieces of the benchmarks: client frames, the in-memory device both stacks run on, the
+//! two servers, and the scripted clients.
+
+pub mod client;
+pub mod dev;
+pub mod frames;
+pub mod servers;

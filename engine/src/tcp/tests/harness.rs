@@ -1,1 +1,0 @@
-//! Tests of the harness itself and of engine-wide properties.

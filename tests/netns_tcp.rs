@@ -1,0 +1,388 @@
+//! Privileged TCP tests over veth with the Linux kernel as the peer: bulk echo with SHA-256 both
+//! ways (clean and with 5% loss), 1,000 concurrent connections, half-close, a SYN flood answered
+//! with SYN cookies while real clients connect, RFC 5961 challenge ACKs.
+//! Run with `cargo xtask test` (root).
+
+use anyhow::{ensure, Context, Result};
+use handshake_tests::daemon::{final_stats, latest_stats, Daemon};
+use handshake_tests::netns::Topology;
+use std::time::{Duration, Instant};
+
+/// Debian's Python: it has scapy (python3-scapy).
+const PY: &str = "/usr/bin/python3";
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Adds an output-hook rule in the peer namespace (table `inet NAME`).
+fn nft(topo: &Topology, table: &str, rule: &str) -> Result<()> {
+    let script = format!(
+        "table inet {table} {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  {rule}\n }}\n}}\n"
+    );
+    let o = topo.run_peer_args([
+        "sh",
+        "-c",
+        &format!("printf '%s' \"$0\" | nft -f -"),
+        &script,
+    ])?;
+    ensure!(o.status.success(), "nft {script}: {}", text(&o));
+    Ok(())
+}
+
+fn py(topo: &Topology, script: &str, args: &[&str]) -> Result<String> {
+    let mut argv = vec![PY, "-c", script];
+    argv.extend_from_slice(args);
+    let o = topo.run_peer_args(&argv)?;
+    let out = text(&o);
+    ensure!(o.status.success(), "peer script failed:\n{out}");
+    Ok(out)
+}
+
+/// Sends SIZE bytes (a seeded pseudo-random stream) to the echo port while reading the echo,
+/// shuts down writing (half-close), reads until EOF, and prints both SHA-256 digests.
+const ECHO_CLIENT: &str = r#"
+import hashlib, random, socket, sys, threading
+size = int(sys.argv[1])
+s = socket.create_connection(('198.18.0.1', 7), timeout=60)
+sent_hash = hashlib.sha256()
+def writer():
+    rng = random.Random(1234)
+    left = size
+    while left:
+        n = min(left, 65536)
+        chunk = rng.randbytes(n)
+        sent_hash.update(chunk)
+        s.sendall(chunk)
+        left -= n
+    s.shutdown(socket.SHUT_WR)
+t = threading.Thread(target=writer)
+t.start()
+got = hashlib.sha256()
+total = 0
+while True:
+    b = s.recv(1 << 20)
+    if not b:
+        break
+    got.update(b)
+    total += len(b)
+t.join()
+print('sent', size, sent_hash.hexdigest())
+print('recv', total, got.hexdigest())
+"#;
+
+fn check_echo(out: &str, size: usize) -> Result<()> {
+    let sent = out
+        .lines()
+        .find(|l| l.starts_with("sent "))
+        .context("no sent line")?;
+    let recv = out
+        .lines()
+        .find(|l| l.starts_with("recv "))
+        .context("no recv line")?;
+    let (s, r): (Vec<_>, Vec<_>) = (
+        sent.split_whitespace().collect(),
+        recv.split_whitespace().collect(),
+    );
+    ensure!(
+        r[1] == size.to_string(),
+        "received {} of {size} bytes",
+        r[1]
+    );
+    ensure!(
+        s[2] == r[2],
+        "SHA-256 differs: sent {} received {}",
+        s[2],
+        r[2]
+    );
+    Ok(())
+}
+
+#[test]
+fn echo_64_mib_sha256_both_ways_with_half_close() -> Result<()> {
+    let topo = Topology::builder().up()?;
+    let mut d = Daemon::start(&topo, &["--addr", "198.18.0.1/24", "--echo", "7"])?;
+    let size = 64 << 20;
+    let t = Instant::now();
+    let out = py(&topo, ECHO_CLIENT, &[&size.to_string()])?;
+    let secs = t.elapsed().as_secs_f64();
+    check_echo(&out, size)?;
+    eprintln!(
+        "64 MiB echoed in {secs:.1} s ({:.0} Mbit/s each way)",
+        size as f64 * 8.0 / secs / 1e6
+    );
+    d.stop_with("TERM")?;
+    Ok(())
+}
+
+#[test]
+fn echo_64_mib_with_5_percent_loss() -> Result<()> {
+    let topo = Topology::builder().up()?;
+    let mut d = Daemon::start(&topo, &["--addr", "198.18.0.1/24", "--echo", "7"])?;
+    nft(
+        &topo,
+        "chaos",
+        "meta l4proto tcp numgen random mod 100 < 5 drop",
+    )?;
+    let size = 64 << 20;
+    let t = Instant::now();
+    let out = py(&topo, ECHO_CLIENT, &[&size.to_string()])?;
+    check_echo(&out, size)?;
+    let lines = d.stop_with("TERM")?;
+    let q = final_stats(&lines)?;
+    let retransmits: u64 = q.iter().map(|q| q.retransmits).sum();
+    eprintln!(
+        "64 MiB through 5% loss in {:.1} s; engine retransmits {retransmits}",
+        t.elapsed().as_secs_f64()
+    );
+    ensure!(
+        retransmits > 0,
+        "5% loss but no retransmission counted: {q:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn thousand_concurrent_connections_64_kib_each() -> Result<()> {
+    let topo = Topology::builder().up()?;
+    let d = Daemon::start(
+        &topo,
+        &[
+            "--addr",
+            "198.18.0.1/24",
+            "--echo",
+            "7",
+            "--stats-interval",
+            "1",
+        ],
+    )?;
+    let script = r#"
+import asyncio, os
+N, SIZE = 1000, 65536
+async def one(i):
+    r, w = await asyncio.open_connection('198.18.0.1', 7)
+    data = os.urandom(SIZE)
+    w.write(data)
+    await w.drain()
+    w.write_eof()
+    got = await r.readexactly(SIZE)
+    rest = await r.read()
+    w.close()
+    return got == data and rest == b''
+async def main():
+    sem = asyncio.Semaphore(N)
+    res = await asyncio.wait_for(asyncio.gather(*[one(i) for i in range(N)], return_exceptions=True), 120)
+    ok = sum(1 for x in res if x is True)
+    errs = [repr(x) for x in res if x is not True][:5]
+    print('ok', ok, errs)
+asyncio.run(main())
+"#;
+    let out = py(&topo, script, &[])?;
+    ensure!(
+        out.contains("ok 1000 "),
+        "not all 1000 connections completed:\n{out}"
+    );
+    // No connection left in a wrong state on the peer: only TIME-WAIT (the peer closed first).
+    let o = topo.run_peer("ss -tan state all dport = :7")?;
+    let ss = text(&o);
+    let bad: Vec<&str> = ss
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with("TIME-WAIT"))
+        .collect();
+    ensure!(
+        bad.is_empty(),
+        "peer sockets in unexpected states:\n{}",
+        bad.join("\n")
+    );
+    // The engine's flow counters go back to zero (we closed passively: no TIME_WAIT here).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        std::thread::sleep(Duration::from_millis(1100));
+        let q = latest_stats(&d.lines())?;
+        let (flows, tw): (u64, u64) = (
+            q.iter().map(|q| q.flows).sum(),
+            q.iter().map(|q| q.time_wait).sum(),
+        );
+        if flows == 0 && tw == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "engine still has {flows} flows and {tw} in TIME_WAIT: {q:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A SYN flood (bounded: 30,000 SYNs from the peer's address, random source ports below 32768,
+/// the peer kernel's RSTs to our SYN-ACKs suppressed so half-open entries pile up) while a client
+/// makes 200 real connections. With a small SYN backlog, SYN cookies must carry them all.
+#[test]
+fn syn_flood_real_clients_still_connect_with_cookies() -> Result<()> {
+    let topo = Topology::builder().up()?;
+    let cfg = std::env::temp_dir().join(format!("hs-synflood-{}.toml", std::process::id()));
+    std::fs::write(&cfg, "[tcp]\nsyn_backlog = 64\n")?;
+    let d = Daemon::start(
+        &topo,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--addr",
+            "198.18.0.1/24",
+            "--echo",
+            "7",
+            "--stats-interval",
+            "1",
+        ],
+    )?;
+    let rss = |pid: u32| -> Result<u64> {
+        // The daemon is `ip netns exec`'s child: find the handshake process itself.
+        let o = std::process::Command::new("pgrep")
+            .args(["-P", &pid.to_string()])
+            .output()?;
+        let child = String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .lines()
+            .next()
+            .map(str::to_string);
+        let p = child.unwrap_or_else(|| pid.to_string());
+        let status = std::fs::read_to_string(format!("/proc/{p}/status"))?;
+        let kb = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("VmRSS")?;
+        Ok(kb.split_whitespace().nth(1).context("kB")?.parse()?)
+    };
+    let before = rss(d.pid())?;
+    nft(&topo, "flood", "tcp flags rst tcp sport < 32768 drop")?;
+    let flood = r#"
+import random, time
+from scapy.all import Ether, IP, TCP, conf, sendp, get_if_hwaddr
+import sys
+iface, dst_mac = sys.argv[1], sys.argv[2]
+rng = random.Random(7)
+pkts = [Ether(dst=dst_mac)/IP(src='198.18.0.2', dst='198.18.0.1')/TCP(sport=rng.randrange(1024, 32768), dport=7, flags='S', seq=rng.getrandbits(32)) for _ in range(30000)]
+t = time.time()
+sendp(pkts, iface=iface, verbose=False)
+print('flood', len(pkts), 'in', round(time.time() - t, 1), 's')
+"#;
+    let mac = handshake_tests::netns::mac_string(topo.eng_mac());
+    let flooder = topo.spawn_peer([PY, "-c", flood, topo.peer_if(), &mac])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let clients = r#"
+import socket, time
+ok = 0
+t = time.time()
+for i in range(200):
+    try:
+        s = socket.create_connection(('198.18.0.1', 7), timeout=5)
+        s.sendall(b'ping%d' % i)
+        ok += s.recv(100) == b'ping%d' % i
+        s.close()
+    except Exception as e:
+        print('fail', i, e)
+print('ok', ok, 'in', round(time.time() - t, 1), 's')
+"#;
+    let out = py(&topo, clients, &[])?;
+    let fl = flooder.wait_with_output()?;
+    eprintln!(
+        "{}{}",
+        String::from_utf8_lossy(&fl.stdout),
+        String::from_utf8_lossy(&fl.stderr)
+    );
+    ensure!(
+        out.contains("ok 200 "),
+        "real clients failed during the flood:\n{out}"
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    let q = latest_stats(&d.lines())?;
+    let (sent, valid): (u64, u64) = (
+        q.iter().map(|q| q.cookies_sent).sum(),
+        q.iter().map(|q| q.cookies_validated).sum(),
+    );
+    let after = rss(d.pid())?;
+    eprintln!(
+        "SYN flood: cookies sent {sent}, validated {valid}; RSS {before} kB -> {after} kB; {out}"
+    );
+    ensure!(sent > 0, "no SYN cookies sent: {q:?}");
+    ensure!(valid > 0, "no SYN cookie validated: {q:?}");
+    ensure!(
+        after * 10 <= before * 11,
+        "memory grew more than 10%: {before} kB -> {after} kB"
+    );
+    let _ = std::fs::remove_file(&cfg);
+    Ok(())
+}
+
+/// RFC 5961 against a real engine: scapy opens a connection (the peer kernel's RSTs suppressed),
+/// then sends an in-window RST and an in-window SYN — each must get a challenge ACK and leave
+/// the connection alive — and finally an exact-sequence RST, which must reset it.
+#[test]
+fn rfc5961_challenge_acks_and_exact_reset() -> Result<()> {
+    let topo = Topology::builder().up()?;
+    let d = Daemon::start(
+        &topo,
+        &[
+            "--addr",
+            "198.18.0.1/24",
+            "--echo",
+            "7",
+            "--stats-interval",
+            "1",
+        ],
+    )?;
+    nft(&topo, "quiet", "tcp flags rst tcp sport 40404 drop")?;
+    let script = r#"
+import sys
+from scapy.all import Ether, IP, TCP, srp1, sendp, conf
+conf.verb = 0
+iface, mac = sys.argv[1], sys.argv[2]
+base = Ether(dst=mac)/IP(src='198.18.0.2', dst='198.18.0.1')
+sp = 40404
+seq = 1000
+synack = srp1(base/TCP(sport=sp, dport=7, flags='S', seq=seq), iface=iface, timeout=3)
+assert synack and synack[TCP].flags == 'SA', 'no SYN-ACK'
+ours = synack[TCP].seq + 1
+seq += 1
+sendp(base/TCP(sport=sp, dport=7, flags='A', seq=seq, ack=ours), iface=iface)
+# Echo check: the connection works.
+r = srp1(base/TCP(sport=sp, dport=7, flags='PA', seq=seq, ack=ours)/b'hello', iface=iface, timeout=3)
+assert r and bytes(r[TCP].payload) == b'hello', 'no echo: %r' % r
+seq += 5
+ours += 5
+sendp(base/TCP(sport=sp, dport=7, flags='A', seq=seq, ack=ours), iface=iface)
+# In-window but not exact RST: challenge ACK, connection survives.
+r = srp1(base/TCP(sport=sp, dport=7, flags='R', seq=seq + 100), iface=iface, timeout=3)
+assert r and r[TCP].flags == 'A' and r[TCP].ack == seq, 'no challenge ACK for RST: %r' % r
+print('challenge-ack rst ok')
+# In-window SYN: challenge ACK.
+r = srp1(base/TCP(sport=sp, dport=7, flags='S', seq=seq + 10), iface=iface, timeout=3)
+assert r and r[TCP].flags == 'A' and r[TCP].ack == seq, 'no challenge ACK for SYN: %r' % r
+print('challenge-ack syn ok')
+# Still alive.
+r = srp1(base/TCP(sport=sp, dport=7, flags='PA', seq=seq, ack=ours)/b'again', iface=iface, timeout=3)
+assert r and bytes(r[TCP].payload) == b'again', 'connection did not survive: %r' % r
+seq += 5
+ours += 5
+# Exact-sequence RST: reset.
+sendp(base/TCP(sport=sp, dport=7, flags='R', seq=seq), iface=iface)
+r = srp1(base/TCP(sport=sp, dport=7, flags='PA', seq=seq, ack=ours)/b'dead?', iface=iface, timeout=3)
+assert r and 'R' in str(r[TCP].flags), 'connection not reset: %r' % r
+print('exact rst ok')
+"#;
+    let mac = handshake_tests::netns::mac_string(topo.eng_mac());
+    let out = py(&topo, script, &[topo.peer_if(), &mac])?;
+    ensure!(out.contains("exact rst ok"), "{out}");
+    std::thread::sleep(Duration::from_millis(1200));
+    let q = latest_stats(&d.lines())?;
+    ensure!(
+        q.iter().map(|q| q.challenge_acks).sum::<u64>() >= 2,
+        "challenge ACKs not counted: {q:?}"
+    );
+    Ok(())
+}
