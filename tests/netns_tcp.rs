@@ -268,12 +268,19 @@ iface, dst_mac = sys.argv[1], sys.argv[2]
 rng = random.Random(7)
 pkts = [Ether(dst=dst_mac)/IP(src='198.18.0.2', dst='198.18.0.1')/TCP(sport=rng.randrange(1024, 32768), dport=7, flags='S', seq=rng.getrandbits(32)) for _ in range(30000)]
 t = time.time()
+print('sending', flush=True)
 sendp(pkts, iface=iface, verbose=False)
 print('flood', len(pkts), 'in', round(time.time() - t, 1), 's')
 "#;
     let mac = handshake_tests::netns::mac_string(topo.eng_mac());
-    let flooder = topo.spawn_peer([PY, "-c", flood, topo.peer_if(), &mac])?;
-    std::thread::sleep(Duration::from_millis(500));
+    let mut flooder = topo.spawn_peer([PY, "-c", flood, topo.peer_if(), &mac])?;
+    // Wait until scapy has built its packets and starts sending, plus a moment for the backlog
+    // to fill.
+    let mut flood_out = std::io::BufReader::new(flooder.stdout.take().context("flood stdout")?);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut flood_out, &mut line)?;
+    ensure!(line.starts_with("sending"), "flood did not start: {line:?}");
+    std::thread::sleep(Duration::from_millis(300));
     let clients = r#"
 import socket, time
 ok = 0
@@ -339,9 +346,17 @@ fn rfc5961_challenge_acks_and_exact_reset() -> Result<()> {
     nft(&topo, "quiet", "tcp flags rst tcp sport 40404 drop")?;
     let script = r#"
 import sys
-from scapy.all import Ether, IP, TCP, srp1, sendp, conf
+from scapy.all import Ether, IP, TCP, sendp, conf, AsyncSniffer
 conf.verb = 0
 iface, mac = sys.argv[1], sys.argv[2]
+def srp1(pkt, iface, timeout):
+    # scapy never matches answers to RSTs, so sniff for the engine's next segment instead.
+    sn = AsyncSniffer(iface=iface, filter='tcp and src host 198.18.0.1 and src port 7', count=1, timeout=timeout)
+    sn.start()
+    import time; time.sleep(0.1)
+    sendp(pkt, iface=iface)
+    sn.join()
+    return sn.results[0] if sn.results else None
 base = Ether(dst=mac)/IP(src='198.18.0.2', dst='198.18.0.1')
 sp = 40404
 seq = 1000
