@@ -24,12 +24,7 @@ fn nft(topo: &Topology, table: &str, rule: &str) -> Result<()> {
     let script = format!(
         "table inet {table} {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  {rule}\n }}\n}}\n"
     );
-    let o = topo.run_peer_args([
-        "sh",
-        "-c",
-        &format!("printf '%s' \"$0\" | nft -f -"),
-        &script,
-    ])?;
+    let o = topo.run_peer_args(["sh", "-c", "printf '%s' \"$0\" | nft -f -", &script])?;
     ensure!(o.status.success(), "nft {script}: {}", text(&o));
     Ok(())
 }
@@ -123,11 +118,12 @@ fn echo_64_mib_sha256_both_ways_with_half_close() -> Result<()> {
 fn echo_64_mib_with_5_percent_loss() -> Result<()> {
     let topo = Topology::builder().up()?;
     let mut d = Daemon::start(&topo, &["--addr", "198.18.0.1/24", "--echo", "7"])?;
-    nft(
-        &topo,
-        "chaos",
-        "meta l4proto tcp numgen random mod 100 < 5 drop",
-    )?;
+    // 5% of the peer's TCP packets lost both ways: the engine's segments as they arrive (input
+    // hook: one wire segment each, which exercises the engine's recovery) and the peer's own
+    // outgoing packets (output hook: the kernel's GSO packets, before segmentation).
+    let script = "table inet chaos {\n chain in {\n  type filter hook input priority 0; policy accept;\n  meta l4proto tcp numgen random mod 100 < 5 counter drop\n }\n chain out {\n  type filter hook output priority 0; policy accept;\n  meta l4proto tcp numgen random mod 100 < 5 counter drop\n }\n}\n";
+    let o = topo.run_peer_args(["sh", "-c", "printf '%s' \"$0\" | nft -f -", script])?;
+    ensure!(o.status.success(), "nft: {}", text(&o));
     let size = 64 << 20;
     let t = Instant::now();
     let out = py(&topo, ECHO_CLIENT, &[&size.to_string()])?;
@@ -139,9 +135,30 @@ fn echo_64_mib_with_5_percent_loss() -> Result<()> {
         "64 MiB through 5% loss in {:.1} s; engine retransmits {retransmits}",
         t.elapsed().as_secs_f64()
     );
+    // The loss really happened: the rule's counter. (The engine itself may retransmit nothing:
+    // the peer drops its own segments, and cumulative ACKs cover lost ACKs.)
+    let o = topo.run_peer("nft list table inet chaos")?;
+    let listing = text(&o);
+    let counts: Vec<u64> = listing
+        .split("counter packets ")
+        .skip(1)
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect();
+    ensure!(
+        counts.len() == 2,
+        "no counters in the nft listing: {listing}"
+    );
+    let (dropped_in, dropped_out) = (counts[0], counts[1]);
+    eprintln!("nftables dropped {dropped_in} engine segments and {dropped_out} peer packets");
+    // 64 MiB is ≥ 46,000 segments from the engine: 5% is ≥ 2,300.
     ensure!(
         retransmits > 0,
-        "5% loss but no retransmission counted: {q:?}"
+        "engine segments were lost but nothing was retransmitted"
+    );
+    let dropped = dropped_in;
+    ensure!(
+        dropped > 2_000 && dropped_out > 0,
+        "the 5% loss rule dropped only {dropped} packets:\n{listing}"
     );
     Ok(())
 }

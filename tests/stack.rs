@@ -788,7 +788,7 @@ fn echo_larger_than_the_buffers_completes() {
     let our = parse_tcp(&out[0]).seq.wrapping_add(1);
     let total = 512 * 1024usize;
     let data: Vec<u8> = (0..total).map(|i| (i * 31 % 251) as u8).collect();
-    let mut sent = 0usize; // client bytes sent
+    let mut sent; // client bytes sent (go-back-N: reset every round)
     let mut acked_by_engine = 0usize;
     let mut echoed: Vec<u8> = Vec::with_capacity(total);
     let mut window = 65535usize; // the engine's advertised window (no scaling: we sent no WS)
