@@ -267,11 +267,11 @@ pub fn run() -> Result<()> {
     util::heading("6. TCP: three-way handshake, an HTTP request, four-way close");
     println!(
         "curl opens a TCP connection to port 80: SYN, SYN-ACK, ACK (the engine's listener), then\n\
-         sends GET / and reads the answer; then FIN/ACK both ways. (If the engine's HTTP responder\n\
-         is not there yet, this fails: the failure is shown, the demo goes on.)"
+         sends GET / and reads the answer from the engine's HTTP/1.1 responder; then FIN/ACK both\n\
+         ways."
     );
     let url = format!("http://{}/", netns::ENGINE_ADDR);
-    show(&topo, true, &["curl", "-sv", "--max-time", "5", &url])?;
+    let curl_ok = show(&topo, true, &["curl", "-sv", "--max-time", "5", &url])?;
     daemon.drain();
 
     util::heading("7. Stop the engine");
@@ -301,6 +301,9 @@ pub fn run() -> Result<()> {
     println!("removed {eng} and {peer} (and with them the veth pair)");
     if !detached {
         bail!("the XDP program outlived the daemon");
+    }
+    if !curl_ok {
+        bail!("curl could not fetch the page from the engine (see step 6)");
     }
     Ok(())
 }
