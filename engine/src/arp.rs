@@ -350,38 +350,18 @@ impl NeighborCache {
         if expected && how == Learn::Reply && !self.entries.contains_key(&ip) {
             // Another worker asked and the answer came here.
             self.expected.remove(&ip);
-            if self.entries.len() >= self.cfg.max_entries && !self.evict_one(now) {
-                self.stats.cache_full += 1;
+            if !self.insert_reachable(now, ip, mac) {
                 return false;
             }
-            self.entries.insert(
-                ip,
-                Entry {
-                    mac,
-                    state: State::Reachable(until),
-                    probe_at: None,
-                    probes: 0,
-                },
-            );
             return self.learned(ip, mac);
         }
         let Some(e) = self.entries.get_mut(&ip) else {
             if how != Learn::RequestToUs {
                 return false;
             }
-            if self.entries.len() >= self.cfg.max_entries && !self.evict_one(now) {
-                self.stats.cache_full += 1;
+            if !self.insert_reachable(now, ip, mac) {
                 return false;
             }
-            self.entries.insert(
-                ip,
-                Entry {
-                    mac,
-                    state: State::Reachable(until),
-                    probe_at: None,
-                    probes: 0,
-                },
-            );
             return self.learned(ip, mac);
         };
         // A refresh counts as outstanding only once its request went out.
@@ -456,21 +436,30 @@ impl NeighborCache {
                 e.probes = 0;
             }
             None => {
-                if self.entries.len() >= self.cfg.max_entries && !self.evict_one(now) {
+                if !self.insert_reachable(now, ip, mac) {
                     return;
                 }
-                self.entries.insert(
-                    ip,
-                    Entry {
-                        mac,
-                        state: State::Reachable(until),
-                        probe_at: None,
-                        probes: 0,
-                    },
-                );
             }
         }
         self.release(ip, mac);
+    }
+
+    /// Adds a new resolved entry, making room by evicting an expired one; false (counted) when
+    /// the cache is full.
+    fn insert_reachable(&mut self, now: Instant, ip: Ipv4Addr, mac: Mac) -> bool {
+        if self.entries.len() >= self.cfg.max_entries && !self.evict_one(now) {
+            self.stats.cache_full += 1;
+            return false;
+        }
+        let until = now + self.reachable();
+        let entry = Entry {
+            mac,
+            state: State::Reachable(until),
+            probe_at: None,
+            probes: 0,
+        };
+        self.entries.insert(ip, entry);
+        true
     }
 
     /// True when we have a request outstanding for `ip` (a reply from it is solicited).
