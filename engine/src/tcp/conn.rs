@@ -155,6 +155,15 @@ pub(crate) struct Conn {
     pub(crate) high_rxt: u32,
     /// SACKed ranges above `snd_una` (the scoreboard).
     pub(crate) sacked: Assembler,
+    /// SND.MAX when the latest retransmission was sent: SACKed data beyond it means the
+    /// retransmissions still unacknowledged were lost (as RACK, RFC 8985 §6.1).
+    pub(crate) rtx_snd_max: u32,
+    /// `rtx_at` is a tail loss probe timeout (RFC 8985 §7), not the RTO.
+    pub(crate) pto: bool,
+    /// The probe timeout fired: send one probe segment.
+    pub(crate) tlp_probe: bool,
+    /// A probe is outstanding until SND.UNA reaches this (RFC 8985 `TLP.end_seq`).
+    pub(crate) tlp_high: Option<u32>,
 
     // RFC 5961 challenge ACK rate limit, per connection.
     pub(crate) chal_start: Instant,
@@ -233,6 +242,10 @@ impl Default for Conn {
             rtx_budget: 0,
             high_rxt: 0,
             sacked: Assembler::default(),
+            rtx_snd_max: 0,
+            pto: false,
+            tlp_probe: false,
+            tlp_high: None,
             chal_start: Instant::ZERO,
             chal_count: 0,
         }
@@ -285,6 +298,7 @@ impl Conn {
         seg: &TcpRepr<'_>,
         ts_offset: u32,
     ) {
+        self.recover = self.iss;
         self.irs = seg.seq;
         self.rcv_nxt = seg.seq.wrapping_add(1);
         self.rcv_adv = self.rcv_nxt;
@@ -303,6 +317,8 @@ impl Conn {
 
     /// Active open: a SYN is to be sent.
     pub(crate) fn open_active(&mut self, _cfg: &TcpConfig, _now: Instant, ts_offset: u32) {
+        // RFC 6582 §3.2: `recover` starts at the initial send sequence number.
+        self.recover = self.iss;
         self.ts_offset = ts_offset;
     }
 
@@ -320,6 +336,7 @@ impl Conn {
         ts: Option<Timestamps>,
         ts_offset: u32,
     ) {
+        self.recover = self.iss;
         self.irs = seg.seq.wrapping_sub(1);
         self.rcv_nxt = seg.seq;
         self.ws_ok = cfg.window_scale && peer_ws.is_some();
@@ -377,8 +394,22 @@ impl Conn {
 
     /// Something may be sendable now (cheap, conservative).
     pub(crate) fn wants_output(&self) -> bool {
-        if self.ack_now || self.probe_pending || self.ka_probe_pending || self.rtx_budget > 0 {
+        if self.ack_now
+            || self.probe_pending
+            || self.ka_probe_pending
+            || self.rtx_budget > 0
+            || self.tlp_probe
+        {
             return true;
+        }
+        if self.in_recovery && self.sack_ok {
+            if self.pipe().saturating_add(self.mss as u32) > self.cc.cwnd {
+                return false;
+            }
+            let start = seq::max(self.snd_una, self.high_rxt);
+            if self.hole(start, self.tx.len()).is_some() {
+                return true;
+            }
         }
         match self.state {
             State::SynSent | State::SynReceived => self.snd_nxt == self.iss,
@@ -660,7 +691,9 @@ impl Conn {
         let now = env.now;
         let ack = seg.ack;
         let wnd = (seg.window as u32) << self.snd_shift;
+        let mut new_sack = false;
         if self.sack_ok && seg.options.sack_len > 0 {
+            let before = self.sacked_bytes();
             for b in seg.options.sack_blocks() {
                 if seq::lt(self.snd_una, b.left)
                     && seq::lt(b.left, b.right)
@@ -669,6 +702,7 @@ impl Conn {
                     self.sacked.insert(b.left, b.right, super::buf::MAX_RANGES);
                 }
             }
+            new_sack = self.sacked_bytes() != before;
         }
         if seq::gt(ack, self.snd_una) {
             let mut acked = ack.wrapping_sub(self.snd_una) as usize;
@@ -712,27 +746,36 @@ impl Conn {
             if self.in_recovery {
                 if seq::ge(ack, self.recover) {
                     self.in_recovery = false;
-                    let flight = self.snd_max.wrapping_sub(self.snd_una);
-                    self.cc.exit_recovery(flight);
+                    if self.sack_ok {
+                        // RFC 6675: the window was kept at ssthresh through recovery.
+                        self.cc.cwnd = self.cc.ssthresh;
+                    } else {
+                        let flight = self.snd_max.wrapping_sub(self.snd_una);
+                        self.cc.exit_recovery(flight);
+                    }
                     self.rtx_budget = 0;
-                } else {
+                } else if !self.sack_ok {
+                    // NewReno partial ACK (RFC 6582 §3.2 step 5).
                     self.cc.partial_ack(data as u32);
                     self.rtx_budget = self.rtx_budget.max(1);
-                    if !self.sack_ok {
-                        self.high_rxt = self.snd_una;
-                    }
+                    self.high_rxt = self.snd_una;
                 }
+                // With SACK, `cwnd` stays at `ssthresh` and the pipe decides (RFC 6675 §5).
             } else {
                 self.cc.on_ack(now, data as u32, self.srtt_us as u32);
             }
             self.dupacks = 0;
             self.persist = false;
             self.probe_pending = false;
-            self.rtx_at = if self.snd_max == self.snd_una || self.snd_nxt == self.snd_una {
-                Instant::MAX
+            if self.tlp_high.is_some_and(|h| seq::ge(ack, h)) {
+                self.tlp_high = None;
+            }
+            if self.snd_max == self.snd_una || self.snd_nxt == self.snd_una {
+                self.rtx_at = Instant::MAX;
+                self.pto = false;
             } else {
-                now + self.rto_now(env.cfg)
-            };
+                self.arm_pto_or_rto(env.cfg, now);
+            }
             if self.want_writable && self.tx.free() > 0 {
                 self.want_writable = false;
                 self.notify |= N_WRITABLE;
@@ -750,32 +793,38 @@ impl Conn {
             }
         } else if ack == self.snd_una
             && self.snd_max != self.snd_una
-            && seg.payload.is_empty()
-            && !seg.has(flags::FIN)
-            && wnd == self.snd_wnd
+            && ((seg.payload.is_empty() && !seg.has(flags::FIN) && wnd == self.snd_wnd) || new_sack)
         {
-            // Duplicate ACK (RFC 5681 §2).
+            // Duplicate ACK (RFC 5681 §2; with SACK, any ACK bringing new SACK information,
+            // RFC 6675 §2).
             self.dupacks += 1;
-            let sack_loss = self.sack_ok && self.sacked_bytes() >= 3 * self.mss as u32;
-            if !self.in_recovery
-                && (self.dupacks == 3 || (sack_loss && self.dupacks < 3))
-                && seq::gt(ack, self.recover.wrapping_sub(1))
-            {
-                let flight = self.snd_max.wrapping_sub(self.snd_una);
-                self.cc.on_loss(flight);
-                self.cc.enter_recovery();
-                self.in_recovery = true;
-                self.recover = self.snd_max;
-                self.high_rxt = self.snd_una;
-                self.rtx_budget = 1;
-                self.rtt_at = None;
-                env.stats.fast_retransmits += 1;
-            } else if self.in_recovery {
+            // RFC 6582 §3.2 step 2: not again before `recover` is acknowledged.
+            if !self.in_recovery && self.dupacks >= 3 && seq::ge(ack, self.recover) {
+                self.enter_recovery(env);
+            } else if self.in_recovery && !self.sack_ok {
                 self.cc.inflate();
-                if self.sack_ok {
-                    self.rtx_budget = (self.rtx_budget + 1).min(4);
+            }
+        }
+        // Lost retransmissions: data sent after the latest retransmission has been SACKed while
+        // retransmitted holes are still missing, so those were lost again; they go once more
+        // instead of waiting for the RTO.
+        if self.in_recovery && new_sack && seq::lt(self.snd_una, self.high_rxt) {
+            if let Some(&(_, r)) = self.sacked.ranges().last() {
+                if seq::gt(r, self.rtx_snd_max) {
+                    self.high_rxt = self.snd_una;
+                    env.stats.lost_retransmits += 1;
                 }
             }
+        }
+        // RFC 6675 §5: with SACK, recovery also starts as soon as the scoreboard says SND.UNA
+        // is lost, whatever the ACK (it may also have advanced SND.UNA or carried data).
+        if self.sack_ok
+            && !self.in_recovery
+            && self.snd_max != self.snd_una
+            && seq::ge(self.snd_una, self.recover)
+            && seq::lt(self.snd_una, self.lost_edge())
+        {
+            self.enter_recovery(env);
         }
         // Window update (RFC 9293 §3.10.7.4).
         if seq::lt(self.snd_wl1, seg.seq) || (self.snd_wl1 == seg.seq && seq::le(self.snd_wl2, ack))
@@ -792,6 +841,131 @@ impl Conn {
             }
         }
         None
+    }
+
+    /// Fast retransmit and the start of loss recovery (RFC 5681 §3.2, RFC 6582, RFC 6675 §5).
+    fn enter_recovery(&mut self, env: &mut Env<'_>) {
+        let flight = self.snd_max.wrapping_sub(self.snd_una);
+        self.cc.on_loss(flight);
+        if self.sack_ok {
+            // RFC 6675 §5 step 4.2: cwnd = ssthresh, no inflation; the pipe counts what is
+            // still in the network.
+            self.cc.cwnd = self.cc.ssthresh;
+        } else {
+            self.cc.enter_recovery();
+        }
+        self.in_recovery = true;
+        self.recover = self.snd_max;
+        self.high_rxt = self.snd_una;
+        // The first segment goes unconditionally (RFC 6675 §5 step 4.3).
+        self.rtx_budget = 1;
+        self.rtt_at = None;
+        self.tlp_probe = false;
+        if self.pto {
+            self.pto = false;
+            self.rtx_at = env.now + self.rto_now(env.cfg);
+        }
+        env.stats.fast_retransmits += 1;
+    }
+
+    /// RFC 8985 §7.2: the probe timeout, when a tail loss probe may be scheduled (SACK in
+    /// use, not in recovery, an RTT measured, no probe outstanding): 2·SRTT, plus the peer's
+    /// delayed ACK time when a single segment is in flight, at most the RTO.
+    fn pto_delay(&self, cfg: &TcpConfig) -> Option<Duration> {
+        if !self.sack_ok
+            || self.in_recovery
+            || !self.have_rtt
+            || self.tlp_high.is_some()
+            || self.persist
+            || !matches!(self.state, State::Established | State::CloseWait)
+        {
+            return None;
+        }
+        let mut us = 2 * self.srtt_us;
+        if self.snd_max.wrapping_sub(self.snd_una) <= self.mss as u32 {
+            us += cfg.delayed_ack_ms * 1000;
+        }
+        let us = us.max(2 * CLOCK_G_US);
+        Some(Duration::from_micros(us).min(self.rto_now(cfg)))
+    }
+
+    /// Arms the retransmission timer: a tail loss probe when allowed, else the RTO.
+    fn arm_pto_or_rto(&mut self, cfg: &TcpConfig, now: Instant) {
+        match self.pto_delay(cfg) {
+            Some(d) => {
+                self.pto = true;
+                self.rtx_at = now + d;
+            }
+            None => {
+                self.pto = false;
+                self.rtx_at = now + self.rto_now(cfg);
+            }
+        }
+    }
+
+    /// The highest segment sent (a tail loss probe resends it): `(seq, len, fin)`.
+    fn last_segment(&self, tx_len: usize) -> Option<(u32, usize, bool)> {
+        let flight = self.snd_max.wrapping_sub(self.snd_una) as usize;
+        let fin = self.fin_queued && flight == tx_len + 1;
+        let data = flight - fin as usize;
+        if data > tx_len {
+            return None;
+        }
+        let len = data.min(self.mss);
+        let s = self.snd_una.wrapping_add((data - len) as u32);
+        (len > 0 || fin).then_some((s, len, fin))
+    }
+
+    /// RFC 6675 `IsLost`: every byte below the returned sequence number that is not SACKed is
+    /// lost (DupThresh SACKed ranges, or more than (DupThresh − 1)·SMSS SACKed bytes, above it).
+    /// `SND.UNA` when nothing is presumed lost.
+    pub(crate) fn lost_edge(&self) -> u32 {
+        let mss = self.mss as u32;
+        // Early retransmit (RFC 5827): with fewer than four segments outstanding and no new
+        // data to send, DupThresh is one less than the segments outstanding.
+        let segs = self.snd_max.wrapping_sub(self.snd_una).div_ceil(mss);
+        let dup_thresh = if segs < 4 && !self.new_data_sendable(self.tx.len()) {
+            segs.saturating_sub(1).max(1)
+        } else {
+            3
+        };
+        let thresh = (dup_thresh - 1) * mss;
+        let mut bytes = 0u32;
+        for (k, &(l, r)) in self.sacked.ranges().iter().rev().enumerate() {
+            bytes = bytes.saturating_add(r.wrapping_sub(l));
+            if k as u32 + 1 >= dup_thresh || bytes > thresh {
+                return l;
+            }
+        }
+        self.snd_una
+    }
+
+    /// RFC 6675 `SetPipe`: bytes presumed in the network. Every byte from SND.UNA to SND.MAX
+    /// that is not SACKed counts once if not lost and once more if retransmitted (below
+    /// HighRxt).
+    pub(crate) fn pipe(&self) -> u32 {
+        let lost = self.lost_edge();
+        let mut pipe = 0u32;
+        let mut a = self.snd_una;
+        let end = (self.snd_max, self.snd_max);
+        for &(l, r) in self.sacked.ranges().iter().chain(core::iter::once(&end)) {
+            if seq::lt(a, l) {
+                let not_lost = seq::max(a, lost);
+                if seq::lt(not_lost, l) {
+                    pipe = pipe.saturating_add(l.wrapping_sub(not_lost));
+                }
+                let rtx_end = if seq::lt(self.high_rxt, l) {
+                    self.high_rxt
+                } else {
+                    l
+                };
+                if seq::lt(a, rtx_end) {
+                    pipe = pipe.saturating_add(rtx_end.wrapping_sub(a));
+                }
+            }
+            a = seq::max(a, r);
+        }
+        pipe
     }
 
     fn sacked_bytes(&self) -> u32 {
@@ -855,7 +1029,10 @@ impl Conn {
                 self.rx_fin = None;
                 self.receive_fin(env);
             }
-            let full = 2 * env.cfg.effective_mss() as u32;
+            // Every second full-sized segment is acknowledged at once (RFC 9293 §3.8.6.3): a
+            // full segment carries the MSS less the timestamp option, when in use.
+            let seg = env.cfg.effective_mss() as u32 - if self.ts_ok { 12 } else { 0 };
+            let full = 2 * seg;
             if env.cfg.delayed_ack_ms == 0 || self.unacked_bytes >= full {
                 self.ack_now = true;
             } else if self.ack_at == Instant::MAX {
@@ -932,6 +1109,16 @@ impl Conn {
             if self.persist {
                 self.probe_pending = true;
                 self.backoff = (self.backoff + 1).min(20);
+            } else if self.pto {
+                // Tail loss probe (RFC 8985 §7.3): one segment to elicit an ACK (and SACK
+                // blocks) instead of waiting for the RTO, which is armed behind it.
+                self.pto = false;
+                if self.snd_max != self.snd_una {
+                    self.tlp_probe = true;
+                    self.tlp_high = Some(self.snd_max);
+                    self.rtx_at = now + self.rto_now(env.cfg);
+                    env.stats.tail_loss_probes += 1;
+                }
             } else if self.snd_max != self.snd_una {
                 let handshake = matches!(self.state, State::SynSent | State::SynReceived);
                 let limit = if handshake {
@@ -956,7 +1143,13 @@ impl Conn {
                 self.in_recovery = false;
                 self.dupacks = 0;
                 self.rtx_budget = 0;
-                self.sacked.clear();
+                self.tlp_probe = false;
+                self.tlp_high = None;
+                // Keep the scoreboard through one timeout (the resend skips SACKed data);
+                // forget it on a second one in case the receiver reneged (RFC 2018 §8).
+                if self.backoff > 1 {
+                    self.sacked.clear();
+                }
                 self.recover = self.snd_max;
                 self.high_rxt = self.snd_una;
                 self.rtt_at = None;
@@ -1096,7 +1289,7 @@ impl Conn {
     fn arm_rtx(&mut self, cfg: &TcpConfig, now: Instant) {
         if self.rtx_at == Instant::MAX || self.persist {
             self.persist = false;
-            self.rtx_at = now + self.rto_now(cfg);
+            self.arm_pto_or_rto(cfg, now);
         }
     }
 
@@ -1145,44 +1338,89 @@ impl Conn {
             } else {
                 self.snd_una
             };
-            if let Some((s, len, fin)) = self.hole(start, tx_len) {
-                let room = self.max_payload(buf.len());
-                let (len, fin) = if len > room {
-                    (room, false)
+            if let Some(h) = self.hole(start, tx_len) {
+                return self.retransmit(env, buf, h, tx_len);
+            }
+        }
+        // Tail loss probe: new data if the peer's window allows (cwnd notwithstanding), else
+        // the last segment again (RFC 8985 §7.3).
+        let mut probe_new = false;
+        if self.tlp_probe {
+            self.tlp_probe = false;
+            if self.new_data_sendable(tx_len) && self.snd_nxt == self.snd_max {
+                probe_new = true;
+            } else if let Some(h) = self.last_segment(tx_len) {
+                return self.retransmit(env, buf, h, tx_len);
+            }
+        }
+        // SACK loss recovery (RFC 6675 §5 step (C)): send while `cwnd − pipe ≥ SMSS`, a lost
+        // hole first (rule 1), else new data (rule 2), else any hole below the highest SACKed
+        // byte (rule 3).
+        let mut room = None;
+        if self.in_recovery && self.sack_ok {
+            let pipe = self.pipe();
+            let free = self.cc.cwnd.saturating_sub(pipe);
+            if free < self.mss as u32 {
+                return if self.ack_now {
+                    self.emit(env, buf, self.ack_seq(), ack, 0, 0)
                 } else {
-                    (len, fin)
+                    None
                 };
-                let off = s.wrapping_sub(self.snd_una) as usize;
-                let mut fl = ack;
-                if fin {
-                    fl |= flags::FIN;
+            }
+            room = Some(free as usize);
+            let start = seq::max(self.snd_una, self.high_rxt);
+            if let Some(h) = self.hole(start, tx_len) {
+                if seq::lt(h.0, self.lost_edge()) || !self.new_data_sendable(tx_len) {
+                    return self.retransmit(env, buf, h, tx_len);
                 }
-                if len > 0 && off + len == tx_len {
-                    fl |= flags::PSH;
-                }
-                let n = self.emit(env, buf, s, fl, off, len)?;
-                let used = len as u32 + fin as u32;
-                self.high_rxt = s.wrapping_add(used);
-                env.stats.retransmits += 1;
-                self.rtt_at = None;
-                self.arm_rtx(env.cfg, now);
-                return Some(n);
             }
         }
         if self.ka_probe_pending {
             self.ka_probe_pending = false;
             return self.emit(env, buf, self.snd_una.wrapping_sub(1), ack, 0, 0);
         }
+        // After a timeout, resend what the scoreboard does not hold (RFC 6675 §5.1).
+        let mut sack_limit = None;
+        if self.sack_ok && seq::lt(self.snd_nxt, self.snd_max) {
+            for &(l, r) in self.sacked.ranges() {
+                if seq::le(l, self.snd_nxt) && seq::lt(self.snd_nxt, r) {
+                    self.snd_nxt = r;
+                } else if seq::gt(l, self.snd_nxt) {
+                    sack_limit = Some(l.wrapping_sub(self.snd_nxt) as usize);
+                    break;
+                }
+            }
+        }
         let off = self.snd_nxt.wrapping_sub(self.snd_una) as usize;
         if off <= tx_len {
             let avail = tx_len - off;
-            let wnd = self.snd_wnd.min(self.cc.cwnd) as usize;
-            let usable = wnd.saturating_sub(off);
+            let usable = match room {
+                Some(r) => (self.snd_wnd as usize).saturating_sub(off).min(r),
+                None => {
+                    // Limited transmit (RFC 3042): the first two duplicate ACKs each let one
+                    // new segment out beyond cwnd.
+                    let extra = if self.in_recovery {
+                        0
+                    } else {
+                        self.dupacks.min(2) * self.mss as u32
+                    };
+                    let cwnd = self.cc.cwnd.saturating_add(extra);
+                    let usable = (self.snd_wnd.min(cwnd) as usize).saturating_sub(off);
+                    if probe_new {
+                        usable.max((self.snd_wnd as usize).saturating_sub(off).min(self.mss))
+                    } else {
+                        usable
+                    }
+                }
+            };
             // A full segment: the MSS, or less when this segment's options and the buffer
             // leave less room (a full segment is never held back by Nagle).
             let full = self.max_payload(buf.len());
             let mut len = avail.min(usable).min(full);
             let retrans = seq::lt(self.snd_nxt, self.snd_max);
+            if let (true, Some(l)) = (retrans, sack_limit) {
+                len = len.min(l);
+            }
             if self.probe_pending && avail > 0 && len == 0 && off == 0 {
                 // Zero-window probe: one byte past the window; SND.NXT stays.
                 self.probe_pending = false;
@@ -1250,6 +1488,45 @@ impl Conn {
         } else {
             seq::max(wnd_end, self.snd_nxt)
         }
+    }
+
+    /// Retransmits hole `(seq, len, fin)` (from [`Self::hole`]).
+    fn retransmit(
+        &mut self,
+        env: &mut Env<'_>,
+        buf: &mut [u8],
+        (s, len, fin): (u32, usize, bool),
+        tx_len: usize,
+    ) -> Option<usize> {
+        let room = self.max_payload(buf.len());
+        let (len, fin) = if len > room {
+            (room, false)
+        } else {
+            (len, fin)
+        };
+        let off = s.wrapping_sub(self.snd_una) as usize;
+        let mut fl = flags::ACK;
+        if fin {
+            fl |= flags::FIN;
+        }
+        if len > 0 && off + len == tx_len {
+            fl |= flags::PSH;
+        }
+        let n = self.emit(env, buf, s, fl, off, len)?;
+        let used = len as u32 + fin as u32;
+        self.high_rxt = s.wrapping_add(used);
+        self.rtx_snd_max = self.snd_max;
+        env.stats.retransmits += 1;
+        self.rtt_at = None;
+        self.arm_rtx(env.cfg, env.now);
+        Some(n)
+    }
+
+    /// New data (or a FIN) lies between SND.NXT and the peer's window.
+    fn new_data_sendable(&self, tx_len: usize) -> bool {
+        let off = self.snd_nxt.wrapping_sub(self.snd_una) as usize;
+        (off < tx_len && (self.snd_wnd as usize) > off)
+            || (self.fin_queued && !self.fin_acked && off == tx_len)
     }
 
     /// States in which data or FIN may still be (re)sent.

@@ -217,8 +217,12 @@ pub struct TcpStats {
     pub retransmits: u64,
     /// Retransmission timeouts fired.
     pub rto_fired: u64,
-    /// Fast retransmits (third duplicate ACK).
+    /// Fast retransmits (third duplicate ACK, or SACK showing SND.UNA lost).
     pub fast_retransmits: u64,
+    /// Tail loss probes sent (RFC 8985 §7) instead of waiting for the RTO.
+    pub tail_loss_probes: u64,
+    /// Retransmissions found lost again from SACK information (and resent before the RTO).
+    pub lost_retransmits: u64,
     /// RSTs sent (closed ports, bad ACKs, aborts).
     pub rsts_sent: u64,
     /// Acceptable RSTs received.
@@ -793,7 +797,7 @@ impl Tcp {
     }
 
     fn flow_hash(&self, k: &FlowKey) -> u64 {
-        self.keys.table.tuple(k.laddr, k.lport, k.raddr, k.rport, 0)
+        self.keys.table.tuple(k.laddr, k.lport, k.raddr, k.rport)
     }
 
     fn find(&self, hash: u64, key: &FlowKey) -> Option<u32> {

@@ -1,6 +1,7 @@
 //! The flow table: open addressing with linear probing over a preallocated array of slab
-//! indices, keyed by a SipHash of the 4-tuple. Deletion shifts entries back (no tombstones), so
-//! lookups stay short however long the engine runs.
+//! indices, keyed by a secret-keyed hash of the 4-tuple ([`super::hash::FlowHasher`]).
+//! Deletion shifts entries back (no tombstones), so lookups stay short however long the engine
+//! runs.
 
 /// A connection's 4-tuple (addresses as big-endian `u32`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -572,3 +572,138 @@ fn test_time_wait_old_timestamp_not_reused() {
     assert_eq!(t.tcp.state(c), Some(State::TimeWait));
     assert_eq!(t.tcp.stats().time_wait_reused, 0);
 }
+
+/// Established with SACK, peer MSS 100 and window 4096, Nagle off; 4 KiB send buffer.
+fn sack_established(cc: Congestion) -> (T, ConnId) {
+    let cf = TcpConfig {
+        sack: true,
+        send_buf: 4096,
+        congestion: cc,
+        ..cfg()
+    };
+    let mut t = tcp_listen_with(cf);
+    send!(
+        t,
+        TcpRepr {
+            window: 4096,
+            options: TcpOptions {
+                mss: Some(100),
+                sack_permitted: true,
+                ..TcpOptions::NONE
+            },
+            ..syn()
+        }
+    );
+    let mut buf = [0u8; 2048];
+    t.recv(&mut buf).unwrap();
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            window: 4096,
+            ..SEND_TEMPL
+        }
+    );
+    let Some(Event::Accepted { conn: c, .. }) = t.tcp.poll_event() else {
+        panic!()
+    };
+    t.tcp.set_nodelay(c, true).unwrap();
+    (t, c)
+}
+
+/// An ACK from the peer for `n` bytes of our data, with SACK blocks relative to our data.
+fn sack_ack(n: u32, blocks: &[(u32, u32)]) -> TcpRepr<'static> {
+    let mut o = TcpOptions::NONE;
+    for (i, &(l, r)) in blocks.iter().enumerate() {
+        o.sack[i] = SackBlock {
+            left: LOCAL_SEQ + 1 + l,
+            right: LOCAL_SEQ + 1 + r,
+        };
+    }
+    o.sack_len = blocks.len() as u8;
+    TcpRepr {
+        seq: REMOTE_SEQ + 1,
+        ack: LOCAL_SEQ + 1 + n,
+        window: 4096,
+        options: o,
+        ..SEND_TEMPL
+    }
+}
+
+fn data_seg(data: &[u8], from: usize) -> TcpRepr<'_> {
+    TcpRepr {
+        seq: LOCAL_SEQ + 1 + from as u32,
+        ack: REMOTE_SEQ + 1,
+        payload: &data[from..from + 100],
+        ..RECV_TEMPL
+    }
+}
+
+/// RFC 6675 §5: one ACK whose SACK blocks show three holes lost sends all three at once
+/// (the pipe allows it), not one per further ACK.
+#[test]
+fn test_sack_recovery_repairs_several_holes_per_ack() {
+    let (mut t, c) = sack_established(Congestion::NewReno);
+    let data: Vec<u8> = (0..1000u32).map(|i| (i * 13) as u8).collect();
+    t.tcp.send(c, &data).unwrap();
+    let mut buf = [0u8; 2048];
+    for _ in 0..10 {
+        t.recv(&mut buf).unwrap();
+    }
+    recv_nothing!(t);
+    // 100..200, 300..400 and 500..600 are lost; 600..1000 SACKed makes all three lost.
+    send!(t, sack_ack(100, &[(600, 1000), (200, 300), (400, 500)]));
+    recv!(
+        t,
+        [
+            data_seg(&data, 100),
+            data_seg(&data, 300),
+            data_seg(&data, 500)
+        ]
+    );
+    assert_eq!(t.tcp.stats().fast_retransmits, 1);
+    assert_eq!(t.tcp.stats().retransmits, 3);
+    // The retransmission of 300..400 is lost again: the ACK for 100..200 SACKs nothing new
+    // beyond what was sent before it, so nothing goes; the full repair ends recovery.
+    send!(t, sack_ack(300, &[(400, 500), (600, 1000)]));
+    recv_nothing!(t);
+    send!(t, sack_ack(1000, &[]));
+    recv_nothing!(t);
+    let k = &t.tcp.conns[c.index() as usize];
+    assert!(!k.in_recovery);
+    assert_eq!(k.cc.cwnd, k.cc.ssthresh);
+}
+
+/// RFC 8985 §7: with SACK and an RTT sample, a silent tail is probed after 2·SRTT (at least
+/// two clock ticks) by resending the last segment, long before the 200 ms RTO.
+#[test]
+fn test_tail_loss_probe_resends_last_segment_after_two_srtt() {
+    let (mut t, c) = sack_established(Congestion::Cubic);
+    let data: Vec<u8> = (0..300u32).map(|i| (i * 5) as u8).collect();
+    t.tcp.send(c, &data).unwrap();
+    let mut buf = [0u8; 2048];
+    for _ in 0..3 {
+        t.recv(&mut buf).unwrap();
+    }
+    // The handshake sampled an RTT of 0 and the first segment's ACK one of 1 ms: the probe
+    // timeout is the 2 ms floor (two clock ticks), re-armed by the ACK.
+    send!(t, time 1, sack_ack(100, &[]));
+    recv_nothing!(t);
+    recv_nothing!(t, time 2);
+    recv!(
+        t,
+        time 3,
+        TcpRepr {
+            flags: ACK | PSH,
+            ..data_seg(&data, 200)
+        }
+    );
+    recv_nothing!(t);
+    assert_eq!(t.tcp.stats().tail_loss_probes, 1);
+    assert_eq!(t.tcp.stats().retransmits, 1);
+    // One probe per episode: then the RTO (200 ms after the probe) resends from SND.UNA.
+    recv_nothing!(t, time 202);
+    recv!(t, time 203, data_seg(&data, 100));
+    assert_eq!(t.tcp.stats().rto_fired, 1);
+}
