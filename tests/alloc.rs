@@ -445,12 +445,12 @@ fn keep_alive_http_allocates_nothing() {
     let mut now = Instant::from_secs(1);
     let req = b"GET / HTTP/1.1\r\nHost: 198.18.0.1\r\n\r\n";
     let mut c = Clients::open(&mut st, &mut dev, &mut now, HTTP, req, 20);
-    let ok = st.apps().stats().http_status[0];
+    let ok = st.apps().stats().http.status[0];
     let (allocs, rounds) = allocations(|| c.run(&mut st, &mut dev, &mut now));
     c.round_inspected(&mut st, &mut dev, &mut now);
     let tcp = st.tcp().stats();
     assert_eq!(
-        st.apps().stats().http_status[0] - ok,
+        st.apps().stats().http.status[0] - ok,
         (rounds + 1) * BATCH as u64,
         "every request got its 200"
     );

@@ -692,7 +692,7 @@ fn http_over_the_stack_three_way_handshake_to_four_way_close() {
         "the last ACK needs no answer: {}",
         out.len()
     );
-    assert_eq!(st.apps().stats().http_status[0], 1);
+    assert_eq!(st.apps().stats().http.status[0], 1);
 }
 
 #[test]

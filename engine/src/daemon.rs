@@ -307,7 +307,7 @@ mod xdp {
             scfg.apps = crate::app::AppConfig {
                 echo: cfg.echo,
                 http: cfg.http,
-                http_body: None,
+                ..Default::default()
             };
             scfg.secret = secret;
             let mut worker = Worker {

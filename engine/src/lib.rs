@@ -5,7 +5,9 @@
 //!
 //! - [`wire`]: views over received bytes and in-place builders for Ethernet, ARP, IPv4, ICMP, TCP;
 //!   the Internet checksum, full and incremental.
-//! - [`app`]: built-in apps (TCP echo, plain HTTP/1.1) driven by TCP events.
+//! - [`app`]: built-in apps (TCP echo, HTTP/1.1, HTTPS) driven by TCP events.
+//! - [`http`]: the sans-IO HTTP/1.1 responder and its [`http::Handler`] trait.
+//! - [`https`]: a TLS session with the responder over any transport; the session pool.
 //! - [`arp`]: the neighbour cache (expiry, refresh, bounded pending queues, retries with backoff).
 //! - [`ipv4`]: validation, the routing decision (on-link or gateway), ICMP.
 //! - [`tcp`]: the TCP engine (RFC 9293).
@@ -15,6 +17,7 @@
 //! - [`xsk`]: the AF_XDP port (UMEM, fill/completion/RX/TX rings, frame accounting); its ring
 //!   logic runs against in-memory ring doubles without root, the xsk-rs backend needs feature `xdp`.
 //! - `loader` (feature `xdp`): loads and attaches the XDP program with aya, fills its maps.
+//! - [`tls`]: the TLS boundary (rustls behind one adapter), the session pool.
 //! - [`daemon`]: configuration, per-queue pinned workers, signals, stats.
 //!
 //! Protocol code never touches sockets, clocks or threads: time is passed in ([`time::Instant`]).
@@ -27,6 +30,8 @@ pub mod arp;
 pub mod config;
 pub mod daemon;
 pub mod device;
+pub mod http;
+pub mod https;
 pub mod ipv4;
 #[cfg(feature = "xdp")]
 pub mod loader;
@@ -34,6 +39,7 @@ pub mod stack;
 pub mod stats;
 pub mod tcp;
 pub mod time;
+pub mod tls;
 pub mod wire;
 pub mod xsk;
 

@@ -104,6 +104,8 @@ pub struct Stack {
     apps: Apps,
     /// Earliest instant at which `maybe_handle_timeout` looks at the timers again.
     next_timer_check: Instant,
+    /// The latest time given (for the apps' deadlines).
+    now: Instant,
 }
 
 impl Stack {
@@ -126,6 +128,7 @@ impl Stack {
             tcp,
             apps,
             next_timer_check: Instant::ZERO,
+            now: Instant::ZERO,
             mac: cfg.mac,
             neighbors: NeighborCache::new(cfg.arp, cfg.hash_key, cfg.frame_size),
             echo_limit: (cfg.icmp.echo_rate > 0)
@@ -195,11 +198,15 @@ impl Stack {
         &self.apps
     }
 
-    /// Hands pending TCP events to the built-in apps (once per batch).
+    /// Runs the built-in apps (once per batch): TCP events, the session pool's messages,
+    /// deadlines. Time is the last instant given to [`Stack::maybe_handle_timeout`].
     pub fn run_apps(&mut self) {
-        while let Some(ev) = self.tcp.poll_event() {
-            self.apps.handle_event(&mut self.tcp, ev);
-        }
+        self.apps.run(&mut self.tcp, self.now);
+    }
+
+    /// Sends this stack's HTTPS connections to the session pool through `link`.
+    pub fn attach_pool(&mut self, link: crate::https::pool::WorkerLink) {
+        self.apps.attach_pool(link);
     }
 
     /// Handles one received frame: `frame[..len]` is the packet, `frame` the whole buffer (room to
@@ -531,6 +538,7 @@ impl Stack {
     /// granularity): finding the next deadline scans the neighbour cache and the timer wheel,
     /// which is too much work to repeat for every batch.
     pub fn maybe_handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         if now < self.next_timer_check {
             return;
         }

@@ -1,0 +1,296 @@
+//! HTTPS: a TLS session and the HTTP responder over any ciphertext transport.
+//!
+//! [`HttpsConn`] is sans-IO: ciphertext comes in and goes out through a [`Transport`] (a TCP
+//! connection when TLS runs inline on the packet core, or the byte queues a pool thread keeps
+//! per flow, see [`pool`]). The same code therefore runs in both modes.
+//!
+//! Backpressure: ciphertext is read from the transport only when the TLS session has taken the
+//! previous read, the session takes ciphertext only while its plaintext is being consumed by the
+//! HTTP responder, and the responder reads only when its response is sent; ciphertext is
+//! produced only as far as the transport has room. So a slow reader at either end closes a TCP
+//! window instead of growing a queue.
+
+pub mod pool;
+
+use crate::http::{ByteStream, Handler, HttpConn, HttpStats, Limits};
+use crate::time::Instant;
+use crate::tls::{TlsSession, TlsVersion};
+use std::time::Duration;
+
+/// Where ciphertext comes from and goes to.
+pub trait Transport {
+    /// Reads up to `buf.len()` received bytes; 0 when none now.
+    fn recv(&mut self, buf: &mut [u8]) -> usize;
+    /// How many bytes `send` would take now.
+    fn send_capacity(&mut self) -> usize;
+    /// Queues bytes to send; returns how many were taken.
+    fn send(&mut self, data: &[u8]) -> usize;
+}
+
+/// Counters of the HTTPS service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HttpsStats {
+    /// TLS sessions started.
+    pub sessions: u64,
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// Of which resumed (ticket or session cache).
+    pub resumed: u64,
+    /// Of which TLS 1.2.
+    pub tls12: u64,
+    /// Sessions ended by a TLS error (bad or unsupported input: an alert was sent).
+    pub tls_errors: u64,
+    /// Sessions closed because the handshake did not finish in time.
+    pub handshake_timeouts: u64,
+    /// Connections refused because `max_sessions` were open.
+    pub refused: u64,
+    /// Responses, by status.
+    pub http: HttpStats,
+}
+
+impl HttpsStats {
+    /// Adds `o` into `self`.
+    pub fn add(&mut self, o: &HttpsStats) {
+        self.sessions += o.sessions;
+        self.handshakes += o.handshakes;
+        self.resumed += o.resumed;
+        self.tls12 += o.tls12;
+        self.tls_errors += o.tls_errors;
+        self.handshake_timeouts += o.handshake_timeouts;
+        self.refused += o.refused;
+        self.http.add(&o.http);
+    }
+}
+
+/// Per-connection timeouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A TLS handshake must finish within this.
+    pub handshake: Duration,
+    /// A request, once started, must be complete within this (else 408); also the longest a
+    /// keep-alive connection may sit idle.
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: Duration::from_secs(10),
+            request: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Size of the ciphertext input buffer of a connection (one maximal TLS record and a header).
+const INPUT: usize = 16 * 1024 + 512;
+
+/// One HTTPS connection: a TLS session with the HTTP responder on its plaintext side.
+pub struct HttpsConn {
+    tls: Option<TlsSession>,
+    http: HttpConn,
+    input: Box<[u8]>,
+    in_off: usize,
+    in_len: usize,
+    /// The responder finished and close_notify was queued.
+    closing: bool,
+    /// The transport's peer finished sending.
+    eof: bool,
+    counted_handshake: bool,
+    /// When the current deadline started (connection start, then each request or idle period).
+    since: Instant,
+}
+
+impl std::fmt::Debug for HttpsConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpsConn")
+            .field(
+                "handshaking",
+                &self.tls.as_ref().map(|t| t.is_handshaking()),
+            )
+            .field("closing", &self.closing)
+            .field("eof", &self.eof)
+            .finish()
+    }
+}
+
+impl Default for HttpsConn {
+    fn default() -> Self {
+        HttpsConn {
+            tls: None,
+            http: HttpConn::default(),
+            input: vec![0; INPUT].into_boxed_slice(),
+            in_off: 0,
+            in_len: 0,
+            closing: false,
+            eof: false,
+            counted_handshake: false,
+            since: Instant::ZERO,
+        }
+    }
+}
+
+/// The plaintext side of a session, as the responder's byte stream.
+/// It counts the bytes it moves, so that the caller knows whether the responder progressed.
+struct Plain<'a> {
+    tls: &'a mut TlsSession,
+    moved: usize,
+}
+
+impl ByteStream for Plain<'_> {
+    fn recv(&mut self, buf: &mut [u8]) -> usize {
+        let n = self.tls.read_plaintext(buf);
+        self.moved += n;
+        n
+    }
+    fn send(&mut self, data: &[u8]) -> usize {
+        let n = self.tls.write_plaintext(data);
+        self.moved += n;
+        n
+    }
+}
+
+impl HttpsConn {
+    /// Makes this (possibly recycled) state serve a new connection with `tls`, from `now`.
+    pub fn start(&mut self, tls: TlsSession, limits: Limits, now: Instant) {
+        self.tls = Some(tls);
+        self.http.reset(limits);
+        self.in_off = 0;
+        self.in_len = 0;
+        self.closing = false;
+        self.eof = false;
+        self.counted_handshake = false;
+        self.since = now;
+    }
+
+    /// Releases the session (the state can be recycled).
+    pub fn finish(&mut self) {
+        self.tls = None;
+    }
+
+    /// The transport's peer finished sending (TCP FIN).
+    pub fn transport_closed(&mut self) {
+        self.eof = true;
+        self.http.peer_closed();
+    }
+
+    /// True while the TLS handshake is in progress.
+    pub fn is_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
+    }
+
+    /// Checks the deadlines at `now`: a handshake over time ends the connection (returns true:
+    /// the caller closes the transport at once); a stalled request gets 408 on the next
+    /// [`HttpsConn::service`]; an idle keep-alive connection is closed with close_notify.
+    pub fn check_timeouts(&mut self, now: Instant, t: &Timeouts, stats: &mut HttpsStats) -> bool {
+        let Some(tls) = &self.tls else { return true };
+        let age = now.saturating_since(self.since);
+        if tls.is_handshaking() {
+            if age > t.handshake {
+                stats.handshake_timeouts += 1;
+                return true;
+            }
+        } else if age > t.request && !self.closing {
+            self.http.timeout();
+            self.since = now;
+        }
+        false
+    }
+
+    /// Moves the connection forward as far as `io` allows. Returns true when it is finished:
+    /// everything to send (the response, close_notify or an alert) has been handed to `io`, and
+    /// the caller should close the transport. `scratch` is a work buffer (any size ≥ 1 KiB; the
+    /// larger, the fewer rounds).
+    pub fn service<T: Transport + ?Sized>(
+        &mut self,
+        io: &mut T,
+        handler: &dyn Handler,
+        now: Instant,
+        scratch: &mut [u8],
+        stats: &mut HttpsStats,
+    ) -> bool {
+        let Some(tls) = self.tls.as_mut() else {
+            return true;
+        };
+        loop {
+            let mut progress = false;
+            // Ciphertext out, as far as the transport has room.
+            while tls.has_ciphertext() {
+                let cap = io.send_capacity().min(scratch.len());
+                if cap == 0 {
+                    break;
+                }
+                let n = tls.poll_ciphertext(&mut scratch[..cap]);
+                if n == 0 {
+                    break;
+                }
+                let sent = io.send(&scratch[..n]);
+                debug_assert_eq!(sent, n, "the transport's capacity was checked");
+                progress = true;
+            }
+            if tls.is_dead() || self.closing {
+                // Only the alert or close_notify remained to send.
+                return !tls.has_ciphertext();
+            }
+            // Ciphertext in, one buffer at a time.
+            if self.in_off == self.in_len && !self.eof {
+                self.in_off = 0;
+                self.in_len = io.recv(&mut self.input);
+            }
+            if self.in_off < self.in_len {
+                match tls.handle_ciphertext(&self.input[self.in_off..self.in_len]) {
+                    Ok(n) => {
+                        self.in_off += n;
+                        progress |= n > 0;
+                    }
+                    Err(_) => {
+                        stats.tls_errors += 1;
+                        self.in_off = self.in_len;
+                        continue;
+                    }
+                }
+            }
+            if tls.is_handshaking() {
+                if self.eof && self.in_off == self.in_len {
+                    // The peer gave up mid-handshake: nothing more can happen.
+                    return true;
+                }
+                if !progress {
+                    return false;
+                }
+                continue;
+            }
+            if !self.counted_handshake {
+                self.counted_handshake = true;
+                self.since = now;
+                stats.handshakes += 1;
+                if let Some(info) = tls.info() {
+                    stats.resumed += info.resumed as u64;
+                    stats.tls12 += (info.version == TlsVersion::Tls12) as u64;
+                }
+            }
+            if tls.peer_closed() {
+                self.http.peer_closed();
+            }
+            let was_idle = self.http.is_idle();
+            let mut plain = Plain { tls, moved: 0 };
+            let done = self.http.service(&mut plain, handler, &mut stats.http);
+            progress |= plain.moved > 0;
+            if done {
+                tls.close();
+                self.closing = true;
+                progress = true;
+            }
+            if self.http.is_idle() != was_idle {
+                // A request started or was answered: its deadline starts now.
+                self.since = now;
+            }
+            if self.eof && self.in_off == self.in_len && !tls.has_ciphertext() && !self.closing {
+                // The transport is closed and nothing is left to answer.
+                return true;
+            }
+            if !progress {
+                return false;
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! TLS: rustls behind one adapter file, and the session pool.
+//!
+//! [`adapter`] is the only file of the crate that names `rustls`; everything else uses the sans-IO
+//! types re-exported here: a [`TlsServer`] (the shared, immutable server configuration) hands out
+//! [`TlsSession`]s, each fed received ciphertext with [`TlsSession::handle_ciphertext`] and drained
+//! of records to send with [`TlsSession::poll_ciphertext`]. No sockets, clocks or threads.
+//!
+//! Protocol choices (safe defaults only): TLS 1.3 always, TLS 1.2 when [`TlsConfig::tls12`],
+//! never TLS 1.0/1.1 or SSL. The cipher suites are rustls's (aws-lc-rs provider): AEAD only
+//! (AES-GCM, ChaCha20-Poly1305) with ephemeral (EC)DHE key exchange; rustls implements no CBC
+//! suites and no RSA key exchange, so none can be enabled by mistake.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+pub mod adapter;
+
+pub use adapter::{SessionInfo, TlsServer, TlsSession, TlsVersion};
+
+/// The largest TLS record on the wire: 5-byte header, 2^14 bytes of plaintext and up to 256 bytes
+/// of expansion (RFC 8446 §5.2). [`TlsConfig::buffer_limit`] must hold at least one.
+pub const MAX_RECORD_WIRE: usize = 5 + 16_384 + 256;
+
+/// Upper bound of [`TlsConfig::buffer_limit`] (per session, so bounded).
+pub const MAX_BUFFER_LIMIT: usize = 16 << 20;
+
+/// Upper bound of [`TlsConfig::session_cache`] (rustls allocates the cache up front).
+pub const MAX_SESSION_CACHE: usize = 1 << 20;
+
+/// Upper bound of [`TlsConfig::max_sessions`].
+pub const MAX_SESSIONS: usize = 1 << 20;
+
+/// Upper bound of [`TlsConfig::threads`].
+pub const MAX_THREADS: usize = 1024;
+
+/// Settings of the TLS service.
+///
+/// Every field has a default, so an empty `[tls]` table is valid apart from the certificates;
+/// unknown keys are rejected.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chains and their keys. The first is the default; the others are chosen by the
+    /// client's SNI name, matched against each certificate's subjectAltName DNS names.
+    pub certs: Vec<CertFiles>,
+    /// Offer TLS 1.2 as well as TLS 1.3 (TLS 1.3 is always on; 1.0/1.1 never). Default true.
+    pub tls12: bool,
+    /// ALPN protocols in order of preference (the client's order decides among those it offers
+    /// only when rustls's `ignore_client_order` is set, which it is not). Default `["http/1.1"]`.
+    /// A client that offers ALPN but none of these gets a `no_application_protocol` alert.
+    pub alpn: Vec<String>,
+    /// Stateless TLS 1.3 / TLS 1.2 session tickets (keys rotate inside rustls). Default true.
+    pub tickets: bool,
+    /// Entries of the stateful session cache (TLS 1.2 session IDs, TLS 1.3 stateful tickets when
+    /// `tickets` is off); 0 disables it. Default 4096.
+    pub session_cache: usize,
+    /// Handshake deadline in milliseconds (enforced by the caller; carried here). Default 10 000.
+    pub handshake_timeout_ms: u64,
+    /// Most concurrent TLS sessions (enforced by the caller). Default 4096.
+    pub max_sessions: usize,
+    /// Handshake pool threads; 0 runs TLS inline on the packet core (the caller's business).
+    /// Default 0.
+    pub threads: usize,
+    /// Most bytes of pending outgoing data per session: plaintext queued during the handshake,
+    /// and encrypted records not yet taken by [`TlsSession::poll_ciphertext`]. Default 64 KiB;
+    /// at least [`MAX_RECORD_WIRE`].
+    pub buffer_limit: usize,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            certs: Vec::new(),
+            tls12: true,
+            alpn: vec!["http/1.1".to_string()],
+            tickets: true,
+            session_cache: 4096,
+            handshake_timeout_ms: 10_000,
+            max_sessions: 4096,
+            threads: 0,
+            buffer_limit: 64 * 1024,
+        }
+    }
+}
+
+/// One certificate chain and its private key, both PEM files.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
+    /// PEM certificate chain: the end-entity certificate first, then intermediates.
+    pub cert: PathBuf,
+    /// PEM private key: PKCS#8, SEC1 (EC) or PKCS#1 (RSA).
+    pub key: PathBuf,
+}
+
+impl TlsConfig {
+    /// Checks the limits and the ALPN list. Does not read the certificate files
+    /// ([`TlsServer::new`] does).
+    pub fn validate(&self) -> Result<(), TlsError> {
+        let bad = |msg: String| Err(TlsError::Config(msg));
+        if self.buffer_limit < MAX_RECORD_WIRE || self.buffer_limit > MAX_BUFFER_LIMIT {
+            return bad(format!(
+                "tls.buffer_limit = {} is out of range: set it between {} (one full TLS record) and {}",
+                self.buffer_limit, MAX_RECORD_WIRE, MAX_BUFFER_LIMIT
+            ));
+        }
+        if self.max_sessions == 0 || self.max_sessions > MAX_SESSIONS {
+            return bad(format!(
+                "tls.max_sessions = {} is out of range: set it between 1 and {}",
+                self.max_sessions, MAX_SESSIONS
+            ));
+        }
+        if self.session_cache > MAX_SESSION_CACHE {
+            return bad(format!(
+                "tls.session_cache = {} is too large: set at most {} entries (0 disables the cache)",
+                self.session_cache, MAX_SESSION_CACHE
+            ));
+        }
+        if self.handshake_timeout_ms == 0 {
+            return bad(
+                "tls.handshake_timeout_ms = 0: set a positive handshake deadline (default 10000)"
+                    .to_string(),
+            );
+        }
+        if self.threads > MAX_THREADS {
+            return bad(format!(
+                "tls.threads = {} is too large: set at most {} (0 runs TLS on the packet cores)",
+                self.threads, MAX_THREADS
+            ));
+        }
+        for (i, proto) in self.alpn.iter().enumerate() {
+            if proto.is_empty() || proto.len() > 255 {
+                return bad(format!(
+                    "tls.alpn entry {:?} must be 1 to 255 bytes long (e.g. \"http/1.1\")",
+                    proto
+                ));
+            }
+            if self.alpn[..i].contains(proto) {
+                return bad(format!(
+                    "tls.alpn lists {:?} twice: list each protocol once",
+                    proto
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Errors of the TLS layer: loading the configuration, and fatal protocol errors of a session.
+#[derive(thiserror::Error, Debug)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A certificate or key file could not be read.
+    #[error("cannot read {what} {path}: {source} ({hint})")]
+    ReadFile {
+        /// "certificate" or "private key".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+        /// What the user should pass instead.
+        hint: &'static str,
+    },
+    /// A certificate chain or key was read but is unusable (not PEM, no item, unsupported key,
+    /// key not matching the certificate...).
+    #[error("{0}")]
+    BadCertificate(String),
+    /// The configuration is invalid; the message says which setting to change.
+    #[error("invalid TLS configuration: {0}")]
+    Config(String),
+    /// A fatal TLS protocol error in a session, with rustls's description. The alert to send (if
+    /// any) is queued in the session; the session is dead.
+    #[error("TLS protocol error: {0} (the session is closed; send the queued alert, then close the connection)")]
+    Protocol(String),
+}
