@@ -127,6 +127,8 @@ struct Remote {
     /// The pool asked to close once `pending` is sent.
     close: bool,
     closed: bool,
+    /// Listed in `Apps::owing` (credit to send at the end of the turn).
+    listed: bool,
 }
 
 /// What a connection is attached to.
@@ -164,6 +166,8 @@ pub struct Apps {
     spare_remote: Vec<Box<Remote>>,
     /// Inline TLS sessions open.
     sessions: usize,
+    /// Slots of pooled flows that owe the pool a credit (sent once per turn, coalesced).
+    owing: Vec<u32>,
     scratch: Box<[u8]>,
     stats: AppStats,
     now: Instant,
@@ -202,6 +206,7 @@ impl Apps {
             spare_https: Vec::new(),
             spare_remote: Vec::new(),
             sessions: 0,
+            owing: Vec::with_capacity(max_flows.min(1 << 16)),
             scratch: vec![0u8; 16 * 1024].into_boxed_slice(),
             stats: AppStats::default(),
             now: Instant::ZERO,
@@ -246,6 +251,18 @@ impl Apps {
             self.sweep(tcp);
         }
         if let Some(link) = &mut self.pool {
+            if link.ready() {
+                // One credit per flow per turn; while a channel is full they keep adding up.
+                for i in self.owing.drain(..) {
+                    if let Some(Slot::Remote(r)) = self.slots.get_mut(i as usize) {
+                        r.listed = false;
+                        if let (Some(conn), true) = (r.id, r.owed > 0) {
+                            link.send(ToPool::Credit(conn, r.owed));
+                            r.owed = 0;
+                        }
+                    }
+                }
+            }
             link.flush();
         }
     }
@@ -275,6 +292,7 @@ impl Apps {
                         r.owed = 0;
                         r.close = false;
                         r.closed = false;
+                        r.listed = false;
                         link.send(ToPool::Open(conn));
                         *slot = Slot::Remote(r);
                         self.stats.pool_flows += 1;
@@ -379,7 +397,7 @@ impl Apps {
                     continue;
                 }
             }
-            Self::service_remote(tcp, conn, r, link);
+            Self::service_remote(tcp, conn, r, link, &mut self.owing);
         }
     }
 
@@ -459,14 +477,20 @@ impl Apps {
             }
             Slot::Remote(r) => {
                 if let Some(link) = &mut self.pool {
-                    Self::service_remote(tcp, conn, r, link);
+                    Self::service_remote(tcp, conn, r, link, &mut self.owing);
                 }
             }
         }
     }
 
     /// Moves a pooled connection's bytes: output to TCP, input to the pool within credit.
-    fn service_remote(tcp: &mut Tcp, conn: ConnId, r: &mut Remote, link: &mut WorkerLink) {
+    fn service_remote(
+        tcp: &mut Tcp,
+        conn: ConnId,
+        r: &mut Remote,
+        link: &mut WorkerLink,
+        owing: &mut Vec<u32>,
+    ) {
         while let Some(front) = r.pending.front() {
             let n = tcp.send(conn, &front[r.off..]).unwrap_or(0);
             if n == 0 {
@@ -480,9 +504,9 @@ impl Apps {
                 link.recycle(c);
             }
         }
-        if r.owed > 0 {
-            link.send(ToPool::Credit(conn, r.owed));
-            r.owed = 0;
+        if r.owed > 0 && !r.listed {
+            r.listed = true;
+            owing.push(conn.index());
         }
         if r.close {
             if r.pending.is_empty() && !r.closed {

@@ -107,6 +107,9 @@ impl<M> Batch<M> {
     }
 }
 
+/// Most spare chunks a side keeps (more are freed): bounds idle memory to 256 KiB per side.
+const SPARE_CHUNKS: usize = 16;
+
 /// Recycled chunks.
 #[derive(Debug, Default)]
 struct Chunks(Vec<Vec<u8>>);
@@ -117,9 +120,13 @@ impl Chunks {
         c.clear();
         c
     }
-    fn put(&mut self, c: Vec<u8>) {
-        if c.capacity() >= CHUNK && self.0.len() < 4096 {
+    /// Keeps `c` if the free list has room; otherwise hands it back to the caller.
+    fn put(&mut self, c: Vec<u8>) -> Option<Vec<u8>> {
+        if c.capacity() >= CHUNK && self.0.len() < SPARE_CHUNKS {
             self.0.push(c);
+            None
+        } else {
+            Some(c)
         }
     }
 }
@@ -137,6 +144,8 @@ pub struct WorkerLink {
     current: Option<Batch<FromPool>>,
     spare_batches: Vec<Batch<ToPool>>,
     chunks: Chunks,
+    /// Chunks beyond our free list, travelling back to the pool with the next batch.
+    give_back: Vec<Vec<u8>>,
     window: usize,
 }
 
@@ -180,38 +189,50 @@ impl WorkerLink {
         self.chunks.get()
     }
 
-    /// Returns a chunk that is no longer needed.
+    /// Returns a chunk that is no longer needed (kept, or sent back to the pool, which
+    /// allocated most of them).
     pub fn recycle(&mut self, c: Vec<u8>) {
-        self.chunks.put(c);
+        if let Some(c) = self.chunks.put(c) {
+            if self.give_back.len() < SPARE_CHUNKS {
+                self.give_back.push(c);
+            }
+        }
     }
 
-    /// Sends the assembled batches (never blocks: a full channel keeps them for next time).
+    /// True when no batch is waiting for room in a channel. While one waits, callers should
+    /// hold back messages that can be coalesced (credits), so nothing grows per turn.
+    pub fn ready(&self) -> bool {
+        self.backlog.iter().all(VecDeque::is_empty)
+    }
+
+    /// Sends the assembled batches (never blocks). A full channel keeps at most one batch per
+    /// pool thread waiting; meanwhile new messages join the batch being assembled.
     pub fn flush(&mut self) {
         for t in 0..self.to.len() {
-            if !self.out[t].msgs.is_empty() {
-                let fresh = self
-                    .spare_batches
-                    .pop()
-                    .unwrap_or_else(|| Batch::new(self.worker));
-                let mut b = std::mem::replace(&mut self.out[t], fresh);
-                // Hand back spare chunks the pool sent us beyond what we keep.
-                while self.chunks.0.len() > 256 && b.spare.len() < 64 {
-                    b.spare.push(self.chunks.0.pop().expect("non-empty"));
-                }
-                self.backlog[t].push_back(b);
-            }
-            while let Some(b) = self.backlog[t].pop_front() {
+            if let Some(b) = self.backlog[t].pop_front() {
                 match self.to[t].try_send(b) {
                     Ok(()) => {}
                     Err(TrySendError::Full(b)) => {
                         self.backlog[t].push_front(b);
-                        break;
+                        continue;
                     }
-                    Err(TrySendError::Disconnected(_)) => {
-                        self.backlog[t].clear();
-                        break;
-                    }
+                    Err(TrySendError::Disconnected(_)) => continue,
                 }
+            }
+            if self.out[t].msgs.is_empty() {
+                continue;
+            }
+            let fresh = self
+                .spare_batches
+                .pop()
+                .unwrap_or_else(|| Batch::new(self.worker));
+            let mut b = std::mem::replace(&mut self.out[t], fresh);
+            // Hand back the chunks the pool sent us beyond what we keep.
+            b.spare.append(&mut self.give_back);
+            match self.to[t].try_send(b) {
+                Ok(()) => {}
+                Err(TrySendError::Full(b)) => self.backlog[t].push_back(b),
+                Err(TrySendError::Disconnected(_)) => {}
             }
         }
     }
@@ -225,7 +246,8 @@ impl WorkerLink {
                 }
                 let mut b = self.current.take().expect("checked");
                 for c in b.spare.drain(..) {
-                    self.chunks.put(c);
+                    // Ours coming back; beyond the free list they are freed.
+                    let _ = self.chunks.put(c);
                 }
                 // Reuse the vectors for batches to the pool.
                 self.spare_batches.push(Batch {
@@ -336,6 +358,7 @@ impl Pool {
                 current: None,
                 spare_batches: Vec::new(),
                 chunks: Chunks::default(),
+                give_back: Vec::new(),
                 window: cfg.window,
             })
             .collect();
@@ -452,6 +475,7 @@ struct PoolThread {
     slow_down: Duration,
     senders: Vec<Sender<Batch<FromPool>>>,
     flows: HashMap<(usize, u32), Box<Flow>>,
+    #[allow(clippy::vec_box)]
     spare_flows: Vec<Box<Flow>>,
     /// Outgoing messages per worker, and chunks to give back to it.
     out: Vec<Vec<FromPool>>,
@@ -511,7 +535,8 @@ impl PoolThread {
             std::thread::sleep(self.slow_down);
         }
         for c in b.spare.drain(..) {
-            self.chunks.put(c);
+            // Ours coming back; beyond the free list they are freed.
+            let _ = self.chunks.put(c);
         }
         let now = self.now();
         let w = b.worker.min(self.senders.len().saturating_sub(1));
@@ -608,7 +633,7 @@ impl PoolThread {
             self.spare_out[w].push(c);
         }
         let out = std::mem::take(&mut f.q.out);
-        self.chunks.put(out);
+        let _ = self.chunks.put(out);
         self.spare_flows.push(f);
     }
 

@@ -450,3 +450,713 @@ impl TlsSession {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An in-memory rustls client and the byte pump between it and a [`TlsSession`].
+    mod client {
+        use std::io::{Read, Write};
+        use std::sync::Arc;
+
+        use rustls::pki_types::{CertificateDer, ServerName};
+        use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+        use crate::tls::{TlsError, TlsSession};
+
+        /// A client configuration trusting exactly `roots`.
+        pub fn config(
+            roots: &[&CertificateDer<'static>],
+            alpn: &[&str],
+            tls12: bool,
+        ) -> ClientConfig {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let mut store = RootCertStore::empty();
+            for root in roots {
+                store.add((*root).clone()).unwrap();
+            }
+            let versions: &[&'static rustls::SupportedProtocolVersion] = if tls12 {
+                &[&rustls::version::TLS12]
+            } else {
+                &[&rustls::version::TLS13]
+            };
+            let mut cfg = ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(store)
+                .with_no_client_auth();
+            cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+            cfg
+        }
+
+        /// Who failed first while pumping.
+        #[derive(Debug)]
+        pub enum Failed {
+            Server(TlsError),
+            Client(rustls::Error),
+        }
+
+        /// A rustls client connection and the plaintext it received.
+        pub struct Client {
+            pub conn: ClientConnection,
+            rx: Vec<u8>,
+        }
+
+        impl Client {
+            pub fn new(cfg: &Arc<ClientConfig>, name: &str) -> Client {
+                let name = ServerName::try_from(name.to_string()).unwrap();
+                let mut conn = ClientConnection::new(cfg.clone(), name).unwrap();
+                conn.set_buffer_limit(None);
+                Client {
+                    conn,
+                    rx: Vec::new(),
+                }
+            }
+
+            /// Feeds server ciphertext to the client.
+            pub fn feed(&mut self, mut data: &[u8]) -> Result<(), rustls::Error> {
+                while !data.is_empty() {
+                    if self.conn.read_tls(&mut data).is_err() {
+                        self.drain(); // received-plaintext buffer full
+                        continue;
+                    }
+                    self.conn.process_new_packets()?;
+                }
+                self.drain();
+                Ok(())
+            }
+
+            fn drain(&mut self) {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = self.conn.reader().read(&mut buf) {
+                    self.rx.extend_from_slice(&buf[..n]);
+                }
+            }
+
+            /// The plaintext received so far (taken).
+            pub fn recv(&mut self) -> Vec<u8> {
+                std::mem::take(&mut self.rx)
+            }
+
+            /// Everything the client wants to send now.
+            pub fn flight(&mut self) -> Vec<u8> {
+                let mut wire = Vec::new();
+                while self.conn.wants_write() {
+                    self.conn.write_tls(&mut wire).unwrap();
+                }
+                wire
+            }
+
+            pub fn send(&mut self, data: &[u8]) {
+                self.conn.writer().write_all(data).unwrap();
+            }
+
+            /// Moves bytes both ways until neither side has anything to send. Plaintext the
+            /// server receives is appended to `server_rx` (read whenever the server pushes back).
+            pub fn pump(
+                &mut self,
+                server: &mut TlsSession,
+                server_rx: &mut Vec<u8>,
+            ) -> Result<(), Failed> {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    let mut progress = false;
+                    let wire = self.flight();
+                    let mut off = 0;
+                    while off < wire.len() {
+                        progress = true;
+                        let n = server
+                            .handle_ciphertext(&wire[off..])
+                            .map_err(Failed::Server)?;
+                        off += n;
+                        drain_server(server, server_rx);
+                    }
+                    drain_server(server, server_rx);
+                    loop {
+                        let n = server.poll_ciphertext(&mut buf);
+                        if n == 0 {
+                            break;
+                        }
+                        progress = true;
+                        self.feed(&buf[..n]).map_err(Failed::Client)?;
+                    }
+                    if !progress {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+
+        fn drain_server(server: &mut TlsSession, server_rx: &mut Vec<u8>) {
+            let mut buf = [0u8; 1000];
+            loop {
+                let n = server.read_plaintext(&mut buf);
+                if n == 0 {
+                    return;
+                }
+                server_rx.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+
+    use client::{Client, Failed};
+
+    struct TestCert {
+        cert_pem: String,
+        key_pem: String,
+        der: CertificateDer<'static>,
+    }
+
+    fn make_cert(names: &[&str]) -> TestCert {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        // Distinct subjects, so a client trusting one certificate cannot mistake the other's
+        // issuer for it.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        let cert = params.self_signed(&key).unwrap();
+        TestCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    fn server(certs: &[&TestCert], cfg: &TlsConfig) -> TlsServer {
+        let pairs: Vec<(&[u8], &[u8])> = certs
+            .iter()
+            .map(|c| (c.cert_pem.as_bytes(), c.key_pem.as_bytes()))
+            .collect();
+        TlsServer::from_pem(&pairs, cfg).unwrap()
+    }
+
+    /// Full handshake with a client for `name` trusting `root`; returns the established pair.
+    fn establish(
+        srv: &TlsServer,
+        ccfg: &Arc<rustls::ClientConfig>,
+        name: &str,
+    ) -> (Client, TlsSession) {
+        let mut c = Client::new(ccfg, name);
+        let mut s = srv.accept().unwrap();
+        let mut rx = Vec::new();
+        c.pump(&mut s, &mut rx).unwrap();
+        assert!(!s.is_handshaking() && !c.conn.is_handshaking());
+        assert!(rx.is_empty());
+        (c, s)
+    }
+
+    /// An alert record as rustls sends it before encryption: fatal (2) `desc`.
+    fn plain_fatal_alert(desc: u8) -> [u8; 7] {
+        [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, desc]
+    }
+
+    fn drain(s: &mut TlsSession) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1500];
+        loop {
+            let n = s.poll_ciphertext(&mut buf);
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[test]
+    fn server_and_session_are_shareable() {
+        fn send_sync_clone<T: Send + Sync + Clone>() {}
+        fn send<T: Send>() {}
+        send_sync_clone::<TlsServer>();
+        send::<TlsSession>();
+    }
+
+    fn round_trip(tls12: bool, suite: &'static str, version: TlsVersion) {
+        let cert = make_cert(&["a.test"]);
+        let srv = server(&[&cert], &TlsConfig::default());
+        let ccfg = Arc::new(client::config(&[&cert.der], &["http/1.1"], tls12));
+        let mut c = Client::new(&ccfg, "a.test");
+        let mut s = srv.accept().unwrap();
+        assert!(s.is_handshaking());
+        assert_eq!(s.info(), None);
+        let mut rx = Vec::new();
+        c.pump(&mut s, &mut rx).unwrap();
+        assert!(!s.is_handshaking());
+        assert_eq!(
+            s.info(),
+            Some(SessionInfo {
+                version,
+                suite,
+                resumed: false,
+                sni: Some("a.test".to_string()),
+                alpn: Some(b"http/1.1".to_vec()),
+            })
+        );
+        let request = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+        c.send(request);
+        c.pump(&mut s, &mut rx).unwrap();
+        assert_eq!(rx, request);
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+        assert_eq!(s.write_plaintext(response), response.len());
+        assert!(s.has_ciphertext());
+        c.pump(&mut s, &mut rx).unwrap();
+        assert!(!s.has_ciphertext());
+        assert_eq!(c.recv(), response);
+        assert!(!s.peer_closed() && !s.is_dead());
+    }
+
+    #[test]
+    fn tls13_handshake_and_round_trip() {
+        round_trip(false, "TLS13_AES_256_GCM_SHA384", TlsVersion::Tls13);
+    }
+
+    #[test]
+    fn tls12_handshake_and_round_trip() {
+        round_trip(
+            true,
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            TlsVersion::Tls12,
+        );
+    }
+
+    #[test]
+    fn tls12_refused_when_disabled() {
+        let cert = make_cert(&["a.test"]);
+        let cfg = TlsConfig {
+            tls12: false,
+            ..TlsConfig::default()
+        };
+        let srv = server(&[&cert], &cfg);
+        let ccfg = Arc::new(client::config(&[&cert.der], &["http/1.1"], true));
+        let mut c = Client::new(&ccfg, "a.test");
+        let mut s = srv.accept().unwrap();
+        match c.pump(&mut s, &mut Vec::new()) {
+            Err(Failed::Server(e @ TlsError::Protocol(_))) => {
+                assert!(
+                    e.to_string()
+                        .starts_with("TLS protocol error: peer is incompatible: Tls12NotOffered"),
+                    "{e}"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(s.is_dead());
+        assert_eq!(drain(&mut s), plain_fatal_alert(70)); // protocol_version
+    }
+
+    #[test]
+    fn alpn_mismatch_sends_no_application_protocol() {
+        let cert = make_cert(&["a.test"]);
+        let srv = server(&[&cert], &TlsConfig::default());
+
+        // TLS 1.2: ALPN is settled before the ServerHello, so the alert is the only record.
+        let ccfg = Arc::new(client::config(&[&cert.der], &["h2"], true));
+        let mut c = Client::new(&ccfg, "a.test");
+        let mut s = srv.accept().unwrap();
+        let hello = c.flight();
+        let err = s.handle_ciphertext(&hello).unwrap_err();
+        assert!(matches!(err, TlsError::Protocol(_)), "{err}");
+        assert!(s.is_dead());
+        assert!(s.has_ciphertext());
+        let alert = drain(&mut s);
+        assert_eq!(alert, plain_fatal_alert(120)); // no_application_protocol
+        assert!(!s.has_ciphertext());
+        // The session stays dead and says so again.
+        assert!(matches!(
+            s.handle_ciphertext(&hello),
+            Err(TlsError::Protocol(_))
+        ));
+        assert_eq!(s.write_plaintext(b"x"), 0);
+        assert_eq!(s.write_capacity(), 0);
+        assert_eq!(s.info(), None);
+        assert_eq!(
+            c.feed(&alert).unwrap_err(),
+            rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
+        );
+
+        // TLS 1.3: ALPN goes in EncryptedExtensions, after the ServerHello, so the alert follows
+        // the ServerHello (and a compatibility ChangeCipherSpec), encrypted: an application_data
+        // record of 2 + 1 + 16 bytes. The client decrypts it.
+        let ccfg = Arc::new(client::config(&[&cert.der], &["h2"], false));
+        let mut c = Client::new(&ccfg, "a.test");
+        let mut s = srv.accept().unwrap();
+        assert!(matches!(
+            s.handle_ciphertext(&c.flight()),
+            Err(TlsError::Protocol(_))
+        ));
+        assert!(s.is_dead());
+        let out = drain(&mut s);
+        assert_eq!(out[0], 0x16, "ServerHello first");
+        assert_eq!(
+            out[out.len() - 24..out.len() - 19],
+            [0x17, 0x03, 0x03, 0x00, 0x13]
+        );
+        assert_eq!(
+            c.feed(&out).unwrap_err(),
+            rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
+        );
+    }
+
+    #[test]
+    fn sni_picks_the_matching_certificate() {
+        let a = make_cert(&["a.test"]);
+        let b = make_cert(&["b.test", "*.b.test"]);
+        let srv = server(&[&a, &b], &TlsConfig::default());
+
+        // Only b's certificate is trusted: the handshake succeeds only if b is served.
+        let only_b = Arc::new(client::config(&[&b.der], &["http/1.1"], false));
+        for name in ["b.test", "www.b.test"] {
+            let (_c, s) = establish(&srv, &only_b, name);
+            assert_eq!(s.info().unwrap().sni.as_deref(), Some(name));
+        }
+        let only_a = Arc::new(client::config(&[&a.der], &["http/1.1"], false));
+        let (_c, s) = establish(&srv, &only_a, "a.test");
+        assert_eq!(s.info().unwrap().sni.as_deref(), Some("a.test"));
+
+        // An unknown name gets the default (first) certificate: trusted by a client trusting a,
+        // but not valid for the name; a client trusting only b does not know its issuer.
+        let run = |ccfg: &Arc<rustls::ClientConfig>| {
+            let mut c = Client::new(ccfg, "c.test");
+            let mut s = srv.accept().unwrap();
+            match c.pump(&mut s, &mut Vec::new()) {
+                Err(Failed::Client(rustls::Error::InvalidCertificate(e))) => e,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert!(matches!(
+            run(&only_a),
+            rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. }
+        ));
+        assert_eq!(run(&only_b), rustls::CertificateError::UnknownIssuer);
+
+        // No SNI at all: the default certificate.
+        let mut no_sni = client::config(&[&a.der], &["http/1.1"], false);
+        no_sni.enable_sni = false;
+        let (_c, s) = establish(&srv, &Arc::new(no_sni), "a.test");
+        assert_eq!(s.info().unwrap().sni, None);
+    }
+
+    fn resumes(cfg: &TlsConfig, tls12: bool) -> (bool, bool) {
+        let cert = make_cert(&["a.test"]);
+        let srv = server(&[&cert], cfg);
+        let ccfg = Arc::new(client::config(&[&cert.der], &["http/1.1"], tls12));
+        let (_c1, s1) = establish(&srv, &ccfg, "a.test");
+        let (_c2, s2) = establish(&srv, &ccfg, "a.test");
+        let (i1, i2) = (s1.info().unwrap(), s2.info().unwrap());
+        assert_eq!(i2.alpn.as_deref(), Some(&b"http/1.1"[..]));
+        (i1.resumed, i2.resumed)
+    }
+
+    #[test]
+    fn tls13_resumes_with_tickets() {
+        assert_eq!(resumes(&TlsConfig::default(), false), (false, true));
+    }
+
+    #[test]
+    fn tls13_resumes_with_the_stateful_cache() {
+        let cfg = TlsConfig {
+            tickets: false,
+            ..TlsConfig::default()
+        };
+        assert_eq!(resumes(&cfg, false), (false, true));
+    }
+
+    #[test]
+    fn tls12_resumes_with_session_ids() {
+        let cfg = TlsConfig {
+            tickets: false,
+            ..TlsConfig::default()
+        };
+        assert_eq!(resumes(&cfg, true), (false, true));
+    }
+
+    #[test]
+    fn no_resumption_without_cache_or_tickets() {
+        let cfg = TlsConfig {
+            tickets: false,
+            session_cache: 0,
+            ..TlsConfig::default()
+        };
+        assert_eq!(resumes(&cfg, true), (false, false));
+        assert_eq!(resumes(&cfg, false), (false, false));
+    }
+
+    /// xorshift64*: a seeded generator, so failures replay.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+    }
+
+    #[test]
+    fn garbage_is_refused_with_an_alert() {
+        let cert = make_cert(&["a.test"]);
+        let srv = server(&[&cert], &TlsConfig::default());
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let mut refused = 0;
+        for _ in 0..200 {
+            let len = 1 + (rng.next() % 3000) as usize;
+            let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let mut s = srv.accept().unwrap();
+            match s.handle_ciphertext(&data) {
+                Err(TlsError::Protocol(_)) => {
+                    refused += 1;
+                    assert!(s.is_dead());
+                    let alert = drain(&mut s);
+                    assert_eq!(alert.len(), 7, "{alert:02x?}");
+                    assert_eq!(alert[..6], plain_fatal_alert(0)[..6]);
+                }
+                other => panic!("garbage {:02x?} accepted: {other:?}", &data[..len.min(8)]),
+            }
+        }
+        assert_eq!(refused, 200);
+    }
+
+    #[test]
+    fn oversized_handshake_message_is_refused() {
+        let cert = make_cert(&["a.test"]);
+        let srv = server(&[&cert], &TlsConfig::default());
+        // A handshake record whose ClientHello claims 0x010000 bytes (over rustls's 64 KiB cap),
+        // followed by 16 KiB records continuing it: refused as soon as the length is seen.
+        // rustls sends no alert for this one: the caller just closes the connection.
+        let mut wire = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x01, 0x00, 0x00];
+        wire.resize(5 + 0x4000, 0x41);
+        for _ in 0..5 {
+            wire.extend_from_slice(&[0x16, 0x03, 0x03, 0x40, 0x00]);
+            wire.resize(wire.len() + 0x4000, 0x41);
+        }
+        let mut s = srv.accept().unwrap();
+        let e = s.handle_ciphertext(&wire).unwrap_err();
+        assert!(matches!(e, TlsError::Protocol(_)), "{e}");
+        assert!(s.is_dead());
+        assert!(e.to_string().contains("HandshakePayloadTooLarge"), "{e}");
+        assert!(!s.has_ciphertext());
+        assert_eq!(
+            s.handle_ciphertext(b"x").unwrap_err().to_string(),
+            e.to_string()
+        );
+    }
+
+    #[test]
+    fn truncated_client_hello_waits_for_more() {
+        let cert = make_cert(&["a.test"]);
+        let srv = server(&[&cert], &TlsConfig::default());
+        let ccfg = Arc::new(client::config(&[&cert.der], &["http/1.1"], false));
+        let mut c = Client::new(&ccfg, "a.test");
+        let hello = c.flight();
+        assert!(hello.len() > 50);
+        let mut s = srv.accept().unwrap();
+        assert_eq!(s.handle_ciphertext(&hello[..50]).unwrap(), 50);
+        assert!(s.is_handshaking() && !s.is_dead());
+        assert!(!s.has_ciphertext());
+        assert_eq!(s.poll_ciphertext(&mut [0u8; 100]), 0);
+        // The rest completes the flight: the server answers.
+        assert_eq!(s.handle_ciphertext(&hello[50..]).unwrap(), hello.len() - 50);
+        assert!(s.has_ciphertext());
+        c.pump(&mut s, &mut Vec::new()).unwrap();
+        assert!(!s.is_handshaking());
+    }
+
+    /// A ClientHello of a TLS 1.1-only client (no supported_versions extension), by hand:
+    ///
+    /// ```text
+    /// record:    16 | 03 01 | len16           handshake, record version TLS 1.0
+    /// handshake: 01 | len24                   client_hello
+    /// body:      03 02                        legacy_version TLS 1.1
+    ///            42 * 32                      random
+    ///            00                           empty session id
+    ///            00 04 c0 13 00 2f            two CBC suites (ECDHE_RSA / RSA, AES_128_CBC_SHA)
+    ///            01 00                        compression: null
+    ///            len16 extensions:
+    ///              00 00 00 0b 00 09 00 00 06 "a.test"    server_name
+    ///              00 0d 00 04 00 02 04 03                signature_algorithms (optional)
+    /// ```
+    ///
+    /// rustls checks for signature_algorithms before the version: without it (as real TLS 1.1
+    /// clients send) the answer is handshake_failure (40), with it protocol_version (70).
+    fn tls11_client_hello(with_sig_algs: bool) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&[0x03, 0x02]);
+        body.extend_from_slice(&[0x42; 32]);
+        body.push(0);
+        body.extend_from_slice(&[0x00, 0x04, 0xc0, 0x13, 0x00, 0x2f]);
+        body.extend_from_slice(&[0x01, 0x00]);
+        let mut ext = vec![
+            0x00, 0x00, 0x00, 0x0b, 0x00, 0x09, 0x00, 0x00, 0x06, b'a', b'.', b't', b'e', b's',
+            b't',
+        ];
+        if with_sig_algs {
+            ext.extend_from_slice(&[0x00, 0x0d, 0x00, 0x04, 0x00, 0x02, 0x04, 0x03]);
+        }
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut hs = vec![0x01, 0x00];
+        hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        hs.extend_from_slice(&body);
+        let mut rec = vec![0x16, 0x03, 0x01];
+        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    #[test]
+    fn tls11_client_hello_is_refused() {
+        let cert = make_cert(&["a.test"]);
+        let srv = server(&[&cert], &TlsConfig::default());
+        for (with_sig_algs, alert) in [(true, 70), (false, 40)] {
+            let hello = tls11_client_hello(with_sig_algs);
+            let ext_len = if with_sig_algs { 23 } else { 15 };
+            assert_eq!(hello.len(), 5 + 4 + 2 + 32 + 1 + 6 + 2 + 2 + ext_len);
+            let mut s = srv.accept().unwrap();
+            let err = s.handle_ciphertext(&hello).unwrap_err();
+            assert!(matches!(err, TlsError::Protocol(_)), "{err}");
+            assert!(s.is_dead());
+            assert_eq!(drain(&mut s), plain_fatal_alert(alert));
+        }
+    }
+
+    #[test]
+    fn write_backpressure_is_bounded_by_buffer_limit() {
+        let cert = make_cert(&["a.test"]);
+        let srv = server(&[&cert], &TlsConfig::default());
+        let ccfg = Arc::new(client::config(&[&cert.der], &["http/1.1"], false));
+        let limit = 64 * 1024;
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+
+        // During the handshake the plaintext waits, bounded.
+        let mut c = Client::new(&ccfg, "a.test");
+        let mut s = srv.accept().unwrap();
+        assert_eq!(s.write_capacity(), limit);
+        assert_eq!(s.write_plaintext(&data[..1000]), 1000);
+        assert_eq!(s.write_capacity(), limit - 1000);
+        assert_eq!(s.write_plaintext(&data[1000..]), limit - 1000);
+        assert_eq!(s.write_capacity(), 0);
+        assert_eq!(s.write_plaintext(&data[limit..]), 0);
+        c.pump(&mut s, &mut Vec::new()).unwrap();
+        let early = c.recv();
+        assert!(early == data[..limit], "received {} bytes", early.len());
+
+        // Established: the encrypted records wait for poll_ciphertext, bounded.
+        assert_eq!(s.write_capacity(), limit);
+        assert_eq!(s.write_plaintext(&data), limit);
+        assert_eq!(s.write_capacity(), 0);
+        assert_eq!(s.write_plaintext(&data[limit..]), 0);
+        let mut sent = limit;
+        let mut wire = vec![0u8; 10_000];
+        let mut received = Vec::new();
+        while sent < data.len() {
+            let n = s.poll_ciphertext(&mut wire);
+            assert!(n > 0);
+            c.feed(&wire[..n]).unwrap();
+            received.extend(c.recv());
+            let cap = s.write_capacity();
+            let took = s.write_plaintext(&data[sent..]);
+            assert_eq!(took, cap.min(data.len() - sent));
+            sent += took;
+        }
+        c.pump(&mut s, &mut Vec::new()).unwrap();
+        received.extend(c.recv());
+        assert!(received == data, "received {} bytes", received.len());
+    }
+
+    #[test]
+    fn read_backpressure_until_plaintext_is_read() {
+        let cert = make_cert(&["a.test"]);
+        let srv = server(&[&cert], &TlsConfig::default());
+        let ccfg = Arc::new(client::config(&[&cert.der], &["http/1.1"], false));
+        let (mut c, mut s) = establish(&srv, &ccfg, "a.test");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        c.send(&data);
+        let wire = c.flight();
+        assert!(wire.len() > data.len());
+        let first = s.handle_ciphertext(&wire).unwrap();
+        assert!(first < wire.len(), "all {first} bytes taken");
+        // Without reading plaintext, nothing more is taken.
+        assert_eq!(s.handle_ciphertext(&wire[first..]).unwrap(), 0);
+        let mut got = Vec::new();
+        let mut off = first;
+        let mut buf = vec![0u8; 3000];
+        loop {
+            loop {
+                let n = s.read_plaintext(&mut buf);
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            if off == wire.len() {
+                break;
+            }
+            let n = s.handle_ciphertext(&wire[off..]).unwrap();
+            assert!(n > 0);
+            off += n;
+        }
+        assert!(got == data, "received {} bytes", got.len());
+    }
+
+    #[test]
+    fn close_notify_both_ways() {
+        let cert = make_cert(&["a.test"]);
+        let srv = server(&[&cert], &TlsConfig::default());
+        let ccfg = Arc::new(client::config(&[&cert.der], &["http/1.1"], false));
+        let (mut c, mut s) = establish(&srv, &ccfg, "a.test");
+        c.send(b"bye");
+        c.conn.send_close_notify();
+        let mut wire = c.flight();
+        wire.extend_from_slice(b"ignored after close_notify");
+        assert_eq!(s.handle_ciphertext(&wire).unwrap(), wire.len());
+        assert!(!s.peer_closed(), "plaintext before close_notify is unread");
+        let mut buf = [0u8; 16];
+        assert_eq!(s.read_plaintext(&mut buf), 3);
+        assert_eq!(&buf[..3], b"bye");
+        assert_eq!(s.read_plaintext(&mut buf), 0);
+        assert!(s.peer_closed() && !s.is_dead());
+        assert_eq!(s.handle_ciphertext(b"more").unwrap(), 4);
+
+        assert_eq!(s.write_plaintext(b"last"), 4);
+        s.close();
+        assert_eq!(s.write_plaintext(b"late"), 0);
+        assert_eq!(s.write_capacity(), 0);
+        let out = drain(&mut s);
+        c.feed(&out).unwrap();
+        assert_eq!(c.recv(), b"last");
+        assert!(c.conn.process_new_packets().unwrap().peer_has_closed());
+    }
+
+    #[test]
+    fn bad_pem_is_explained() {
+        let a = make_cert(&["a.test"]);
+        let b = make_cert(&["b.test"]);
+        let cfg = TlsConfig::default();
+        let err = |chains: &[(&[u8], &[u8])]| TlsServer::from_pem(chains, &cfg).unwrap_err();
+        let e = err(&[(b"not pem", a.key_pem.as_bytes())]).to_string();
+        assert!(e.contains("no certificate in certificate chain #0"), "{e}");
+        let e = err(&[(a.cert_pem.as_bytes(), a.cert_pem.as_bytes())]).to_string();
+        assert!(e.contains("no private key in private key #0"), "{e}");
+        let e = err(&[(a.cert_pem.as_bytes(), b.key_pem.as_bytes())]).to_string();
+        assert!(
+            e.contains("private key #0 cannot be used with certificate chain #0"),
+            "{e}"
+        );
+        let e = err(&[]).to_string();
+        assert!(e.contains("no certificate given"), "{e}");
+        let bad = TlsConfig {
+            buffer_limit: 100,
+            ..TlsConfig::default()
+        };
+        let pair: (&[u8], &[u8]) = (a.cert_pem.as_bytes(), a.key_pem.as_bytes());
+        assert!(matches!(
+            TlsServer::from_pem(&[pair], &bad),
+            Err(TlsError::Config(_))
+        ));
+    }
+}

@@ -46,8 +46,8 @@ pub struct TlsConfig {
     pub certs: Vec<CertFiles>,
     /// Offer TLS 1.2 as well as TLS 1.3 (TLS 1.3 is always on; 1.0/1.1 never). Default true.
     pub tls12: bool,
-    /// ALPN protocols in order of preference (the client's order decides among those it offers
-    /// only when rustls's `ignore_client_order` is set, which it is not). Default `["http/1.1"]`.
+    /// ALPN protocols in order of preference: the first of these that the client offers wins.
+    /// Default `["http/1.1"]`; empty disables ALPN.
     /// A client that offers ALPN but none of these gets a `no_application_protocol` alert.
     pub alpn: Vec<String>,
     /// Stateless TLS 1.3 / TLS 1.2 session tickets (keys rotate inside rustls). Default true.
@@ -172,6 +172,229 @@ pub enum TlsError {
     Config(String),
     /// A fatal TLS protocol error in a session, with rustls's description. The alert to send (if
     /// any) is queued in the session; the session is dead.
-    #[error("TLS protocol error: {0} (the session is closed; send the queued alert, then close the connection)")]
+    #[error(
+        "TLS protocol error: {0} (the connection is closed with an alert; if legitimate clients \
+         fail, compare their TLS versions, ALPN protocols and server name with the tls settings)"
+    )]
     Protocol(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_defaults_and_fields() {
+        let cfg: TlsConfig = toml::from_str("").unwrap();
+        assert_eq!(cfg, TlsConfig::default());
+        assert!(cfg.tls12 && cfg.tickets);
+        assert_eq!(cfg.alpn, ["http/1.1"]);
+        assert_eq!(
+            (cfg.session_cache, cfg.max_sessions, cfg.threads),
+            (4096, 4096, 0)
+        );
+        assert_eq!(
+            (cfg.handshake_timeout_ms, cfg.buffer_limit),
+            (10_000, 65_536)
+        );
+        cfg.validate().unwrap();
+
+        let cfg: TlsConfig = toml::from_str(
+            r#"
+            certs = [
+                { cert = "/etc/h/a.pem", key = "/etc/h/a.key" },
+                { cert = "/etc/h/b.pem", key = "/etc/h/b.key" },
+            ]
+            tls12 = false
+            alpn = ["h2", "http/1.1"]
+            tickets = false
+            session_cache = 0
+            handshake_timeout_ms = 3000
+            max_sessions = 100
+            threads = 2
+            buffer_limit = 32768
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg,
+            TlsConfig {
+                certs: vec![
+                    CertFiles {
+                        cert: "/etc/h/a.pem".into(),
+                        key: "/etc/h/a.key".into()
+                    },
+                    CertFiles {
+                        cert: "/etc/h/b.pem".into(),
+                        key: "/etc/h/b.key".into()
+                    },
+                ],
+                tls12: false,
+                alpn: vec!["h2".into(), "http/1.1".into()],
+                tickets: false,
+                session_cache: 0,
+                handshake_timeout_ms: 3000,
+                max_sessions: 100,
+                threads: 2,
+                buffer_limit: 32768,
+            }
+        );
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn toml_rejects_unknown_fields() {
+        let e = toml::from_str::<TlsConfig>("tls13 = true").unwrap_err();
+        assert!(e.to_string().contains("unknown field `tls13`"), "{e}");
+        let e =
+            toml::from_str::<TlsConfig>("certs = [{ cert = \"a\", key = \"b\", pass = \"x\" }]")
+                .unwrap_err();
+        assert!(e.to_string().contains("unknown field `pass`"), "{e}");
+        let e = toml::from_str::<TlsConfig>("certs = [{ cert = \"a\" }]").unwrap_err();
+        assert!(e.to_string().contains("missing field `key`"), "{e}");
+    }
+
+    #[test]
+    fn validate_names_the_setting() {
+        let check = |cfg: TlsConfig, needle: &str| {
+            let e = cfg.validate().unwrap_err();
+            assert!(matches!(e, TlsError::Config(_)));
+            assert!(e.to_string().contains(needle), "{e}");
+        };
+        let d = TlsConfig::default;
+        check(
+            TlsConfig {
+                buffer_limit: MAX_RECORD_WIRE - 1,
+                ..d()
+            },
+            "tls.buffer_limit = 16644",
+        );
+        check(
+            TlsConfig {
+                buffer_limit: MAX_BUFFER_LIMIT + 1,
+                ..d()
+            },
+            "tls.buffer_limit",
+        );
+        check(
+            TlsConfig {
+                max_sessions: 0,
+                ..d()
+            },
+            "tls.max_sessions = 0",
+        );
+        check(
+            TlsConfig {
+                session_cache: MAX_SESSION_CACHE + 1,
+                ..d()
+            },
+            "tls.session_cache",
+        );
+        check(
+            TlsConfig {
+                handshake_timeout_ms: 0,
+                ..d()
+            },
+            "tls.handshake_timeout_ms",
+        );
+        check(
+            TlsConfig {
+                threads: MAX_THREADS + 1,
+                ..d()
+            },
+            "tls.threads",
+        );
+        check(
+            TlsConfig {
+                alpn: vec![String::new()],
+                ..d()
+            },
+            "1 to 255 bytes",
+        );
+        check(
+            TlsConfig {
+                alpn: vec!["x".repeat(256)],
+                ..d()
+            },
+            "1 to 255 bytes",
+        );
+        check(
+            TlsConfig {
+                alpn: vec!["h2".into(), "h2".into()],
+                ..d()
+            },
+            "twice",
+        );
+        // The edges that are allowed.
+        let ok = TlsConfig {
+            buffer_limit: MAX_RECORD_WIRE,
+            alpn: vec!["x".repeat(255)],
+            session_cache: 0,
+            max_sessions: 1,
+            ..d()
+        };
+        ok.validate().unwrap();
+        TlsConfig {
+            alpn: vec![],
+            ..d()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let dir = std::env::temp_dir().join(format!("handshake-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.join("a.pem"), dir.join("a.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let with = |cert: &std::path::Path, key: &std::path::Path| TlsConfig {
+            certs: vec![CertFiles {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+            }],
+            ..TlsConfig::default()
+        };
+
+        let server = TlsServer::new(&with(&cert_path, &key_path)).unwrap();
+        let session = server.accept().unwrap();
+        assert!(session.is_handshaking() && !session.has_ciphertext());
+
+        let missing = dir.join("missing.pem");
+        let e = TlsServer::new(&with(&missing, &key_path)).unwrap_err();
+        assert!(matches!(e, TlsError::ReadFile { .. }));
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!("cannot read certificate {}: ", missing.display()))
+                && msg.ends_with("(pass --cert with a PEM certificate chain)"),
+            "{msg}"
+        );
+        let e = TlsServer::new(&with(&cert_path, &missing))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("cannot read private key {}: ", missing.display()))
+                && e.contains("pass --key"),
+            "{e}"
+        );
+        // The key file holds a certificate, not a key.
+        let e = TlsServer::new(&with(&cert_path, &cert_path))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("no private key in {}", cert_path.display())),
+            "{e}"
+        );
+        let e = TlsServer::new(&TlsConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no certificate configured"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
