@@ -260,9 +260,11 @@ impl Conn {
     /// Fresh state for a new connection (keeps the slot's generation and buffers are set by
     /// the caller).
     pub(crate) fn reset(&mut self, cfg: &TcpConfig, now: Instant) {
-        let id = self.id;
+        let (id, wheel_at) = (self.id, self.wheel_at);
         *self = Conn::default();
         self.id = id;
+        // The timer wheel may still hold an entry for this slot (see `Tcp::sync_timer`).
+        self.wheel_at = wheel_at;
         self.mss = cfg.effective_mss() as usize;
         self.cc = Cc::new(cfg.congestion, self.mss as u32, cfg.initial_cwnd);
         self.rto_us = cfg.rto_initial_ms * 1000;
