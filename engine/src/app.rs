@@ -449,6 +449,9 @@ impl Apps {
                     let sent = tcp.send(conn, &self.scratch[..n]).unwrap_or(0);
                     debug_assert_eq!(sent, n, "send capacity was checked");
                     self.stats.echo_bytes += sent as u64;
+                    if n < want {
+                        break; // a short read emptied the receive buffer
+                    }
                 }
                 if *peer_closed && tcp.recv_available(conn).unwrap_or(0) == 0 {
                     let _ = tcp.close(conn);

@@ -197,6 +197,10 @@ pub struct NeighborCache {
     /// Slots whose neighbour resolved, ready to go out.
     ready: VecDeque<usize>,
     stats: ArpStats,
+    /// The last reachable entry `lookup` returned, with its reachable deadline: the common case
+    /// (every segment to the same gateway or peer) skips the hash table. Cleared by every
+    /// method that changes entries (`learn`, `handle_event`, `handle_timeout`).
+    hot: Option<(Ipv4Addr, Mac, Instant)>,
 }
 
 impl NeighborCache {
@@ -226,6 +230,7 @@ impl NeighborCache {
             ready: VecDeque::with_capacity(n),
             parked_count: 0,
             stats: ArpStats::default(),
+            hot: None,
             cfg,
         }
     }
@@ -266,6 +271,12 @@ impl NeighborCache {
 
     /// The MAC of `ip`, starting a resolution when it is unknown and a refresh when it is stale.
     pub fn lookup(&mut self, now: Instant, ip: Ipv4Addr) -> Lookup {
+        if let Some((hot, mac, until)) = self.hot {
+            if hot == ip && now < until {
+                return Lookup::Hit(mac);
+            }
+        }
+        self.hot = None;
         match self.entries.get(&ip).copied() {
             Some(Entry {
                 mac,
@@ -273,6 +284,7 @@ impl NeighborCache {
                 ..
             }) => {
                 if now < until {
+                    self.hot = Some((ip, mac, until));
                     return Lookup::Hit(mac);
                 }
                 // Past its reachable time: keep using it, refresh it.
@@ -345,6 +357,7 @@ impl NeighborCache {
     /// - [`Learn::Unsolicited`] (gratuitous or unasked-for replies) only confirms an entry whose
     ///   MAC it repeats; it never creates or changes one.
     pub fn learn(&mut self, now: Instant, ip: Ipv4Addr, mac: Mac, how: Learn) -> bool {
+        self.hot = None;
         let until = now + self.reachable();
         let expected = self.expected.get(&ip).is_some_and(|t| *t > now);
         if expected && how == Learn::Reply && !self.entries.contains_key(&ip) {
@@ -408,6 +421,7 @@ impl NeighborCache {
 
     /// Applies an event from another worker.
     pub fn handle_event(&mut self, now: Instant, ev: NeighborEvent) {
+        self.hot = None;
         match ev {
             NeighborEvent::Resolving(ip) => {
                 if self.expected.len() < self.cfg.max_entries {
@@ -511,6 +525,7 @@ impl NeighborCache {
 
     /// Runs retries, gives up on silent addresses and forgets old entries.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.hot = None;
         let max = self.cfg.max_probes;
         let mut give_up: [Ipv4Addr; 16] = [Ipv4Addr::UNSPECIFIED; 16];
         let mut n = 0;
@@ -589,8 +604,15 @@ impl NeighborCache {
     }
 
     /// True when parked frames are ready to go out.
+    #[inline]
     pub fn has_ready(&self) -> bool {
         !self.ready.is_empty()
+    }
+
+    /// True when [`NeighborCache::poll_request`] may have a request to send (cheap check).
+    #[inline]
+    pub fn has_requests(&self) -> bool {
+        !self.requests.is_empty()
     }
 
     /// Copies the next frame whose neighbour resolved into `out` (destination MAC filled in) and

@@ -474,8 +474,10 @@ impl Stack {
         // Each pass either returns a frame or consumes one queued item; a packet parked for ARP
         // queues a request, which the next pass sends.
         loop {
-            if let Some(n) = self.neighbors.poll_ready(buf) {
-                return Some(n);
+            if self.neighbors.has_ready() {
+                if let Some(n) = self.neighbors.poll_ready(buf) {
+                    return Some(n);
+                }
             }
             if self.gratuitous > 0 {
                 self.gratuitous -= 1;
@@ -490,7 +492,12 @@ impl Stack {
                 };
                 return Some(arp.emit_frame(buf, Mac::BROADCAST));
             }
-            if let Some((ip, dst)) = self.neighbors.poll_request(now) {
+            if let Some((ip, dst)) = self
+                .neighbors
+                .has_requests()
+                .then(|| self.neighbors.poll_request(now))
+                .flatten()
+            {
                 self.stats.arp_requests += 1;
                 let src = self.routes.source_for(ip);
                 let arp = ArpRepr {

@@ -260,9 +260,11 @@ impl Conn {
     /// Fresh state for a new connection (keeps the slot's generation and buffers are set by
     /// the caller).
     pub(crate) fn reset(&mut self, cfg: &TcpConfig, now: Instant) {
-        let id = self.id;
+        let (id, wheel_at) = (self.id, self.wheel_at);
         *self = Conn::default();
         self.id = id;
+        // The timer wheel may still hold an entry for this slot (see `Tcp::sync_timer`).
+        self.wheel_at = wheel_at;
         self.mss = cfg.effective_mss() as usize;
         self.cc = Cc::new(cfg.congestion, self.mss as u32, cfg.initial_cwnd);
         self.rto_us = cfg.rto_initial_ms * 1000;
@@ -491,8 +493,9 @@ impl Conn {
             return self.input_syn_sent(env, seg);
         }
         let now = env.now;
-        let mut seg = *seg;
-        if self.state == State::SynReceived && seg.has(flags::SYN) && seg.seq == self.irs {
+        let simultaneous;
+        let seg = if self.state == State::SynReceived && seg.has(flags::SYN) && seg.seq == self.irs
+        {
             if !seg.has(flags::ACK) && !seg.has(flags::RST) {
                 // The peer retransmitted its SYN: our SYN-ACK was lost.
                 if self.syn_acked {
@@ -502,9 +505,14 @@ impl Conn {
                 return Disp::Keep;
             }
             // Simultaneous open: the peer's SYN-ACK; its SYN is old, its ACK is news.
-            seg.seq = seg.seq.wrapping_add(1);
-            seg.flags &= !flags::SYN;
-        }
+            let mut s = *seg;
+            s.seq = s.seq.wrapping_add(1);
+            s.flags &= !flags::SYN;
+            simultaneous = s;
+            &simultaneous
+        } else {
+            seg
+        };
         let rst = seg.has(flags::RST);
         let syn = seg.has(flags::SYN);
         let fin = seg.has(flags::FIN);
@@ -608,7 +616,7 @@ impl Conn {
             self.challenge_ack(env);
             return Disp::Keep;
         }
-        if let Some(d) = self.process_ack(env, &seg) {
+        if let Some(d) = self.process_ack(env, seg) {
             return d;
         }
 
@@ -617,7 +625,7 @@ impl Conn {
                 self.state,
                 State::Established | State::FinWait1 | State::FinWait2
             ) {
-                self.process_data(env, &seg);
+                self.process_data(env, seg);
             } else {
                 self.ack_now = true;
             }

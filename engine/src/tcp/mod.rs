@@ -887,8 +887,8 @@ impl Tcp {
         c.in_txq = false;
         c.id.gen = c.id.gen.wrapping_add(1);
         self.table.remove(hash, idx);
-        self.wheel.cancel(idx);
-        self.conns[idx as usize].wheel_at = Instant::MAX;
+        // The slot's wheel entry stays (lazy timers): it fires once more, finds the slot
+        // closed or its new connection's deadlines not due, and is re-armed as needed.
         if passive && old == State::SynReceived {
             if let Some(l) = self.listener(lport) {
                 l.syn_rcvd = l.syn_rcvd.saturating_sub(1);
@@ -913,7 +913,12 @@ impl Tcp {
         } else {
             c.next_deadline()
         };
-        if at != c.wheel_at {
+        // Lazy: the wheel entry only ever moves earlier. A later deadline (or none) leaves it
+        // where it is; when it fires, `handle_timeout` finds nothing due and this re-arms it at
+        // the real deadline. Most timers (RTO, delayed ACK) are cancelled or pushed back long
+        // before they fire, so this saves a wheel update per segment for at most one early
+        // wakeup per connection and deadline.
+        if at < c.wheel_at {
             c.wheel_at = at;
             self.wheel.set(idx, at);
         }

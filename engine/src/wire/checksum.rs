@@ -4,34 +4,52 @@
 //! checksum over a header plus a pseudo-header is `fold(sum(pseudo) + sum(header))`.
 
 /// Adds the 16-bit big-endian words of `data` to `acc` (an odd trailing byte is padded with zero).
+///
+/// The result is congruent to the plain sum of the words modulo 0xffff, and zero only when `acc`
+/// and `data` are all zero, which is all [`fold`] needs. The data is summed as native-endian
+/// 32-bit words (RFC 1071 §2: the one's complement sum is independent of byte order and of the
+/// word size, up to a final byte swap), two words per 8-byte load.
 #[inline]
-pub fn sum(mut acc: u64, data: &[u8]) -> u64 {
+pub fn sum(acc: u64, data: &[u8]) -> u64 {
+    let mut s: u64 = 0;
     let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
-        // Four 16-bit words at a time; the u64 accumulator cannot overflow for any frame size.
-        acc += u16::from_be_bytes([c[0], c[1]]) as u64
-            + u16::from_be_bytes([c[2], c[3]]) as u64
-            + u16::from_be_bytes([c[4], c[5]]) as u64
-            + u16::from_be_bytes([c[6], c[7]]) as u64;
+        let w = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        // Two 32-bit halves: the u64 accumulator cannot overflow for any slice below 2^33 bytes.
+        s += (w & 0xffff_ffff) + (w >> 32);
     }
-    let rest = chunks.remainder();
-    let mut pairs = rest.chunks_exact(2);
-    for p in &mut pairs {
-        acc += u16::from_be_bytes([p[0], p[1]]) as u64;
+    let mut rest = chunks.remainder();
+    if rest.len() >= 4 {
+        s += u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as u64;
+        rest = &rest[4..];
     }
-    if let [last] = pairs.remainder() {
-        acc += (*last as u64) << 8;
+    if rest.len() >= 2 {
+        s += u16::from_ne_bytes([rest[0], rest[1]]) as u64;
+        rest = &rest[2..];
     }
-    acc
+    if let [last] = rest {
+        // The pad byte is the second of the word in wire (big-endian) order.
+        s += u16::from_ne_bytes([*last, 0]) as u64;
+    }
+    // Back to big-endian word order: fold to 16 bits, then swap the two bytes (on big-endian
+    // targets the native order already is the wire order).
+    let f = fold(s);
+    let be = if cfg!(target_endian = "little") {
+        f.swap_bytes()
+    } else {
+        f
+    };
+    acc + be as u64
 }
 
 /// Folds an accumulated sum to 16 bits (one's complement addition of the carries).
 #[inline]
-pub fn fold(mut acc: u64) -> u16 {
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
+pub fn fold(acc: u64) -> u16 {
+    // 64 → 33 → 17 → 16 bits; the last step cannot carry again.
+    let a = (acc & 0xffff_ffff) + (acc >> 32);
+    let a = (a & 0xffff) + (a >> 16);
+    let a = (a & 0xffff) + (a >> 16);
+    ((a & 0xffff) + (a >> 16)) as u16
 }
 
 /// The checksum field value for `data` (whose own checksum field must be zero).
@@ -109,6 +127,49 @@ mod tests {
         assert!(verify(&h));
         h[3] ^= 1;
         assert!(!verify(&h));
+    }
+
+    /// The plain RFC 1071 sum: 16-bit big-endian words, folded.
+    fn reference(acc: u64, data: &[u8]) -> u16 {
+        let mut a = acc;
+        for p in data.chunks(2) {
+            a += (u16::from_be_bytes([p[0], *p.get(1).unwrap_or(&0)])) as u64;
+        }
+        while a >> 16 != 0 {
+            a = (a & 0xffff) + (a >> 16);
+        }
+        a as u16
+    }
+
+    #[test]
+    fn wide_sum_matches_word_sum() {
+        // Every length 0..=300 at every start offset 0..8, on pseudo-random bytes, plus all
+        // ones and all zeros (the two encodings of zero must not mix up).
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let data: Vec<u8> = (0..320)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for start in 0..8 {
+            for len in 0..=300 {
+                let d = &data[start..start + len];
+                for acc in [0u64, 1, 0xfffe, 0x1_2345_6789] {
+                    assert_eq!(fold(sum(acc, d)), reference(acc, d), "{start} {len} {acc}");
+                }
+            }
+        }
+        for len in 0..40 {
+            assert_eq!(
+                fold(sum(0, &vec![0xff; len])),
+                reference(0, &vec![0xff; len])
+            );
+            assert_eq!(fold(sum(0, &vec![0; len])), 0);
+        }
+        assert_eq!(fold(u64::MAX), 0xffff);
     }
 
     #[test]

@@ -52,39 +52,42 @@ pub struct Ipv4View {
 
 impl Ipv4View {
     /// Validates the IPv4 packet at the start of `p` (the bytes after the Ethernet header, which
-    /// may include Ethernet padding) and returns its fields. Parsing is by etherparse's zero-copy
-    /// header slice; length and checksum checks against the frame are ours.
+    /// may include Ethernet padding) and returns its fields: version, header length, total length
+    /// against the frame, and the header checksum are checked.
     pub fn parse(p: &[u8]) -> Result<Ipv4View, Ipv4Error> {
-        use etherparse::err::ipv4::{HeaderError, HeaderSliceError};
         if p.len() < MIN_HEADER_LEN {
             return Err(Ipv4Error::Truncated);
         }
-        let h = etherparse::Ipv4HeaderSlice::from_slice(p).map_err(|e| match e {
-            HeaderSliceError::Len(_) => Ipv4Error::Truncated,
-            HeaderSliceError::Content(HeaderError::UnexpectedVersion { .. }) => {
-                Ipv4Error::BadVersion
-            }
-            HeaderSliceError::Content(HeaderError::HeaderLengthSmallerThanHeader { .. }) => {
-                Ipv4Error::BadHeaderLen
-            }
-        })?;
-        let header_len = h.slice().len();
-        let total_len = h.total_len() as usize;
+        if p[0] >> 4 != 4 {
+            return Err(Ipv4Error::BadVersion);
+        }
+        let header_len = (p[0] & 0xf) as usize * 4;
+        if header_len < MIN_HEADER_LEN {
+            return Err(Ipv4Error::BadHeaderLen);
+        }
+        if header_len > p.len() {
+            return Err(Ipv4Error::Truncated);
+        }
+        let total_len = u16::from_be_bytes([p[2], p[3]]) as usize;
         if total_len < header_len || total_len > p.len() {
             return Err(Ipv4Error::BadTotalLen);
         }
-        if !checksum::verify(h.slice()) {
+        let h = &p[..header_len];
+        if !checksum::verify(h) {
             return Err(Ipv4Error::BadChecksum);
         }
+        let frag = u16::from_be_bytes([h[6], h[7]]);
         Ok(Ipv4View {
             header_len,
             total_len,
-            ttl: h.ttl(),
-            protocol: h.protocol().0,
-            src: h.source_addr(),
-            dst: h.destination_addr(),
-            fragment: h.more_fragments() || h.fragments_offset().value() != 0,
-            ident: h.identification(),
+            ttl: h[8],
+            protocol: h[9],
+            src: Ipv4Addr::new(h[12], h[13], h[14], h[15]),
+            dst: Ipv4Addr::new(h[16], h[17], h[18], h[19]),
+            // MF (0x2000) or a fragment offset (low 13 bits); DF (0x4000) and the reserved bit
+            // do not make a fragment.
+            fragment: frag & 0x3fff != 0,
+            ident: u16::from_be_bytes([h[4], h[5]]),
         })
     }
 }

@@ -707,3 +707,90 @@ fn test_tail_loss_probe_resends_last_segment_after_two_srtt() {
     recv!(t, time 203, data_seg(&data, 100));
     assert_eq!(t.tcp.stats().rto_fired, 1);
 }
+
+/// Bulk send to a peer with MSS 1460 over a 1500-byte MTU, through the 1480-byte room the stack
+/// gives a segment: every segment is full for the options it actually carries (1448 bytes with
+/// timestamps, 1420 with timestamps and three SACK blocks) and goes out at once, never held by
+/// Nagle / SWS avoidance until the persist timer. The clock never moves: no timer is needed.
+#[test]
+fn test_bulk_mss_1460_sends_full_segments_without_waiting() {
+    let mut t = tcp_listen_with(TcpConfig {
+        send_buf: 1 << 18,
+        ..opts_cfg()
+    });
+    send!(
+        t,
+        TcpRepr {
+            options: peer_syn_opts(),
+            ..syn()
+        }
+    );
+    let mut buf = [0u8; 2048];
+    t.recv(&mut buf).expect("SYN-ACK");
+    let ack = |n: u32, o: TcpOptions| TcpRepr {
+        seq: REMOTE_SEQ + 1,
+        ack: LOCAL_SEQ + 1 + n,
+        window: 65535, // × 2^7
+        options: o,
+        ..SEND_TEMPL
+    };
+    send!(t, ack(0, ts(PEER_TS + 1, 0)));
+    let Some(Event::Accepted { conn, .. }) = t.tcp.poll_event() else {
+        panic!("accepted")
+    };
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let mut acked = 0u32;
+    for (phase, want) in [(0, 1448usize), (1, 1420)] {
+        if phase == 1 {
+            // Out-of-order data from the peer: our segments now carry three SACK blocks.
+            for k in 0..3u32 {
+                send!(
+                    t,
+                    TcpRepr {
+                        seq: REMOTE_SEQ + 1 + 10 + 20 * k,
+                        ack: LOCAL_SEQ + 1 + acked,
+                        window: 65535,
+                        options: ts(PEER_TS + 2, 0),
+                        payload: b"0123456789",
+                        ..SEND_TEMPL
+                    }
+                );
+            }
+        }
+        let base = acked;
+        let total = base + data.len() as u32;
+        let mut queued = 0;
+        while acked < total {
+            queued += t.tcp.send(conn, &data[queued..]).unwrap();
+            // The stack's room for a segment on a 1500-byte MTU: 1500 − 20 (IPv4).
+            let mut room = [0u8; 1480];
+            let mut sizes = Vec::new();
+            while let Some(tx) = t.tcp.poll_transmit(t.now, &mut room) {
+                let seg = TcpRepr::parse_bytes(&room[..tx.len]).unwrap();
+                if !seg.payload.is_empty() {
+                    assert_eq!(seg.seq, LOCAL_SEQ + 1 + acked + sizes.iter().sum::<u32>());
+                    assert_eq!(seg.options.sack_len as usize, 3 * phase);
+                    sizes.push(seg.payload.len() as u32);
+                }
+            }
+            let sent: u32 = sizes.iter().sum();
+            assert!(
+                sent > 0,
+                "phase {phase}: data waits at {acked} with nothing in flight"
+            );
+            for (i, &s) in sizes.iter().enumerate() {
+                // Only the segment that ends the data may be short.
+                let end = acked + sizes[..=i].iter().sum::<u32>() == total;
+                assert!(
+                    s as usize == want || end,
+                    "phase {phase}: segment {i} of {} is {s} bytes, not {want}",
+                    sizes.len()
+                );
+            }
+            acked += sent;
+            send!(t, ack(acked, ts(PEER_TS + 2, 0)));
+            let _ = t.events();
+        }
+        assert_eq!(acked as usize, data.len() * (phase + 1), "phase {phase}");
+    }
+}

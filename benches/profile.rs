@@ -1,0 +1,67 @@
+//! Instruction-count profiling of the connection-life exchange, without criterion: runs `rounds`
+//! rounds of `n` connection lives on one server, every server step through one non-inlined
+//! function (`server_step`), so that `valgrind --tool=callgrind --toggle-collect='*server_step*'`
+//! counts the server side only.
+//!
+//! `cargo bench -p handshake-benches --bench profile --no-run`, then
+//! `valgrind --tool=callgrind --toggle-collect='*server_step*' target/release/deps/profile-* [ours|smoltcp] [n] [rounds]`.
+
+// The shared harness also serves the criterion benchmarks: not every piece is used here.
+#[allow(dead_code)]
+mod harness;
+
+use harness::client::{Clock, ConnLife};
+use harness::dev::Frames;
+use harness::frames;
+use harness::servers::{Ours, Server, Smol, SmolApp};
+
+/// A server whose every step goes through [`server_step`].
+struct Prof<S>(S);
+
+#[inline(never)]
+fn server_step<S: Server>(s: &mut S, now_us: u64) {
+    s.step(now_us)
+}
+
+impl<S: Server> Server for Prof<S> {
+    const NAME: &'static str = S::NAME;
+    fn dev(&mut self) -> &mut Frames {
+        self.0.dev()
+    }
+    fn step(&mut self, now_us: u64) {
+        server_step(&mut self.0, now_us)
+    }
+}
+
+fn run<S: Server>(s: S, n: usize, rounds: u64) {
+    let mut s = Prof(s);
+    let mut clock = Clock::new();
+    s.dev().inject(&frames::arp_request());
+    clock.step(&mut s);
+    assert_eq!(s.dev().discard(), 1);
+    let mut client = ConnLife::new(n);
+    for _ in 0..rounds {
+        client.round(&mut s, &mut clock);
+    }
+    println!(
+        "{}: {} connections, {} steps, {} server segments",
+        S::NAME,
+        n as u64 * rounds,
+        clock.steps,
+        client.segments_out
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let which = args.first().map_or("ours", |s| s.as_str());
+    let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(64);
+    let rounds = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
+    match which {
+        "smoltcp" => run(Smol::new(n, SmolApp::Echo), n, rounds),
+        _ => run(Ours::new(None), n, rounds),
+    }
+}
