@@ -166,7 +166,7 @@ impl Net {
 
     /// One round: both stacks run a batch, frames cross the links.
     fn step(&mut self) {
-        self.now = self.now + Duration::from_micros(20);
+        self.now += Duration::from_micros(20);
         run_batch(&mut self.srv, &mut self.sdev, self.now);
         while self.srv.poll_neighbor_event().is_some() {}
         self.to_cli.carry(&mut self.sdev, &mut self.cdev);
