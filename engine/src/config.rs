@@ -5,6 +5,7 @@
 use crate::arp::ArpConfig;
 use crate::ipv4::{IcmpConfig, Ipv4Cidr, Routes};
 use crate::tcp::TcpConfig;
+use crate::tls::TlsConfig;
 use crate::xsk::XskConfig;
 use serde::Deserialize;
 use std::net::Ipv4Addr;
@@ -53,6 +54,22 @@ pub struct Config {
     pub echo: Option<u16>,
     /// Plain HTTP/1.1 service port (`--http`).
     pub http: Option<u16>,
+    /// HTTPS service port (`--https`); needs `[[tls.certs]]` (`--cert` and `--key`).
+    pub https: Option<u16>,
+    /// Serve the files under this directory (`--root`), loaded into memory at start, instead of
+    /// the built-in page.
+    pub root: Option<PathBuf>,
+    /// Most bytes loaded from `root`.
+    pub root_max_bytes: u64,
+    /// Longest HTTP request head accepted (431 beyond).
+    pub max_head: usize,
+    /// Largest HTTP request body accepted (413 beyond).
+    pub max_body: u64,
+    /// A started request must be complete within this many milliseconds (else 408); also the
+    /// longest an idle keep-alive connection is kept.
+    pub request_timeout_ms: u64,
+    /// TLS: certificates, versions, resumption, the session pool (`--tls-threads`).
+    pub tls: TlsConfig,
     /// AF_XDP sockets and UMEM.
     pub xsk: XskConfig,
     /// Neighbour cache.
@@ -78,6 +95,13 @@ impl Default for Config {
             mtu: 1500,
             echo: None,
             http: None,
+            https: None,
+            root: None,
+            root_max_bytes: 256 << 20,
+            max_head: 8192,
+            max_body: 1 << 20,
+            request_timeout_ms: 30_000,
+            tls: TlsConfig::default(),
             xsk: XskConfig::default(),
             arp: ArpConfig::default(),
             icmp: IcmpConfig::default(),
@@ -156,6 +180,33 @@ impl Config {
         self.xsk
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.https.is_some() {
+            if self.tls.certs.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "--https needs a certificate: pass --cert CHAIN.pem and --key KEY.pem (or [[tls.certs]] in the file)".into(),
+                ));
+            }
+            self.tls
+                .validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        if self.max_head < 256 || self.request_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "max_head = {} (at least 256) and request_timeout_ms = {} (at least 1)",
+                self.max_head, self.request_timeout_ms
+            )));
+        }
+        let ports: Vec<u16> = [self.echo, self.http, self.https]
+            .into_iter()
+            .flatten()
+            .collect();
+        for (i, p) in ports.iter().enumerate() {
+            if *p == 0 || ports[..i].contains(p) {
+                return Err(ConfigError::Invalid(format!(
+                    "port {p} is zero or used by two services: give --echo, --http and --https distinct ports"
+                )));
+            }
+        }
         Ok(routes)
     }
 
@@ -222,5 +273,46 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("queues = 0"));
+        let c = Config {
+            iface: "x".into(),
+            addr: vec!["198.18.0.1/24".parse().unwrap()],
+            https: Some(443),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("--cert"));
+        let c = Config {
+            iface: "x".into(),
+            addr: vec!["198.18.0.1/24".parse().unwrap()],
+            http: Some(80),
+            echo: Some(80),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("distinct"));
+    }
+
+    #[test]
+    fn https_settings_parse() {
+        let c = Config::from_toml(
+            r#"
+            iface = "veth0"
+            addr = ["198.18.0.1/24"]
+            https = 443
+            root = "/srv/www"
+            request_timeout_ms = 5000
+            [tls]
+            threads = 1
+            tls12 = false
+            [[tls.certs]]
+            cert = "/etc/hs/a.pem"
+            key = "/etc/hs/a.key"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.https, Some(443));
+        assert_eq!(c.tls.threads, 1);
+        assert!(!c.tls.tls12);
+        assert_eq!(c.tls.certs[0].cert, PathBuf::from("/etc/hs/a.pem"));
+        assert_eq!(c.request_timeout_ms, 5000);
+        c.validate().unwrap();
     }
 }

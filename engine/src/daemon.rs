@@ -104,7 +104,7 @@ impl Worker {
                 self.shared.publish(&self.stack.snapshot());
                 last_publish = now;
             }
-            if !busy && self.inbox.is_empty() {
+            if !busy && self.inbox.is_empty() && !self.stack.apps().awaiting_pool() {
                 let wait = match self.stack.poll_timeout() {
                     Some(t) => t.saturating_since(now).min(MAX_IDLE),
                     None => MAX_IDLE,
@@ -136,6 +136,19 @@ pub fn summary(per_queue: &[StackStats]) -> String {
             st.challenge_acks,
             st.tcp_retransmits
         );
+        if st.tls_sessions + st.tls_refused + st.http_responses > 0 {
+            let _ = write!(
+                s,
+                " tls {}/{}/{} tls_errors {} tls_timeouts {} tls_refused {} http {}",
+                st.tls_sessions,
+                st.tls_handshakes,
+                st.tls_resumed,
+                st.tls_errors,
+                st.tls_timeouts,
+                st.tls_refused,
+                st.http_responses
+            );
+        }
         let mut first = true;
         for r in DropReason::ALL {
             let n = st.drops_of(*r);
@@ -273,7 +286,10 @@ mod xdp {
         tracing::info!(iface = %cfg.iface, mode = ?prog.mode(), "XDP program attached");
         let addrs: Vec<_> = routes.addrs().iter().map(|a| a.addr).collect();
         prog.set_addresses(&addrs)?;
-        let ports: Vec<u16> = [cfg.echo, cfg.http].into_iter().flatten().collect();
+        let ports: Vec<u16> = [cfg.echo, cfg.http, cfg.https]
+            .into_iter()
+            .flatten()
+            .collect();
         prog.set_ports(&ports)?;
         // The engine owns its addresses outright: it answers every TCP segment (RST for closed
         // ports) and UDP (ICMP port unreachable), as a host would.
@@ -291,6 +307,58 @@ mod xdp {
         let secret = random_secret()?;
         let key = u64::from_le_bytes(secret[..8].try_into().expect("8 bytes"));
         let mesh = neighbor_mesh(cfg.queues as usize);
+
+        // What HTTP and HTTPS serve, TLS, and the session pool.
+        let handler: Arc<dyn crate::http::Handler> = match &cfg.root {
+            Some(root) => {
+                let d = crate::http::Directory::load(root, cfg.root_max_bytes)?;
+                tracing::info!(root = %root.display(), paths = d.len(), bytes = d.bytes(), "serving a directory");
+                Arc::new(d)
+            }
+            None => Arc::new(crate::http::StaticPage::default()),
+        };
+        let limits = crate::http::Limits {
+            max_head: cfg.max_head,
+            max_body: cfg.max_body,
+        };
+        let timeouts = crate::https::Timeouts {
+            handshake: Duration::from_millis(cfg.tls.handshake_timeout_ms),
+            request: Duration::from_millis(cfg.request_timeout_ms),
+        };
+        let https = match cfg.https {
+            Some(port) => Some(crate::app::HttpsApp {
+                port,
+                server: crate::tls::TlsServer::new(&cfg.tls)?,
+                max_sessions: cfg.tls.max_sessions,
+            }),
+            None => None,
+        };
+        let (pool, mut links) = match &https {
+            Some(h) if cfg.tls.threads > 0 => {
+                let pcfg = crate::https::pool::PoolConfig {
+                    threads: cfg.tls.threads,
+                    // After the workers' cores: on a 2-core machine, worker 0 and pool thread 0
+                    // get a core each.
+                    cores: (0..cfg.tls.threads)
+                        .map(|i| (cfg.queues as usize + i) % cores.len().max(1))
+                        .collect(),
+                    max_sessions: cfg.tls.max_sessions,
+                    ..Default::default()
+                };
+                let service = crate::https::pool::Service {
+                    server: h.server.clone(),
+                    handler: Arc::clone(&handler),
+                    limits,
+                    timeouts,
+                };
+                let (pool, links) =
+                    crate::https::pool::Pool::start(&pcfg, service, cfg.queues as usize)
+                        .context("starting the TLS pool threads")?;
+                (Some(pool), links)
+            }
+            _ => (None, Vec::new()),
+        };
+        links.reverse();
         let shared: Vec<Arc<SharedStats>> = (0..cfg.queues)
             .map(|_| Arc::new(SharedStats::default()))
             .collect();
@@ -307,12 +375,20 @@ mod xdp {
             scfg.apps = crate::app::AppConfig {
                 echo: cfg.echo,
                 http: cfg.http,
-                ..Default::default()
+                http_body: None,
+                handler: Some(Arc::clone(&handler)),
+                limits,
+                timeouts,
+                https: https.clone(),
             };
             scfg.secret = secret;
+            let mut stack = Stack::new(scfg);
+            if let Some(link) = links.pop() {
+                stack.attach_pool(link);
+            }
             let mut worker = Worker {
                 queue: q as u32,
-                stack: Stack::new(scfg),
+                stack,
                 inbox,
                 peers,
                 shared: Arc::clone(&shared[q]),
@@ -344,10 +420,18 @@ mod xdp {
             handles.push(h);
         }
         println!(
-            "ready: {} serving {} on {} queue(s)",
+            "ready: {} serving {} on {} queue(s){}",
             cfg.iface,
             routes.addrs()[0],
-            cfg.queues
+            cfg.queues,
+            match (&https, &pool) {
+                (Some(h), Some(_)) => format!(
+                    ", https on {} with {} TLS pool thread(s)",
+                    h.port, cfg.tls.threads
+                ),
+                (Some(h), None) => format!(", https on {} with TLS inline", h.port),
+                _ => String::new(),
+            }
         );
         tracing::info!("ready");
 
@@ -385,6 +469,21 @@ mod xdp {
         }
         let per_queue: Vec<_> = shared.iter().map(|s| s.read()).collect();
         println!("final: {}", summary(&per_queue));
+        if let Some(pool) = pool {
+            let t = pool.stop();
+            println!(
+                "final tls pool: sessions {} handshakes {} resumed {} tls12 {} tls_errors {} tls_timeouts {} refused {} http_200 {} http_4xx {}",
+                t.sessions,
+                t.handshakes,
+                t.resumed,
+                t.tls12,
+                t.tls_errors,
+                t.handshake_timeouts,
+                t.refused,
+                t.http.responses(200),
+                t.http.status[1..8].iter().sum::<u64>()
+            );
+        }
         prog.detach()?;
         tracing::info!("XDP program detached; bye");
         Ok(())

@@ -175,6 +175,14 @@ impl Stack {
         s.challenge_acks = t.challenge_acks;
         s.tcp_retransmits = t.retransmits;
         s.tcp_rsts_sent = t.rsts_sent;
+        let a = self.apps.stats();
+        s.tls_sessions = a.https.sessions;
+        s.tls_handshakes = a.https.handshakes;
+        s.tls_resumed = a.https.resumed;
+        s.tls_errors = a.https.tls_errors;
+        s.tls_timeouts = a.https.handshake_timeouts;
+        s.tls_refused = a.https.refused + a.pool_aborts;
+        s.http_responses = a.http.status.iter().chain(&a.https.http.status).sum();
         s
     }
 

@@ -126,6 +126,20 @@ pub struct StackStats {
     pub tcp_retransmits: u64,
     /// TCP RSTs sent.
     pub tcp_rsts_sent: u64,
+    /// TLS sessions started inline on this worker (pool threads count their own).
+    pub tls_sessions: u64,
+    /// TLS handshakes completed inline.
+    pub tls_handshakes: u64,
+    /// Of which resumed.
+    pub tls_resumed: u64,
+    /// TLS sessions ended by bad input (an alert was sent).
+    pub tls_errors: u64,
+    /// TLS handshakes timed out.
+    pub tls_timeouts: u64,
+    /// TLS connections refused at the session limit (inline) or by the pool.
+    pub tls_refused: u64,
+    /// HTTP responses sent (plain HTTP and inline HTTPS).
+    pub http_responses: u64,
     /// Drops by reason, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -147,7 +161,7 @@ impl StackStats {
 }
 
 /// Number of scalar counters before the drop array in [`SharedStats`].
-const SCALARS: usize = 16;
+const SCALARS: usize = 23;
 
 /// Lock-free snapshot of a worker's counters, written by the worker, read by anyone.
 #[derive(Debug)]
@@ -183,6 +197,13 @@ impl SharedStats {
             s.challenge_acks,
             s.tcp_retransmits,
             s.tcp_rsts_sent,
+            s.tls_sessions,
+            s.tls_handshakes,
+            s.tls_resumed,
+            s.tls_errors,
+            s.tls_timeouts,
+            s.tls_refused,
+            s.http_responses,
         ];
         for (slot, v) in self.values.iter().zip(scalars.iter().chain(s.drops.iter())) {
             slot.store(*v, Ordering::Relaxed);
@@ -209,6 +230,13 @@ impl SharedStats {
             challenge_acks: v(13),
             tcp_retransmits: v(14),
             tcp_rsts_sent: v(15),
+            tls_sessions: v(16),
+            tls_handshakes: v(17),
+            tls_resumed: v(18),
+            tls_errors: v(19),
+            tls_timeouts: v(20),
+            tls_refused: v(21),
+            http_responses: v(22),
             drops: core::array::from_fn(|i| v(SCALARS + i)),
         }
     }
@@ -224,6 +252,8 @@ mod tests {
             rx_packets: 3,
             tcp_segments: 9,
             tcp_rsts_sent: 4,
+            tls_errors: 6,
+            http_responses: 8,
             ..Default::default()
         };
         s.drop(DropReason::Ipv4BadChecksum);
@@ -234,6 +264,7 @@ mod tests {
         assert_eq!(r.rx_packets, 3);
         assert_eq!(r.tcp_segments, 9);
         assert_eq!(r.tcp_rsts_sent, 4);
+        assert_eq!((r.tls_errors, r.http_responses), (6, 8));
         assert_eq!(r.drops_of(DropReason::Ipv4BadChecksum), 1);
         assert_eq!(r.drops_of(DropReason::TxNoBuffer), 1);
         assert_eq!(r.total_drops(), 2);

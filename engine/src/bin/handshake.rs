@@ -64,6 +64,21 @@ struct RunArgs {
     /// Plain HTTP/1.1 service on PORT.
     #[arg(long, value_name = "PORT")]
     http: Option<u16>,
+    /// HTTPS (TLS 1.3 and 1.2, HTTP/1.1) on PORT; needs --cert and --key.
+    #[arg(long, value_name = "PORT")]
+    https: Option<u16>,
+    /// PEM certificate chain for HTTPS (repeat with --key for several names, chosen by SNI).
+    #[arg(long, value_name = "PEM")]
+    cert: Vec<PathBuf>,
+    /// PEM private key of the preceding --cert (PKCS#8, SEC1 or PKCS#1).
+    #[arg(long, value_name = "PEM")]
+    key: Vec<PathBuf>,
+    /// Serve the files under DIR (HTTP and HTTPS) instead of the built-in page.
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// TLS pool threads (0: TLS runs inline on the packet cores).
+    #[arg(long, value_name = "N")]
+    tls_threads: Option<usize>,
     /// Seconds between stats lines in the log (0: never).
     #[arg(long, value_name = "SECS")]
     stats_interval: Option<u64>,
@@ -105,6 +120,30 @@ impl RunArgs {
         }
         if let Some(v) = self.stats_interval {
             c.stats_interval_secs = v;
+        }
+        if self.https.is_some() {
+            c.https = self.https;
+        }
+        if self.cert.len() != self.key.len() {
+            anyhow::bail!(
+                "{} --cert but {} --key: give one --key after each --cert",
+                self.cert.len(),
+                self.key.len()
+            );
+        }
+        if !self.cert.is_empty() {
+            c.tls.certs = self
+                .cert
+                .into_iter()
+                .zip(self.key)
+                .map(|(cert, key)| handshake::tls::CertFiles { cert, key })
+                .collect();
+        }
+        if self.root.is_some() {
+            c.root = self.root;
+        }
+        if let Some(n) = self.tls_threads {
+            c.tls.threads = n;
         }
         Ok(c)
     }
