@@ -19,7 +19,7 @@ struct Cli {
 enum Cmd {
     /// Serve an interface: attach the XDP program, open one AF_XDP socket per queue, run the
     /// stack on pinned workers until SIGINT/SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Configuration file tools.
     Config {
         /// Validate FILE and report the first error with its line.
@@ -161,7 +161,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run(args) => {
-            let cfg = args.into_config()?;
+            let cfg = (*args).into_config()?;
             run(cfg)
         }
         Cmd::Config { check } => {
