@@ -7,6 +7,10 @@
 //! - `tcp_conn_life`: a connection's whole server-side life, SYN … last ACK, with a 100-byte echo;
 //!   64 concurrent connections per round and one at a time.
 //! - `tcp_bulk`: 1 MiB from the server's app to a client that ACKs every second segment.
+//! - `tls`: a whole HTTPS connection (TLS 1.3 full handshake or resumption, `GET /`, 200, close)
+//!   through the engine (client and server stacks in memory, TLS inline or on one pool thread)
+//!   beside bare rustls doing the same TLS work with no TCP at all; bulk encryption and
+//!   decryption with bare rustls.
 //!
 //! Stack benchmarks time only the server's steps (device receive, stack, app, device transmit);
 //! the client's work (template copies, acknowledgment patches, fixed-offset parsing) is outside the
@@ -23,6 +27,7 @@ use handshake::wire::{arp, checksum, ipv4, tcp};
 use harness::client::{stopwatch_cost, Bulk, Clock, ConnLife, Trace};
 use harness::frames;
 use harness::servers::{Ours, Server, Smol, SmolApp};
+use harness::tls::{bare_connection, Engine, Fixture, Mode};
 use std::hint::black_box;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -535,6 +540,103 @@ fn summary(conn_check: &str, conn_same: bool, bulk_check: &str, bulk_same: bool)
     );
 }
 
+/// Bytes per bulk TLS run.
+const TLS_BULK: usize = 1 << 20;
+
+fn bench_tls(c: &mut Criterion) {
+    let f = Fixture::new();
+    // Check pass: both paths give the same response.
+    let mut wire = Vec::new();
+    assert_eq!(bare_connection(&f, &f.full, &mut wire), f.response);
+    for mode in [Mode::Inline, Mode::Pool] {
+        let mut e = Engine::new(&f, mode);
+        assert_eq!(e.connection(&f.full), f.response, "{mode:?}");
+        e.stop();
+    }
+    let mut g = c.benchmark_group("tls");
+    g.throughput(Throughput::Elements(1));
+    g.measurement_time(Duration::from_secs(2));
+    for (label, client) in [("full", &f.full), ("resumed", &f.resume)] {
+        let key = format!("tls/{label}/bare_rustls");
+        g.bench_function(format!("{label}/bare_rustls"), |b| {
+            let mut wire = Vec::new();
+            b.iter_custom(|iters| {
+                let t = std::time::Instant::now();
+                for _ in 0..iters {
+                    black_box(bare_connection(&f, client, &mut wire));
+                }
+                let d = t.elapsed();
+                record(&key, d, iters);
+                d
+            })
+        });
+        for (mode, name) in [(Mode::Inline, "engine_inline"), (Mode::Pool, "engine_pool")] {
+            let mut e = Engine::new(&f, mode);
+            let key = format!("tls/{label}/{name}");
+            g.bench_function(format!("{label}/{name}"), |b| {
+                b.iter_custom(|iters| {
+                    let t = std::time::Instant::now();
+                    for _ in 0..iters {
+                        black_box(e.connection(client));
+                    }
+                    let d = t.elapsed();
+                    record(&key, d, iters);
+                    d
+                })
+            });
+            e.stop();
+        }
+    }
+    g.throughput(Throughput::Bytes(TLS_BULK as u64));
+    g.bench_function("bulk_1MiB/bare_rustls", |b| {
+        b.iter_custom(|iters| {
+            let (mut c, mut s) = harness::tls::bulk_pair(&f);
+            let chunk = vec![0x5au8; 16 * 1024];
+            let mut wire = Vec::new();
+            let mut plain = vec![0u8; 16 * 1024];
+            let t = std::time::Instant::now();
+            for _ in 0..iters {
+                let mut got = 0;
+                for _ in 0..TLS_BULK / chunk.len() {
+                    got += harness::tls::bulk_record(&mut c, &mut s, &chunk, &mut wire, &mut plain);
+                }
+                assert_eq!(got, TLS_BULK);
+            }
+            let d = t.elapsed();
+            record("tls/bulk/bare_rustls", d, iters);
+            d
+        })
+    });
+    g.finish();
+}
+
+fn tls_summary() {
+    println!("\n==== TLS: whole HTTPS connections through the engine vs bare rustls (same TLS work) ====");
+    for label in ["full", "resumed"] {
+        let Some(bare) = median(&format!("tls/{label}/bare_rustls")) else {
+            continue;
+        };
+        for name in ["engine_inline", "engine_pool"] {
+            if let Some(e) = median(&format!("tls/{label}/{name}")) {
+                println!(
+                    "tls {label} handshake + GET: {name} {:.0} conn/s ({:.0} µs), bare rustls {:.0} conn/s ({:.0} µs), engine reaches {:.0}% of bare",
+                    1e9 / e,
+                    e / 1000.0,
+                    1e9 / bare,
+                    bare / 1000.0,
+                    100.0 * bare / e
+                );
+            }
+        }
+    }
+    if let Some(t) = median("tls/bulk/bare_rustls") {
+        println!(
+            "tls bulk (rustls aws-lc-rs, TLS 1.3 AES-256-GCM, encrypt + decrypt): {:.2} GB/s",
+            TLS_BULK as f64 / t
+        );
+    }
+}
+
 fn main() {
     let (conn_check, conn_same) = check_conn_life();
     let (response, bulk_check, bulk_same) = check_bulk();
@@ -548,6 +650,8 @@ fn main() {
     bench_replies(&mut c, "icmp_echo", frames::ping(56, 1));
     bench_conn_life(&mut c);
     bench_bulk(&mut c, &response);
+    bench_tls(&mut c);
     c.final_summary();
     summary(&conn_check, conn_same, &bulk_check, bulk_same);
+    tls_summary();
 }

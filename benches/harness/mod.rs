@@ -5,3 +5,4 @@ pub mod client;
 pub mod dev;
 pub mod frames;
 pub mod servers;
+pub mod tls;
