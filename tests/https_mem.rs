@@ -6,16 +6,16 @@
 //! one connection; a counting global allocator records the peak of live heap bytes during the
 //! transfer, which must stay under a stated bound.
 
-use handshake::device::mem::{Faults, MemDevice, MemLink};
+use handshake::device::mem::Faults;
+use handshake::device::pair::StackPair;
 use handshake::http::{Handler, Limits, Page, StaticPage};
 use handshake::https::pool::{Pool, PoolConfig, Service};
 use handshake::https::Timeouts;
 use handshake::ipv4::Routes;
-use handshake::stack::{run_batch, Stack, StackConfig};
+use handshake::stack::{Stack, StackConfig};
 use handshake::tcp::ConnId;
 use handshake::tls::{TlsConfig, TlsServer};
 use handshake::wire::Mac;
-use handshake::Instant;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -99,13 +99,7 @@ fn mac(last: u8) -> Mac {
 
 /// The server and client stacks, their devices and the links between them.
 struct Net {
-    srv: Stack,
-    cli: Stack,
-    sdev: MemDevice,
-    cdev: MemDevice,
-    to_srv: MemLink,
-    to_cli: MemLink,
-    now: Instant,
+    pair: StackPair,
     pool: Option<Pool>,
 }
 
@@ -153,31 +147,20 @@ impl Net {
         cfg.gratuitous_arp = false;
         let cli = Stack::new(cfg);
         Net {
-            srv,
-            cli,
-            sdev: MemDevice::new(2048),
-            cdev: MemDevice::new(2048),
-            to_srv: MemLink::new(Faults::default()),
-            to_cli: MemLink::new(Faults::default()),
-            now: Instant::from_secs(1),
+            pair: StackPair::new(srv, cli, Faults::default()),
             pool,
         }
     }
 
     /// One round: both stacks run a batch, frames cross the links.
     fn step(&mut self) {
-        self.now += Duration::from_micros(20);
-        run_batch(&mut self.srv, &mut self.sdev, self.now);
-        while self.srv.poll_neighbor_event().is_some() {}
-        self.to_cli.carry(&mut self.sdev, &mut self.cdev);
-        run_batch(&mut self.cli, &mut self.cdev, self.now);
-        while self.cli.poll_neighbor_event().is_some() {}
-        self.to_srv.carry(&mut self.cdev, &mut self.sdev);
+        self.pair.step(Duration::from_micros(20));
     }
 
     fn connect(&mut self) -> ConnId {
-        let now = self.now;
-        self.cli
+        let now = self.pair.now;
+        self.pair
+            .client
             .tcp_mut()
             .connect(now, CLIENT, SocketAddrV4::new(SERVER, HTTPS))
             .unwrap()
@@ -206,7 +189,7 @@ impl Client {
 
     /// Moves ciphertext between rustls and TCP once; returns plaintext bytes received.
     fn pump(&mut self, net: &mut Net, sink: &mut dyn FnMut(&[u8])) -> usize {
-        let tcp = net.cli.tcp_mut();
+        let tcp = net.pair.client.tcp_mut();
         if self.wire.is_empty() && self.tls.wants_write() {
             self.tls.write_tls(&mut self.wire).unwrap();
         }
@@ -298,7 +281,8 @@ fn page_roundtrips(mode: Mode) {
         net.step();
         if c.tls.wants_read()
             && net
-                .cli
+                .pair
+                .client
                 .tcp()
                 .state(c.conn)
                 .is_none_or(|s| s != handshake::tcp::State::Established)
@@ -310,7 +294,7 @@ fn page_roundtrips(mode: Mode) {
     let r = c.tls.reader().read_to_end(&mut rest);
     assert!(r.is_ok(), "close_notify received: {r:?}");
     let stats = match &net.pool {
-        None => net.srv.apps().stats().https,
+        None => net.pair.server.apps().stats().https,
         Some(_) => {
             let pool = net.pool.take().unwrap();
             pool.stop()
@@ -426,7 +410,7 @@ fn pool_backpressure_64_mib_each_way_with_a_slow_pool_thread() {
             }
         }
         c.pump(&mut net, &mut |d| answer.extend_from_slice(d));
-        if net.cli.tcp_mut().send_capacity(c.conn).unwrap_or(0) == 0 {
+        if net.pair.client.tcp_mut().send_capacity(c.conn).unwrap_or(0) == 0 {
             zero_window_seen = true;
         }
         net.step();

@@ -6,16 +6,16 @@
 //! one `GET /` and its 200 response. The bare side has no TCP at all, so the engine's figure
 //! includes everything it adds: two TCP stacks, the devices, the apps, the pool hand-off.
 
-use handshake::device::mem::{Faults, MemDevice, MemLink};
+use handshake::device::mem::Faults;
+use handshake::device::pair::StackPair;
 use handshake::http::{Handler, Limits, StaticPage};
 use handshake::https::pool::{Pool, PoolConfig, Service};
 use handshake::https::Timeouts;
 use handshake::ipv4::Routes;
-use handshake::stack::{run_batch, Stack, StackConfig};
+use handshake::stack::{Stack, StackConfig};
 use handshake::tcp::State;
 use handshake::tls::{TlsConfig, TlsServer};
 use handshake::wire::Mac;
-use handshake::Instant;
 use rustls::client::Resumption;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
@@ -167,13 +167,7 @@ pub enum Mode {
 
 /// Two stacks over an in-memory link; the server serves HTTPS on 443.
 pub struct Engine {
-    srv: Stack,
-    cli: Stack,
-    sdev: MemDevice,
-    cdev: MemDevice,
-    to_srv: MemLink,
-    to_cli: MemLink,
-    now: Instant,
+    pair: StackPair,
     pool: Option<Pool>,
     buf: Vec<u8>,
     wire: Vec<u8>,
@@ -219,14 +213,9 @@ impl Engine {
                 Some(pool)
             }
         };
+        let cli = Stack::new(stack_config("198.18.0.2/24", 2));
         Engine {
-            srv,
-            cli: Stack::new(stack_config("198.18.0.2/24", 2)),
-            sdev: MemDevice::new(2048),
-            cdev: MemDevice::new(2048),
-            to_srv: MemLink::new(Faults::default()),
-            to_cli: MemLink::new(Faults::default()),
-            now: Instant::from_secs(1),
+            pair: StackPair::new(srv, cli, Faults::default()),
             pool,
             buf: vec![0; 64 * 1024],
             wire: Vec::new(),
@@ -234,13 +223,7 @@ impl Engine {
     }
 
     fn step(&mut self) {
-        self.now += Duration::from_micros(50);
-        run_batch(&mut self.srv, &mut self.sdev, self.now);
-        while self.srv.poll_neighbor_event().is_some() {}
-        self.to_cli.carry(&mut self.sdev, &mut self.cdev);
-        run_batch(&mut self.cli, &mut self.cdev, self.now);
-        while self.cli.poll_neighbor_event().is_some() {}
-        self.to_srv.carry(&mut self.cdev, &mut self.sdev);
+        self.pair.step(Duration::from_micros(50));
     }
 
     /// One connection: TCP open, TLS handshake, request, response, close. Returns the response.
@@ -254,9 +237,10 @@ impl Engine {
             .len()
                 + page
         };
-        let now = self.now;
+        let now = self.pair.now;
         let conn = self
-            .cli
+            .pair
+            .client
             .tcp_mut()
             .connect(now, CLIENT, SocketAddrV4::new(SERVER, 443))
             .expect("connect");
@@ -264,7 +248,7 @@ impl Engine {
         tls.writer().write_all(REQUEST).expect("request");
         let mut response = Vec::new();
         for _ in 0..100_000 {
-            let tcp = self.cli.tcp_mut();
+            let tcp = self.pair.client.tcp_mut();
             if self.wire.is_empty() && tls.wants_write() {
                 tls.write_tls(&mut self.wire).expect("client write");
             }
@@ -295,19 +279,18 @@ impl Engine {
         while tls.wants_write() {
             tls.write_tls(&mut self.wire).expect("close_notify");
         }
-        let _ = self.cli.tcp_mut().send(conn, &self.wire);
+        let _ = self.pair.client.tcp_mut().send(conn, &self.wire);
         self.wire.clear();
-        let _ = self.cli.tcp_mut().close(conn);
+        let _ = self.pair.client.tcp_mut().close(conn);
         for _ in 0..100_000 {
             self.step();
-            match self.cli.tcp().state(conn) {
+            match self.pair.client.tcp().state(conn) {
                 None | Some(State::TimeWait) | Some(State::Closed) => break,
                 _ => {}
             }
         }
         // TIME_WAIT lasts 1 ms of virtual time.
-        self.now += Duration::from_millis(2);
-        self.step();
+        self.pair.step(Duration::from_millis(2));
         response
     }
 

@@ -11,6 +11,7 @@
 //! for tests and benchmarks without root) and the AF_XDP port in `crate::xsk` (feature `xdp`).
 
 pub mod mem;
+pub mod pair;
 pub mod pcap;
 
 /// Most frames handled per batch.
