@@ -160,9 +160,15 @@ impl TlsServer {
             close_notify: false,
             closed: false,
             error: None,
+            sent_any: false,
+            own_alert: 0,
         })
     }
 }
+
+/// A fatal `decode_error` alert in a plaintext record (what we send when rustls refuses input
+/// without queuing an alert of its own, before anything else was sent).
+const DECODE_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 50];
 
 /// Parses one PEM chain and key and checks that they belong together.
 fn load_key(
@@ -274,6 +280,10 @@ pub struct TlsSession {
     closed: bool,
     /// The fatal error, once one happened.
     error: Option<String>,
+    /// Some ciphertext was handed out already.
+    sent_any: bool,
+    /// Bytes of [`DECODE_ERROR_ALERT`] still to hand out (0: none).
+    own_alert: usize,
 }
 
 impl fmt::Debug for TlsSession {
@@ -328,6 +338,11 @@ impl TlsSession {
     }
 
     fn fail(&mut self, msg: String) -> TlsError {
+        if !self.conn.wants_write() && !self.sent_any && self.error.is_none() {
+            // rustls refused without an alert (e.g. an oversized handshake message): still tell
+            // the peer, in the clear, as nothing was encrypted yet.
+            self.own_alert = DECODE_ERROR_ALERT.len();
+        }
         self.error = Some(msg.clone());
         TlsError::Protocol(msg)
     }
@@ -388,16 +403,25 @@ impl TlsSession {
         if buf.is_empty() {
             return 0;
         }
+        if self.own_alert > 0 {
+            let from = DECODE_ERROR_ALERT.len() - self.own_alert;
+            let n = self.own_alert.min(buf.len());
+            buf[..n].copy_from_slice(&DECODE_ERROR_ALERT[from..from + n]);
+            self.own_alert -= n;
+            self.sent_any = true;
+            return n;
+        }
         // Writing into a slice never fails; it stops when the slice is full.
         let n = self.conn.write_tls(&mut &mut buf[..]).unwrap_or(0);
         self.tls_queued = self.tls_queued.saturating_sub(n);
+        self.sent_any |= n > 0;
         n
     }
 
     /// There are TLS records to send ([`poll_ciphertext`](Self::poll_ciphertext) would return
     /// bytes).
     pub fn has_ciphertext(&self) -> bool {
-        self.conn.wants_write()
+        self.own_alert > 0 || self.conn.wants_write()
     }
 
     /// The handshake is not over yet (also true of a session that failed during it).
@@ -927,7 +951,7 @@ mod tests {
         let srv = server(&[&cert], &TlsConfig::default());
         // A handshake record whose ClientHello claims 0x010000 bytes (over rustls's 64 KiB cap),
         // followed by 16 KiB records continuing it: refused as soon as the length is seen.
-        // rustls sends no alert for this one: the caller just closes the connection.
+        // rustls queues no alert for this one: the adapter sends a plaintext decode_error.
         let mut wire = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x01, 0x00, 0x00];
         wire.resize(5 + 0x4000, 0x41);
         for _ in 0..5 {
@@ -939,6 +963,10 @@ mod tests {
         assert!(matches!(e, TlsError::Protocol(_)), "{e}");
         assert!(s.is_dead());
         assert!(e.to_string().contains("HandshakePayloadTooLarge"), "{e}");
+        assert!(s.has_ciphertext());
+        let mut out = [0u8; 64];
+        let n = s.poll_ciphertext(&mut out);
+        assert_eq!(out[..n], DECODE_ERROR_ALERT);
         assert!(!s.has_ciphertext());
         assert_eq!(
             s.handle_ciphertext(b"x").unwrap_err().to_string(),
