@@ -6,13 +6,7 @@ use anyhow::{ensure, Result};
 use handshake_tests::daemon::{final_per_queue, Daemon};
 use handshake_tests::netns::{mac_string, Topology, ENGINE_ADDR, KERNEL_ADDR};
 
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use handshake_tests::netns::output_text as text;
 
 fn xdp_attached(topo: &Topology) -> Result<bool> {
     let o = topo.run_eng(&format!("ip link show dev {}", topo.eng_if()))?;

@@ -10,16 +10,7 @@ use handshake_tests::daemon::Daemon;
 use handshake_tests::netns::Topology;
 use std::path::PathBuf;
 
-/// Debian's Python (stdlib `ssl`).
-const PY: &str = "/usr/bin/python3";
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use handshake_tests::netns::output_text as text;
 
 /// A temporary directory with a self-signed P-256 certificate for 198.18.0.1 and a web root.
 struct Site {
@@ -101,15 +92,6 @@ fn peer(topo: &Topology, cmd: &str) -> Result<String> {
     let o = topo.run_peer_args(["sh", "-c", cmd])?;
     let out = text(&o);
     ensure!(o.status.success(), "`{cmd}` failed:\n{out}");
-    Ok(out)
-}
-
-fn py(topo: &Topology, script: &str, args: &[&str]) -> Result<String> {
-    let mut argv = vec![PY, "-c", script];
-    argv.extend_from_slice(args);
-    let o = topo.run_peer_args(&argv)?;
-    let out = text(&o);
-    ensure!(o.status.success(), "peer script failed:\n{out}");
     Ok(out)
 }
 
@@ -273,11 +255,7 @@ fn python_clients(tls_threads: &str) -> Result<()> {
     site.write("page.html", &body)?;
     std::fs::write(site.path("expect"), &body)?;
     let mut d = start(&topo, &site, &["--tls-threads", tls_threads])?;
-    let out = py(
-        &topo,
-        PY_CLIENTS,
-        &[&site.path("cert.pem"), &site.path("expect")],
-    )?;
+    let out = topo.py(PY_CLIENTS, &[&site.path("cert.pem"), &site.path("expect")])?;
     ensure!(out.contains("keepalive ok 1000"), "{out}");
     ensure!(out.contains("parallel ok 500 errors 0"), "{out}");
     let lines = d.stop_with("TERM")?;
@@ -391,12 +369,12 @@ fn hostile_clients_get_alerts_timeouts_and_refusals() -> Result<()> {
     )?;
     let mut d = start(&topo, &site, &["--config", &cfg])?;
     let ca = site.path("cert.pem");
-    let out = py(&topo, PY_HOSTILE, &[&ca, "garbage"])?;
+    let out = topo.py(PY_HOSTILE, &[&ca, "garbage"])?;
     ensure!(
         out.matches("garbage answer 15 7").count() == 2,
         "alerts expected: {out}"
     );
-    let out = py(&topo, PY_HOSTILE, &[&ca, "truncated"])?;
+    let out = topo.py(PY_HOSTILE, &[&ca, "truncated"])?;
     ensure!(
         out.contains("truncated closed after") && out.contains("bytes 0"),
         "{out}"
@@ -411,12 +389,12 @@ fn hostile_clients_get_alerts_timeouts_and_refusals() -> Result<()> {
         (0.8..5.0).contains(&secs),
         "handshake timeout after {secs} s"
     );
-    let out = py(&topo, PY_HOSTILE, &[&ca, "slowloris"])?;
+    let out = topo.py(PY_HOSTILE, &[&ca, "slowloris"])?;
     ensure!(
         out.contains("slowloris HTTP/1.1 408 Request Timeout"),
         "{out}"
     );
-    let out = py(&topo, PY_HOSTILE, &[&ca, "limit"])?;
+    let out = topo.py(PY_HOSTILE, &[&ca, "limit"])?;
     ensure!(out.contains("fifth refused"), "{out}");
     ensure!(out.contains("after close HTTP/1.1 200 OK"), "{out}");
     let lines = d.stop_with("TERM")?;

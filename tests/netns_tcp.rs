@@ -8,16 +8,7 @@ use handshake_tests::daemon::{final_stats, latest_stats, Daemon};
 use handshake_tests::netns::Topology;
 use std::time::{Duration, Instant};
 
-/// Debian's Python: it has scapy (python3-scapy).
-const PY: &str = "/usr/bin/python3";
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use handshake_tests::netns::output_text as text;
 
 /// Adds an output-hook rule in the peer namespace (table `inet NAME`).
 fn nft(topo: &Topology, table: &str, rule: &str) -> Result<()> {
@@ -27,15 +18,6 @@ fn nft(topo: &Topology, table: &str, rule: &str) -> Result<()> {
     let o = topo.run_peer_args(["sh", "-c", "printf '%s' \"$0\" | nft -f -", &script])?;
     ensure!(o.status.success(), "nft {script}: {}", text(&o));
     Ok(())
-}
-
-fn py(topo: &Topology, script: &str, args: &[&str]) -> Result<String> {
-    let mut argv = vec![PY, "-c", script];
-    argv.extend_from_slice(args);
-    let o = topo.run_peer_args(&argv)?;
-    let out = text(&o);
-    ensure!(o.status.success(), "peer script failed:\n{out}");
-    Ok(out)
 }
 
 /// Sends SIZE bytes (a seeded pseudo-random stream) to the echo port while reading the echo,
@@ -103,7 +85,7 @@ fn echo_64_mib_sha256_both_ways_with_half_close() -> Result<()> {
     let mut d = Daemon::start(&topo, &["--addr", "198.18.0.1/24", "--echo", "7"])?;
     let size = 64 << 20;
     let t = Instant::now();
-    let out = py(&topo, ECHO_CLIENT, &[&size.to_string()])?;
+    let out = topo.py(ECHO_CLIENT, &[&size.to_string()])?;
     let secs = t.elapsed().as_secs_f64();
     check_echo(&out, size)?;
     eprintln!(
@@ -126,7 +108,7 @@ fn echo_64_mib_with_5_percent_loss() -> Result<()> {
     ensure!(o.status.success(), "nft: {}", text(&o));
     let size = 64 << 20;
     let t = Instant::now();
-    let out = py(&topo, ECHO_CLIENT, &[&size.to_string()])?;
+    let out = topo.py(ECHO_CLIENT, &[&size.to_string()])?;
     check_echo(&out, size)?;
     let lines = d.stop_with("TERM")?;
     let q = final_stats(&lines)?;
@@ -198,7 +180,7 @@ async def main():
     print('ok', ok, errs)
 asyncio.run(main())
 "#;
-    let out = py(&topo, script, &[])?;
+    let out = topo.py(script, &[])?;
     ensure!(
         out.contains("ok 1000 "),
         "not all 1000 connections completed:\n{out}"
@@ -290,7 +272,13 @@ sendp(pkts, iface=iface, verbose=False)
 print('flood', len(pkts), 'in', round(time.time() - t, 1), 's')
 "#;
     let mac = handshake_tests::netns::mac_string(topo.eng_mac());
-    let mut flooder = topo.spawn_peer([PY, "-c", flood, topo.peer_if(), &mac])?;
+    let mut flooder = topo.spawn_peer([
+        handshake_tests::netns::PYTHON,
+        "-c",
+        flood,
+        topo.peer_if(),
+        &mac,
+    ])?;
     // Wait until scapy has built its packets and starts sending, plus a moment for the backlog
     // to fill.
     let mut flood_out = std::io::BufReader::new(flooder.stdout.take().context("flood stdout")?);
@@ -312,7 +300,7 @@ for i in range(200):
         print('fail', i, e)
 print('ok', ok, 'in', round(time.time() - t, 1), 's')
 "#;
-    let out = py(&topo, clients, &[])?;
+    let out = topo.py(clients, &[])?;
     let fl = flooder.wait_with_output()?;
     eprintln!(
         "{}{}",
@@ -408,7 +396,7 @@ assert r and 'R' in str(r[TCP].flags), 'connection not reset: %r' % r
 print('exact rst ok')
 "#;
     let mac = handshake_tests::netns::mac_string(topo.eng_mac());
-    let out = py(&topo, script, &[topo.peer_if(), &mac])?;
+    let out = topo.py(script, &[topo.peer_if(), &mac])?;
     ensure!(out.contains("exact rst ok"), "{out}");
     std::thread::sleep(Duration::from_millis(1200));
     let q = latest_stats(&d.lines())?;

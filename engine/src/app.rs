@@ -84,14 +84,20 @@ pub struct AppStats {
 struct TcpStream<'a> {
     tcp: &'a mut Tcp,
     conn: ConnId,
+    /// Bytes moved either way (activity, for deadlines).
+    moved: usize,
 }
 
 impl ByteStream for TcpStream<'_> {
     fn recv(&mut self, buf: &mut [u8]) -> usize {
-        self.tcp.recv(self.conn, buf).unwrap_or(0)
+        let n = self.tcp.recv(self.conn, buf).unwrap_or(0);
+        self.moved += n;
+        n
     }
     fn send(&mut self, data: &[u8]) -> usize {
-        self.tcp.send(self.conn, data).unwrap_or(0)
+        let n = self.tcp.send(self.conn, data).unwrap_or(0);
+        self.moved += n;
+        n
     }
 }
 
@@ -279,11 +285,15 @@ impl Apps {
                     *slot = Slot::Echo { peer_closed: false };
                     self.stats.echo_conns += 1;
                 } else if Some(listen_port) == self.http {
+                    // Like nginx's tcp_nodelay: a response's last partial segment must not wait
+                    // for the client's delayed ACK of the previous one.
+                    let _ = tcp.set_nodelay(conn, true);
                     let mut h = self.spare_http.pop().unwrap_or_default();
                     h.reset(self.limits);
                     *slot = Slot::Http(h, self.now, conn);
                     self.stats.http.conns += 1;
                 } else if let Some(https) = self.https.as_ref().filter(|h| h.port == listen_port) {
+                    let _ = tcp.set_nodelay(conn, true);
                     if let Some(link) = &mut self.pool {
                         let mut r = self.spare_remote.pop().unwrap_or_default();
                         r.id = Some(conn);
@@ -458,16 +468,26 @@ impl Apps {
                 }
             }
             Slot::Http(h, since, _) => {
-                let was_idle = h.is_idle();
-                let mut io = TcpStream { tcp, conn };
-                if h.service(&mut io, self.handler.as_ref(), &mut self.stats.http) {
-                    let _ = tcp.close(conn);
-                } else if h.is_idle() != was_idle {
+                let mut io = TcpStream {
+                    tcp,
+                    conn,
+                    moved: 0,
+                };
+                let done = h.service(&mut io, self.handler.as_ref(), &mut self.stats.http);
+                if io.moved > 0 {
+                    // The request/idle deadline runs from the latest bytes moved.
                     *since = self.now;
+                }
+                if done {
+                    let _ = tcp.close(conn);
                 }
             }
             Slot::Https(h, _) => {
-                let mut io = TcpStream { tcp, conn };
+                let mut io = TcpStream {
+                    tcp,
+                    conn,
+                    moved: 0,
+                };
                 if h.conn.service(
                     &mut io,
                     self.handler.as_ref(),

@@ -301,6 +301,19 @@ impl Topology {
         self.run_peer_args(cmd.split_whitespace())
     }
 
+    /// Runs a Python script with Debian's interpreter (it has scapy; pyenv's does not) in the
+    /// peer namespace; fails with the script's output unless it exits 0. Returns its output.
+    pub fn py(&self, script: &str, args: &[&str]) -> Result<String> {
+        let mut argv = vec![PYTHON, "-c", script];
+        argv.extend_from_slice(args);
+        let o = self.run_peer_args(&argv)?;
+        let out = output_text(&o);
+        if !o.status.success() {
+            bail!("peer script failed:\n{out}");
+        }
+        Ok(out)
+    }
+
     /// Runs a command given as separate arguments in the engine namespace.
     pub fn run_eng_args<I, S>(&self, args: I) -> Result<Output>
     where
@@ -453,6 +466,18 @@ pub fn is_root() -> bool {
                 .and_then(|uids| uids.split_whitespace().nth(1).map(|e| e == "0"))
         })
         .unwrap_or(false)
+}
+
+/// Debian's Python 3.
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// A finished command's stdout followed by its stderr, as text.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// `02:68:73:00:00:01` form.

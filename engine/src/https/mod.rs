@@ -271,18 +271,17 @@ impl HttpsConn {
             if tls.peer_closed() {
                 self.http.peer_closed();
             }
-            let was_idle = self.http.is_idle();
             let mut plain = Plain { tls, moved: 0 };
             let done = self.http.service(&mut plain, handler, &mut stats.http);
-            progress |= plain.moved > 0;
+            if plain.moved > 0 {
+                // Activity: the request/idle deadline runs from the latest bytes moved.
+                progress = true;
+                self.since = now;
+            }
             if done {
                 tls.close();
                 self.closing = true;
                 progress = true;
-            }
-            if self.http.is_idle() != was_idle {
-                // A request started or was answered: its deadline starts now.
-                self.since = now;
             }
             if self.eof && self.in_off == self.in_len && !tls.has_ciphertext() && !self.closing {
                 // The transport is closed and nothing is left to answer.
