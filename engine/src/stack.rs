@@ -181,7 +181,8 @@ impl Stack {
         s.tls_resumed = a.https.resumed;
         s.tls_errors = a.https.tls_errors;
         s.tls_timeouts = a.https.handshake_timeouts;
-        s.tls_refused = a.https.refused + a.pool_aborts;
+        // Pool refusals and timeouts are counted by the pool threads (`final tls pool:` line).
+        s.tls_refused = a.https.refused;
         s.http_responses = a.http.status.iter().chain(&a.https.http.status).sum();
         s
     }

@@ -136,7 +136,7 @@ pub struct StackStats {
     pub tls_errors: u64,
     /// TLS handshakes timed out.
     pub tls_timeouts: u64,
-    /// TLS connections refused at the session limit (inline) or by the pool.
+    /// TLS connections refused at the session limit (inline; the pool counts its own).
     pub tls_refused: u64,
     /// HTTP responses sent (plain HTTP and inline HTTPS).
     pub http_responses: u64,

@@ -236,3 +236,142 @@ pub fn final_per_queue(lines: &[String]) -> Result<Vec<(u64, u64)>> {
         .map(|q| (q.rx, q.tx))
         .collect())
 }
+
+/// TLS and HTTPS counters of a daemon run, from its `final:` line (inline TLS, summed over the
+/// queues) or its `final tls pool:` line (`--tls-threads N > 0`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsStats {
+    /// TLS sessions started.
+    pub sessions: u64,
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// Of which resumed (ticket or session cache).
+    pub resumed: u64,
+    /// Of which TLS 1.2 (only the pool line reports it).
+    pub tls12: Option<u64>,
+    /// Sessions ended by bad input (an alert was sent).
+    pub errors: u64,
+    /// Handshakes that timed out.
+    pub timeouts: u64,
+    /// Connections refused (session limit, or reset by the pool).
+    pub refused: u64,
+    /// HTTP responses sent (inline: all statuses, plain HTTP included; pool: 200 plus 4xx).
+    pub http: u64,
+}
+
+/// The value after the word `key` in `words`.
+fn word_after(words: &[&str], key: &str) -> Option<u64> {
+    let i = words.iter().position(|w| *w == key)?;
+    words.get(i + 1)?.parse().ok()
+}
+
+/// The inline TLS counters of the `final:` line, summed over the queues (all zero on a queue
+/// that printed no `tls` fields: it saw no TLS and no HTTP).
+pub fn final_tls_inline(lines: &[String]) -> Result<TlsStats> {
+    let line = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("final: "))
+        .context("no `final:` line in the daemon's output")?;
+    let mut sum = TlsStats::default();
+    for q in line.split("; ") {
+        let w: Vec<&str> = q.split_whitespace().collect();
+        let Some(i) = w.iter().position(|x| *x == "tls") else {
+            continue;
+        };
+        let shr: Vec<u64> = w
+            .get(i + 1)
+            .context("tls S/H/R")?
+            .split('/')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("tls S/H/R in {q:?}"))?;
+        let [s, h, r] = shr[..] else {
+            bail!("tls S/H/R in {q:?}");
+        };
+        let num = |key: &str| word_after(&w, key).with_context(|| format!("no {key} in {q:?}"));
+        sum.sessions += s;
+        sum.handshakes += h;
+        sum.resumed += r;
+        sum.errors += num("tls_errors")?;
+        sum.timeouts += num("tls_timeouts")?;
+        sum.refused += num("tls_refused")?;
+        sum.http += num("http")?;
+    }
+    Ok(sum)
+}
+
+/// The counters of the `final tls pool:` line (printed in pool mode only).
+pub fn final_tls_pool(lines: &[String]) -> Result<TlsStats> {
+    let line = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("final tls pool: "))
+        .context("no `final tls pool:` line in the daemon's output (pool mode only)")?;
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let num = |key: &str| word_after(&w, key).with_context(|| format!("no {key} in {line:?}"));
+    Ok(TlsStats {
+        sessions: num("sessions")?,
+        handshakes: num("handshakes")?,
+        resumed: num("resumed")?,
+        tls12: Some(num("tls12")?),
+        errors: num("tls_errors")?,
+        timeouts: num("tls_timeouts")?,
+        refused: num("refused")?,
+        http: num("http_200")? + num("http_4xx")?,
+    })
+}
+
+#[cfg(test)]
+mod tls_stats_tests {
+    use super::*;
+
+    #[test]
+    fn inline_counters_are_summed_over_queues() {
+        let lines = vec![
+            "ready".to_owned(),
+            "final: q0: rx 10 tx 9 drops 0 flows 0 time_wait 1 cookies 0/0 challenge_acks 0 \
+             retransmits 0 tls 3/2/1 tls_errors 1 tls_timeouts 0 tls_refused 2 http 5 (bad=1); \
+             q1: rx 1 tx 1 drops 0 flows 0 time_wait 0 cookies 0/0 challenge_acks 0 retransmits 0; \
+             q2: rx 4 tx 4 drops 0 flows 0 time_wait 0 cookies 0/0 challenge_acks 0 retransmits 0 \
+             tls 1/1/0 tls_errors 0 tls_timeouts 1 tls_refused 0 http 2"
+                .to_owned(),
+        ];
+        let t = final_tls_inline(&lines).unwrap();
+        assert_eq!(
+            t,
+            TlsStats {
+                sessions: 4,
+                handshakes: 3,
+                resumed: 1,
+                tls12: None,
+                errors: 1,
+                timeouts: 1,
+                refused: 2,
+                http: 7,
+            }
+        );
+        assert!(final_tls_pool(&lines).is_err());
+    }
+
+    #[test]
+    fn pool_counters_are_parsed() {
+        let lines = vec![
+            "final tls pool: sessions 7 handshakes 6 resumed 2 tls12 1 tls_errors 1 \
+             tls_timeouts 3 refused 4 http_200 10 http_4xx 2"
+                .to_owned(),
+        ];
+        let t = final_tls_pool(&lines).unwrap();
+        assert_eq!(
+            t,
+            TlsStats {
+                sessions: 7,
+                handshakes: 6,
+                resumed: 2,
+                tls12: Some(1),
+                errors: 1,
+                timeouts: 3,
+                refused: 4,
+                http: 12,
+            }
+        );
+    }
+}

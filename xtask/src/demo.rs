@@ -1,8 +1,11 @@
 //! `cargo xtask demo`: the seed story, live, on a veth pair between two network namespaces.
 
 use std::{
-    io::{BufRead as _, BufReader, Read},
-    process::{Child, Command},
+    fs,
+    io::{BufRead as _, BufReader, Read, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -15,6 +18,84 @@ use crate::{build, deps, util};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The DNS name in the demo certificate (besides the engine's address).
+const DEMO_NAME: &str = "handshake.test";
+
+/// The HTTPS certificate of the demo: given on the command line, or generated.
+pub struct Tls {
+    /// Certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// What curl trusts (PEM); defaults to `cert` (self-signed).
+    pub cacert: Option<PathBuf>,
+}
+
+/// Chain, key and the CA file curl trusts: those given, else `target/demo/cert.pem` and
+/// `key.pem`, generated with rcgen (self-signed ECDSA P-256 for 198.18.0.1 and
+/// `handshake.test`) when they do not exist yet.
+fn certificate(tls: Tls) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        for f in [cert, key] {
+            if !f.is_file() {
+                bail!("{} does not exist: pass an existing PEM file", f.display());
+            }
+        }
+        let cacert = tls.cacert.unwrap_or_else(|| cert.clone());
+        println!(
+            "certificate: {} (key {}), curl trusts {}",
+            cert.display(),
+            key.display(),
+            cacert.display()
+        );
+        return Ok((cert.clone(), key.clone(), cacert));
+    }
+    let dir = util::target_dir().join("demo");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if cert.is_file() && key.is_file() {
+        println!(
+            "certificate: {} (made by an earlier demo; delete it for a new one)",
+            cert.display()
+        );
+    } else {
+        generate_certificate(&cert, &key)?;
+        println!(
+            "certificate: generated {} and {} (self-signed, ECDSA P-256, for {} and {DEMO_NAME})",
+            cert.display(),
+            key.display(),
+            netns::ENGINE_ADDR
+        );
+    }
+    let cacert = tls.cacert.unwrap_or_else(|| cert.clone());
+    Ok((cert, key, cacert))
+}
+
+fn generate_certificate(cert: &Path, key: &Path) -> Result<()> {
+    use rcgen::{CertificateParams, DnType, KeyPair};
+    let dir = cert.parent().context("certificate path has no directory")?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key_pair = KeyPair::generate().context("generating the demo key")?;
+    let mut params =
+        CertificateParams::new(vec![netns::ENGINE_ADDR.to_owned(), DEMO_NAME.to_owned()])
+            .context("certificate names")?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "handshake demo");
+    let signed = params
+        .self_signed(&key_pair)
+        .context("signing the demo certificate")?;
+    // The key first, readable by its owner only.
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(key)
+        .with_context(|| format!("writing {}", key.display()))?;
+    f.write_all(key_pair.serialize_pem().as_bytes())?;
+    fs::write(cert, signed.pem()).with_context(|| format!("writing {}", cert.display()))?;
+    Ok(())
+}
 
 /// The daemon; killed (and reaped) on drop so the namespaces can go.
 struct Daemon {
@@ -103,7 +184,8 @@ fn forward(stream: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
     });
 }
 
-fn show(topo: &Topology, peer: bool, cmd: &[&str]) -> Result<bool> {
+/// Runs `cmd` in a namespace, printing it and its output (stderr, then stdout).
+fn show(topo: &Topology, peer: bool, cmd: &[&str]) -> Result<Output> {
     let ns = if peer { topo.peer_ns() } else { topo.eng_ns() };
     println!("$ ip netns exec {ns} {}", cmd.join(" "));
     let out = if peer {
@@ -121,10 +203,10 @@ fn show(topo: &Topology, peer: bool, cmd: &[&str]) -> Result<bool> {
     if !out.status.success() {
         println!("  -> failed ({})", out.status);
     }
-    Ok(out.status.success())
+    Ok(out)
 }
 
-pub fn run() -> Result<()> {
+pub fn run(tls: Tls) -> Result<()> {
     if !util::is_root() {
         bail!(
             "the demo creates network namespaces and attaches XDP: run `sudo -E cargo xtask demo`"
@@ -135,6 +217,7 @@ pub fn run() -> Result<()> {
     for id in netns::cleanup_stale()? {
         println!("removed a leftover network of a finished run: {id}");
     }
+    let (cert, key, cacert) = certificate(tls)?;
 
     util::heading("1. Two machines and a cable");
     println!(
@@ -160,7 +243,8 @@ pub fn run() -> Result<()> {
     println!(
         "The daemon attaches the XDP program to {} and opens one AF_XDP socket per queue.\n\
          From now on, the XDP program looks at every frame arriving on the cable: ARP and IPv4\n\
-         for 198.18.0.1 go to the engine's sockets, everything else to the kernel.",
+         for 198.18.0.1 go to the engine's sockets, everything else to the kernel. It serves\n\
+         echo on port 7, HTTP on 80, and HTTPS on 443 with the certificate above.",
         topo.eng_if()
     );
     let args = [
@@ -176,6 +260,12 @@ pub fn run() -> Result<()> {
         "80".into(),
         "--echo".into(),
         "7".into(),
+        "--https".into(),
+        "443".into(),
+        "--cert".into(),
+        cert.to_string_lossy().into_owned(),
+        "--key".into(),
+        key.to_string_lossy().into_owned(),
     ];
     println!("$ ip netns exec {} {}", topo.eng_ns(), args.join(" "));
     let mut child = topo
@@ -271,10 +361,42 @@ pub fn run() -> Result<()> {
          ways."
     );
     let url = format!("http://{}/", netns::ENGINE_ADDR);
-    let curl_ok = show(&topo, true, &["curl", "-sv", "--max-time", "5", &url])?;
+    let http = show(&topo, true, &["curl", "-sv", "--max-time", "5", &url])?;
+    let curl_ok = http.status.success();
     daemon.drain();
 
-    util::heading("7. Stop the engine");
+    util::heading("7. HTTPS: TLS over the same TCP");
+    println!(
+        "curl connects to port 443 and runs a TLS 1.3 handshake with the engine (rustls):\n\
+         ClientHello (versions, cipher suites, client random), ServerHello, the certificate,\n\
+         key exchange, Finished. Then GET / and the page travel encrypted: it must be the page\n\
+         HTTP served in step 6. curl trusts only {}.",
+        cacert.display()
+    );
+    let cacert_arg = cacert.to_string_lossy().into_owned();
+    let url = format!("https://{}/", netns::ENGINE_ADDR);
+    let https = show(
+        &topo,
+        true,
+        &[
+            "curl",
+            "-sv",
+            "--fail",
+            "--max-time",
+            "5",
+            "--cacert",
+            &cacert_arg,
+            &url,
+        ],
+    )?;
+    let https_ok = https.status.success() && !https.stdout.is_empty();
+    let same_page = https.stdout == http.stdout;
+    if https_ok && !same_page {
+        println!("the page over HTTPS differs from the one over HTTP");
+    }
+    daemon.drain();
+
+    util::heading("8. Stop the engine");
     println!(
         "SIGTERM: the daemon drains, prints its counters and exits. Its XDP program was attached\n\
          through a bpf_link owned by the process, so it is gone with it: the interface is the\n\
@@ -295,7 +417,7 @@ pub fn run() -> Result<()> {
         );
     }
 
-    util::heading("8. Tear down");
+    util::heading("9. Tear down");
     let (eng, peer) = (topo.eng_ns().to_owned(), topo.peer_ns().to_owned());
     topo.down()?;
     println!("removed {eng} and {peer} (and with them the veth pair)");
@@ -304,6 +426,12 @@ pub fn run() -> Result<()> {
     }
     if !curl_ok {
         bail!("curl could not fetch the page from the engine (see step 6)");
+    }
+    if !https_ok {
+        bail!("curl could not fetch the page over HTTPS (see step 7)");
+    }
+    if !same_page {
+        bail!("the page over HTTPS differs from the page over HTTP (see steps 6 and 7)");
     }
     Ok(())
 }

@@ -34,6 +34,8 @@ const TEST_PACKAGES: &[&str] = &[
     "wrk",
     "hping3",
     "nginx-light",
+    // The HTTPS scan of tests/netns_tls.rs (the command is `testssl`).
+    "testssl.sh",
 ];
 
 /// bpf-linker release we build against LLVM 22.

@@ -8,7 +8,7 @@
 //! cargo xtask netns up [--queues N]     a test network that stays (prints its names)
 //! cargo xtask netns down [--all]        remove it (--all: every hs-* namespace)
 //! cargo xtask test                      deps, build, all tests, clippy, fmt; a summary
-//! cargo xtask demo                      the seed story live: ARP, ping, TCP, over a veth pair
+//! cargo xtask demo [--cert C --key K]   the seed story live: ARP, ping, TCP, HTTPS, over a veth pair
 //! ```
 
 mod build;
@@ -17,6 +17,8 @@ mod deps;
 mod netns;
 mod test;
 mod util;
+
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -65,8 +67,19 @@ enum Cmd {
     },
     /// Everything: deps, build, rootless and privileged tests, clippy, fmt; then a summary.
     Test,
-    /// Bring a network up, start the daemon, and show ARP, ICMP and TCP being answered.
-    Demo,
+    /// Bring a network up, start the daemon, and show ARP, ICMP, TCP and HTTPS being answered.
+    Demo {
+        /// HTTPS certificate chain (PEM); default: target/demo/cert.pem, generated (self-signed)
+        /// when missing.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Private key of --cert (PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// What curl trusts (PEM); default: the certificate itself.
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -91,6 +104,6 @@ fn main() -> Result<()> {
             netns::run(action)
         }
         Cmd::Test => test::run(),
-        Cmd::Demo => demo::run(),
+        Cmd::Demo { cert, key, cacert } => demo::run(demo::Tls { cert, key, cacert }),
     }
 }

@@ -251,7 +251,9 @@ impl HttpsConn {
             }
             if tls.is_handshaking() {
                 if self.eof && self.in_off == self.in_len {
-                    // The peer gave up mid-handshake: nothing more can happen.
+                    // The peer gave up mid-handshake (e.g. a truncated ClientHello, then FIN):
+                    // nothing more can happen. Counted as bad input.
+                    stats.tls_errors += 1;
                     return true;
                 }
                 if !progress {
