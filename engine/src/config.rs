@@ -78,6 +78,35 @@ pub struct Config {
     pub icmp: IcmpConfig,
     /// TCP.
     pub tcp: TcpConfig,
+    /// The connection trace (`--trace`).
+    pub trace: TraceConfig,
+}
+
+/// The connection trace: which connections to record, how many, where.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TraceConfig {
+    /// Which connections (`--trace`): `all`, `port N`, `host A.B.C.D`, terms joined by `and`.
+    /// Unset: no trace (the default), and the stack pays one branch per frame for it.
+    pub filter: Option<String>,
+    /// Most connections recorded over the daemon's life, all queues together (`--trace-limit`).
+    pub limit: usize,
+    /// Where the events go, as JSON lines (`--trace-file`); `handshake trace FILE` renders them.
+    pub file: PathBuf,
+    /// Most events a worker holds before the writer thread takes them (more are dropped and
+    /// counted).
+    pub queue: usize,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        TraceConfig {
+            filter: None,
+            limit: 16,
+            file: PathBuf::from("handshake-trace.jsonl"),
+            queue: 4096,
+        }
+    }
 }
 
 impl Default for Config {
@@ -106,6 +135,7 @@ impl Default for Config {
             arp: ArpConfig::default(),
             icmp: IcmpConfig::default(),
             tcp: TcpConfig::default(),
+            trace: TraceConfig::default(),
         }
     }
 }
@@ -207,6 +237,23 @@ impl Config {
                 )));
             }
         }
+        #[cfg(feature = "trace")]
+        if let Some(f) = &self.trace.filter {
+            f.parse::<crate::trace::TraceFilter>()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        #[cfg(not(feature = "trace"))]
+        if self.trace.filter.is_some() {
+            return Err(ConfigError::Invalid(
+                "--trace: this build has no trace support; build with the `trace` feature (on by default)".into(),
+            ));
+        }
+        if self.trace.limit == 0 || self.trace.queue == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "trace.limit = {} and trace.queue = {}: both must be at least 1",
+                self.trace.limit, self.trace.queue
+            )));
+        }
         Ok(routes)
     }
 
@@ -288,6 +335,16 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("distinct"));
+        let mut c = Config {
+            iface: "x".into(),
+            addr: vec!["198.18.0.1/24".parse().unwrap()],
+            ..Default::default()
+        };
+        c.trace.filter = Some("port 443 or port 80".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("port N") && e.contains("and"), "{e}");
+        c.trace.filter = Some("host 198.18.0.2 and port 443".into());
+        c.validate().unwrap();
     }
 
     #[test]

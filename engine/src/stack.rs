@@ -106,6 +106,9 @@ pub struct Stack {
     next_timer_check: Instant,
     /// The latest time given (for the apps' deadlines).
     now: Instant,
+    /// The connection trace, when one is installed.
+    #[cfg(feature = "trace")]
+    tracer: Option<Box<crate::trace::Tracer>>,
 }
 
 impl Stack {
@@ -141,7 +144,62 @@ impl Stack {
             stats: StackStats::default(),
             mtu: cfg.mtu,
             routes: cfg.routes,
+            #[cfg(feature = "trace")]
+            tracer: None,
         }
+    }
+
+    /// Installs (or with `None` removes) a connection trace: from now on the connections its
+    /// filter matches are recorded, for [`Stack::poll_trace_event`].
+    #[cfg(feature = "trace")]
+    pub fn set_tracer(&mut self, tracer: Option<crate::trace::Tracer>) {
+        self.tcp
+            .set_trace_filter(tracer.as_ref().map(|t| t.filter()));
+        self.tracer = tracer.map(Box::new);
+    }
+
+    /// The installed trace.
+    #[cfg(feature = "trace")]
+    pub fn tracer(&self) -> Option<&crate::trace::Tracer> {
+        self.tracer.as_deref()
+    }
+
+    /// The next event of the connection trace.
+    #[cfg(feature = "trace")]
+    pub fn poll_trace_event(&mut self) -> Option<crate::trace::TraceEvent> {
+        self.tracer.as_mut()?.poll_event()
+    }
+
+    /// Hands the TCP engine's state changes to the trace, stamped `now`.
+    #[cfg(feature = "trace")]
+    fn trace_states(&mut self, now: Instant) {
+        if let Some(t) = self.tracer.as_deref_mut() {
+            while let Some(mut c) = self.tcp.poll_state_change() {
+                c.at = now;
+                t.on_state(c);
+            }
+        }
+    }
+
+    /// Records a frame the stack sends or receives.
+    #[cfg(feature = "trace")]
+    fn trace_frame(&mut self, now: Instant, dir: crate::trace::Dir, frame: &[u8]) {
+        if let Some(t) = self.tracer.as_deref_mut() {
+            t.on_frame(now, dir, frame, &self.routes);
+        }
+    }
+
+    #[cfg(feature = "trace")]
+    #[cold]
+    fn handle_frame_traced(&mut self, now: Instant, frame: &mut [u8], len: usize) -> Verdict {
+        use crate::trace::Dir;
+        self.trace_frame(now, Dir::In, &frame[..len]);
+        let v = self.handle_frame_untraced(now, frame, len);
+        self.trace_states(now);
+        if let Verdict::Transmit(n) = v {
+            self.trace_frame(now, Dir::Out, &frame[..n.min(frame.len())]);
+        }
+        v
     }
 
     /// Our MAC address.
@@ -222,6 +280,15 @@ impl Stack {
     /// write a reply in place).
     pub fn handle_frame(&mut self, now: Instant, frame: &mut [u8], len: usize) -> Verdict {
         let len = len.min(frame.len());
+        #[cfg(feature = "trace")]
+        if self.tracer.is_some() {
+            return self.handle_frame_traced(now, frame, len);
+        }
+        self.handle_frame_untraced(now, frame, len)
+    }
+
+    #[inline(always)]
+    fn handle_frame_untraced(&mut self, now: Instant, frame: &mut [u8], len: usize) -> Verdict {
         self.stats.rx_packets += 1;
         self.stats.rx_bytes += len as u64;
         match self.dispatch(now, frame, len) {
@@ -471,9 +538,18 @@ impl Stack {
     /// Fills `buf` with the next frame to send and returns its length, or `None` when there is
     /// nothing to send now.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        // State changes the apps caused (a close) come before the segments they send.
+        #[cfg(feature = "trace")]
+        if self.tracer.is_some() {
+            self.trace_states(now);
+        }
         let n = self.next_frame(now, buf)?;
         self.stats.tx_packets += 1;
         self.stats.tx_bytes += n as u64;
+        #[cfg(feature = "trace")]
+        if self.tracer.is_some() {
+            self.trace_frame(now, crate::trace::Dir::Out, &buf[..n]);
+        }
         Some(n)
     }
 
@@ -568,6 +644,10 @@ impl Stack {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.neighbors.handle_timeout(now);
         self.tcp.handle_timeout(now);
+        #[cfg(feature = "trace")]
+        if self.tracer.is_some() {
+            self.trace_states(now);
+        }
     }
 
     /// A neighbour event from another worker.
