@@ -489,6 +489,17 @@ impl Tracer {
                 active: dir == Dir::Out,
             },
         );
+        let fi = self.flows.len() - 1;
+        self.open.insert((laddr, lport, raddr, rport), fi);
+        // An active open's SYN-SENT came before its SYN (and before the ARP the SYN waited for).
+        let held = std::mem::take(&mut self.pending);
+        for c in held {
+            if (c.laddr, c.lport, c.raddr, c.rport) == (laddr, lport, raddr, rport) {
+                self.on_state(c);
+            } else if now.as_micros().saturating_sub(c.at.as_micros()) <= ARP_WINDOW_US {
+                self.pending.push(c);
+            }
+        }
         // The ARP exchange for the next hop (and the peer's for us) came before the SYN.
         let recent: Vec<(Instant, EventKind)> = self
             .arp_recent
@@ -501,17 +512,6 @@ impl Tracer {
             .collect();
         for (at, k) in recent {
             self.push(at, id, k);
-        }
-        let fi = self.flows.len() - 1;
-        self.open.insert((laddr, lport, raddr, rport), fi);
-        // An active open's SYN-SENT came before its SYN.
-        let held = std::mem::take(&mut self.pending);
-        for c in held {
-            if (c.laddr, c.lport, c.raddr, c.rport) == (laddr, lport, raddr, rport) {
-                self.on_state(c);
-            } else if now.as_micros().saturating_sub(c.at.as_micros()) <= ARP_WINDOW_US {
-                self.pending.push(c);
-            }
         }
         fi
     }
