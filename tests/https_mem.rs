@@ -451,38 +451,10 @@ fn pool_backpressure_64_mib_each_way_with_a_slow_pool_thread() {
 
 // ---- the connection trace ------------------------------------------------------------------------
 
-/// The kind of each event, with the TLS record names, for order checks.
-fn story(events: &[handshake::trace::TraceEvent]) -> Vec<String> {
-    use handshake::trace::{Dir, EventKind};
-    let d = |d: &Dir| if *d == Dir::In { "in" } else { "out" };
-    events
-        .iter()
-        .map(|e| match &e.kind {
-            EventKind::Flow { active, .. } => format!("flow active={active}"),
-            EventKind::ArpWhoHas { dir, .. } => format!("{} ARP who-has", d(dir)),
-            EventKind::ArpIsAt { dir, .. } => format!("{} ARP is-at", d(dir)),
-            EventKind::Segment { dir, flags, .. } => format!("{} {flags}", d(dir)),
-            EventKind::State { to, .. } => format!("state {to}"),
-            EventKind::ClientHello { dir, .. } => format!("{} ClientHello", d(dir)),
-            EventKind::ServerHello { dir, .. } => format!("{} ServerHello", d(dir)),
-            EventKind::Tls { dir, what, .. } => format!("{} {what}", d(dir)),
-        })
-        .collect()
-}
-
-/// Asserts that `want` occurs in `got` in this order (other events may come between); a
-/// trailing `*` matches any rest (`out FIN*`: a segment we sent with FIN among its flags first).
-fn in_order(got: &[String], want: &[&str]) {
-    let mut at = 0;
-    for w in want {
-        let hit = |g: &String| match w.strip_suffix('*') {
-            Some(prefix) => g.starts_with(prefix),
-            None => g == w,
-        };
-        match got[at..].iter().position(hit) {
-            Some(i) => at += i + 1,
-            None => panic!("{w:?} missing after position {at} in the story:\n{got:#?}"),
-        }
+/// Asserts the story's order (see `handshake::trace::render::check_order`).
+fn in_order(events: &[handshake::trace::TraceEvent], want: &[&str]) {
+    if let Err(e) = handshake::trace::render::check_order(events, want) {
+        panic!("{e}");
     }
 }
 
@@ -534,9 +506,8 @@ fn the_trace_tells_the_story_of_an_https_request_from_both_ends() {
     }
     let server: Vec<_> = std::iter::from_fn(|| net.pair.server.poll_trace_event()).collect();
     let client: Vec<_> = std::iter::from_fn(|| net.pair.client.poll_trace_event()).collect();
-    let s = story(&server);
     in_order(
-        &s,
+        &server,
         &[
             "flow active=false",
             "in ARP who-has",
@@ -560,8 +531,11 @@ fn the_trace_tells_the_story_of_an_https_request_from_both_ends() {
     );
     // Our client sends its ClientHello with the ACK that completes the handshake: the
     // connection is established before the ServerHello, whatever the order of the two.
-    in_order(&s, &["out SYN,ACK", "state ESTABLISHED", "out ServerHello"]);
-    in_order(&s, &["in Application Data", "out Application Data"]);
+    in_order(
+        &server,
+        &["out SYN,ACK", "state ESTABLISHED", "out ServerHello"],
+    );
+    in_order(&server, &["in Application Data", "out Application Data"]);
     // The ClientHello as rustls sent it, the ServerHello's choice among the offers.
     let offered = server
         .iter()
@@ -590,9 +564,8 @@ fn the_trace_tells_the_story_of_an_https_request_from_both_ends() {
         .expect("a ServerHello");
     assert!(offered.contains(&chosen), "{chosen} not in {offered:?}");
     // The client's side: it opened (SYN-SENT before its SYN) and ARPed for the server first.
-    let c = story(&client);
     in_order(
-        &c,
+        &client,
         &[
             "flow active=true",
             "state SYN-SENT",

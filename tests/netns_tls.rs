@@ -995,3 +995,127 @@ fn limit(mode: Mode) -> Result<()> {
     );
     Ok(())
 }
+
+/// Issue 7's trace against a real client: curl fetches one page by name over HTTPS while the
+/// daemon traces port 443 (`--trace`); the JSON lines it wrote tell the whole story in order,
+/// from the peer kernel's ARP for us to the last ACK of the close, with the ClientHello's SNI
+/// and ALPN as curl sent them and the ServerHello's suite among those offered.
+fn trace(mode: Mode) -> Result<()> {
+    use handshake::trace::render::{check_order, parse_json_lines, render, Format};
+    use handshake::trace::EventKind;
+    let topo = Topology::up()?;
+    let site = Site::new(&format!("trace-{mode:?}"))?;
+    site.put("index.html", b"<h1>the story of one request</h1>")?;
+    let file = site.path("trace.jsonl");
+    // A second connection on another port must not be traced.
+    let mut d = site.start(
+        &topo,
+        mode,
+        &[
+            "--http",
+            "80",
+            "--trace",
+            "port 443",
+            "--trace-limit",
+            "1",
+            "--trace-file",
+            &file,
+        ],
+    )?;
+    let ca = site.path("ca.pem");
+    peer(
+        &topo,
+        "curl -sS --max-time 10 -o /dev/null http://198.18.0.1/",
+    )?;
+    let out = peer(
+        &topo,
+        &format!(
+            "curl -sS --max-time 10 --cacert {ca} --resolve {NAME}:443:198.18.0.1 https://{NAME}/"
+        ),
+    )?;
+    ensure!(out.contains("the story of one request"), "{out}");
+    // curl closes first (close_notify, FIN); our side runs CLOSE-WAIT → LAST-ACK → CLOSED.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lines = d.stop_with("TERM")?;
+    ensure!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("final trace: 1 connection(s)")),
+        "{}",
+        lines.join("\n")
+    );
+    let events = parse_json_lines(&std::fs::read_to_string(&file)?).map_err(anyhow::Error::msg)?;
+    println!("{}", render(&events, Format::Text));
+    println!("{}", render(&events, Format::Mermaid));
+    check_order(
+        &events,
+        &[
+            "flow active=false",
+            "in ARP who-has",
+            "out ARP is-at",
+            "in SYN",
+            "state SYN-RECEIVED",
+            "out SYN,ACK",
+            "in ACK",
+            "state ESTABLISHED",
+            "in ClientHello",
+            "out ServerHello",
+            "out Encrypted Handshake Message (EncryptedExtensions … Finished)",
+            "in Encrypted Handshake Message (Finished)",
+            "in Application Data",
+            "out Application Data",
+            "out FIN*",
+            "state CLOSED",
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
+    // The close, one of two ways: curl's FIN reached us before our reply to its close_notify
+    // (we are in CLOSE-WAIT, then LAST-ACK), or our close_notify and FIN left first (FIN-WAIT-1;
+    // curl's closed socket then answers with RST).
+    let passive = [
+        "in FIN*",
+        "state CLOSE-WAIT",
+        "state LAST-ACK",
+        "out FIN*",
+        "state CLOSED",
+    ];
+    let active = ["state FIN-WAIT-1", "out FIN*", "state CLOSED"];
+    check_order(&events, &passive)
+        .or_else(|_| check_order(&events, &active))
+        .map_err(anyhow::Error::msg)?;
+    ensure!(events.iter().all(|e| e.flow == 1), "one connection traced");
+    let (offered, sni, alpn) = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::ClientHello {
+                suites, sni, alpn, ..
+            } => Some((suites.clone(), sni.clone(), alpn.clone())),
+            _ => None,
+        })
+        .context("no ClientHello")?;
+    ensure!(sni.as_deref() == Some(NAME), "SNI {sni:?}");
+    ensure!(alpn.iter().any(|p| p == "http/1.1"), "ALPN {alpn:?}");
+    let chosen = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::ServerHello { suite, version, .. } => Some((suite.clone(), version.clone())),
+            _ => None,
+        })
+        .context("no ServerHello")?;
+    ensure!(chosen.1 == "TLS 1.3", "{chosen:?}");
+    ensure!(
+        offered.contains(&chosen.0),
+        "{chosen:?} not offered: {offered:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn trace_tells_the_story_of_a_curl_request_inline() -> Result<()> {
+    trace(Mode::Inline)
+}
+
+#[test]
+fn trace_tells_the_story_of_a_curl_request_pool() -> Result<()> {
+    trace(Mode::Pool)
+}

@@ -266,7 +266,6 @@ mod xdp {
         }
     }
 
-    /// Runs the daemon until SIGINT or SIGTERM.
     /// Starts the thread that writes trace events as JSON lines to `path`, numbering the
     /// connections of all queues 1, 2, … and keeping the first `limit`. It ends when every
     /// sender is dropped; it returns how many connections and events it wrote.
@@ -322,6 +321,7 @@ mod xdp {
         Ok((tx, h))
     }
 
+    /// Runs the daemon until SIGINT or SIGTERM.
     pub fn run(cfg: Config) -> anyhow::Result<()> {
         let routes = cfg.validate()?;
         let mac = iface_mac(&cfg.iface)?;

@@ -263,3 +263,43 @@ fn text(f: &FlowStory<'_>) -> String {
     }
     s
 }
+
+/// One event in a few words, `in`/`out` first: `in SYN`, `out SYN,ACK`, `state ESTABLISHED`,
+/// `in ClientHello`, `out Application Data`: what [`check_order`] matches against.
+pub fn brief(e: &TraceEvent) -> String {
+    let d = |d: &Dir| if *d == Dir::In { "in" } else { "out" };
+    match &e.kind {
+        EventKind::Flow { active, .. } => format!("flow active={active}"),
+        EventKind::ArpWhoHas { dir, .. } => format!("{} ARP who-has", d(dir)),
+        EventKind::ArpIsAt { dir, .. } => format!("{} ARP is-at", d(dir)),
+        EventKind::Segment { dir, flags, .. } => format!("{} {flags}", d(dir)),
+        EventKind::State { to, .. } => format!("state {to}"),
+        EventKind::ClientHello { dir, .. } => format!("{} ClientHello", d(dir)),
+        EventKind::ServerHello { dir, .. } => format!("{} ServerHello", d(dir)),
+        EventKind::Tls { dir, what, .. } => format!("{} {what}", d(dir)),
+    }
+}
+
+/// Checks that `want` occurs in `events` (as [`brief`] names them) in this order, other events
+/// between allowed; a trailing `*` matches any rest (`out FIN*`: the first segment we sent with
+/// FIN first among its flags). The error shows the whole story.
+pub fn check_order(events: &[TraceEvent], want: &[&str]) -> Result<(), String> {
+    let got: Vec<String> = events.iter().map(brief).collect();
+    let mut at = 0;
+    for w in want {
+        let hit = |g: &String| match w.strip_suffix('*') {
+            Some(prefix) => g.starts_with(prefix),
+            None => g == w,
+        };
+        match got[at..].iter().position(hit) {
+            Some(i) => at += i + 1,
+            None => {
+                return Err(format!(
+                    "{w:?} missing after event {at} of the story:\n  {}",
+                    got.join("\n  ")
+                ))
+            }
+        }
+    }
+    Ok(())
+}
