@@ -500,16 +500,22 @@ impl Tracer {
                 self.pending.push(c);
             }
         }
-        // The ARP exchange for the next hop (and the peer's for us) came before the SYN.
-        let recent: Vec<(Instant, EventKind)> = self
-            .arp_recent
-            .iter()
-            .filter(|(at, s, t, _)| {
-                now.as_micros().saturating_sub(at.as_micros()) <= ARP_WINDOW_US
-                    && (*s == next_hop || *t == next_hop)
-            })
-            .map(|(at, _, _, k)| (*at, k.clone()))
-            .collect();
+        // The ARP exchange for the next hop (and the peer's for us) came before the SYN: the
+        // latest request and the latest reply involving it, not older refreshes.
+        let mut latest: [Option<(Instant, EventKind)>; 2] = [None, None];
+        for (at, s, t, k) in self.arp_recent.iter().rev() {
+            if now.as_micros().saturating_sub(at.as_micros()) > ARP_WINDOW_US
+                || (*s != next_hop && *t != next_hop)
+            {
+                continue;
+            }
+            let slot = usize::from(matches!(k, EventKind::ArpIsAt { .. }));
+            if latest[slot].is_none() {
+                latest[slot] = Some((*at, k.clone()));
+            }
+        }
+        let mut recent: Vec<(Instant, EventKind)> = latest.into_iter().flatten().collect();
+        recent.sort_by_key(|(at, _)| *at);
         for (at, k) in recent {
             self.push(at, id, k);
         }

@@ -524,3 +524,41 @@ fn a_full_queue_drops_and_counts() {
     assert_eq!(drain(&mut t).len(), 3);
     assert_eq!(t.stats().dropped, 3, "{:?}", t.stats());
 }
+
+#[test]
+fn only_the_latest_arp_exchange_before_the_syn_is_part_of_the_story() {
+    let r = routes();
+    let mut t = Tracer::new("port 443".parse().unwrap(), 1, DEFAULT_QUEUE);
+    for i in 0..5 {
+        t.on_frame(
+            Instant::from_millis(i * 1000),
+            Dir::In,
+            &arp(OP_REQUEST, PEER, US),
+            &r,
+        );
+        t.on_frame(
+            Instant::from_millis(i * 1000 + 1),
+            Dir::Out,
+            &arp(crate::wire::arp::OP_REPLY, US, PEER),
+            &r,
+        );
+    }
+    // An exchange about another host is not this connection's.
+    t.on_frame(
+        Instant::from_millis(4500),
+        Dir::In,
+        &arp(OP_REQUEST, [198, 18, 0, 7], US),
+        &r,
+    );
+    t.on_frame(
+        Instant::from_millis(5000),
+        Dir::In,
+        &frame(PEER, 40000, US, 443, 1, 0, flags::SYN, &[]),
+        &r,
+    );
+    let ev = drain(&mut t);
+    let t_us: Vec<u64> = ev.iter().map(|e| e.t_us).collect();
+    assert_eq!(t_us, [5_000_000, 4_000_000, 4_001_000, 5_000_000], "{ev:?}");
+    assert!(matches!(ev[1].kind, EventKind::ArpWhoHas { .. }));
+    assert!(matches!(ev[2].kind, EventKind::ArpIsAt { .. }));
+}
