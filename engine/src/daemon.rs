@@ -390,14 +390,24 @@ mod xdp {
             handshake: Duration::from_millis(cfg.tls.handshake_timeout_ms),
             request: Duration::from_millis(cfg.request_timeout_ms),
         };
+        // SIGHUP reloads the certificates: every worker and pool thread picks them up for the
+        // connections it accepts next; open connections keep theirs.
+        let mut tls_reload = None;
         let https = match cfg.https {
-            Some(port) => Some(crate::app::HttpsApp {
-                port,
-                server: crate::tls::TlsServer::new(&cfg.tls)?,
-                max_sessions: cfg.tls.max_sessions,
-            }),
+            Some(port) => {
+                let mut server = crate::tls::TlsServer::new(&cfg.tls)?;
+                tls_reload = Some((server.reloadable(), server.clone()));
+                Some(crate::app::HttpsApp {
+                    port,
+                    server,
+                    max_sessions: cfg.tls.max_sessions,
+                })
+            }
             None => None,
         };
+        let hup = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+            .context("installing the SIGHUP handler")?;
         let (pool, mut links) = match &https {
             Some(h) if cfg.tls.threads > 0 => {
                 let pcfg = crate::https::pool::PoolConfig {
@@ -526,6 +536,23 @@ mod xdp {
         let mut last = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
+            if hup.swap(false, Ordering::Relaxed) {
+                match &mut tls_reload {
+                    Some((handle, current)) => {
+                        match current.reloaded(&cfg.tls) {
+                            Ok(new) => {
+                                let generation = handle.publish(&new);
+                                *current = new;
+                                println!("reloaded certificates (generation {generation}): new connections use them");
+                            }
+                            Err(e) => {
+                                println!("certificate reload failed, still serving the previous ones: {e}")
+                            }
+                        }
+                    }
+                    None => println!("SIGHUP: no HTTPS service, nothing to reload"),
+                }
+            }
             if !interval.is_zero() && last.elapsed() >= interval {
                 last = std::time::Instant::now();
                 let per_queue: Vec<_> = shared.iter().map(|s| s.read()).collect();

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 pub mod adapter;
 
-pub use adapter::{SessionInfo, TlsServer, TlsSession, TlsVersion};
+pub use adapter::{SessionInfo, TlsReload, TlsServer, TlsSession, TlsVersion};
 
 /// The largest TLS record on the wire: 5-byte header, 2^14 bytes of plaintext and up to 256 bytes
 /// of expansion (RFC 8446 §5.2). [`TlsConfig::buffer_limit`] must hold at least one.
