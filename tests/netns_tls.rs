@@ -1119,3 +1119,132 @@ fn trace_tells_the_story_of_a_curl_request_inline() -> Result<()> {
 fn trace_tells_the_story_of_a_curl_request_pool() -> Result<()> {
     trace(Mode::Pool)
 }
+
+/// A keep-alive client that makes one request, waits for `go` to appear (20 s at most), makes a
+/// second request on the same connection, and reports both to stdout.
+const PY_HOLD: &str = r#"
+import os, socket, ssl, sys, time
+ca, first, go = sys.argv[1], sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+s = ctx.wrap_socket(socket.create_connection(("198.18.0.1", 443), timeout=10),
+                    server_hostname="handshake.test")
+def get():
+    s.sendall(b"GET / HTTP/1.1\r\nHost: handshake.test\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    n = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
+    while len(body) < n:
+        body += s.recv(65536)
+    return head.split(b"\r\n")[0].decode(), len(body)
+print("first", *get(), flush=True)
+open(first, "w").close()
+deadline = time.time() + 20
+while not os.path.exists(go) and time.time() < deadline:
+    time.sleep(0.05)
+print("second", *get(), flush=True)
+"#;
+
+/// SHA-256 fingerprint of the certificate the daemon presents to a new connection.
+fn served_fingerprint(topo: &Topology) -> Result<String> {
+    let out = peer(
+        topo,
+        &format!(
+            "openssl s_client -connect 198.18.0.1:443 -servername {NAME} </dev/null 2>/dev/null \
+             | openssl x509 -noout -fingerprint -sha256"
+        ),
+    )?;
+    Ok(out.trim().to_string())
+}
+
+/// The fingerprint of the leaf in `chain.pem`.
+fn file_fingerprint(site: &Site) -> Result<String> {
+    let o = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(site.path("chain.pem"))
+        .output()?;
+    ensure!(o.status.success(), "openssl x509: {}", text(&o));
+    Ok(text(&o).trim().to_string())
+}
+
+/// Issue 7: SIGHUP reloads the certificates without dropping connections. A keep-alive
+/// connection opened before the reload still works after it; new connections get the new
+/// certificate; a reload from broken files is refused and the previous certificate stays.
+fn sighup(mode: Mode) -> Result<()> {
+    let topo = Topology::up()?;
+    let site = Site::new(&format!("hup-{mode:?}"))?;
+    site.put("index.html", b"<h1>reload</h1>")?;
+    let mut d = site.start(&topo, mode, &[])?;
+    let old = file_fingerprint(&site)?;
+    ensure!(
+        served_fingerprint(&topo)? == old,
+        "the first certificate is served"
+    );
+    let (first, go) = (site.path("first"), site.path("go"));
+    let mut holder =
+        topo.spawn_peer(["python3", "-c", PY_HOLD, &site.path("ca.pem"), &first, &go])?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !std::path::Path::new(&first).exists() {
+        ensure!(
+            Instant::now() < deadline,
+            "the keep-alive client did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // New files (a new CA and leaf), then SIGHUP.
+    site.certificates()?;
+    let new = file_fingerprint(&site)?;
+    ensure!(new != old);
+    let hup = |want: &str| -> Result<()> {
+        std::process::Command::new("kill")
+            .args(["-s", "HUP", &d.pid().to_string()])
+            .status()?;
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while !d.lines().iter().any(|l| l.contains(want)) {
+            ensure!(
+                Instant::now() < deadline,
+                "no {want:?} line:\n{}",
+                d.lines().join("\n")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    hup("reloaded certificates (generation 1)")?;
+    ensure!(
+        served_fingerprint(&topo)? == new,
+        "new connections get the new certificate"
+    );
+    // A broken key: refused, the new certificate stays.
+    std::fs::write(site.path("key.pem"), "not a key\n")?;
+    hup("certificate reload failed")?;
+    ensure!(
+        served_fingerprint(&topo)? == new,
+        "a failed reload changes nothing"
+    );
+    // The connection from before the reload still answers.
+    std::fs::write(&go, "")?;
+    let out = holder.wait_with_output()?;
+    let out = text(&out);
+    ensure!(
+        out.contains("first HTTP/1.1 200 OK 15") && out.contains("second HTTP/1.1 200 OK 15"),
+        "{out}"
+    );
+    let t = finish(d, mode)?;
+    ensure!(t.errors == 0 && t.refused == 0, "{t:?}");
+    println!(
+        "SIGHUP {mode:?}: {old} -> {new}; the old connection answered after the reload; {t:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn sighup_reloads_certificates_without_dropping_connections_inline() -> Result<()> {
+    sighup(Mode::Inline)
+}
+
+#[test]
+fn sighup_reloads_certificates_without_dropping_connections_pool() -> Result<()> {
+    sighup(Mode::Pool)
+}

@@ -181,25 +181,12 @@ impl Stack {
         }
     }
 
-    /// Records a frame the stack sends or receives.
+    /// Records an ARP packet the stack receives or sends.
     #[cfg(feature = "trace")]
-    fn trace_frame(&mut self, now: Instant, dir: crate::trace::Dir, frame: &[u8]) {
+    fn trace_arp(&mut self, now: Instant, dir: crate::trace::Dir, arp: &ArpRepr) {
         if let Some(t) = self.tracer.as_deref_mut() {
-            t.on_frame(now, dir, frame, &self.routes);
+            t.on_arp(now, dir, arp);
         }
-    }
-
-    #[cfg(feature = "trace")]
-    #[cold]
-    fn handle_frame_traced(&mut self, now: Instant, frame: &mut [u8], len: usize) -> Verdict {
-        use crate::trace::Dir;
-        self.trace_frame(now, Dir::In, &frame[..len]);
-        let v = self.handle_frame_untraced(now, frame, len);
-        self.trace_states(now);
-        if let Verdict::Transmit(n) = v {
-            self.trace_frame(now, Dir::Out, &frame[..n.min(frame.len())]);
-        }
-        v
     }
 
     /// Our MAC address.
@@ -280,15 +267,6 @@ impl Stack {
     /// write a reply in place).
     pub fn handle_frame(&mut self, now: Instant, frame: &mut [u8], len: usize) -> Verdict {
         let len = len.min(frame.len());
-        #[cfg(feature = "trace")]
-        if self.tracer.is_some() {
-            return self.handle_frame_traced(now, frame, len);
-        }
-        self.handle_frame_untraced(now, frame, len)
-    }
-
-    #[inline(always)]
-    fn handle_frame_untraced(&mut self, now: Instant, frame: &mut [u8], len: usize) -> Verdict {
         self.stats.rx_packets += 1;
         self.stats.rx_bytes += len as u64;
         match self.dispatch(now, frame, len) {
@@ -341,6 +319,8 @@ impl Stack {
         if !arp.sender_mac.is_unicast() || self.routes.is_bad_source(arp.sender_ip) {
             return Err(DropReason::ArpBadSender);
         }
+        #[cfg(feature = "trace")]
+        self.trace_arp(now, crate::trace::Dir::In, &arp);
         let to_us = self.routes.is_ours(arp.target_ip);
         let how = match arp.op {
             OP_REPLY => Learn::Reply,
@@ -366,6 +346,8 @@ impl Stack {
                 target_ip: arp.sender_ip,
             };
             self.stats.arp_replies += 1;
+            #[cfg(feature = "trace")]
+            self.trace_arp(now, crate::trace::Dir::Out, &reply);
             return Ok(Verdict::Transmit(reply.emit_frame(frame, arp.sender_mac)));
         }
         if arp.op == OP_REPLY {
@@ -423,7 +405,22 @@ impl Stack {
                     return Err(DropReason::TcpBadChecksum);
                 }
                 self.stats.tcp_segments += 1;
+                #[cfg(feature = "trace")]
+                if let Some(t) = self.tracer.as_deref_mut() {
+                    t.on_tcp(
+                        now,
+                        crate::trace::Dir::In,
+                        ip.src,
+                        ip.dst,
+                        seg,
+                        &self.routes,
+                    );
+                }
                 self.tcp.handle_segment(now, ip.src, ip.dst, seg);
+                #[cfg(feature = "trace")]
+                if self.tracer.is_some() {
+                    self.trace_states(now);
+                }
                 Ok(Verdict::Drop)
             }
             ipv4::PROTO_UDP => {
@@ -546,10 +543,6 @@ impl Stack {
         let n = self.next_frame(now, buf)?;
         self.stats.tx_packets += 1;
         self.stats.tx_bytes += n as u64;
-        #[cfg(feature = "trace")]
-        if self.tracer.is_some() {
-            self.trace_frame(now, crate::trace::Dir::Out, &buf[..n]);
-        }
         Some(n)
     }
 
@@ -561,6 +554,10 @@ impl Stack {
         loop {
             if self.neighbors.has_ready() {
                 if let Some(n) = self.neighbors.poll_ready(buf) {
+                    #[cfg(feature = "trace")]
+                    if let Some(t) = self.tracer.as_deref_mut() {
+                        t.on_frame(now, crate::trace::Dir::Out, &buf[..n], &self.routes);
+                    }
                     return Some(n);
                 }
             }
@@ -575,6 +572,8 @@ impl Stack {
                     target_mac: Mac::ZERO,
                     target_ip: me,
                 };
+                #[cfg(feature = "trace")]
+                self.trace_arp(now, crate::trace::Dir::Out, &arp);
                 return Some(arp.emit_frame(buf, Mac::BROADCAST));
             }
             if let Some((ip, dst)) = self
@@ -592,6 +591,8 @@ impl Stack {
                     target_mac: Mac::ZERO,
                     target_ip: ip,
                 };
+                #[cfg(feature = "trace")]
+                self.trace_arp(now, crate::trace::Dir::Out, &arp);
                 return Some(arp.emit_frame(buf, dst));
             }
             if let Some(e) = self.icmp_errors.pop_front() {
@@ -607,6 +608,11 @@ impl Stack {
             if let Some(t) = self.tcp.poll_transmit(now, &mut buf[seg..]) {
                 if let Some(len) = self.finish_ipv4(now, buf, t.src, t.dst, ipv4::PROTO_TCP, t.len)
                 {
+                    #[cfg(feature = "trace")]
+                    if let Some(tr) = self.tracer.as_deref_mut() {
+                        let s = &buf[seg..seg + t.len];
+                        tr.on_tcp(now, crate::trace::Dir::Out, t.src, t.dst, s, &self.routes);
+                    }
                     return Some(len);
                 }
                 continue;

@@ -368,20 +368,39 @@ impl Tracer {
         });
     }
 
-    /// A frame received (`Dir::In`) or sent (`Dir::Out`) by the engine.
+    /// A frame received (`Dir::In`) or sent (`Dir::Out`) by the engine, parsed here: for
+    /// frames the stack has not parsed already (packets released after ARP resolved).
     pub fn on_frame(&mut self, now: Instant, dir: Dir, frame: &[u8], routes: &Routes) {
         if frame.len() < ethernet::HEADER_LEN {
             return;
         }
+        let p = &frame[ethernet::HEADER_LEN..];
         match ethernet::ethertype(frame) {
-            ETHERTYPE_ARP => self.on_arp(now, dir, &frame[ethernet::HEADER_LEN..]),
-            ETHERTYPE_IPV4 => self.on_ipv4(now, dir, &frame[ethernet::HEADER_LEN..], routes),
+            ETHERTYPE_ARP => {
+                if let Ok(a) = ArpRepr::parse(p) {
+                    self.on_arp(now, dir, &a);
+                }
+            }
+            ETHERTYPE_IPV4 => {
+                // Read only what the trace needs, defensively.
+                if p.len() < 20 || p[0] >> 4 != 4 || p[9] != PROTO_TCP {
+                    return;
+                }
+                let ihl = usize::from(p[0] & 0x0f) * 4;
+                let total = usize::from(u16::from_be_bytes([p[2], p[3]])).min(p.len());
+                if ihl < 20 || total < ihl {
+                    return;
+                }
+                let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+                let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+                self.on_tcp(now, dir, src, dst, &p[ihl..total], routes);
+            }
             _ => {}
         }
     }
 
-    fn on_arp(&mut self, now: Instant, dir: Dir, p: &[u8]) {
-        let Ok(a) = ArpRepr::parse(p) else { return };
+    /// An ARP packet received or sent.
+    pub fn on_arp(&mut self, now: Instant, dir: Dir, a: &ArpRepr) {
         let kind = if a.op == OP_REQUEST {
             EventKind::ArpWhoHas {
                 dir,
@@ -412,31 +431,46 @@ impl Tracer {
         self.arp_recent.push_back((now, s, t, kind));
     }
 
-    fn on_ipv4(&mut self, now: Instant, dir: Dir, p: &[u8], routes: &Routes) {
-        // The stack validated what it received and built what it sends; read only what the
-        // trace needs, defensively.
-        if p.len() < 20 || p[0] >> 4 != 4 || p[9] != PROTO_TCP {
-            return;
+    /// A TCP segment (header and payload) received from or sent to the network, between `src`
+    /// and `dst`. A segment of a connection the filter does not match costs a read of the ports
+    /// and a compare.
+    #[inline]
+    pub fn on_tcp(
+        &mut self,
+        now: Instant,
+        dir: Dir,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        seg: &[u8],
+        routes: &Routes,
+    ) {
+        let [a, b, c, d, ..] = *seg else { return };
+        let (sport, dport) = (u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]));
+        if self
+            .filter
+            .matches(u32::from(src), sport, u32::from(dst), dport)
+        {
+            self.on_matching_tcp(now, dir, src, dst, seg, routes);
         }
-        let ihl = usize::from(p[0] & 0x0f) * 4;
-        let total = usize::from(u16::from_be_bytes([p[2], p[3]])).min(p.len());
-        if ihl < 20 || total < ihl + 20 {
-            return;
-        }
-        let src = u32::from_be_bytes([p[12], p[13], p[14], p[15]]);
-        let dst = u32::from_be_bytes([p[16], p[17], p[18], p[19]]);
-        let seg = &p[ihl..total];
-        let sport = u16::from_be_bytes([seg[0], seg[1]]);
-        let dport = u16::from_be_bytes([seg[2], seg[3]]);
-        if !self.filter.matches(src, sport, dst, dport) {
-            return;
-        }
-        let (laddr, lport, raddr, rport) = match dir {
-            Dir::In => (dst, dport, src, sport),
-            Dir::Out => (src, sport, dst, dport),
-        };
+    }
+
+    #[inline(never)]
+    fn on_matching_tcp(
+        &mut self,
+        now: Instant,
+        dir: Dir,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        seg: &[u8],
+        routes: &Routes,
+    ) {
+        let (src, dst) = (u32::from(src), u32::from(dst));
         let Ok(t) = TcpRepr::parse_bytes(seg) else {
             return;
+        };
+        let (laddr, lport, raddr, rport) = match dir {
+            Dir::In => (dst, t.dst_port, src, t.src_port),
+            Dir::Out => (src, t.src_port, dst, t.dst_port),
         };
         let fi = match self.open.get(&(laddr, lport, raddr, rport)) {
             Some(&i) => i,
