@@ -12,7 +12,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 /// How to attach the XDP program.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// Native (driver) mode, falling back to generic (SKB) mode with a warning.
@@ -25,7 +27,7 @@ pub enum XdpMode {
 }
 
 /// Everything the daemon needs to run.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Interface to serve (`--iface`).
@@ -83,7 +85,7 @@ pub struct Config {
 }
 
 /// The connection trace: which connections to record, how many, where.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TraceConfig {
     /// Which connections (`--trace`): `all`, `port N`, `host A.B.C.D`, terms joined by `and`.
@@ -108,6 +110,10 @@ impl Default for TraceConfig {
         }
     }
 }
+
+/// A configuration file that documents every key with its default, the optional ones commented
+/// out (`handshake config --example`).
+pub const EXAMPLE: &str = include_str!("../handshake.example.toml");
 
 impl Default for Config {
     fn default() -> Self {
@@ -269,6 +275,66 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A line of the example that sets a key or opens a table, commented out or not.
+    fn setting(line: &str) -> Option<&str> {
+        let l = line.strip_prefix("# ").unwrap_or(line);
+        let key = l.split(" = ").next()?;
+        let is_key = l.contains(" = ")
+            && !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        (is_key || (l.starts_with('[') && l.ends_with(']'))).then_some(l)
+    }
+
+    fn keys(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in t {
+            let name = format!("{prefix}{k}");
+            match v {
+                toml::Value::Table(t) => keys(t, &format!("{name}."), out),
+                _ => out.push(name),
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_documents_every_key_with_its_default() {
+        // As shipped (optional keys commented out), it is the defaults.
+        assert_eq!(Config::from_toml(EXAMPLE).unwrap(), Config::default());
+        // Every setting, commented or not, is documented by the comment above it.
+        let lines: Vec<&str> = EXAMPLE.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if setting(l).is_some_and(|s| !s.starts_with('[')) {
+                let above = lines[..i].last().copied().unwrap_or("");
+                assert!(
+                    above.starts_with("# ") && setting(above).is_none(),
+                    "line {}: `{l}` has no comment above it",
+                    i + 1
+                );
+            }
+        }
+        // Uncommented, the optional keys are valid too, and then every key the schema has a
+        // default for appears (keys without a default must be shown commented: they are
+        // checked by parsing, as they cannot be listed from the defaults).
+        let all: String = lines
+            .iter()
+            .filter_map(|l| setting(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let full = Config::from_toml(&all).unwrap_or_else(|e| panic!("{e}\n{all}"));
+        full.validate().unwrap();
+        let mut documented = Vec::new();
+        keys(&toml::from_str(&all).unwrap(), "", &mut documented);
+        let mut schema = Vec::new();
+        keys(
+            &toml::Table::try_from(Config::default()).unwrap(),
+            "",
+            &mut schema,
+        );
+        let missing: Vec<_> = schema.iter().filter(|k| !documented.contains(k)).collect();
+        assert!(missing.is_empty(), "not in the example: {missing:?}");
+    }
 
     #[test]
     fn full_file_parses() {

@@ -34,6 +34,9 @@ enum Cmd {
         /// Validate FILE and report the first error with its line.
         #[arg(long, value_name = "FILE")]
         check: Option<PathBuf>,
+        /// Print a configuration file documenting every key with its default.
+        #[arg(long)]
+        example: bool,
     },
 }
 
@@ -192,9 +195,15 @@ fn main() -> anyhow::Result<()> {
             run(cfg)
         }
         Cmd::Trace { file, format } => render_trace(&file, &format),
-        Cmd::Config { check } => {
+        Cmd::Config { check, example } => {
+            if example {
+                print!("{}", handshake::config::EXAMPLE);
+                return Ok(());
+            }
             let Some(path) = check else {
-                anyhow::bail!("nothing to do: use `handshake config --check FILE`");
+                anyhow::bail!(
+                    "nothing to do: use `handshake config --check FILE` or `handshake config --example`"
+                );
             };
             let cfg = Config::from_file(&path)?;
             cfg.validate()
