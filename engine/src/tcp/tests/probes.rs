@@ -68,3 +68,79 @@ fn test_peer_mss_0_means_default_536() {
     assert_eq!(segment_sizes(Some(0), 600), vec![536, 64]);
     assert_eq!(segment_sizes(None, 600), vec![536, 64]);
 }
+
+/// RFC 9293 §3.10.7.4: the RST bit is checked (second) before the SYN bit (fourth), and "if the
+/// RST bit is set and the sequence number exactly matches the next expected sequence number
+/// (RCV.NXT), then TCP endpoints MUST reset the connection". A segment with SYN and RST (and
+/// everything else) at RCV.NXT was dropped as malformed; Linux resets, and so do we now.
+#[test]
+fn test_established_syn_rst_at_rcv_nxt_resets() {
+    let (mut t, c) = tcp_established();
+    send!(
+        t,
+        TcpRepr {
+            flags: SYN | RST | ACK | FIN | PSH | URG,
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            payload: b"abc",
+            ..SEND_TEMPL
+        }
+    );
+    recv_nothing!(t);
+    assert_eq!(
+        t.events(),
+        vec![Event::Closed {
+            conn: c,
+            reason: CloseReason::Reset
+        }]
+    );
+    assert_eq!(t.tcp.state(c), None);
+}
+
+/// SYN+RST in window but not at RCV.NXT: an RST that does not match exactly gets a challenge
+/// ACK (RFC 5961 §3.2), and the connection lives on.
+#[test]
+fn test_established_syn_rst_in_window_gets_challenge_ack() {
+    let (mut t, c) = tcp_established();
+    send!(
+        t,
+        TcpRepr {
+            flags: SYN | RST,
+            seq: REMOTE_SEQ + 10,
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 1,
+            ..RECV_TEMPL
+        }]
+    );
+    assert_eq!(t.tcp.state(c), Some(State::Established));
+}
+
+/// Without a connection SYN+RST is still dropped as malformed and never answered (as Linux:
+/// a listener discards it, a closed port never answers an RST).
+#[test]
+fn test_syn_rst_without_connection_dropped() {
+    let mut t = tcp_listen();
+    send!(
+        t,
+        TcpRepr {
+            flags: SYN | RST,
+            ..syn()
+        }
+    );
+    send!(
+        t,
+        TcpRepr {
+            flags: SYN | RST,
+            dst_port: LPORT + 1,
+            ..syn()
+        }
+    );
+    recv_nothing!(t);
+    assert_eq!(t.tcp.stats().drops_malformed, 2);
+}
