@@ -19,7 +19,6 @@ Prints a table (probe, engine, Linux, same/DIFF) and writes the full results as 
 import argparse
 import json
 import select
-import sys
 import threading
 import time
 
