@@ -3,8 +3,8 @@
 
 Behaves like the engine's `--echo` service: echoes every byte as it arrives and closes its side
 once the peer has closed (half-close: echo the rest, then FIN). Urgent data is kept inline
-(SO_OOBINLINE), as the engine delivers it (RFC 6093 §5: "TCP implementations... SHOULD
-... deliver urgent data inline"). Usage: kernel_echo.py ADDR PORT; prints `listening` when ready.
+(SO_OOBINLINE, the socket option RFC 6093 advises applications that receive urgent data to
+set), as the engine delivers it. Usage: kernel_echo.py ADDR PORT; prints `listening` when ready.
 """
 import socket
 import sys
