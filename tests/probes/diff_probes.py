@@ -455,7 +455,7 @@ def syn_mss_bad_len(t):
     return [c.xchg("SYN", raw_tcp_options(c, "S", bytes([2, 3, 0x05, 1, 1, 1, 1, 1])))]
 
 
-@probe("SYN with window scale 15 (> 14): clamped to 14; then window 1 (= 16 KiB) and 3000 B")
+@probe("SYN with window scale 15 (> 14, to be used as 14), then window 1 (scaled: >= 16 KiB), 3000 B echoed")
 def syn_wscale_15(t):
     c = t.conn()
     s1 = c.handshake(options=[("MSS", 1460), ("WScale", 15)])
@@ -942,7 +942,7 @@ def est_zero_window(t):
     return [s, s2]
 
 
-@probe("ESTABLISHED: FIN (CLOSE_WAIT; the echo app closes: LAST_ACK), then our ACK")
+@probe("ESTABLISHED: FIN (the echo app closes too; their FIN acked: CLOSED), then data")
 def est_fin(t):
     c = t.conn()
     c.established()
