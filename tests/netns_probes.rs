@@ -202,7 +202,7 @@ fn engine_answers_like_linux_or_as_documented() -> Result<()> {
     eprintln!("{}\n(JSON: {})", table.join("\n"), json.display());
 
     let mut rows = BTreeMap::new();
-    let mut segs: Vec<(String, String, Vec<usize>)> = Vec::new();
+    let mut segs: Vec<(String, String, usize, Vec<usize>)> = Vec::new();
     for l in out.lines() {
         let f: Vec<&str> = l.split('\t').collect();
         match f.as_slice() {
@@ -216,14 +216,17 @@ fn engine_answers_like_linux_or_as_documented() -> Result<()> {
                     },
                 );
             }
-            ["@segs", name, target, _step, lens] => {
+            ["@segs", name, target, step, lens] => {
                 let lens = lens
                     .split(',')
                     .filter(|s| !s.is_empty())
                     .map(|s| s.parse::<i64>().map(|n| n.max(0) as usize))
                     .collect::<Result<Vec<_>, _>>()
                     .with_context(|| format!("bad @segs line {l:?}"))?;
-                segs.push((name.to_string(), target.to_string(), lens));
+                let step = step
+                    .parse()
+                    .with_context(|| format!("bad @segs line {l:?}"))?;
+                segs.push((name.to_string(), target.to_string(), step, lens));
             }
             [tag, ..] if tag.starts_with('@') => bail!("unparsed script line {l:?}"),
             _ => {}
@@ -268,7 +271,7 @@ fn engine_answers_like_linux_or_as_documented() -> Result<()> {
     }
 
     // Nothing absurd: no reply storm anywhere, no tiny segments for a tiny MSS.
-    for (name, target, lens) in &segs {
+    for (name, target, _, lens) in &segs {
         if target != "engine" {
             continue;
         }
@@ -291,10 +294,23 @@ fn engine_answers_like_linux_or_as_documented() -> Result<()> {
     for name in TINY_MSS {
         ensure!(
             segs.iter()
-                .any(|(n, t, l)| n == name && t == "engine" && l.iter().any(|&x| x > 0)),
+                .any(|(n, t, _, l)| n == name && t == "engine" && l.iter().any(|&x| x > 0)),
             "{name}: the engine sent no data to check"
         );
     }
+
+    // Window scale 15 is used as 14 (RFC 7323 §2.3): with a window field of 1, the unacked
+    // second flight stops at 1 << 14 bytes (whole segments), though the congestion window
+    // would allow twice that.
+    let flight: usize = segs
+        .iter()
+        .filter(|(n, t, step, _)| n == "wscale_15_window_limit" && t == "engine" && *step == 2)
+        .flat_map(|(_, _, _, l)| l.iter())
+        .sum();
+    ensure!(
+        (14_600..=16_384).contains(&flight),
+        "window scale 15 with window 1: the engine sent {flight} unacked bytes (16384 allowed)"
+    );
 
     // The daemon survived and still serves.
     let echo = topo.py(

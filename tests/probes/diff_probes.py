@@ -468,6 +468,22 @@ def syn_wscale_15(t):
     return [s1, s2]
 
 
+@probe("window scale 15 used as 14: with window 1, a second flight stops at 1 << 14 bytes")
+def wscale_15_window_limit(t):
+    c = t.conn()
+    s1 = c.handshake(options=[("MSS", 1460), ("WScale", 15)])
+    c.window = 1  # 16384 bytes if the shift is 14, 32768 if it were 15
+    c.send_raw([c.seg("A")])
+    # Flight 1: 10 full segments echoed and acked one by one (the congestion window grows).
+    frames = [c.seg("PA", payload=b"a" * 1460, seq=c.seq + 1460 * i) for i in range(10)]
+    s2 = c.xchg("flight 1, acked", frames, wait=1.0, advance=14600)
+    # Flight 2: 20 segments echoed, not acked: what is sent is bounded by the window.
+    c.autoack = False
+    frames = [c.seg("PA", payload=b"b" * 1460, seq=c.seq + 1460 * i) for i in range(20)]
+    s3 = c.xchg("flight 2, not acked", frames, wait=1.0, advance=29200)
+    return [s1, s2, s3]
+
+
 def tiny_mss(t, mss, sack=False):
     c = t.conn()
     opts = [("MSS", mss)] + ([("SAckOK", b"")] if sack else [])
