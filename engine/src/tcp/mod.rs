@@ -241,7 +241,7 @@ pub struct TcpStats {
     pub challenge_acks_limited: u64,
     /// Segments dropped by PAWS (RFC 7323).
     pub paws_drops: u64,
-    /// Malformed segments (bad header or options, port 0, SYN with RST).
+    /// Malformed segments (bad header or options, port 0, SYN with RST and no connection).
     pub drops_malformed: u64,
     /// Segments to a port with no listener and no flow.
     pub drops_no_listener: u64,
@@ -524,7 +524,7 @@ impl Tcp {
                 return;
             }
         };
-        if seg.src_port == 0 || seg.dst_port == 0 || seg.has(flags::SYN | flags::RST) {
+        if seg.src_port == 0 || seg.dst_port == 0 {
             self.stats.drops_malformed += 1;
             return;
         }
@@ -549,6 +549,12 @@ impl Tcp {
                 self.conn_segment(now, idx, &seg);
                 return;
             }
+        }
+        // SYN with RST: a connection checks the RST first (RFC 9293 §3.10.7.4); without one
+        // it is malformed (Linux too never answers it).
+        if seg.has(flags::SYN | flags::RST) {
+            self.stats.drops_malformed += 1;
+            return;
         }
         if self.listeners.iter().any(|l| l.port == seg.dst_port) {
             self.listen_segment(now, key, hash, &seg, isn_hint);
