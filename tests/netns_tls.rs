@@ -1175,15 +1175,14 @@ fn sighup(mode: Mode) -> Result<()> {
     let topo = Topology::up()?;
     let site = Site::new(&format!("hup-{mode:?}"))?;
     site.put("index.html", b"<h1>reload</h1>")?;
-    let mut d = site.start(&topo, mode, &[])?;
+    let d = site.start(&topo, mode, &[])?;
     let old = file_fingerprint(&site)?;
     ensure!(
         served_fingerprint(&topo)? == old,
         "the first certificate is served"
     );
     let (first, go) = (site.path("first"), site.path("go"));
-    let mut holder =
-        topo.spawn_peer(["python3", "-c", PY_HOLD, &site.path("ca.pem"), &first, &go])?;
+    let holder = topo.spawn_peer(["python3", "-c", PY_HOLD, &site.path("ca.pem"), &first, &go])?;
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
     while !std::path::Path::new(&first).exists() {
         ensure!(

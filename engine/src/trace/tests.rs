@@ -278,6 +278,7 @@ fn routes() -> Routes {
 }
 
 /// An Ethernet + IPv4 + TCP frame from `src:sp` to `dst:dp`.
+#[allow(clippy::too_many_arguments)]
 fn frame(
     src: [u8; 4],
     sp: u16,
