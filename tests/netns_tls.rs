@@ -102,7 +102,11 @@ impl Site {
             self.dir.join("chain.pem"),
             format!("{}{}", leaf.pem(), ca.pem()),
         )?;
-        std::fs::write(self.dir.join("key.pem"), key.serialize_pem())?;
+        let key_path = self.dir.join("key.pem");
+        std::fs::write(&key_path, key.serialize_pem())?;
+        // Owner-only: the daemon refuses a private key every user can read.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
         Ok(())
     }
 
@@ -1246,4 +1250,28 @@ fn sighup_reloads_certificates_without_dropping_connections_inline() -> Result<(
 #[test]
 fn sighup_reloads_certificates_without_dropping_connections_pool() -> Result<()> {
     sighup(Mode::Pool)
+}
+
+/// Issue 6's security posture: a private key every user can read is refused at start, with the
+/// fix in the message; owner-only, the same files start.
+#[test]
+fn a_world_readable_private_key_is_refused() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let topo = Topology::up()?;
+    let site = Site::new("key-mode")?;
+    let key = site.path("key.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
+    let err = match site.start(&topo, Mode::Inline, &[]) {
+        Ok(_) => anyhow::bail!("the daemon started with a world-readable key"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("is readable by every user (mode 0644)")
+            && err.contains(&format!("chmod 600 {key}")),
+        "{err}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    let d = site.start(&topo, Mode::Inline, &[])?;
+    finish(d, Mode::Inline)?;
+    Ok(())
 }

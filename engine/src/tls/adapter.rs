@@ -124,6 +124,7 @@ impl TlsServer {
                 &files.key.display().to_string(),
                 &provider,
             )?);
+            refuse_world_readable(&files.key)?;
         }
         Self::build(keys, provider, cfg)
     }
@@ -250,6 +251,29 @@ impl TlsServer {
 const DECODE_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 50];
 
 /// Parses one PEM chain and key and checks that they belong together.
+/// A private key file every user can read (or write) is refused: checked after it parsed as a
+/// key, so that a wrong file gets the more useful message.
+fn refuse_world_readable(path: &std::path::Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|source| TlsError::ReadFile {
+            what: "private key",
+            path: path.to_path_buf(),
+            source,
+            hint: KEY_HINT,
+        })?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o006 != 0 {
+        return Err(TlsError::KeyPermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
 fn load_key(
     cert_pem: &[u8],
     key_pem: &[u8],

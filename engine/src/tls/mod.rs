@@ -163,6 +163,15 @@ pub enum TlsError {
         /// What the user should pass instead.
         hint: &'static str,
     },
+    /// The private key file can be read by every user of the machine: refused, because anyone
+    /// could then impersonate the server.
+    #[error("private key {path} is readable by every user (mode {mode:04o}): restrict it with `chmod 600 {}` (or 640, group-readable by the daemon's group)", path.display())]
+    KeyPermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A certificate chain or key was read but is unusable (not PEM, no item, unsupported key,
     /// key not matching the certificate...).
     #[error("{0}")]
@@ -354,6 +363,11 @@ mod tests {
         let (cert_path, key_path) = (dir.join("a.pem"), dir.join("a.key"));
         std::fs::write(&cert_path, cert.pem()).unwrap();
         std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let mode = |p: &std::path::Path, m: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        mode(&key_path, 0o600);
         let with = |cert: &std::path::Path, key: &std::path::Path| TlsConfig {
             certs: vec![CertFiles {
                 cert: cert.to_path_buf(),
@@ -395,6 +409,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no certificate configured"), "{e}");
+        // A key every user can read is refused, saying how to fix it; group-readable is fine.
+        mode(&key_path, 0o644);
+        let e = TlsServer::new(&with(&cert_path, &key_path)).unwrap_err();
+        assert!(
+            matches!(e, TlsError::KeyPermissions { mode: 0o644, .. }),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("chmod 600 {}", key_path.display())),
+            "{msg}"
+        );
+        mode(&key_path, 0o640);
+        TlsServer::new(&with(&cert_path, &key_path)).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
