@@ -739,6 +739,35 @@ impl Tcp {
         Ok(())
     }
 
+    /// Begins a graceful stop of the whole engine: stops listening (a new SYN gets RST) and
+    /// shuts every open connection down for writing, as [`Tcp::shutdown`] does: FIN after its
+    /// queued data. Returns how many connections it shut down; [`Tcp::open_flows`] then counts
+    /// down as the peers close their side.
+    pub fn shutdown_all(&mut self) -> usize {
+        self.listeners.clear();
+        let mut n = 0;
+        for idx in 0..self.conns.len() {
+            let c = &self.conns[idx];
+            if matches!(
+                c.state,
+                State::Established | State::SynReceived | State::CloseWait
+            ) && self.shutdown(c.id).is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Connections not yet closed, TIME_WAIT aside: what a graceful stop waits for.
+    pub fn open_flows(&self) -> u64 {
+        State::ALL
+            .iter()
+            .filter(|s| !matches!(s, State::Closed | State::Listen | State::TimeWait))
+            .map(|s| self.stats.flows(*s))
+            .sum()
+    }
+
     /// Closes the connection: FIN after the queued data, and no more reading. With unread data
     /// the connection is aborted with RST instead (as Linux, RFC 2525 §2.17).
     pub fn close(&mut self, conn: ConnId) -> Result<(), TcpError> {
