@@ -310,3 +310,33 @@ fn sigterm_closes_1000_open_connections_with_fin() -> Result<()> {
     ensure!(took < std::time::Duration::from_secs(5), "took {took:?}");
     Ok(())
 }
+
+/// Issue 6's security posture: our ISNs (RFC 6528: a keyed hash of the 4-tuple plus a clock)
+/// are unpredictable by nmap's sequence prediction (`nmap -O`, a bounded run of a few hundred
+/// probes from the peer namespace): it must rate them "Good luck!" (its top class). The figure
+/// is printed.
+#[test]
+fn nmap_cannot_predict_our_sequence_numbers() -> Result<()> {
+    let topo = Topology::builder().up()?;
+    let _d = Daemon::start(&topo, &["--addr", "198.18.0.1/24", "--http", "80"])?;
+    let o = topo.run_peer_args([
+        "timeout",
+        "120",
+        "nmap",
+        "-O",
+        "-v",
+        "-Pn",
+        "-n",
+        "-p",
+        "80,81",
+        "198.18.0.1",
+    ])?;
+    let out = text(&o);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("TCP Sequence Prediction:"))
+        .with_context(|| format!("no sequence prediction in nmap's output:\n{out}"))?;
+    println!("{line}");
+    ensure!(line.contains("(Good luck!)"), "{line}");
+    Ok(())
+}
