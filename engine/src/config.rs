@@ -78,6 +78,44 @@ pub struct Config {
     pub icmp: IcmpConfig,
     /// TCP.
     pub tcp: TcpConfig,
+    /// The Prometheus metrics endpoint (`--metrics`).
+    pub metrics: MetricsConfig,
+}
+
+/// The metrics endpoint (`[metrics]`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus text endpoint (`GET /metrics`), a kernel TCP socket in the
+    /// daemon's network namespace, or `"off"` (`--metrics ADDR:PORT|off`). Default
+    /// `"127.0.0.1:9900"`.
+    pub listen: String,
+    /// How often each worker publishes its counters, in milliseconds (10 to 10000; default 100).
+    pub publish_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9900".into(),
+            publish_ms: 100,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to listen on, `None` when off.
+    pub fn addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        if self.listen == "off" {
+            return Ok(None);
+        }
+        self.listen.parse().map(Some).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "metrics listen = {:?}: give an IP:PORT such as 127.0.0.1:9900, or \"off\"",
+                self.listen
+            ))
+        })
+    }
 }
 
 impl Default for Config {
@@ -106,6 +144,7 @@ impl Default for Config {
             arp: ArpConfig::default(),
             icmp: IcmpConfig::default(),
             tcp: TcpConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -194,6 +233,13 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "max_head = {} (at least 256) and request_timeout_ms = {} (at least 1)",
                 self.max_head, self.request_timeout_ms
+            )));
+        }
+        self.metrics.addr()?;
+        if !(10..=10_000).contains(&self.metrics.publish_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "metrics publish_ms = {}: must be between 10 and 10000",
+                self.metrics.publish_ms
             )));
         }
         let ports: Vec<u16> = [self.echo, self.http, self.https]
@@ -314,5 +360,30 @@ mod tests {
         assert_eq!(c.tls.certs[0].cert, PathBuf::from("/etc/hs/a.pem"));
         assert_eq!(c.request_timeout_ms, 5000);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn metrics_settings() {
+        let base = "iface = \"veth0\"\naddr = [\"198.18.0.1/24\"]\n";
+        let c = Config::from_toml(base).unwrap();
+        assert_eq!(
+            c.metrics.addr().unwrap(),
+            Some("127.0.0.1:9900".parse().unwrap()),
+            "the documented default"
+        );
+        assert_eq!(c.metrics.publish_ms, 100);
+        let c = Config::from_toml(&format!("{base}[metrics]\nlisten = \"off\"\n")).unwrap();
+        assert_eq!(c.metrics.addr().unwrap(), None);
+        c.validate().unwrap();
+        let c = Config::from_toml(&format!(
+            "{base}[metrics]\nlisten = \"0.0.0.0:9100\"\npublish_ms = 250\n"
+        ))
+        .unwrap();
+        assert_eq!(c.metrics.addr().unwrap().unwrap().port(), 9100);
+        assert_eq!(c.metrics.publish_ms, 250);
+        let c = Config::from_toml(&format!("{base}[metrics]\nlisten = \"9900\"\n")).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("IP:PORT"));
+        let c = Config::from_toml(&format!("{base}[metrics]\npublish_ms = 0\n")).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("publish_ms"));
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::arp::NeighborEvent;
 use crate::device::Device;
+use crate::metrics::{QueueSlot, QueueValues, ShellCounters};
 use crate::stack::{run_batch, Stack};
 use crate::stats::{DropReason, SharedStats, StackStats};
 use crate::time::Instant;
@@ -47,6 +48,10 @@ pub struct Worker {
     pub peers: Vec<Sender<NeighborEvent>>,
     /// Where the counters are published.
     pub shared: Arc<SharedStats>,
+    /// Where every counter is published for the metrics endpoint.
+    pub metrics: Arc<QueueSlot>,
+    /// How often the counters are published (never per packet).
+    pub publish_every: Duration,
     /// Set to stop the loop.
     pub stop: Arc<AtomicBool>,
 }
@@ -88,20 +93,32 @@ impl Worker {
         rx + tx > 0
     }
 
+    /// Publishes the counters: the summary block and the metrics slot (`shell` adds the
+    /// device's own counters).
+    pub fn publish<D>(&self, dev: &D, shell: &mut impl FnMut(&D, &mut ShellCounters)) {
+        self.shared.publish(&self.stack.snapshot());
+        let mut c = ShellCounters::default();
+        shell(dev, &mut c);
+        let mut v = QueueValues::default();
+        crate::metrics::collect(&self.stack, &c, &mut v);
+        self.metrics.publish(&v);
+    }
+
     /// Runs until `stop` is set. `idle(dev, timeout)` waits for frames (poll(2)) or returns at
-    /// once (busy polling).
+    /// once (busy polling); `shell(dev, counters)` reads the device's counters when publishing.
     pub fn run<D: Device>(
         &mut self,
         dev: &mut D,
         clock: Clock,
         mut idle: impl FnMut(&mut D, Duration),
+        mut shell: impl FnMut(&D, &mut ShellCounters),
     ) {
         let mut last_publish = Instant::ZERO;
         while !self.stop.load(Ordering::Relaxed) {
             let now = clock.now();
             let busy = self.turn(dev, now);
-            if now.saturating_since(last_publish) >= Duration::from_millis(100) {
-                self.shared.publish(&self.stack.snapshot());
+            if now.saturating_since(last_publish) >= self.publish_every {
+                self.publish(dev, &mut shell);
                 last_publish = now;
             }
             if !busy && self.inbox.is_empty() && !self.stack.apps().awaiting_pool() {
@@ -114,7 +131,7 @@ impl Worker {
                 }
             }
         }
-        self.shared.publish(&self.stack.snapshot());
+        self.publish(dev, &mut shell);
     }
 }
 
@@ -362,6 +379,32 @@ mod xdp {
         let shared: Vec<Arc<SharedStats>> = (0..cfg.queues)
             .map(|_| Arc::new(SharedStats::default()))
             .collect();
+        let registry = Arc::new(crate::metrics::Registry::new(cfg.queues as usize));
+        let publish_every = Duration::from_millis(cfg.metrics.publish_ms);
+        let started = std::time::Instant::now();
+        let publish_global = |prog: &crate::loader::XdpProgram| {
+            let xdp = prog.counters();
+            let mut g = crate::metrics::Values::default();
+            crate::metrics::collect_global(&xdp, cfg.queues, started.elapsed().as_secs(), &mut g);
+            registry.global.publish(&g);
+            for (slot, n) in registry
+                .xdp_queues
+                .iter()
+                .zip(prog.queue_counters(cfg.queues))
+            {
+                slot.publish(&crate::metrics::Values([n]));
+            }
+        };
+        publish_global(&prog);
+        let metrics_server = match cfg.metrics.addr()? {
+            Some(addr) => {
+                let reg = Arc::clone(&registry);
+                let s = crate::metrics::server::Server::start(addr, move |out| reg.render(out))?;
+                tracing::info!(addr = %s.addr(), "metrics endpoint: GET /metrics");
+                Some(s)
+            }
+            None => None,
+        };
         let mut handles = Vec::new();
         for (q, (mut port, (inbox, peers))) in ports_open.into_iter().zip(mesh).enumerate() {
             let mut scfg = StackConfig::new(mac, routes.clone());
@@ -392,6 +435,8 @@ mod xdp {
                 inbox,
                 peers,
                 shared: Arc::clone(&shared[q]),
+                metrics: Arc::clone(&registry.queues[q]),
+                publish_every,
                 stop: Arc::clone(&stop),
             };
             let core = cores.get(cfg.core_for(q as u32, cores.len())).copied();
@@ -408,11 +453,18 @@ mod xdp {
                             "could not pin the worker to a core; running unpinned"
                         ),
                     }
-                    worker.run(&mut port, clock, |p, t| {
-                        if !busy {
-                            let _ = p.wait(t);
-                        }
-                    });
+                    worker.run(
+                        &mut port,
+                        clock,
+                        |p, t| {
+                            if !busy {
+                                let _ = p.wait(t);
+                            }
+                        },
+                        |p: &Port<XskBackend>, c: &mut ShellCounters| {
+                            c.set_port(p.stats(), p.kernel_stats().ok())
+                        },
+                    );
                     let check = port.check();
                     (*port.stats(), check)
                 })
@@ -437,8 +489,13 @@ mod xdp {
 
         let interval = Duration::from_secs(cfg.stats_interval_secs);
         let mut last = std::time::Instant::now();
+        let mut last_global = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
+            if last_global.elapsed() >= publish_every.max(Duration::from_millis(250)) {
+                last_global = std::time::Instant::now();
+                publish_global(&prog);
+            }
             if !interval.is_zero() && last.elapsed() >= interval {
                 last = std::time::Instant::now();
                 let per_queue: Vec<_> = shared.iter().map(|s| s.read()).collect();
@@ -466,6 +523,10 @@ mod xdp {
                 }
                 Err(_) => tracing::error!(queue = q, "worker panicked"),
             }
+        }
+        publish_global(&prog);
+        if let Some(s) = metrics_server {
+            s.stop();
         }
         let per_queue: Vec<_> = shared.iter().map(|s| s.read()).collect();
         println!("final: {}", summary(&per_queue));
@@ -509,6 +570,8 @@ mod tests {
             inbox,
             peers,
             shared: Arc::new(SharedStats::default()),
+            metrics: Arc::new(QueueSlot::default()),
+            publish_every: Duration::from_millis(100),
             stop: Arc::new(AtomicBool::new(false)),
         }
     }

@@ -19,6 +19,7 @@
 //! - `loader` (feature `xdp`): loads and attaches the XDP program with aya, fills its maps.
 //! - [`tls`]: the TLS boundary (rustls behind one adapter), the session pool.
 //! - [`daemon`]: configuration, per-queue pinned workers, signals, stats.
+//! - [`metrics`]: per-queue counters published lock-free, the Prometheus endpoint, `handshake stats`.
 //!
 //! Protocol code never touches sockets, clocks or threads: time is passed in ([`time::Instant`]).
 #![cfg_attr(not(feature = "xdp"), forbid(unsafe_code))]
@@ -35,6 +36,7 @@ pub mod https;
 pub mod ipv4;
 #[cfg(feature = "xdp")]
 pub mod loader;
+pub mod metrics;
 pub mod stack;
 pub mod stats;
 pub mod tcp;

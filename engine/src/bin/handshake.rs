@@ -20,6 +20,10 @@ enum Cmd {
     /// Serve an interface: attach the XDP program, open one AF_XDP socket per queue, run the
     /// stack on pinned workers until SIGINT/SIGTERM.
     Run(Box<RunArgs>),
+    /// A live view of a running daemon's counters (rates per second, per queue, totals), read
+    /// from its metrics endpoint. Run it in the daemon's network namespace
+    /// (`ip netns exec NS handshake stats`).
+    Stats(StatsArgs),
     /// Configuration file tools.
     Config {
         /// Validate FILE and report the first error with its line.
@@ -82,6 +86,72 @@ struct RunArgs {
     /// Seconds between stats lines in the log (0: never).
     #[arg(long, value_name = "SECS")]
     stats_interval: Option<u64>,
+    /// Prometheus metrics endpoint (GET /metrics) on this address inside the daemon's network
+    /// namespace, or `off` [default: 127.0.0.1:9900].
+    #[arg(long, value_name = "IP:PORT|off")]
+    metrics: Option<String>,
+}
+
+/// Flags of `handshake stats`.
+#[derive(Args, Debug)]
+struct StatsArgs {
+    /// The daemon's metrics endpoint (its `--metrics`).
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9900")]
+    addr: std::net::SocketAddr,
+    /// Seconds between refreshes.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    interval: f64,
+    /// Print one table of totals and exit (for scripts).
+    #[arg(long)]
+    once: bool,
+}
+
+fn stats(a: StatsArgs) -> anyhow::Result<()> {
+    use handshake::metrics::{parse, server, view};
+    use std::time::{Duration, Instant};
+    let hint = |e: std::io::Error| {
+        anyhow::anyhow!(
+            "cannot read metrics from {}: {e}: is `handshake run` running with --metrics {} (the default), \
+             and is this command in its network namespace (`ip netns exec NS handshake stats`)?",
+            a.addr,
+            a.addr
+        )
+    };
+    let scrape = || -> anyhow::Result<parse::Scrape> {
+        let text = server::fetch(a.addr, Duration::from_secs(2)).map_err(hint)?;
+        Ok(parse::parse(&text)?)
+    };
+    if a.once {
+        print!("{}", view::totals(&scrape()?));
+        return Ok(());
+    }
+    if !(a.interval.is_finite() && a.interval >= 0.1) {
+        anyhow::bail!("--interval {}: give at least 0.1 seconds", a.interval);
+    }
+    let interval = Duration::from_secs_f64(a.interval);
+    let mut prev = scrape()?;
+    let mut at = Instant::now();
+    loop {
+        std::thread::sleep(interval);
+        let cur = match scrape() {
+            Ok(c) => c,
+            Err(e) => {
+                print!("\x1b[2J\x1b[H{e:#}\n(retrying)\n");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        print!(
+            "\x1b[2J\x1b[Hhandshake stats: {} every {:.1} s (Ctrl-C to quit)\n\n{}",
+            a.addr,
+            a.interval,
+            view::rates(&prev, &cur, now - at)
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        prev = cur;
+        at = now;
+    }
 }
 
 impl RunArgs {
@@ -145,6 +215,9 @@ impl RunArgs {
         if let Some(n) = self.tls_threads {
             c.tls.threads = n;
         }
+        if let Some(m) = self.metrics {
+            c.metrics.listen = m;
+        }
         Ok(c)
     }
 }
@@ -164,6 +237,7 @@ fn main() -> anyhow::Result<()> {
             let cfg = (*args).into_config()?;
             run(cfg)
         }
+        Cmd::Stats(a) => stats(a),
         Cmd::Config { check } => {
             let Some(path) = check else {
                 anyhow::bail!("nothing to do: use `handshake config --check FILE`");
