@@ -80,6 +80,46 @@ pub struct Config {
     pub tcp: TcpConfig,
     /// The Prometheus metrics endpoint (`--metrics`).
     pub metrics: MetricsConfig,
+    /// Packet capture (`--pcap`).
+    pub capture: CaptureConfig,
+}
+
+/// Packet capture to pcapng (`[capture]`). Off unless `file` is set.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// Write what the engine receives and sends to this pcapng file (`--pcap FILE`); older
+    /// files are FILE.1, FILE.2, …
+    pub file: Option<PathBuf>,
+    /// Which frames (`--pcap-filter`), a subset of tcpdump's syntax: `[not] [src|dst] host A`,
+    /// `[not] [src|dst] port N`, `tcp`, `udp`, `icmp`, `arp`, `ip`, joined by `and` / `or`.
+    /// Empty (default): every frame.
+    pub filter: String,
+    /// Rotate when the file reaches this many megabytes (`--pcap-max-mb`; 0: never; default 100).
+    pub max_mb: f64,
+    /// Files kept in all, FILE included (`--pcap-files`; default 4).
+    pub files: u32,
+    /// Capture buffers per queue (preallocated; when all are in use, frames are not captured
+    /// and `handshake_capture_dropped_total` counts them). Default 4096.
+    pub ring: usize,
+    /// Bytes kept of each frame (default 0: the whole frame, MTU + 14).
+    pub snaplen: usize,
+    /// Start with capture paused (`--pcap-paused`); SIGUSR1 toggles it on and off.
+    pub paused: bool,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            file: None,
+            filter: String::new(),
+            max_mb: 100.0,
+            files: 4,
+            ring: 4096,
+            snaplen: 0,
+            paused: false,
+        }
+    }
 }
 
 /// The metrics endpoint (`[metrics]`).
@@ -145,6 +185,7 @@ impl Default for Config {
             icmp: IcmpConfig::default(),
             tcp: TcpConfig::default(),
             metrics: MetricsConfig::default(),
+            capture: CaptureConfig::default(),
         }
     }
 }
@@ -241,6 +282,21 @@ impl Config {
                 "metrics publish_ms = {}: must be between 10 and 10000",
                 self.metrics.publish_ms
             )));
+        }
+        if self.capture.file.is_some() {
+            crate::capture::filter::Filter::parse(&self.capture.filter)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            let c = &self.capture;
+            if !(c.max_mb.is_finite() && c.max_mb >= 0.0)
+                || c.files == 0
+                || !(1..=1 << 20).contains(&c.ring)
+                || (c.snaplen != 0 && c.snaplen < 64)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "capture: max_mb = {} (0 or more), files = {} (at least 1), ring = {} (1 to 1048576), snaplen = {} (0 or at least 64)",
+                    c.max_mb, c.files, c.ring, c.snaplen
+                )));
+            }
         }
         let ports: Vec<u16> = [self.echo, self.http, self.https]
             .into_iter()
@@ -360,6 +416,34 @@ mod tests {
         assert_eq!(c.tls.certs[0].cert, PathBuf::from("/etc/hs/a.pem"));
         assert_eq!(c.request_timeout_ms, 5000);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn capture_settings() {
+        let base = "iface = \"veth0\"\naddr = [\"198.18.0.1/24\"]\n";
+        let c = Config::from_toml(base).unwrap();
+        assert_eq!(c.capture.file, None, "off by default");
+        assert_eq!(
+            (c.capture.max_mb, c.capture.files, c.capture.ring),
+            (100.0, 4, 4096)
+        );
+        let c = Config::from_toml(&format!(
+            "{base}[capture]\nfile = \"/tmp/x.pcapng\"\nfilter = \"port 443 or icmp\"\nmax_mb = 0.5\nfiles = 2\npaused = true\n"
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.capture.paused);
+        assert_eq!(c.capture.max_mb, 0.5);
+        let c = Config::from_toml(&format!(
+            "{base}[capture]\nfile = \"/tmp/x.pcapng\"\nfilter = \"portt 443\"\n"
+        ))
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("portt 443"));
+        let c = Config::from_toml(&format!(
+            "{base}[capture]\nfile = \"/tmp/x.pcapng\"\nfiles = 0\n"
+        ))
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("files = 0"));
     }
 
     #[test]

@@ -289,6 +289,9 @@ mod xdp {
             signal_hook::flag::register(sig, Arc::clone(&stop))
                 .context("installing signal handlers")?;
         }
+        let usr1 = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&usr1))
+            .context("installing the SIGUSR1 handler")?;
 
         let object: PathBuf = cfg
             .bpf_object
@@ -379,23 +382,37 @@ mod xdp {
         let shared: Vec<Arc<SharedStats>> = (0..cfg.queues)
             .map(|_| Arc::new(SharedStats::default()))
             .collect();
-        let registry = Arc::new(crate::metrics::Registry::new(cfg.queues as usize));
+        let registry = Arc::new(crate::metrics::Registry::new(
+            cfg.queues as usize,
+            if pool.is_some() { cfg.tls.threads } else { 0 },
+        ));
         let publish_every = Duration::from_millis(cfg.metrics.publish_ms);
         let started = std::time::Instant::now();
-        let publish_global = |prog: &crate::loader::XdpProgram| {
-            let xdp = prog.counters();
-            let mut g = crate::metrics::Values::default();
-            crate::metrics::collect_global(&xdp, cfg.queues, started.elapsed().as_secs(), &mut g);
-            registry.global.publish(&g);
-            for (slot, n) in registry
-                .xdp_queues
-                .iter()
-                .zip(prog.queue_counters(cfg.queues))
-            {
-                slot.publish(&crate::metrics::Values([n]));
-            }
-        };
-        publish_global(&prog);
+        let publish_global =
+            |prog: &crate::loader::XdpProgram, pool: Option<&crate::https::pool::Pool>| {
+                if let Some(pool) = pool {
+                    for (slot, n) in registry.pool.iter().zip(pool.queue_depths()) {
+                        slot.publish(&crate::metrics::Values([n as u64]));
+                    }
+                }
+                let xdp = prog.counters();
+                let mut g = crate::metrics::Values::default();
+                crate::metrics::collect_global(
+                    &xdp,
+                    cfg.queues,
+                    started.elapsed().as_secs(),
+                    &mut g,
+                );
+                registry.global.publish(&g);
+                for (slot, n) in registry
+                    .xdp_queues
+                    .iter()
+                    .zip(prog.queue_counters(cfg.queues))
+                {
+                    slot.publish(&crate::metrics::Values([n]));
+                }
+            };
+        publish_global(&prog, pool.as_ref());
         let metrics_server = match cfg.metrics.addr()? {
             Some(addr) => {
                 let reg = Arc::clone(&registry);
@@ -405,8 +422,41 @@ mod xdp {
             }
             None => None,
         };
+        // Capture: the file, the rings (one per queue) and the writer thread, before the workers.
+        let (capture, mut rings) = match &cfg.capture.file {
+            Some(path) => {
+                let c = &cfg.capture;
+                let settings = crate::capture::Settings {
+                    path: path.clone(),
+                    filter: crate::capture::filter::Filter::parse(&c.filter)?,
+                    max_bytes: (c.max_mb * 1e6) as u64,
+                    files: c.files,
+                    ring: c.ring,
+                    snaplen: if c.snaplen == 0 {
+                        cfg.mtu + 14
+                    } else {
+                        c.snaplen
+                    },
+                    ifaces: (0..cfg.queues)
+                        .map(|q| format!("{} q{q}", cfg.iface))
+                        .collect(),
+                    start_on: !c.paused,
+                };
+                let (cap, rings) = crate::capture::Capture::start(settings)?;
+                tracing::info!(file = %path.display(), filter = %c.filter, on = !c.paused, "capture (SIGUSR1 toggles it)");
+                (Some(cap), rings.into_iter().map(Some).collect())
+            }
+            None => (None, Vec::new()),
+        };
+        rings.reverse();
+        let switch = capture
+            .as_ref()
+            .map(|c| c.switch())
+            .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
         let mut handles = Vec::new();
-        for (q, (mut port, (inbox, peers))) in ports_open.into_iter().zip(mesh).enumerate() {
+        for (q, (port, (inbox, peers))) in ports_open.into_iter().zip(mesh).enumerate() {
+            let mut port =
+                crate::capture::Tap::new(port, rings.pop().flatten(), Arc::clone(&switch));
             let mut scfg = StackConfig::new(mac, routes.clone());
             scfg.mtu = cfg.mtu;
             scfg.arp = cfg.arp.clone();
@@ -458,15 +508,16 @@ mod xdp {
                         clock,
                         |p, t| {
                             if !busy {
-                                let _ = p.wait(t);
+                                let _ = p.inner_mut().wait(t);
                             }
                         },
-                        |p: &Port<XskBackend>, c: &mut ShellCounters| {
-                            c.set_port(p.stats(), p.kernel_stats().ok())
+                        |p: &crate::capture::Tap<Port<XskBackend>>, c: &mut ShellCounters| {
+                            c.set_port(p.inner().stats(), p.inner().kernel_stats().ok());
+                            (c.capture_frames, c.capture_dropped) = p.counters();
                         },
                     );
-                    let check = port.check();
-                    (*port.stats(), check)
+                    let check = port.inner().check();
+                    (*port.inner().stats(), check)
                 })
                 .context("spawning a worker thread")?;
             handles.push(h);
@@ -492,9 +543,21 @@ mod xdp {
         let mut last_global = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
+            if usr1.swap(false, Ordering::Relaxed) {
+                match &capture {
+                    Some(c) => {
+                        let on = c.toggle();
+                        println!("capture: {}", if on { "on" } else { "off" });
+                        tracing::info!(on, "SIGUSR1: capture toggled");
+                    }
+                    None => {
+                        tracing::warn!("SIGUSR1: no capture to toggle (start with --pcap FILE)")
+                    }
+                }
+            }
             if last_global.elapsed() >= publish_every.max(Duration::from_millis(250)) {
                 last_global = std::time::Instant::now();
-                publish_global(&prog);
+                publish_global(&prog, pool.as_ref());
             }
             if !interval.is_zero() && last.elapsed() >= interval {
                 last = std::time::Instant::now();
@@ -524,7 +587,25 @@ mod xdp {
                 Err(_) => tracing::error!(queue = q, "worker panicked"),
             }
         }
-        publish_global(&prog);
+        publish_global(&prog, pool.as_ref());
+        if let Some(c) = capture {
+            let path = c.path().display().to_string();
+            let w = c.finish();
+            let per_queue: Vec<_> = registry.queues.iter().map(|s| s.read()).collect();
+            let get = |n: &str| -> u64 {
+                per_queue
+                    .iter()
+                    .filter_map(|v| v.get(crate::metrics::QUEUE_FAMILIES, n, ""))
+                    .sum()
+            };
+            println!(
+                "capture: {} frames written to {path} ({} file(s), {} write error(s)), {} not captured (ring full)",
+                w.frames,
+                w.files,
+                w.errors,
+                get("handshake_capture_dropped_total")
+            );
+        }
         if let Some(s) = metrics_server {
             s.stop();
         }

@@ -19,6 +19,7 @@
 //! - `loader` (feature `xdp`): loads and attaches the XDP program with aya, fills its maps.
 //! - [`tls`]: the TLS boundary (rustls behind one adapter), the session pool.
 //! - [`daemon`]: configuration, per-queue pinned workers, signals, stats.
+//! - [`capture`]: `--pcap`: a device tap copying frames into preallocated rings, a pcapng writer thread.
 //! - [`metrics`]: per-queue counters published lock-free, the Prometheus endpoint, `handshake stats`.
 //!
 //! Protocol code never touches sockets, clocks or threads: time is passed in ([`time::Instant`]).
@@ -28,6 +29,7 @@
 
 pub mod app;
 pub mod arp;
+pub mod capture;
 pub mod config;
 pub mod daemon;
 pub mod device;

@@ -90,6 +90,23 @@ struct RunArgs {
     /// namespace, or `off` [default: 127.0.0.1:9900].
     #[arg(long, value_name = "IP:PORT|off")]
     metrics: Option<String>,
+    /// Capture what the engine receives and sends to FILE (pcapng); SIGUSR1 toggles capture
+    /// off and on.
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+    /// Capture only matching frames: `[not] [src|dst] host A`, `[not] [src|dst] port N`, `tcp`,
+    /// `udp`, `icmp`, `arp`, `ip`, joined by `and` / `or` (e.g. 'port 443 and host 198.18.0.2').
+    #[arg(long, value_name = "FILTER")]
+    pcap_filter: Option<String>,
+    /// Rotate the capture file at this size (FILE, FILE.1, …; 0: never) [default: 100].
+    #[arg(long, value_name = "MB")]
+    pcap_max_mb: Option<f64>,
+    /// Capture files kept, FILE included [default: 4].
+    #[arg(long, value_name = "N")]
+    pcap_files: Option<u32>,
+    /// Start with capture paused (SIGUSR1 turns it on).
+    #[arg(long)]
+    pcap_paused: bool,
 }
 
 /// Flags of `handshake stats`.
@@ -218,6 +235,19 @@ impl RunArgs {
         if let Some(m) = self.metrics {
             c.metrics.listen = m;
         }
+        if self.pcap.is_some() {
+            c.capture.file = self.pcap;
+        }
+        if let Some(f) = self.pcap_filter {
+            c.capture.filter = f;
+        }
+        if let Some(m) = self.pcap_max_mb {
+            c.capture.max_mb = m;
+        }
+        if let Some(n) = self.pcap_files {
+            c.capture.files = n;
+        }
+        c.capture.paused |= self.pcap_paused;
         Ok(c)
     }
 }

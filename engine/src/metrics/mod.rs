@@ -399,6 +399,12 @@ pub const XDP_QUEUE_FAMILIES: &[Family] = &[counter(
     "Frames the XDP program redirected to this queue's AF_XDP socket.",
 )];
 
+/// The per-pool-thread families (label `thread`), filled by the daemon's main thread.
+pub const POOL_FAMILIES: &[Family] = &[gauge(
+    "handshake_tls_pool_queue_depth",
+    "Batches waiting in the TLS pool thread's inbox (--tls-threads).",
+)];
+
 /// One publication: the values of a family list, in slot order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Values<const N: usize>(pub [u64; N]);
@@ -739,15 +745,18 @@ pub struct Registry {
     pub xdp_queues: Vec<std::sync::Arc<Slot<1>>>,
     /// Written by the main thread.
     pub global: std::sync::Arc<Slot<GLOBAL_SLOTS>>,
+    /// One per TLS pool thread, written by the main thread.
+    pub pool: Vec<std::sync::Arc<Slot<1>>>,
 }
 
 impl Registry {
-    /// Slots for `queues` queues.
-    pub fn new(queues: usize) -> Self {
+    /// Slots for `queues` queues and `pool_threads` TLS pool threads.
+    pub fn new(queues: usize, pool_threads: usize) -> Self {
         Registry {
             queues: (0..queues).map(|_| Default::default()).collect(),
             xdp_queues: (0..queues).map(|_| Default::default()).collect(),
             global: Default::default(),
+            pool: (0..pool_threads).map(|_| Default::default()).collect(),
         }
     }
 
@@ -756,6 +765,7 @@ impl Registry {
         let q: Vec<QueueValues> = self.queues.iter().map(|s| s.read()).collect();
         let x: Vec<Values<1>> = self.xdp_queues.iter().map(|s| s.read()).collect();
         let g = self.global.read();
+        let p: Vec<Values<1>> = self.pool.iter().map(|s| s.read()).collect();
         let sections = [
             Section {
                 families: GLOBAL_FAMILIES,
@@ -775,6 +785,15 @@ impl Registry {
                 families: XDP_QUEUE_FAMILIES,
                 label: "queue",
                 rows: x
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (i.to_string(), &v.0[..]))
+                    .collect(),
+            },
+            Section {
+                families: if p.is_empty() { &[] } else { POOL_FAMILIES },
+                label: "thread",
+                rows: p
                     .iter()
                     .enumerate()
                     .map(|(i, v)| (i.to_string(), &v.0[..]))
@@ -825,6 +844,7 @@ mod tests {
             .iter()
             .chain(GLOBAL_FAMILIES)
             .chain(XDP_QUEUE_FAMILIES)
+            .chain(POOL_FAMILIES)
             .collect();
         let mut names: Vec<&str> = all.iter().map(|f| f.name).collect();
         names.sort();

@@ -180,7 +180,7 @@ mod tests {
 
     #[test]
     fn reads_what_render_writes() {
-        let reg = super::super::Registry::new(2);
+        let reg = super::super::Registry::new(2, 1);
         let mut v = super::super::QueueValues::default();
         v.0[0] = 42;
         reg.queues[1].publish(&v);
@@ -192,6 +192,11 @@ mod tests {
         assert_eq!(s.sum("handshake_rx_packets_total", &[]), 42.0);
         assert_eq!(s.types["handshake_tcp_flows"], "gauge");
         assert_eq!(s.types["handshake_rx_packets_total"], "counter");
+        assert_eq!(
+            s.sum("handshake_tls_pool_queue_depth", &[("thread", "0")]),
+            0.0
+        );
+        assert_eq!(s.of("handshake_tls_pool_queue_depth").count(), 1);
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
         assert_eq!(s.samples.len(), samples);
         assert_eq!(
