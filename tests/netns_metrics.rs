@@ -450,3 +450,95 @@ fn stats_once_prints_per_queue_lines() -> Result<()> {
     drop(d);
     Ok(())
 }
+
+/// HTTPS, inline and on one pool thread: 4 curl requests (4 full TLS handshakes) and one plain
+/// HTTP request to the TLS port (a failed handshake). Inline, the TLS counters are exact; on
+/// the pool (whose threads keep their own TLS counters, printed at exit, not exported), no flow
+/// is left on the pool, none was aborted, and the pool thread's queue depth is exported (0
+/// once idle).
+#[test]
+fn tls_counters_inline_and_pool() -> Result<()> {
+    let topo = Topology::builder().kernel_address(false).up()?;
+    let dir = std::env::temp_dir().join(format!("hs-metrics-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let ck = rcgen::generate_simple_self_signed(vec![ENGINE_ADDR.to_owned()])?;
+    let (chain, key) = (dir.join("chain.pem"), dir.join("key.pem"));
+    std::fs::write(&chain, ck.cert.pem())?;
+    std::fs::write(&key, ck.key_pair.serialize_pem())?;
+    let (chain, key) = (chain.display().to_string(), key.display().to_string());
+    let result = (|| -> Result<()> {
+        for threads in ["0", "1"] {
+            let d = Daemon::start(
+                &topo,
+                &[
+                    "--addr",
+                    "198.18.0.1/24",
+                    "--https",
+                    "443",
+                    "--cert",
+                    &chain,
+                    "--key",
+                    &key,
+                    "--tls-threads",
+                    threads,
+                    "--stats-interval",
+                    "0",
+                ],
+            )?;
+            for i in 0..4 {
+                let o = topo.run_peer_args([
+                    "curl",
+                    "-sS",
+                    "-k",
+                    "-m",
+                    "5",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &format!("https://{ENGINE_ADDR}/"),
+                ])?;
+                ensure!(
+                    text(&o).trim() == "200",
+                    "threads {threads} request {i}: {}",
+                    text(&o)
+                );
+            }
+            let o = topo.run_peer(&format!("curl -sS -m 5 http://{ENGINE_ADDR}:443/"))?;
+            ensure!(!o.status.success(), "plain HTTP to the TLS port succeeded");
+            std::thread::sleep(Duration::from_millis(600));
+            let s = scrape(&topo, "127.0.0.1:9900")?;
+            let g = |n: &str| q0(&s, n, &[]);
+            if threads == "0" {
+                ensure!(g("handshake_tls_sessions_total")? == 5, "sessions");
+                ensure!(g("handshake_tls_handshakes_total")? == 4, "handshakes");
+                ensure!(g("handshake_tls_resumed_total")? == 0, "resumed");
+                ensure!(g("handshake_tls_errors_total")? == 1, "errors");
+                ensure!(g("handshake_tls_pool_flows")? == 0);
+                ensure!(q0(&s, "handshake_http_responses_total", &[("status", "200")])? == 4);
+                ensure!(
+                    !s.samples
+                        .iter()
+                        .any(|x| x.metric == "handshake_tls_pool_queue_depth"),
+                    "a pool gauge without a pool"
+                );
+            } else {
+                ensure!(
+                    g("handshake_tls_pool_flows")? == 0,
+                    "flows left on the pool"
+                );
+                // The failed handshake ends with an alert from the pool thread, not a reset.
+                ensure!(g("handshake_tls_pool_aborts_total")? == 0, "pool aborts");
+                ensure!(g("handshake_tls_sessions_total")? == 0, "no inline session");
+                ensure!(get(&s, "handshake_tls_pool_queue_depth", &[("thread", "0")])? == 0.0);
+                ensure!(is_gauge(&s, "handshake_tls_pool_queue_depth"));
+            }
+            ensure!(q0(&s, "handshake_tcp_opens_total", &[("side", "passive")])? == 5);
+            drop(d);
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

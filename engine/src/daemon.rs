@@ -1,4 +1,5 @@
-//! The daemon: one pinned worker per queue around a [`Stack`], the XDP program, signals, stats.
+//! The daemon: one pinned worker per queue around a [`Stack`], the XDP program, signals, stats,
+//! the metrics endpoint ([`crate::metrics`]) and the capture writer ([`crate::capture`]).
 //!
 //! The worker loop ([`Worker::run`]) is generic over the [`Device`], so it runs the same against
 //! AF_XDP ports and in-memory devices (tests). Workers share nothing on the fast path: neighbour

@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Serve an interface: attach the XDP program, open one AF_XDP socket per queue, run the
-    /// stack on pinned workers until SIGINT/SIGTERM.
+    /// stack on pinned workers until SIGINT/SIGTERM (SIGUSR1 toggles the --pcap capture).
     Run(Box<RunArgs>),
     /// A live view of a running daemon's counters (rates per second, per queue, totals), read
     /// from its metrics endpoint. Run it in the daemon's network namespace

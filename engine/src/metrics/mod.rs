@@ -292,9 +292,9 @@ pub const QUEUE_FAMILIES: &[Family] = &[
         "handshake_tls_refused_total",
         "TLS connections refused at the session limit (inline TLS).",
     ),
-    counter(
-        "handshake_tls_pool_flows_total",
-        "HTTPS connections handed to the TLS session pool.",
+    gauge(
+        "handshake_tls_pool_flows",
+        "HTTPS connections on the TLS session pool now.",
     ),
     counter(
         "handshake_tls_pool_aborts_total",
@@ -583,7 +583,7 @@ pub fn collect(stack: &Stack, shell: &ShellCounters, out: &mut QueueValues) {
     w.one("handshake_tls_errors_total", a.https.tls_errors);
     w.one("handshake_tls_timeouts_total", a.https.handshake_timeouts);
     w.one("handshake_tls_refused_total", a.https.refused);
-    w.one("handshake_tls_pool_flows_total", a.pool_flows);
+    w.one("handshake_tls_pool_flows", a.pool_flows);
     w.one("handshake_tls_pool_aborts_total", a.pool_aborts);
     w.one(
         "handshake_http_connections_total",
