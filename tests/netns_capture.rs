@@ -4,7 +4,7 @@
 
 use anyhow::{ensure, Context, Result};
 use handshake_tests::daemon::{final_per_queue, Daemon};
-use handshake_tests::netns::{output_text as text, Topology, ENGINE_ADDR};
+use handshake_tests::netns::{output_text as text, Topology, ENGINE_ADDR, PYTHON};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -151,6 +151,29 @@ fn pcap_holds_every_syn() -> Result<()> {
         !tcpdump(&file, "arp")?.is_empty(),
         "the ARP exchange is captured"
     );
+    // A second, independent pcapng reader: scapy (Debian's python3-scapy).
+    let o = Command::new(PYTHON)
+        .args([
+            "-c",
+            "import sys\nfrom scapy.all import rdpcap\np = rdpcap(sys.argv[1])\nprint(len(p), sum(len(x) for x in p))",
+            &file,
+        ])
+        .output()?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    ensure!(
+        o.status.success(),
+        "scapy failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let n: Vec<u64> = out
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        n.len() == 2 && n[0] == written,
+        "scapy reads {out:?}, {written} frames written"
+    );
+    eprintln!("scapy: {} frames, {} bytes", n[0], n[1]);
     eprintln!("{written} frames captured (rx {rx}, tx {tx}), {K} SYNs");
     Ok(())
 }
