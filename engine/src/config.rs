@@ -82,6 +82,84 @@ pub struct Config {
     pub tcp: TcpConfig,
     /// The connection trace (`--trace`).
     pub trace: TraceConfig,
+    /// The Prometheus metrics endpoint (`--metrics`).
+    pub metrics: MetricsConfig,
+    /// Packet capture (`--pcap`).
+    pub capture: CaptureConfig,
+}
+
+/// Packet capture to pcapng (`[capture]`). Off unless `file` is set.
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// Write what the engine receives and sends to this pcapng file (`--pcap FILE`); older
+    /// files are FILE.1, FILE.2, …
+    pub file: Option<PathBuf>,
+    /// Which frames (`--pcap-filter`), a subset of tcpdump's syntax: `[not] [src|dst] host A`,
+    /// `[not] [src|dst] port N`, `tcp`, `udp`, `icmp`, `arp`, `ip`, joined by `and` / `or`.
+    /// Empty (default): every frame.
+    pub filter: String,
+    /// Rotate when the file reaches this many megabytes (`--pcap-max-mb`; 0: never; default 100).
+    pub max_mb: f64,
+    /// Files kept in all, FILE included (`--pcap-files`; default 4).
+    pub files: u32,
+    /// Capture buffers per queue (preallocated; when all are in use, frames are not captured
+    /// and `handshake_capture_dropped_total` counts them). Default 4096.
+    pub ring: usize,
+    /// Bytes kept of each frame (default 0: the whole frame, MTU + 14).
+    pub snaplen: usize,
+    /// Start with capture paused (`--pcap-paused`); SIGUSR1 toggles it on and off.
+    pub paused: bool,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            file: None,
+            filter: String::new(),
+            max_mb: 100.0,
+            files: 4,
+            ring: 4096,
+            snaplen: 0,
+            paused: false,
+        }
+    }
+}
+
+/// The metrics endpoint (`[metrics]`).
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus text endpoint (`GET /metrics`), a kernel TCP socket in the
+    /// daemon's network namespace, or `"off"` (`--metrics ADDR:PORT|off`). Default
+    /// `"127.0.0.1:9900"`.
+    pub listen: String,
+    /// How often each worker publishes its counters, in milliseconds (10 to 10000; default 100).
+    pub publish_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9900".into(),
+            publish_ms: 100,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to listen on, `None` when off.
+    pub fn addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        if self.listen == "off" {
+            return Ok(None);
+        }
+        self.listen.parse().map(Some).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "metrics listen = {:?}: give an IP:PORT such as 127.0.0.1:9900, or \"off\"",
+                self.listen
+            ))
+        })
+    }
 }
 
 /// The connection trace: which connections to record, how many, where.
@@ -89,7 +167,7 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct TraceConfig {
     /// Which connections (`--trace`): `all`, `port N`, `host A.B.C.D`, terms joined by `and`.
-    /// Unset: no trace (the default), and the stack pays one branch per frame for it.
+    /// Unset: no trace (the default); the stack then pays a branch per segment for it.
     pub filter: Option<String>,
     /// Most connections recorded over the daemon's life, all queues together (`--trace-limit`).
     pub limit: usize,
@@ -142,6 +220,8 @@ impl Default for Config {
             icmp: IcmpConfig::default(),
             tcp: TcpConfig::default(),
             trace: TraceConfig::default(),
+            metrics: MetricsConfig::default(),
+            capture: CaptureConfig::default(),
         }
     }
 }
@@ -231,6 +311,28 @@ impl Config {
                 "max_head = {} (at least 256) and request_timeout_ms = {} (at least 1)",
                 self.max_head, self.request_timeout_ms
             )));
+        }
+        self.metrics.addr()?;
+        if !(10..=10_000).contains(&self.metrics.publish_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "metrics publish_ms = {}: must be between 10 and 10000",
+                self.metrics.publish_ms
+            )));
+        }
+        if self.capture.file.is_some() {
+            crate::capture::filter::Filter::parse(&self.capture.filter)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            let c = &self.capture;
+            if !(c.max_mb.is_finite() && c.max_mb >= 0.0)
+                || c.files == 0
+                || !(1..=1 << 20).contains(&c.ring)
+                || (c.snaplen != 0 && c.snaplen < 64)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "capture: max_mb = {} (0 or more), files = {} (at least 1), ring = {} (1 to 1048576), snaplen = {} (0 or at least 64)",
+                    c.max_mb, c.files, c.ring, c.snaplen
+                )));
+            }
         }
         let ports: Vec<u16> = [self.echo, self.http, self.https]
             .into_iter()
@@ -437,5 +539,58 @@ mod tests {
         assert_eq!(c.tls.certs[0].cert, PathBuf::from("/etc/hs/a.pem"));
         assert_eq!(c.request_timeout_ms, 5000);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn capture_settings() {
+        let base = "iface = \"veth0\"\naddr = [\"198.18.0.1/24\"]\n";
+        let c = Config::from_toml(base).unwrap();
+        assert_eq!(c.capture.file, None, "off by default");
+        assert_eq!(
+            (c.capture.max_mb, c.capture.files, c.capture.ring),
+            (100.0, 4, 4096)
+        );
+        let c = Config::from_toml(&format!(
+            "{base}[capture]\nfile = \"/tmp/x.pcapng\"\nfilter = \"port 443 or icmp\"\nmax_mb = 0.5\nfiles = 2\npaused = true\n"
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.capture.paused);
+        assert_eq!(c.capture.max_mb, 0.5);
+        let c = Config::from_toml(&format!(
+            "{base}[capture]\nfile = \"/tmp/x.pcapng\"\nfilter = \"portt 443\"\n"
+        ))
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("portt 443"));
+        let c = Config::from_toml(&format!(
+            "{base}[capture]\nfile = \"/tmp/x.pcapng\"\nfiles = 0\n"
+        ))
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("files = 0"));
+    }
+
+    #[test]
+    fn metrics_settings() {
+        let base = "iface = \"veth0\"\naddr = [\"198.18.0.1/24\"]\n";
+        let c = Config::from_toml(base).unwrap();
+        assert_eq!(
+            c.metrics.addr().unwrap(),
+            Some("127.0.0.1:9900".parse().unwrap()),
+            "the documented default"
+        );
+        assert_eq!(c.metrics.publish_ms, 100);
+        let c = Config::from_toml(&format!("{base}[metrics]\nlisten = \"off\"\n")).unwrap();
+        assert_eq!(c.metrics.addr().unwrap(), None);
+        c.validate().unwrap();
+        let c = Config::from_toml(&format!(
+            "{base}[metrics]\nlisten = \"0.0.0.0:9100\"\npublish_ms = 250\n"
+        ))
+        .unwrap();
+        assert_eq!(c.metrics.addr().unwrap().unwrap().port(), 9100);
+        assert_eq!(c.metrics.publish_ms, 250);
+        let c = Config::from_toml(&format!("{base}[metrics]\nlisten = \"9900\"\n")).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("IP:PORT"));
+        let c = Config::from_toml(&format!("{base}[metrics]\npublish_ms = 0\n")).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("publish_ms"));
     }
 }

@@ -1,4 +1,5 @@
-//! The daemon: one pinned worker per queue around a [`Stack`], the XDP program, signals, stats.
+//! The daemon: one pinned worker per queue around a [`Stack`], the XDP program, signals, stats,
+//! the metrics endpoint ([`crate::metrics`]) and the capture writer ([`crate::capture`]).
 //!
 //! The worker loop ([`Worker::run`]) is generic over the [`Device`], so it runs the same against
 //! AF_XDP ports and in-memory devices (tests). Workers share nothing on the fast path: neighbour
@@ -7,6 +8,7 @@
 
 use crate::arp::NeighborEvent;
 use crate::device::Device;
+use crate::metrics::{QueueSlot, QueueValues, ShellCounters};
 use crate::stack::{run_batch, Stack};
 use crate::stats::{DropReason, SharedStats, StackStats};
 use crate::time::Instant;
@@ -47,6 +49,10 @@ pub struct Worker {
     pub peers: Vec<Sender<NeighborEvent>>,
     /// Where the counters are published.
     pub shared: Arc<SharedStats>,
+    /// Where every counter is published for the metrics endpoint.
+    pub metrics: Arc<QueueSlot>,
+    /// How often the counters are published (never per packet).
+    pub publish_every: Duration,
     /// Set to stop the loop.
     pub stop: Arc<AtomicBool>,
     /// Where trace events go (to the writer thread), when a trace is installed on the stack.
@@ -98,20 +104,32 @@ impl Worker {
         rx + tx > 0
     }
 
+    /// Publishes the counters: the summary block and the metrics slot (`shell` adds the
+    /// device's own counters).
+    pub fn publish<D>(&self, dev: &D, shell: &mut impl FnMut(&D, &mut ShellCounters)) {
+        self.shared.publish(&self.stack.snapshot());
+        let mut c = ShellCounters::default();
+        shell(dev, &mut c);
+        let mut v = QueueValues::default();
+        crate::metrics::collect(&self.stack, &c, &mut v);
+        self.metrics.publish(&v);
+    }
+
     /// Runs until `stop` is set. `idle(dev, timeout)` waits for frames (poll(2)) or returns at
-    /// once (busy polling).
+    /// once (busy polling); `shell(dev, counters)` reads the device's counters when publishing.
     pub fn run<D: Device>(
         &mut self,
         dev: &mut D,
         clock: Clock,
         mut idle: impl FnMut(&mut D, Duration),
+        mut shell: impl FnMut(&D, &mut ShellCounters),
     ) {
         let mut last_publish = Instant::ZERO;
         while !self.stop.load(Ordering::Relaxed) {
             let now = clock.now();
             let busy = self.turn(dev, now);
-            if now.saturating_since(last_publish) >= Duration::from_millis(100) {
-                self.shared.publish(&self.stack.snapshot());
+            if now.saturating_since(last_publish) >= self.publish_every {
+                self.publish(dev, &mut shell);
                 last_publish = now;
             }
             if !busy && self.inbox.is_empty() && !self.stack.apps().awaiting_pool() {
@@ -124,7 +142,7 @@ impl Worker {
                 }
             }
         }
-        self.shared.publish(&self.stack.snapshot());
+        self.publish(dev, &mut shell);
     }
 }
 
@@ -337,6 +355,9 @@ mod xdp {
             signal_hook::flag::register(sig, Arc::clone(&stop))
                 .context("installing signal handlers")?;
         }
+        let usr1 = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&usr1))
+            .context("installing the SIGUSR1 handler")?;
 
         let object: PathBuf = cfg
             .bpf_object
@@ -448,8 +469,81 @@ mod xdp {
             }
             None => (None, None),
         };
+        let registry = Arc::new(crate::metrics::Registry::new(
+            cfg.queues as usize,
+            if pool.is_some() { cfg.tls.threads } else { 0 },
+        ));
+        let publish_every = Duration::from_millis(cfg.metrics.publish_ms);
+        let started = std::time::Instant::now();
+        let publish_global =
+            |prog: &crate::loader::XdpProgram, pool: Option<&crate::https::pool::Pool>| {
+                if let Some(pool) = pool {
+                    for (slot, n) in registry.pool.iter().zip(pool.queue_depths()) {
+                        slot.publish(&crate::metrics::Values([n as u64]));
+                    }
+                }
+                let xdp = prog.counters();
+                let mut g = crate::metrics::Values::default();
+                crate::metrics::collect_global(
+                    &xdp,
+                    cfg.queues,
+                    started.elapsed().as_secs(),
+                    &mut g,
+                );
+                registry.global.publish(&g);
+                for (slot, n) in registry
+                    .xdp_queues
+                    .iter()
+                    .zip(prog.queue_counters(cfg.queues))
+                {
+                    slot.publish(&crate::metrics::Values([n]));
+                }
+            };
+        publish_global(&prog, pool.as_ref());
+        let metrics_server = match cfg.metrics.addr()? {
+            Some(addr) => {
+                let reg = Arc::clone(&registry);
+                let s = crate::metrics::server::Server::start(addr, move |out| reg.render(out))?;
+                tracing::info!(addr = %s.addr(), "metrics endpoint: GET /metrics");
+                Some(s)
+            }
+            None => None,
+        };
+        // Capture: the file, the rings (one per queue) and the writer thread, before the workers.
+        let (capture, mut rings) = match &cfg.capture.file {
+            Some(path) => {
+                let c = &cfg.capture;
+                let settings = crate::capture::Settings {
+                    path: path.clone(),
+                    filter: crate::capture::filter::Filter::parse(&c.filter)?,
+                    max_bytes: (c.max_mb * 1e6) as u64,
+                    files: c.files,
+                    ring: c.ring,
+                    snaplen: if c.snaplen == 0 {
+                        cfg.mtu + 14
+                    } else {
+                        c.snaplen
+                    },
+                    ifaces: (0..cfg.queues)
+                        .map(|q| format!("{} q{q}", cfg.iface))
+                        .collect(),
+                    start_on: !c.paused,
+                };
+                let (cap, rings) = crate::capture::Capture::start(settings)?;
+                tracing::info!(file = %path.display(), filter = %c.filter, on = !c.paused, "capture (SIGUSR1 toggles it)");
+                (Some(cap), rings.into_iter().map(Some).collect())
+            }
+            None => (None, Vec::new()),
+        };
+        rings.reverse();
+        let switch = capture
+            .as_ref()
+            .map(|c| c.switch())
+            .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
         let mut handles = Vec::new();
-        for (q, (mut port, (inbox, peers))) in ports_open.into_iter().zip(mesh).enumerate() {
+        for (q, (port, (inbox, peers))) in ports_open.into_iter().zip(mesh).enumerate() {
+            let mut port =
+                crate::capture::Tap::new(port, rings.pop().flatten(), Arc::clone(&switch));
             let mut scfg = StackConfig::new(mac, routes.clone());
             scfg.mtu = cfg.mtu;
             scfg.arp = cfg.arp.clone();
@@ -478,6 +572,8 @@ mod xdp {
                 inbox,
                 peers,
                 shared: Arc::clone(&shared[q]),
+                metrics: Arc::clone(&registry.queues[q]),
+                publish_every,
                 stop: Arc::clone(&stop),
                 #[cfg(feature = "trace")]
                 trace: None,
@@ -505,13 +601,21 @@ mod xdp {
                             "could not pin the worker to a core; running unpinned"
                         ),
                     }
-                    worker.run(&mut port, clock, |p, t| {
-                        if !busy {
-                            let _ = p.wait(t);
-                        }
-                    });
-                    let check = port.check();
-                    (*port.stats(), check)
+                    worker.run(
+                        &mut port,
+                        clock,
+                        |p, t| {
+                            if !busy {
+                                let _ = p.inner_mut().wait(t);
+                            }
+                        },
+                        |p: &crate::capture::Tap<Port<XskBackend>>, c: &mut ShellCounters| {
+                            c.set_port(p.inner().stats(), p.inner().kernel_stats().ok());
+                            (c.capture_frames, c.capture_dropped) = p.counters();
+                        },
+                    );
+                    let check = port.inner().check();
+                    (*port.inner().stats(), check)
                 })
                 .context("spawning a worker thread")?;
             handles.push(h);
@@ -534,6 +638,7 @@ mod xdp {
 
         let interval = Duration::from_secs(cfg.stats_interval_secs);
         let mut last = std::time::Instant::now();
+        let mut last_global = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
             if hup.swap(false, Ordering::Relaxed) {
@@ -552,6 +657,22 @@ mod xdp {
                     }
                     None => println!("SIGHUP: no HTTPS service, nothing to reload"),
                 }
+            }
+            if usr1.swap(false, Ordering::Relaxed) {
+                match &capture {
+                    Some(c) => {
+                        let on = c.toggle();
+                        println!("capture: {}", if on { "on" } else { "off" });
+                        tracing::info!(on, "SIGUSR1: capture toggled");
+                    }
+                    None => {
+                        tracing::warn!("SIGUSR1: no capture to toggle (start with --pcap FILE)")
+                    }
+                }
+            }
+            if last_global.elapsed() >= publish_every.max(Duration::from_millis(250)) {
+                last_global = std::time::Instant::now();
+                publish_global(&prog, pool.as_ref());
             }
             if !interval.is_zero() && last.elapsed() >= interval {
                 last = std::time::Instant::now();
@@ -580,6 +701,28 @@ mod xdp {
                 }
                 Err(_) => tracing::error!(queue = q, "worker panicked"),
             }
+        }
+        publish_global(&prog, pool.as_ref());
+        if let Some(c) = capture {
+            let path = c.path().display().to_string();
+            let w = c.finish();
+            let per_queue: Vec<_> = registry.queues.iter().map(|s| s.read()).collect();
+            let get = |n: &str| -> u64 {
+                per_queue
+                    .iter()
+                    .filter_map(|v| v.get(crate::metrics::QUEUE_FAMILIES, n, ""))
+                    .sum()
+            };
+            println!(
+                "capture: {} frames written to {path} ({} file(s), {} write error(s)), {} not captured (ring full)",
+                w.frames,
+                w.files,
+                w.errors,
+                get("handshake_capture_dropped_total")
+            );
+        }
+        if let Some(s) = metrics_server {
+            s.stop();
         }
         let per_queue: Vec<_> = shared.iter().map(|s| s.read()).collect();
         println!("final: {}", summary(&per_queue));
@@ -640,6 +783,8 @@ mod tests {
             shared: Arc::new(SharedStats::default()),
             #[cfg(feature = "trace")]
             trace: None,
+            metrics: Arc::new(QueueSlot::default()),
+            publish_every: Duration::from_millis(100),
             stop: Arc::new(AtomicBool::new(false)),
         }
     }
