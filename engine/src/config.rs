@@ -70,6 +70,9 @@ pub struct Config {
     /// A started request must be complete within this many milliseconds (else 408); also the
     /// longest an idle keep-alive connection is kept.
     pub request_timeout_ms: u64,
+    /// On SIGTERM or SIGINT: how long, in milliseconds, the workers keep serving after sending
+    /// FIN on every open connection, while the peers close their side.
+    pub shutdown_timeout_ms: u64,
     /// TLS: certificates, versions, resumption, the session pool (`--tls-threads`).
     pub tls: TlsConfig,
     /// AF_XDP sockets and UMEM.
@@ -214,6 +217,7 @@ impl Default for Config {
             max_head: 8192,
             max_body: 1 << 20,
             request_timeout_ms: 30_000,
+            shutdown_timeout_ms: 2000,
             tls: TlsConfig::default(),
             xsk: XskConfig::default(),
             arp: ArpConfig::default(),

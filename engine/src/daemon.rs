@@ -55,6 +55,8 @@ pub struct Worker {
     pub publish_every: Duration,
     /// Set to stop the loop.
     pub stop: Arc<AtomicBool>,
+    /// After `stop`: how long to keep serving while peers close the connections shut down.
+    pub stop_timeout: Duration,
     /// Where trace events go (to the writer thread), when a trace is installed on the stack.
     #[cfg(feature = "trace")]
     pub trace: Option<Sender<(u32, crate::trace::TraceEvent)>>,
@@ -142,6 +144,22 @@ impl Worker {
                 }
             }
         }
+        // A graceful stop: no more listening, FIN on every open connection, and the worker keeps
+        // serving while the peers close their side, for `stop_timeout` at most.
+        let shut = self.stack.tcp_mut().shutdown_all();
+        let deadline = clock.now() + self.stop_timeout;
+        while self.stack.tcp().open_flows() > 0 && clock.now() < deadline {
+            let now = clock.now();
+            if !self.turn(dev, now) {
+                idle(dev, Duration::from_millis(1));
+            }
+        }
+        let left = self.stack.tcp().open_flows();
+        tracing::info!(
+            queue = self.queue,
+            "graceful stop: {shut} connection(s) shut down, {left} still open after {:?}",
+            self.stop_timeout
+        );
         self.publish(dev, &mut shell);
     }
 }
@@ -575,6 +593,7 @@ mod xdp {
                 metrics: Arc::clone(&registry.queues[q]),
                 publish_every,
                 stop: Arc::clone(&stop),
+                stop_timeout: Duration::from_millis(cfg.shutdown_timeout_ms),
                 #[cfg(feature = "trace")]
                 trace: None,
             };
@@ -786,6 +805,7 @@ mod tests {
             metrics: Arc::new(QueueSlot::default()),
             publish_every: Duration::from_millis(100),
             stop: Arc::new(AtomicBool::new(false)),
+            stop_timeout: Duration::ZERO,
         }
     }
 
