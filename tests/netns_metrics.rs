@@ -466,6 +466,11 @@ fn tls_counters_inline_and_pool() -> Result<()> {
     let (chain, key) = (dir.join("chain.pem"), dir.join("key.pem"));
     std::fs::write(&chain, ck.cert.pem())?;
     std::fs::write(&key, ck.key_pair.serialize_pem())?;
+    // Owner-only: the daemon refuses a private key every user can read.
+    std::fs::set_permissions(
+        &key,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )?;
     let (chain, key) = (chain.display().to_string(), key.display().to_string());
     let result = (|| -> Result<()> {
         for threads in ["0", "1"] {
