@@ -577,3 +577,116 @@ fn test_fuzz_random_segments_never_panic() {
         }
     }
 }
+
+/// xorshift64: a fixed, reproducible stream of forged fields.
+fn forged(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// Issue 6: 10^6 forged ACKs with random cookies (random ports, sequence and acknowledgment
+/// numbers) to a listener answering every SYN with a cookie: none is accepted, no state is
+/// created, every one is counted as a failed cookie. (A random ACK passes the Linux-layout
+/// check with probability about 12 / 2^32; the stream is fixed, so the result is too.)
+#[test]
+fn test_a_million_forged_acks_open_nothing() {
+    let mut t = tcp_listen_with(TcpConfig {
+        syn_cookies: SynCookies::Always,
+        ..cfg()
+    });
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut buf = [0u8; 2048];
+    const N: u64 = 1_000_000;
+    for i in 0..N {
+        let r = forged(&mut rng);
+        send!(
+            t,
+            TcpRepr {
+                src_port: 1024 + (r % 60_000) as u16,
+                seq: (r >> 16) as u32,
+                ack: (r >> 32) as u32,
+                ..SEND_TEMPL
+            }
+        );
+        if i % 256 == 0 {
+            t.at(t.now.as_millis() + 1);
+            while t.recv(&mut buf).is_some() {}
+        }
+    }
+    let s = t.tcp.stats();
+    assert_eq!(s.syn_cookies_validated, 0);
+    assert_eq!(s.passive_opens, 0);
+    assert_eq!(s.flows(State::Closed), t.tcp.config().max_flows as u64);
+    assert_eq!(s.syn_cookies_failed, N);
+    assert!(t.events().is_empty());
+}
+
+/// Issue 6: blind RSTs (10^6 on the connection's 4-tuple, 1,000 of them inside the receive
+/// window) never kill an established connection: out-of-window ones are dropped, in-window ones
+/// get a challenge ACK (rate-limited per connection); only the exact sequence number resets it.
+#[test]
+fn test_a_million_blind_rsts_kill_only_at_the_exact_sequence() {
+    let (mut t, c) = tcp_established();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut buf = [0u8; 2048];
+    let mut challenged = 0u64;
+    for i in 0..1_000_000u32 {
+        let r = forged(&mut rng);
+        // One in 1,000 lands inside the receive window (a blind attacker's lucky guesses);
+        // the rest anywhere in the sequence space.
+        let mut seq = if i % 1000 == 0 {
+            REMOTE_SEQ + 2 + (r % 1000) as u32
+        } else {
+            r as u32
+        };
+        if seq == REMOTE_SEQ + 1 {
+            seq += 1;
+        }
+        send!(
+            t,
+            TcpRepr {
+                flags: RST,
+                seq,
+                ..SEND_TEMPL
+            }
+        );
+        if i % 256 == 0 {
+            while let Some(r) = t.recv(&mut buf) {
+                assert!(
+                    r.flags == ACK,
+                    "only challenge ACKs answer blind RSTs: {r:?}"
+                );
+                challenged += 1;
+            }
+            t.at(t.now.as_millis() + 10);
+        }
+    }
+    assert_eq!(t.tcp.state(c), Some(State::Established));
+    assert_eq!(t.tcp.stats().rsts_received, 0);
+    // The 1,000 in-window ones were challenged (as far as the per-connection limit allows).
+    let s = t.tcp.stats();
+    assert!(
+        challenged > 0 && s.challenge_acks == challenged,
+        "{challenged} received, stats {} sent, {} limited, {} out of window",
+        s.challenge_acks,
+        s.challenge_acks_limited,
+        s.drops_out_of_window
+    );
+    // At most `challenge_ack_limit` per second of the 39 s the run took in virtual time.
+    let secs = 1_000_000 / 256 * 10 / 1000 + 1;
+    assert!(
+        challenged <= u64::from(t.tcp.config().challenge_ack_limit) * secs,
+        "{challenged} challenge ACKs in {secs} s"
+    );
+    send!(
+        t,
+        TcpRepr {
+            flags: RST,
+            seq: REMOTE_SEQ + 1,
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(t.tcp.state(c), None, "the exact RST resets");
+}
