@@ -417,7 +417,8 @@ fn pool_backpressure_64_mib_each_way_with_a_slow_pool_thread() {
     let up_start = LIVE.load(Ordering::Relaxed);
     PEAK.store(up_start, Ordering::Relaxed);
     println!(
-        "64 MiB download: peak live heap {down_peak} bytes above the warm baseline, {} after it",
+        "{} MiB download: peak live heap {down_peak} bytes above the warm baseline, {} after it",
+        SIZE >> 20,
         up_start as isize - warm as isize
     );
     assert!(
@@ -474,7 +475,8 @@ fn pool_backpressure_64_mib_each_way_with_a_slow_pool_thread() {
 
     let up_peak = PEAK.load(Ordering::Relaxed);
     println!(
-        "64 MiB upload: peak live heap {} bytes above the warm baseline, {} above its start",
+        "{} MiB upload: peak live heap {} bytes above the warm baseline, {} above its start",
+        SIZE >> 20,
         up_peak.saturating_sub(warm),
         up_peak - up_start
     );
