@@ -12,7 +12,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 /// How to attach the XDP program.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// Native (driver) mode, falling back to generic (SKB) mode with a warning.
@@ -25,7 +27,7 @@ pub enum XdpMode {
 }
 
 /// Everything the daemon needs to run.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Interface to serve (`--iface`).
@@ -78,7 +80,40 @@ pub struct Config {
     pub icmp: IcmpConfig,
     /// TCP.
     pub tcp: TcpConfig,
+    /// The connection trace (`--trace`).
+    pub trace: TraceConfig,
 }
+
+/// The connection trace: which connections to record, how many, where.
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TraceConfig {
+    /// Which connections (`--trace`): `all`, `port N`, `host A.B.C.D`, terms joined by `and`.
+    /// Unset: no trace (the default), and the stack pays one branch per frame for it.
+    pub filter: Option<String>,
+    /// Most connections recorded over the daemon's life, all queues together (`--trace-limit`).
+    pub limit: usize,
+    /// Where the events go, as JSON lines (`--trace-file`); `handshake trace FILE` renders them.
+    pub file: PathBuf,
+    /// Most events a worker holds before the writer thread takes them (more are dropped and
+    /// counted).
+    pub queue: usize,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        TraceConfig {
+            filter: None,
+            limit: 16,
+            file: PathBuf::from("handshake-trace.jsonl"),
+            queue: 4096,
+        }
+    }
+}
+
+/// A configuration file that documents every key with its default, the optional ones commented
+/// out (`handshake config --example`).
+pub const EXAMPLE: &str = include_str!("../handshake.example.toml");
 
 impl Default for Config {
     fn default() -> Self {
@@ -106,6 +141,7 @@ impl Default for Config {
             arp: ArpConfig::default(),
             icmp: IcmpConfig::default(),
             tcp: TcpConfig::default(),
+            trace: TraceConfig::default(),
         }
     }
 }
@@ -207,6 +243,23 @@ impl Config {
                 )));
             }
         }
+        #[cfg(feature = "trace")]
+        if let Some(f) = &self.trace.filter {
+            f.parse::<crate::trace::TraceFilter>()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        #[cfg(not(feature = "trace"))]
+        if self.trace.filter.is_some() {
+            return Err(ConfigError::Invalid(
+                "--trace: this build has no trace support; build with the `trace` feature (on by default)".into(),
+            ));
+        }
+        if self.trace.limit == 0 || self.trace.queue == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "trace.limit = {} and trace.queue = {}: both must be at least 1",
+                self.trace.limit, self.trace.queue
+            )));
+        }
         Ok(routes)
     }
 
@@ -222,6 +275,66 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A line of the example that sets a key or opens a table, commented out or not.
+    fn setting(line: &str) -> Option<&str> {
+        let l = line.strip_prefix("# ").unwrap_or(line);
+        let key = l.split(" = ").next()?;
+        let is_key = l.contains(" = ")
+            && !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        (is_key || (l.starts_with('[') && l.ends_with(']'))).then_some(l)
+    }
+
+    fn keys(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in t {
+            let name = format!("{prefix}{k}");
+            match v {
+                toml::Value::Table(t) => keys(t, &format!("{name}."), out),
+                _ => out.push(name),
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_documents_every_key_with_its_default() {
+        // As shipped (optional keys commented out), it is the defaults.
+        assert_eq!(Config::from_toml(EXAMPLE).unwrap(), Config::default());
+        // Every setting, commented or not, is documented by the comment above it.
+        let lines: Vec<&str> = EXAMPLE.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if setting(l).is_some_and(|s| !s.starts_with('[')) {
+                let above = lines[..i].last().copied().unwrap_or("");
+                assert!(
+                    above.starts_with("# ") && setting(above).is_none(),
+                    "line {}: `{l}` has no comment above it",
+                    i + 1
+                );
+            }
+        }
+        // Uncommented, the optional keys are valid too, and then every key the schema has a
+        // default for appears (keys without a default must be shown commented: they are
+        // checked by parsing, as they cannot be listed from the defaults).
+        let all: String = lines
+            .iter()
+            .filter_map(|l| setting(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let full = Config::from_toml(&all).unwrap_or_else(|e| panic!("{e}\n{all}"));
+        full.validate().unwrap();
+        let mut documented = Vec::new();
+        keys(&toml::from_str(&all).unwrap(), "", &mut documented);
+        let mut schema = Vec::new();
+        keys(
+            &toml::Table::try_from(Config::default()).unwrap(),
+            "",
+            &mut schema,
+        );
+        let missing: Vec<_> = schema.iter().filter(|k| !documented.contains(k)).collect();
+        assert!(missing.is_empty(), "not in the example: {missing:?}");
+    }
 
     #[test]
     fn full_file_parses() {
@@ -288,6 +401,16 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("distinct"));
+        let mut c = Config {
+            iface: "x".into(),
+            addr: vec!["198.18.0.1/24".parse().unwrap()],
+            ..Default::default()
+        };
+        c.trace.filter = Some("port 443 or port 80".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("port N") && e.contains("and"), "{e}");
+        c.trace.filter = Some("host 198.18.0.2 and port 443".into());
+        c.validate().unwrap();
     }
 
     #[test]

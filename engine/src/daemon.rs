@@ -49,6 +49,9 @@ pub struct Worker {
     pub shared: Arc<SharedStats>,
     /// Set to stop the loop.
     pub stop: Arc<AtomicBool>,
+    /// Where trace events go (to the writer thread), when a trace is installed on the stack.
+    #[cfg(feature = "trace")]
+    pub trace: Option<Sender<(u32, crate::trace::TraceEvent)>>,
 }
 
 /// Makes `n` workers' channels: for each worker, its inbox and the senders to all others.
@@ -77,6 +80,13 @@ impl Worker {
             self.stack.handle_neighbor_event(now, ev);
         }
         let (rx, tx) = run_batch(&mut self.stack, dev, now);
+        #[cfg(feature = "trace")]
+        if let Some(sink) = &self.trace {
+            while let Some(e) = self.stack.poll_trace_event() {
+                // The writer is far behind or gone: the event is lost, never waited for.
+                let _ = sink.try_send((self.queue, e));
+            }
+        }
         while let Some(ev) = self.stack.poll_neighbor_event() {
             for p in &self.peers {
                 // A full inbox means that worker is far behind; it will learn the entry itself.
@@ -256,6 +266,61 @@ mod xdp {
         }
     }
 
+    /// Starts the thread that writes trace events as JSON lines to `path`, numbering the
+    /// connections of all queues 1, 2, … and keeping the first `limit`. It ends when every
+    /// sender is dropped; it returns how many connections and events it wrote.
+    #[cfg(feature = "trace")]
+    #[allow(clippy::type_complexity)]
+    fn trace_writer(
+        path: &std::path::Path,
+        limit: usize,
+    ) -> anyhow::Result<(
+        Sender<(u32, crate::trace::TraceEvent)>,
+        std::thread::JoinHandle<anyhow::Result<(usize, u64)>>,
+    )> {
+        use std::io::Write as _;
+        let file = std::fs::File::create(path).with_context(|| {
+            format!(
+                "creating the trace file {}: give a writable path with --trace-file",
+                path.display()
+            )
+        })?;
+        let (tx, rx) = crossbeam_channel::bounded::<(u32, crate::trace::TraceEvent)>(1 << 16);
+        let h = std::thread::Builder::new()
+            .name("hs-trace".into())
+            .spawn(move || -> anyhow::Result<(usize, u64)> {
+                let mut out = std::io::BufWriter::new(file);
+                let mut ids: std::collections::HashMap<(u32, u32), u32> = Default::default();
+                let mut events = 0u64;
+                loop {
+                    let (q, mut e) = match rx.recv_timeout(Duration::from_millis(100)) {
+                        Ok(v) => v,
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                            out.flush()?;
+                            continue;
+                        }
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                    };
+                    let next = ids.len() as u32 + 1;
+                    let id = match ids.get(&(q, e.flow)) {
+                        Some(id) => *id,
+                        None if ids.len() < limit => {
+                            ids.insert((q, e.flow), next);
+                            next
+                        }
+                        None => continue,
+                    };
+                    e.flow = id;
+                    writeln!(out, "{}", crate::trace::render::json_line(&e))?;
+                    events += 1;
+                }
+                out.flush()?;
+                Ok((ids.len(), events))
+            })
+            .context("spawning the trace writer thread")?;
+        Ok((tx, h))
+    }
+
     /// Runs the daemon until SIGINT or SIGTERM.
     pub fn run(cfg: Config) -> anyhow::Result<()> {
         let routes = cfg.validate()?;
@@ -325,14 +390,24 @@ mod xdp {
             handshake: Duration::from_millis(cfg.tls.handshake_timeout_ms),
             request: Duration::from_millis(cfg.request_timeout_ms),
         };
+        // SIGHUP reloads the certificates: every worker and pool thread picks them up for the
+        // connections it accepts next; open connections keep theirs.
+        let mut tls_reload = None;
         let https = match cfg.https {
-            Some(port) => Some(crate::app::HttpsApp {
-                port,
-                server: crate::tls::TlsServer::new(&cfg.tls)?,
-                max_sessions: cfg.tls.max_sessions,
-            }),
+            Some(port) => {
+                let mut server = crate::tls::TlsServer::new(&cfg.tls)?;
+                tls_reload = Some((server.reloadable(), server.clone()));
+                Some(crate::app::HttpsApp {
+                    port,
+                    server,
+                    max_sessions: cfg.tls.max_sessions,
+                })
+            }
             None => None,
         };
+        let hup = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+            .context("installing the SIGHUP handler")?;
         let (pool, mut links) = match &https {
             Some(h) if cfg.tls.threads > 0 => {
                 let pcfg = crate::https::pool::PoolConfig {
@@ -362,6 +437,17 @@ mod xdp {
         let shared: Vec<Arc<SharedStats>> = (0..cfg.queues)
             .map(|_| Arc::new(SharedStats::default()))
             .collect();
+        #[cfg(feature = "trace")]
+        let (trace, trace_writer) = match &cfg.trace.filter {
+            Some(f) => {
+                let filter: crate::trace::TraceFilter =
+                    f.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+                let (tx, writer) = trace_writer(&cfg.trace.file, cfg.trace.limit)?;
+                tracing::info!(%filter, limit = cfg.trace.limit, file = %cfg.trace.file.display(), "tracing connections");
+                (Some((filter, tx)), Some(writer))
+            }
+            None => (None, None),
+        };
         let mut handles = Vec::new();
         for (q, (mut port, (inbox, peers))) in ports_open.into_iter().zip(mesh).enumerate() {
             let mut scfg = StackConfig::new(mac, routes.clone());
@@ -393,7 +479,18 @@ mod xdp {
                 peers,
                 shared: Arc::clone(&shared[q]),
                 stop: Arc::clone(&stop),
+                #[cfg(feature = "trace")]
+                trace: None,
             };
+            #[cfg(feature = "trace")]
+            if let Some((filter, sink)) = &trace {
+                worker.stack.set_tracer(Some(crate::trace::Tracer::new(
+                    *filter,
+                    cfg.trace.limit,
+                    cfg.trace.queue,
+                )));
+                worker.trace = Some(sink.clone());
+            }
             let core = cores.get(cfg.core_for(q as u32, cores.len())).copied();
             let busy = cfg.busy_poll || cfg.xsk.busy_poll;
             let h = std::thread::Builder::new()
@@ -439,6 +536,23 @@ mod xdp {
         let mut last = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
+            if hup.swap(false, Ordering::Relaxed) {
+                match &mut tls_reload {
+                    Some((handle, current)) => {
+                        match current.reloaded(&cfg.tls) {
+                            Ok(new) => {
+                                let generation = handle.publish(&new);
+                                *current = new;
+                                println!("reloaded certificates (generation {generation}): new connections use them");
+                            }
+                            Err(e) => {
+                                println!("certificate reload failed, still serving the previous ones: {e}")
+                            }
+                        }
+                    }
+                    None => println!("SIGHUP: no HTTPS service, nothing to reload"),
+                }
+            }
             if !interval.is_zero() && last.elapsed() >= interval {
                 last = std::time::Instant::now();
                 let per_queue: Vec<_> = shared.iter().map(|s| s.read()).collect();
@@ -469,6 +583,21 @@ mod xdp {
         }
         let per_queue: Vec<_> = shared.iter().map(|s| s.read()).collect();
         println!("final: {}", summary(&per_queue));
+        #[cfg(feature = "trace")]
+        {
+            // The workers (and their senders) are gone: the writer drains and ends.
+            drop(trace);
+            if let Some(w) = trace_writer {
+                match w.join() {
+                    Ok(Ok((flows, events))) => println!(
+                        "final trace: {flows} connection(s), {events} event(s) in {}",
+                        cfg.trace.file.display()
+                    ),
+                    Ok(Err(e)) => tracing::error!("trace writer: {e:#}"),
+                    Err(_) => tracing::error!("trace writer panicked"),
+                }
+            }
+        }
         if let Some(pool) = pool {
             let t = pool.stop();
             println!(
@@ -509,6 +638,8 @@ mod tests {
             inbox,
             peers,
             shared: Arc::new(SharedStats::default()),
+            #[cfg(feature = "trace")]
+            trace: None,
             stop: Arc::new(AtomicBool::new(false)),
         }
     }

@@ -18,6 +18,8 @@
 //!   logic runs against in-memory ring doubles without root, the xsk-rs backend needs feature `xdp`.
 //! - `loader` (feature `xdp`): loads and attaches the XDP program with aya, fills its maps.
 //! - [`tls`]: the TLS boundary (rustls behind one adapter), the session pool.
+//! - `trace` (feature `trace`, on by default): the story of chosen connections (ARP, TCP, TLS,
+//!   state changes) as Mermaid, a timeline or JSON lines.
 //! - [`daemon`]: configuration, per-queue pinned workers, signals, stats.
 //!
 //! Protocol code never touches sockets, clocks or threads: time is passed in ([`time::Instant`]).
@@ -40,6 +42,8 @@ pub mod stats;
 pub mod tcp;
 pub mod time;
 pub mod tls;
+#[cfg(feature = "trace")]
+pub mod trace;
 pub mod wire;
 pub mod xsk;
 

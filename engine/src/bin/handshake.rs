@@ -20,11 +20,23 @@ enum Cmd {
     /// Serve an interface: attach the XDP program, open one AF_XDP socket per queue, run the
     /// stack on pinned workers until SIGINT/SIGTERM.
     Run(Box<RunArgs>),
+    /// Render a trace recorded with `handshake run --trace`: the story of each connection.
+    Trace {
+        /// The JSON-lines file `--trace-file` wrote.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// mermaid (a sequenceDiagram per connection), text (a timeline) or json (JSON lines).
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
     /// Configuration file tools.
     Config {
         /// Validate FILE and report the first error with its line.
         #[arg(long, value_name = "FILE")]
         check: Option<PathBuf>,
+        /// Print a configuration file documenting every key with its default.
+        #[arg(long)]
+        example: bool,
     },
 }
 
@@ -82,6 +94,15 @@ struct RunArgs {
     /// Seconds between stats lines in the log (0: never).
     #[arg(long, value_name = "SECS")]
     stats_interval: Option<u64>,
+    /// Record the story of matching connections: `all`, `port N`, `host A.B.C.D`, joined by `and`.
+    #[arg(long, value_name = "FILTER")]
+    trace: Option<String>,
+    /// Most connections to trace (all queues together).
+    #[arg(long, value_name = "N")]
+    trace_limit: Option<usize>,
+    /// Where the trace goes (JSON lines; render with `handshake trace FILE`).
+    #[arg(long, value_name = "FILE")]
+    trace_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -145,6 +166,15 @@ impl RunArgs {
         if let Some(n) = self.tls_threads {
             c.tls.threads = n;
         }
+        if self.trace.is_some() {
+            c.trace.filter = self.trace;
+        }
+        if let Some(n) = self.trace_limit {
+            c.trace.limit = n;
+        }
+        if let Some(f) = self.trace_file {
+            c.trace.file = f;
+        }
         Ok(c)
     }
 }
@@ -164,9 +194,16 @@ fn main() -> anyhow::Result<()> {
             let cfg = (*args).into_config()?;
             run(cfg)
         }
-        Cmd::Config { check } => {
+        Cmd::Trace { file, format } => render_trace(&file, &format),
+        Cmd::Config { check, example } => {
+            if example {
+                print!("{}", handshake::config::EXAMPLE);
+                return Ok(());
+            }
             let Some(path) = check else {
-                anyhow::bail!("nothing to do: use `handshake config --check FILE`");
+                anyhow::bail!(
+                    "nothing to do: use `handshake config --check FILE` or `handshake config --example`"
+                );
             };
             let cfg = Config::from_file(&path)?;
             cfg.validate()
@@ -175,6 +212,33 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+#[cfg(feature = "trace")]
+fn render_trace(file: &std::path::Path, format: &str) -> anyhow::Result<()> {
+    use handshake::trace::render;
+    let format: render::Format = format.parse().map_err(anyhow::Error::msg)?;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the trace {}", file.display()))?;
+    let events = render::parse_json_lines(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e}: is it a file `handshake run --trace-file` wrote?",
+            file.display()
+        )
+    })?;
+    if events.is_empty() {
+        anyhow::bail!(
+            "{} holds no events: did a connection match the --trace filter?",
+            file.display()
+        );
+    }
+    print!("{}", render::render(&events, format));
+    Ok(())
+}
+
+#[cfg(not(feature = "trace"))]
+fn render_trace(_: &std::path::Path, _: &str) -> anyhow::Result<()> {
+    anyhow::bail!("this build has no trace support: build with the `trace` feature (on by default)")
 }
 
 #[cfg(feature = "xdp")]

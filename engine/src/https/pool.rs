@@ -531,6 +531,7 @@ impl PoolThread {
             while let Ok(b) = rx.try_recv() {
                 self.handle_batch(b);
             }
+            self.service.server.refresh();
             let now = self.now();
             if now.saturating_since(last_sweep) >= Duration::from_millis(100) {
                 last_sweep = now;

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 pub mod adapter;
 
-pub use adapter::{SessionInfo, TlsServer, TlsSession, TlsVersion};
+pub use adapter::{SessionInfo, TlsReload, TlsServer, TlsSession, TlsVersion};
 
 /// The largest TLS record on the wire: 5-byte header, 2^14 bytes of plaintext and up to 256 bytes
 /// of expansion (RFC 8446 §5.2). [`TlsConfig::buffer_limit`] must hold at least one.
@@ -38,7 +38,7 @@ pub const MAX_THREADS: usize = 1024;
 ///
 /// Every field has a default, so an empty `[tls]` table is valid apart from the certificates;
 /// unknown keys are rejected.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// Certificate chains and their keys. The first is the default; the others are chosen by the
@@ -85,7 +85,7 @@ impl Default for TlsConfig {
 }
 
 /// One certificate chain and its private key, both PEM files.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertFiles {
     /// PEM certificate chain: the end-entity certificate first, then intermediates.
