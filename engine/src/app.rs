@@ -9,7 +9,7 @@
 //! ([`crate::https::pool`]), where this side only moves ciphertext between TCP and the pool.
 
 use crate::http::{ByteStream, Handler, HttpConn, HttpStats, Limits, StaticPage};
-use crate::https::pool::{FromPool, ToPool, WorkerLink};
+use crate::https::pool::{FromPool, ToPool, WorkerLink, CHUNK};
 use crate::https::{HttpsConn, HttpsStats, Timeouts, Transport};
 use crate::tcp::{ConnId, Event, Tcp};
 use crate::time::Instant;
@@ -133,6 +133,9 @@ struct Remote {
     /// The pool asked to close once `pending` is sent.
     close: bool,
     closed: bool,
+    /// The peer sent FIN; `fin_sent`: the pool was told, after the last byte before the FIN.
+    peer_closed: bool,
+    fin_sent: bool,
     /// Listed in `Apps::owing` (credit to send at the end of the turn).
     listed: bool,
 }
@@ -306,6 +309,8 @@ impl Apps {
                         r.owed = 0;
                         r.close = false;
                         r.closed = false;
+                        r.peer_closed = false;
+                        r.fin_sent = false;
                         r.listed = false;
                         link.send(ToPool::Open(conn));
                         *slot = Slot::Remote(r);
@@ -340,11 +345,8 @@ impl Apps {
                     Some(Slot::Echo { peer_closed }) => *peer_closed = true,
                     Some(Slot::Http(h, ..)) => h.peer_closed(),
                     Some(Slot::Https(h, _)) => h.conn.transport_closed(),
-                    Some(Slot::Remote(_)) => {
-                        if let Some(link) = &mut self.pool {
-                            link.send(ToPool::PeerClosed(conn));
-                        }
-                    }
+                    // Told to the pool by `service_remote`, after the bytes before the FIN.
+                    Some(Slot::Remote(r)) => r.peer_closed = true,
                     _ => {}
                 }
                 self.service(tcp, conn);
@@ -542,8 +544,20 @@ impl Apps {
             }
             return;
         }
+        // Input goes to the pool in full chunks: while bytes of this flow are with the pool,
+        // a partial chunk waits in TCP's receive buffer (whose window closes) until a whole
+        // chunk can go. The credit counts bytes, memory counts chunks: this way every chunk in
+        // flight but the first is full, so at most `window / CHUNK + 1` chunks are with the pool
+        // (without it, a peer's small segments would cost one 16 KiB chunk each).
         let window = link.window();
+        let full = window.min(CHUNK);
         while r.to_pool < window {
+            if r.to_pool > 0
+                && !r.peer_closed
+                && (window - r.to_pool < full || tcp.recv_available(conn).unwrap_or(0) < full)
+            {
+                break;
+            }
             let mut c = link.chunk();
             let want = (window - r.to_pool).min(c.capacity());
             c.resize(want, 0);
@@ -555,6 +569,10 @@ impl Apps {
             c.truncate(n);
             r.to_pool += n;
             link.send(ToPool::Data(conn, c));
+        }
+        if r.peer_closed && !r.fin_sent && tcp.recv_available(conn).unwrap_or(0) == 0 {
+            r.fin_sent = true;
+            link.send(ToPool::PeerClosed(conn));
         }
     }
 }

@@ -10,7 +10,11 @@
 //! only while less than [`PoolConfig::window`] bytes of that flow are with the pool thread, and
 //! a pool thread encrypts only while less than `window` bytes of the flow's output are with the
 //! worker. When a pool thread is slow, the flow's TCP receive window closes; nothing queues
-//! without bound. Memory per flow in flight is at most `2 * window` plus one chunk each way.
+//! without bound. Credit counts bytes but a chunk costs [`CHUNK`] bytes however full it is, so
+//! each side sends a partial chunk only when none of the flow's bytes are with the other side
+//! (a partial input chunk waits in TCP's receive buffer, a partial output chunk on the pool
+//! thread): every other chunk in flight is full. Memory per flow in flight is therefore at most
+//! `window / CHUNK + 1` chunks each way, plus the output chunk being filled.
 
 use super::{HttpsConn, HttpsStats, Timeouts, Transport};
 use crate::http::{Handler, Limits};
@@ -109,6 +113,9 @@ impl<M> Batch<M> {
 
 /// Most spare chunks a side keeps (more are freed): bounds idle memory to 256 KiB per side.
 const SPARE_CHUNKS: usize = 16;
+
+/// Most emptied batches a worker keeps for reuse.
+const SPARE_BATCHES: usize = 16;
 
 /// Recycled chunks.
 #[derive(Debug, Default)]
@@ -244,21 +251,24 @@ impl WorkerLink {
                 if let Some(m) = b.msgs.pop() {
                     return Some(m);
                 }
-                let mut b = self.current.take().expect("checked");
-                for c in b.spare.drain(..) {
-                    // Ours coming back; beyond the free list they are freed.
-                    let _ = self.chunks.put(c);
+                let b = self.current.take().expect("checked");
+                // Reuse the vectors for batches to the pool (a few: the pool may send more
+                // batches than we do).
+                if self.spare_batches.len() < SPARE_BATCHES {
+                    self.spare_batches.push(Batch {
+                        worker: self.worker,
+                        msgs: Vec::new(),
+                        spare: b.spare,
+                    });
                 }
-                // Reuse the vectors for batches to the pool.
-                self.spare_batches.push(Batch {
-                    worker: self.worker,
-                    msgs: Vec::new(),
-                    spare: b.spare,
-                });
-                let _ = b.msgs;
             }
             match self.from.try_recv() {
                 Ok(mut b) => {
+                    for c in b.spare.drain(..) {
+                        // Ours coming back, first, so that the messages below reuse them;
+                        // beyond the free list they are freed.
+                        let _ = self.chunks.put(c);
+                    }
                     // Hand messages out in order: pop from the back of a reversed vector.
                     b.msgs.reverse();
                     self.current = Some(b);
@@ -667,7 +677,12 @@ impl PoolThread {
             &mut self.scratch,
             &mut self.stats,
         );
-        io.flush_out();
+        // Output goes to the worker in full chunks too: a partial one waits here (counted
+        // against the window) while output of this flow is with the worker, and goes when that
+        // has been credited back, or now if nothing is, or when the session ends.
+        if done || io.q.out_in_flight == 0 {
+            io.flush_out();
+        }
         if f.q.consumed > 0 {
             self.out[w].push(FromPool::Credit(conn, f.q.consumed));
             f.q.consumed = 0;
