@@ -689,7 +689,7 @@ mod xdp {
                     }
                 }
             }
-            if last_global.elapsed() >= publish_every.max(Duration::from_millis(250)) {
+            if last_global.elapsed() >= publish_every {
                 last_global = std::time::Instant::now();
                 publish_global(&prog, pool.as_ref());
             }
