@@ -12,7 +12,9 @@ use super::seq;
 use super::table::FlowKey;
 use super::{CloseReason, ConnId, State, TcpConfig, TcpStats};
 use crate::time::Instant;
-use crate::wire::tcp::{flags, SackBlock, TcpOptions, TcpRepr, Timestamps, HEADER_LEN};
+use crate::wire::tcp::{
+    self as wire, flags, SackBlock, TcpOptions, TcpRepr, Timestamps, HEADER_LEN,
+};
 
 /// Event bits a connection raises for the engine to turn into [`super::Event`]s.
 pub(crate) const N_READABLE: u8 = 1;
@@ -1241,14 +1243,68 @@ impl Conn {
         off: usize,
         len: usize,
     ) -> Option<usize> {
-        let mut o = TcpOptions::NONE;
-        if self.ts_ok {
-            o.timestamps = Some(Timestamps {
-                val: self.ts_now(env.now),
-                ecr: self.ts_recent,
-            });
+        let ts = self.ts_ok.then(|| Timestamps {
+            val: self.ts_now(env.now),
+            ecr: self.ts_recent,
+        });
+        let hl = if self.sack_ok && fl & flags::ACK != 0 && !self.asm.is_empty() {
+            self.emit_sack_header(env, buf, seqn, fl, len, ts)?
+        } else {
+            // No SACK blocks (the common case): the header field by field.
+            let window = self.advertise(env.cfg);
+            let hl = HEADER_LEN + if ts.is_some() { 12 } else { 0 };
+            if buf.len() < hl + len {
+                return None;
+            }
+            let ack = if fl & flags::ACK != 0 {
+                self.rcv_nxt
+            } else {
+                0
+            };
+            wire::write_header(
+                buf,
+                self.key.lport,
+                self.key.rport,
+                seqn,
+                ack,
+                fl,
+                window,
+                hl,
+            );
+            if let Some(t) = ts {
+                wire::write_timestamps(&mut buf[HEADER_LEN..], t);
+            }
+            hl
+        };
+        if len > 0 {
+            let n = self.tx.peek_at(off, &mut buf[hl..hl + len]);
+            debug_assert_eq!(n, len);
         }
-        if self.sack_ok && fl & flags::ACK != 0 && !self.asm.is_empty() {
+        if fl & flags::ACK != 0 {
+            self.ack_now = false;
+            self.ack_at = Instant::MAX;
+            self.unacked_bytes = 0;
+            self.last_ack_sent = self.rcv_nxt;
+        }
+        Some(hl + len)
+    }
+
+    /// The header of a segment carrying SACK blocks (out-of-order data held); returns its
+    /// length.
+    fn emit_sack_header(
+        &mut self,
+        env: &mut Env<'_>,
+        buf: &mut [u8],
+        seqn: u32,
+        fl: u8,
+        len: usize,
+        ts: Option<Timestamps>,
+    ) -> Option<usize> {
+        let mut o = TcpOptions {
+            timestamps: ts,
+            ..TcpOptions::NONE
+        };
+        {
             let mut blocks = [(0u32, 0u32); 4];
             let max = if self.ts_ok { 3 } else { 4 };
             let n = self.asm.sack_blocks(&mut blocks[..max]);
@@ -1280,18 +1336,7 @@ impl Conn {
         if buf.len() < hl + len || hl > HEADER_LEN + 40 {
             return None;
         }
-        repr.emit_header(buf).ok()?;
-        if len > 0 {
-            let n = self.tx.peek_at(off, &mut buf[hl..hl + len]);
-            debug_assert_eq!(n, len);
-        }
-        if fl & flags::ACK != 0 {
-            self.ack_now = false;
-            self.ack_at = Instant::MAX;
-            self.unacked_bytes = 0;
-            self.last_ack_sent = self.rcv_nxt;
-        }
-        Some(hl + len)
+        repr.emit_header(buf).ok()
     }
 
     fn arm_rtx(&mut self, cfg: &TcpConfig, now: Instant) {
