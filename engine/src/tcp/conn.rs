@@ -4,8 +4,6 @@
 //! The engine ([`super::Tcp`]) owns the slab, the flow table, the timer wheel, the events and
 //! the per-state counters, and applies what these return.
 
-use core::time::Duration;
-
 use super::buf::{Assembler, RingBuf};
 use super::cc::Cc;
 use super::seq;
@@ -254,10 +252,6 @@ impl Default for Conn {
     }
 }
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
 impl Conn {
     /// Fresh state for a new connection (keeps the slot's generation and buffers are set by
     /// the caller).
@@ -365,12 +359,13 @@ impl Conn {
         (now.as_millis() as u32).wrapping_add(self.ts_offset)
     }
 
-    fn rto_now(&self, cfg: &TcpConfig) -> Duration {
+    /// The retransmission timeout with backoff, in microseconds.
+    fn rto_now(&self, cfg: &TcpConfig) -> u64 {
         let us = self
             .rto_us
             .checked_shl(self.backoff.min(20))
             .unwrap_or(u64::MAX);
-        Duration::from_micros(us.min(cfg.rto_max_ms * 1000))
+        us.min(cfg.rto_max_ms * 1000)
     }
 
     /// `send` is allowed: the write side is open.
@@ -384,7 +379,7 @@ impl Conn {
     /// FIN_WAIT_2 timeout for orphaned connections.
     fn fin_wait2_timer(&mut self, cfg: &TcpConfig, now: Instant) {
         if self.orphan {
-            self.state_at = now + ms(cfg.fin_wait2_timeout_ms);
+            self.state_at = now.add_millis(cfg.fin_wait2_timeout_ms);
         }
     }
 
@@ -552,7 +547,7 @@ impl Conn {
             if !rst {
                 self.ack_now = true;
                 if self.state == State::TimeWait && fin {
-                    self.state_at = now + ms(env.cfg.time_wait_ms);
+                    self.state_at = now.add_millis(env.cfg.time_wait_ms);
                 }
             }
             env.stats.drops_out_of_window += 1;
@@ -873,7 +868,7 @@ impl Conn {
         self.tlp_probe = false;
         if self.pto {
             self.pto = false;
-            self.rtx_at = env.now + self.rto_now(env.cfg);
+            self.rtx_at = env.now.add_micros(self.rto_now(env.cfg));
         }
         env.stats.fast_retransmits += 1;
     }
@@ -881,7 +876,7 @@ impl Conn {
     /// RFC 8985 §7.2: the probe timeout, when a tail loss probe may be scheduled (SACK in
     /// use, not in recovery, an RTT measured, no probe outstanding): 2·SRTT, plus the peer's
     /// delayed ACK time when a single segment is in flight, at most the RTO.
-    fn pto_delay(&self, cfg: &TcpConfig) -> Option<Duration> {
+    fn pto_delay(&self, cfg: &TcpConfig) -> Option<u64> {
         if !self.sack_ok
             || self.in_recovery
             || !self.have_rtt
@@ -896,7 +891,7 @@ impl Conn {
             us += cfg.delayed_ack_ms * 1000;
         }
         let us = us.max(2 * CLOCK_G_US);
-        Some(Duration::from_micros(us).min(self.rto_now(cfg)))
+        Some(us.min(self.rto_now(cfg)))
     }
 
     /// Arms the retransmission timer: a tail loss probe when allowed, else the RTO.
@@ -904,11 +899,11 @@ impl Conn {
         match self.pto_delay(cfg) {
             Some(d) => {
                 self.pto = true;
-                self.rtx_at = now + d;
+                self.rtx_at = now.add_micros(d);
             }
             None => {
                 self.pto = false;
-                self.rtx_at = now + self.rto_now(cfg);
+                self.rtx_at = now.add_micros(self.rto_now(cfg));
             }
         }
     }
@@ -1046,7 +1041,7 @@ impl Conn {
             if env.cfg.delayed_ack_ms == 0 || self.unacked_bytes >= full {
                 self.ack_now = true;
             } else if self.ack_at == Instant::MAX {
-                self.ack_at = now + ms(env.cfg.delayed_ack_ms);
+                self.ack_at = now.add_millis(env.cfg.delayed_ack_ms);
             }
         } else {
             // Out of order: store in place, remember the range, ACK at once with SACK.
@@ -1086,14 +1081,14 @@ impl Conn {
                 };
             }
             State::FinWait2 => self.state = State::TimeWait,
-            State::TimeWait => self.state_at = env.now + ms(env.cfg.time_wait_ms),
+            State::TimeWait => self.state_at = env.now.add_millis(env.cfg.time_wait_ms),
             _ => {}
         }
     }
 
     fn arm_keepalive(&mut self, cfg: &TcpConfig, now: Instant) {
         if let Some(k) = cfg.keepalive {
-            self.ka_at = now + ms(k.idle_ms);
+            self.ka_at = now.add_millis(k.idle_ms);
         }
     }
 
@@ -1126,7 +1121,7 @@ impl Conn {
                 if self.snd_max != self.snd_una {
                     self.tlp_probe = true;
                     self.tlp_high = Some(self.snd_max);
-                    self.rtx_at = now + self.rto_now(env.cfg);
+                    self.rtx_at = now.add_micros(self.rto_now(env.cfg));
                     env.stats.tail_loss_probes += 1;
                 }
             } else if self.snd_max != self.snd_una {
@@ -1173,16 +1168,16 @@ impl Conn {
             {
                 let idle = now.as_micros().saturating_sub(self.last_rx.as_micros());
                 if self.snd_max != self.snd_una {
-                    self.ka_at = now + ms(k.idle_ms);
+                    self.ka_at = now.add_millis(k.idle_ms);
                 } else if idle >= k.idle_ms * 1000 {
                     if self.ka_probes >= k.probes {
                         return Disp::Close(CloseReason::KeepaliveTimeout);
                     }
                     self.ka_probes += 1;
                     self.ka_probe_pending = true;
-                    self.ka_at = now + ms(k.interval_ms);
+                    self.ka_at = now.add_millis(k.interval_ms);
                 } else {
-                    self.ka_at = self.last_rx + ms(k.idle_ms);
+                    self.ka_at = self.last_rx.add_millis(k.idle_ms);
                 }
             }
         }
@@ -1482,7 +1477,7 @@ impl Conn {
                     self.snd_max = self.snd_nxt.wrapping_add(1);
                 }
                 self.persist = true;
-                self.rtx_at = now + self.rto_now(env.cfg);
+                self.rtx_at = now.add_micros(self.rto_now(env.cfg));
                 return Some(n);
             }
             let mut ok = len > 0
@@ -1518,7 +1513,7 @@ impl Conn {
             // Stalled with data and nothing in flight: persist (zero window) or SWS override.
             if avail > 0 && off == 0 && self.rtx_at == Instant::MAX {
                 self.persist = true;
-                self.rtx_at = now + self.rto_now(env.cfg);
+                self.rtx_at = now.add_micros(self.rto_now(env.cfg));
             }
         }
         if self.ack_now {

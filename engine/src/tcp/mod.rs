@@ -732,8 +732,7 @@ impl Tcp {
         if let Ok(idx) = self.check(conn) {
             let c = &mut self.conns[idx as usize];
             if c.state == State::FinWait2 {
-                c.state_at =
-                    c.last_rx + core::time::Duration::from_millis(self.cfg.fin_wait2_timeout_ms);
+                c.state_at = c.last_rx.add_millis(self.cfg.fin_wait2_timeout_ms);
                 self.sync_timer(idx);
             }
         }
@@ -987,7 +986,7 @@ impl Tcp {
                     return self.free_conn(idx, Some(CloseReason::Normal));
                 }
                 let c = &mut self.conns[idx as usize];
-                c.state_at = now + core::time::Duration::from_millis(self.cfg.time_wait_ms);
+                c.state_at = now.add_millis(self.cfg.time_wait_ms);
                 // Buffers go back to the pool now, but unread data stays readable.
                 self.tx_pool.put(c.tx.take());
                 if c.rx.is_empty() {
