@@ -323,6 +323,8 @@ impl Conn {
     /// A SYN cookie validated: the connection is created in SYN_RECEIVED with the SYN-ACK
     /// already sent, so the ACK that carried the cookie completes it.
     #[allow(clippy::too_many_arguments)]
+    #[cold]
+    #[inline(never)]
     pub(crate) fn open_from_cookie(
         &mut self,
         cfg: &TcpConfig,
@@ -441,6 +443,8 @@ impl Conn {
             && (new >= 2 * old || old < mss)
     }
 
+    #[cold]
+    #[inline(never)]
     fn challenge_ack(&mut self, env: &mut Env<'_>) {
         if env
             .now
@@ -639,6 +643,8 @@ impl Conn {
         Disp::Keep
     }
 
+    #[cold]
+    #[inline(never)]
     fn input_syn_sent(&mut self, env: &mut Env<'_>, seg: &TcpRepr<'_>) -> Disp {
         let now = env.now;
         let has_ack = seg.has(flags::ACK);
@@ -691,24 +697,28 @@ impl Conn {
         Disp::Keep
     }
 
+    /// Adds the segment's SACK blocks to the scoreboard; true when it learned something.
+    #[cold]
+    #[inline(never)]
+    fn absorb_sack(&mut self, seg: &TcpRepr<'_>) -> bool {
+        let before = self.sacked_bytes();
+        for b in seg.options.sack_blocks() {
+            if seq::lt(self.snd_una, b.left)
+                && seq::lt(b.left, b.right)
+                && seq::le(b.right, self.snd_max)
+            {
+                self.sacked.insert(b.left, b.right, super::buf::MAX_RANGES);
+            }
+        }
+        self.sacked_bytes() != before
+    }
+
     /// ACK processing; `Some` ends the connection.
     fn process_ack(&mut self, env: &mut Env<'_>, seg: &TcpRepr<'_>) -> Option<Disp> {
         let now = env.now;
         let ack = seg.ack;
         let wnd = (seg.window as u32) << self.snd_shift;
-        let mut new_sack = false;
-        if self.sack_ok && seg.options.sack_len > 0 {
-            let before = self.sacked_bytes();
-            for b in seg.options.sack_blocks() {
-                if seq::lt(self.snd_una, b.left)
-                    && seq::lt(b.left, b.right)
-                    && seq::le(b.right, self.snd_max)
-                {
-                    self.sacked.insert(b.left, b.right, super::buf::MAX_RANGES);
-                }
-            }
-            new_sack = self.sacked_bytes() != before;
-        }
+        let new_sack = self.sack_ok && seg.options.sack_len > 0 && self.absorb_sack(seg);
         if seq::gt(ack, self.snd_una) {
             let mut acked = ack.wrapping_sub(self.snd_una) as usize;
             if !self.syn_acked {
@@ -849,6 +859,8 @@ impl Conn {
     }
 
     /// Fast retransmit and the start of loss recovery (RFC 5681 §3.2, RFC 6582, RFC 6675 §5).
+    #[cold]
+    #[inline(never)]
     fn enter_recovery(&mut self, env: &mut Env<'_>) {
         let flight = self.snd_max.wrapping_sub(self.snd_una);
         self.cc.on_loss(flight);
@@ -909,6 +921,8 @@ impl Conn {
     }
 
     /// The highest segment sent (a tail loss probe resends it): `(seq, len, fin)`.
+    #[cold]
+    #[inline(never)]
     fn last_segment(&self, tx_len: usize) -> Option<(u32, usize, bool)> {
         let flight = self.snd_max.wrapping_sub(self.snd_una) as usize;
         let fin = self.fin_queued && flight == tx_len + 1;
@@ -924,6 +938,8 @@ impl Conn {
     /// RFC 6675 `IsLost`: every byte below the returned sequence number that is not SACKed is
     /// lost (DupThresh SACKed ranges, or more than (DupThresh − 1)·SMSS SACKed bytes, above it).
     /// `SND.UNA` when nothing is presumed lost.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn lost_edge(&self) -> u32 {
         let mss = self.mss as u32;
         // Early retransmit (RFC 5827): with fewer than four segments outstanding and no new
@@ -948,6 +964,8 @@ impl Conn {
     /// RFC 6675 `SetPipe`: bytes presumed in the network. Every byte from SND.UNA to SND.MAX
     /// that is not SACKed counts once if not lost and once more if retransmitted (below
     /// HighRxt).
+    #[cold]
+    #[inline(never)]
     pub(crate) fn pipe(&self) -> u32 {
         let lost = self.lost_edge();
         let mut pipe = 0u32;
@@ -1286,6 +1304,8 @@ impl Conn {
 
     /// The header of a segment carrying SACK blocks (out-of-order data held); returns its
     /// length.
+    #[cold]
+    #[inline(never)]
     fn emit_sack_header(
         &mut self,
         env: &mut Env<'_>,
@@ -1539,6 +1559,8 @@ impl Conn {
     }
 
     /// Retransmits hole `(seq, len, fin)` (from [`Self::hole`]).
+    #[cold]
+    #[inline(never)]
     fn retransmit(
         &mut self,
         env: &mut Env<'_>,
@@ -1591,6 +1613,8 @@ impl Conn {
 
     /// The next segment to retransmit at or after `start`: the first byte not SACKed, up to the
     /// next SACKed range or one MSS; `(seq, len, fin)`.
+    #[cold]
+    #[inline(never)]
     fn hole(&self, start: u32, tx_len: usize) -> Option<(u32, usize, bool)> {
         let mut s = start;
         let mut limit = None;

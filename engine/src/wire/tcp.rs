@@ -241,7 +241,24 @@ impl TcpOptions {
     }
 
     /// Parses well-formed option bytes (as checked by [`TcpPacket::new_checked`]).
-    pub fn parse(mut opts: &[u8]) -> Result<TcpOptions, TcpWireError> {
+    pub fn parse(opts: &[u8]) -> Result<TcpOptions, TcpWireError> {
+        // The layout of nearly every segment of a connection with timestamps (Linux, BSD):
+        // NOP, NOP, TS.
+        if let [kind::NOP, kind::NOP, kind::TS, 10, v0, v1, v2, v3, e0, e1, e2, e3] = *opts {
+            return Ok(TcpOptions {
+                timestamps: Some(Timestamps {
+                    val: u32::from_be_bytes([v0, v1, v2, v3]),
+                    ecr: u32::from_be_bytes([e0, e1, e2, e3]),
+                }),
+                ..TcpOptions::NONE
+            });
+        }
+        Self::parse_any(opts)
+    }
+
+    /// [`Self::parse`] for any layout.
+    #[inline(never)]
+    fn parse_any(mut opts: &[u8]) -> Result<TcpOptions, TcpWireError> {
         let mut o = TcpOptions::NONE;
         while let Some(&k) = opts.first() {
             match k {
@@ -507,7 +524,7 @@ pub fn write_header(
     window: u16,
     hl: usize,
 ) {
-    debug_assert!(hl % 4 == 0 && (HEADER_LEN..=MAX_HEADER_LEN).contains(&hl));
+    debug_assert!(hl.is_multiple_of(4) && (HEADER_LEN..=MAX_HEADER_LEN).contains(&hl));
     let h: &mut [u8; HEADER_LEN] = (&mut buf[..HEADER_LEN]).try_into().expect("20 bytes");
     let [s0, s1] = src_port.to_be_bytes();
     let [d0, d1] = dst_port.to_be_bytes();
@@ -667,6 +684,23 @@ mod tests {
             }
             assert_eq!(a, b);
         }
+    }
+
+    #[test]
+    fn timestamp_fast_path_matches_general_parse() {
+        let o = [1, 1, 8, 10, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04];
+        let fast = TcpOptions::parse(&o).unwrap();
+        assert_eq!(fast, TcpOptions::parse_any(&o).unwrap());
+        assert_eq!(
+            fast.timestamps,
+            Some(Timestamps {
+                val: 0xdead_beef,
+                ecr: 0x0102_0304
+            })
+        );
+        // A wrong TS length is not the fast layout: ignored as an unknown option would be.
+        let bad = [1, 1, 8, 9, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04];
+        assert_eq!(TcpOptions::parse(&bad), TcpOptions::parse_any(&bad));
     }
 
     #[test]
