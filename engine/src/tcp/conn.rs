@@ -1683,18 +1683,22 @@ impl Conn {
         } else {
             flags::SYN
         };
-        let repr = TcpRepr {
-            src_port: self.key.lport,
-            dst_port: self.key.rport,
-            seq: self.iss,
-            ack: if synack { self.rcv_nxt } else { 0 },
-            flags: fl,
+        let n = HEADER_LEN + o.len();
+        if buf.len() < n {
+            return None;
+        }
+        let ack = if synack { self.rcv_nxt } else { 0 };
+        wire::write_header(
+            buf,
+            self.key.lport,
+            self.key.rport,
+            self.iss,
+            ack,
+            fl,
             window,
-            urgent: 0,
-            options: o,
-            payload: &[],
-        };
-        let n = repr.emit_header(buf).ok()?;
+            n,
+        );
+        o.emit(&mut buf[HEADER_LEN..n]).ok()?;
         if synack {
             self.rcv_adv = seq::max(self.rcv_adv, self.rcv_nxt.wrapping_add(window as u32));
             self.last_ack_sent = self.rcv_nxt;
