@@ -252,7 +252,8 @@ impl Apps {
         while let Some(ev) = tcp.poll_event() {
             self.handle_event(tcp, ev);
         }
-        if now.saturating_since(self.last_sweep) >= SWEEP {
+        // In microseconds: this runs every batch, `Duration` arithmetic is not free.
+        if now.as_micros().saturating_sub(self.last_sweep.as_micros()) >= SWEEP.as_micros() as u64 {
             self.last_sweep = now;
             self.sweep(tcp);
         }

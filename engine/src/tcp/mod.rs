@@ -544,6 +544,12 @@ impl Tcp {
         }
     }
 
+    /// True when [`Self::poll_transmit`] may have a segment (false: it certainly has none).
+    #[inline]
+    pub fn may_transmit(&self) -> bool {
+        !self.ctl.is_empty() || !self.txq.is_empty()
+    }
+
     /// Writes the next segment to send at the start of `buf` (TCP header and payload, checksum
     /// filled in). `buf` should hold at least the MSS plus 60 bytes.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
