@@ -143,6 +143,8 @@ enum Slot {
     Free,
     Echo {
         peer_closed: bool,
+        /// Closed by us (everything echoed after the peer's FIN): nothing more to do.
+        done: bool,
     },
     /// The responder, and since when its deadline runs.
     Http(Box<HttpConn>, Instant, ConnId),
@@ -283,7 +285,10 @@ impl Apps {
                     return;
                 };
                 if Some(listen_port) == self.echo {
-                    *slot = Slot::Echo { peer_closed: false };
+                    *slot = Slot::Echo {
+                        peer_closed: false,
+                        done: false,
+                    };
                     self.stats.echo_conns += 1;
                 } else if Some(listen_port) == self.http {
                     // Like nginx's tcp_nodelay: a response's last partial segment must not wait
@@ -334,7 +339,7 @@ impl Apps {
             Event::Readable { conn } | Event::Writable { conn } => self.service(tcp, conn),
             Event::PeerClosed { conn } => {
                 match self.slots.get_mut(conn.index() as usize) {
-                    Some(Slot::Echo { peer_closed }) => *peer_closed = true,
+                    Some(Slot::Echo { peer_closed, .. }) => *peer_closed = true,
                     Some(Slot::Http(h, ..)) => h.peer_closed(),
                     Some(Slot::Https(h, _)) => h.conn.transport_closed(),
                     Some(Slot::Remote(_)) => {
@@ -446,7 +451,10 @@ impl Apps {
         };
         match slot {
             Slot::Free => {}
-            Slot::Echo { peer_closed } => {
+            Slot::Echo { peer_closed, done } => {
+                if *done {
+                    return;
+                }
                 loop {
                     let cap = tcp.send_capacity(conn).unwrap_or(0);
                     if cap == 0 {
@@ -455,7 +463,13 @@ impl Apps {
                     let want = cap.min(self.scratch.len());
                     let n = match tcp.recv(conn, &mut self.scratch[..want]) {
                         Ok(n) if n > 0 => n,
-                        _ => break,
+                        Ok(_) => {
+                            // End of stream: the peer closed and everything was read (the
+                            // `PeerClosed` event may still be queued behind this one).
+                            *peer_closed = true;
+                            break;
+                        }
+                        Err(_) => break,
                     };
                     let sent = tcp.send(conn, &self.scratch[..n]).unwrap_or(0);
                     debug_assert_eq!(sent, n, "send capacity was checked");
@@ -465,6 +479,7 @@ impl Apps {
                     }
                 }
                 if *peer_closed && tcp.recv_available(conn).unwrap_or(0) == 0 {
+                    *done = true;
                     let _ = tcp.close(conn);
                 }
             }
