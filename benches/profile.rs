@@ -4,7 +4,13 @@
 //! counts the server side only. One warm-up round runs first, outside `server_step`.
 //!
 //! `cargo bench -p handshake-benches --bench profile --no-run`, then
-//! `valgrind --tool=callgrind --toggle-collect='*server_step*' target/release/deps/profile-* [ours|smoltcp] [n] [rounds]`.
+//! `valgrind --tool=callgrind --toggle-collect='*server_step*' target/release/deps/profile-* [ours|smoltcp|ours-traced] [n] [rounds]`.
+//!
+//! `ours-traced` installs a connection trace whose filter (`port 40000`, limit 1) matches the
+//! first client port: the first connection is traced, every later one on that port matches the
+//! filter but is over the limit, the other ports do not match. What the trace costs the
+//! untraced connections is then the difference with `ours`; built with `--no-default-features`
+//! (no `trace` feature), `ours` shows what merely compiling it in costs.
 
 // The shared harness also serves the criterion benchmarks: not every piece is used here.
 #[allow(dead_code)]
@@ -34,6 +40,10 @@ impl<S: Server> Server for Prof<S> {
 }
 
 fn run<S: Server>(s: S, n: usize, rounds: u64) {
+    run_with(s, n, rounds, |_| {})
+}
+
+fn run_with<S: Server>(s: S, n: usize, rounds: u64, mut after_round: impl FnMut(&mut S)) {
     let mut s = Prof(s);
     let mut clock = Clock::new();
     s.dev().inject(&frames::arp_request());
@@ -46,6 +56,7 @@ fn run<S: Server>(s: S, n: usize, rounds: u64) {
     client.round(&mut s.0, &mut clock);
     for _ in 0..rounds {
         client.round(&mut s, &mut clock);
+        after_round(&mut s.0);
     }
     println!(
         "{}: {} connections, {} steps, {} server segments",
@@ -66,6 +77,21 @@ fn main() {
     let rounds = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
     match which {
         "smoltcp" => run(Smol::new(n, SmolApp::Echo), n, rounds),
+        #[cfg(feature = "trace")]
+        "ours-traced" => {
+            use handshake::trace::{Tracer, DEFAULT_QUEUE};
+            let mut s = Ours::new(None);
+            let filter = "port 40000".parse().expect("a valid filter");
+            s.stack
+                .set_tracer(Some(Tracer::new(filter, 1, DEFAULT_QUEUE)));
+            let mut events = 0u64;
+            run_with(s, n, rounds, |s: &mut Ours| {
+                while s.stack.poll_trace_event().is_some() {
+                    events += 1;
+                }
+            });
+            println!("trace: {events} events of 1 connection");
+        }
         _ => run(Ours::new(None), n, rounds),
     }
 }

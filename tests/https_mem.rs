@@ -448,3 +448,144 @@ fn pool_backpressure_64_mib_each_way_with_a_slow_pool_thread() {
     assert_eq!(stats.http.responses(405), 1);
     assert_eq!(stats.http.responses(404), 2);
 }
+
+// ---- the connection trace ------------------------------------------------------------------------
+
+/// Asserts the story's order (see `handshake::trace::render::check_order`).
+fn in_order(events: &[handshake::trace::TraceEvent], want: &[&str]) {
+    if let Err(e) = handshake::trace::render::check_order(events, want) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn the_trace_tells_the_story_of_an_https_request_from_both_ends() {
+    use handshake::trace::{EventKind, Tracer, DEFAULT_QUEUE};
+    let cert = cert();
+    let body = b"<h1>traced</h1>".to_vec();
+    let handler: Arc<dyn Handler> = Arc::new(StaticPage::html(&body));
+    let mut net = Net::new(Mode::Inline, handler, Limits::default(), tls_server(&cert));
+    net.pair.server.set_tracer(Some(Tracer::new(
+        "port 443".parse().unwrap(),
+        1,
+        DEFAULT_QUEUE,
+    )));
+    net.pair.client.set_tracer(Some(Tracer::new(
+        "host 198.18.0.1".parse().unwrap(),
+        1,
+        DEFAULT_QUEUE,
+    )));
+    let cfg = client_config(&cert);
+    let mut c = Client::new(&mut net, &cfg);
+    let mut want = head(body.len(), true).into_bytes();
+    want.extend_from_slice(&body);
+    let req = b"GET / HTTP/1.1\r\nHost: handshake.test\r\nConnection: close\r\n\r\n";
+    assert_eq!(roundtrip(&mut net, &mut c, req, want.len()), want);
+    // The server closes; the client answers with its FIN; TIME_WAIT runs out (virtual time).
+    for i in 0..200_000 {
+        c.pump(&mut net, &mut |_| {});
+        if i == 1000 {
+            net.pair.client.tcp_mut().close(c.conn).unwrap();
+        }
+        if i < 2000 {
+            net.step();
+        } else {
+            net.pair.step(Duration::from_millis(500));
+        }
+        if net
+            .pair
+            .server
+            .tcp()
+            .stats()
+            .flows(handshake::tcp::State::Closed)
+            == net.pair.server.tcp().config().max_flows as u64
+            && i > 2000
+        {
+            break;
+        }
+    }
+    let server: Vec<_> = std::iter::from_fn(|| net.pair.server.poll_trace_event()).collect();
+    let client: Vec<_> = std::iter::from_fn(|| net.pair.client.poll_trace_event()).collect();
+    in_order(
+        &server,
+        &[
+            "flow active=false",
+            "in ARP who-has",
+            "out ARP is-at",
+            "in SYN",
+            "state SYN-RECEIVED",
+            "out SYN,ACK",
+            "in ClientHello",
+            "out ServerHello",
+            "out Encrypted Handshake Message (EncryptedExtensions … Finished)",
+            "in Encrypted Handshake Message (Finished)",
+            "in Application Data",
+            "state FIN-WAIT-1",
+            "out FIN*",
+            "state FIN-WAIT-2",
+            "in FIN*",
+            "state TIME-WAIT",
+            "out ACK",
+            "state CLOSED",
+        ],
+    );
+    // Our client sends its ClientHello with the ACK that completes the handshake: the
+    // connection is established before the ServerHello, whatever the order of the two.
+    in_order(
+        &server,
+        &["out SYN,ACK", "state ESTABLISHED", "out ServerHello"],
+    );
+    in_order(&server, &["in Application Data", "out Application Data"]);
+    // The ClientHello as rustls sent it, the ServerHello's choice among the offers.
+    let offered = server
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::ClientHello {
+                version,
+                suites,
+                sni,
+                alpn,
+                ..
+            } => {
+                assert_eq!(version, "TLS 1.3");
+                assert_eq!(sni.as_deref(), Some("handshake.test"));
+                assert_eq!(alpn, &["http/1.1"]);
+                Some(suites.clone())
+            }
+            _ => None,
+        })
+        .expect("a ClientHello");
+    let chosen = server
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::ServerHello { suite, .. } => Some(suite.clone()),
+            _ => None,
+        })
+        .expect("a ServerHello");
+    assert!(offered.contains(&chosen), "{chosen} not in {offered:?}");
+    // The client's side: it opened (SYN-SENT before its SYN) and ARPed for the server first.
+    in_order(
+        &client,
+        &[
+            "flow active=true",
+            "state SYN-SENT",
+            "out ARP who-has",
+            "in ARP is-at",
+            "out SYN",
+            "in SYN,ACK",
+            "state ESTABLISHED",
+            "out ClientHello",
+            "in ServerHello",
+            "in FIN*",
+            "state CLOSE-WAIT",
+            "state LAST-ACK",
+            "out FIN*",
+            "state CLOSED",
+        ],
+    );
+    // Every event of each side belongs to its one traced connection.
+    assert!(server.iter().chain(&client).all(|e| e.flow == 1));
+    let m = handshake::trace::render::render(&server, handshake::trace::render::Format::Mermaid);
+    assert!(m.contains("C ->> S: Client Hello, TLS 1.3"), "{m}");
+    assert!(m.contains("S ->> C: Server Hello, TLS 1.3, TLS_"), "{m}");
+}

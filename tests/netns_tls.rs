@@ -102,7 +102,11 @@ impl Site {
             self.dir.join("chain.pem"),
             format!("{}{}", leaf.pem(), ca.pem()),
         )?;
-        std::fs::write(self.dir.join("key.pem"), key.serialize_pem())?;
+        let key_path = self.dir.join("key.pem");
+        std::fs::write(&key_path, key.serialize_pem())?;
+        // Owner-only: the daemon refuses a private key every user can read.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
         Ok(())
     }
 
@@ -993,5 +997,281 @@ fn limit(mode: Mode) -> Result<()> {
         (t.sessions, t.handshakes, t.refused, t.http, t.errors) == (5, 5, 1, 4, 0),
         "5 sessions, 1 refused: {t:?}"
     );
+    Ok(())
+}
+
+/// Issue 7's trace against a real client: curl fetches one page by name over HTTPS while the
+/// daemon traces port 443 (`--trace`); the JSON lines it wrote tell the whole story in order,
+/// from the peer kernel's ARP for us to the last ACK of the close, with the ClientHello's SNI
+/// and ALPN as curl sent them and the ServerHello's suite among those offered.
+fn trace(mode: Mode) -> Result<()> {
+    use handshake::trace::render::{check_order, parse_json_lines, render, Format};
+    use handshake::trace::EventKind;
+    let topo = Topology::up()?;
+    let site = Site::new(&format!("trace-{mode:?}"))?;
+    site.put("index.html", b"<h1>the story of one request</h1>")?;
+    let file = site.path("trace.jsonl");
+    // A second connection on another port must not be traced.
+    let mut d = site.start(
+        &topo,
+        mode,
+        &[
+            "--http",
+            "80",
+            "--trace",
+            "port 443",
+            "--trace-limit",
+            "1",
+            "--trace-file",
+            &file,
+        ],
+    )?;
+    let ca = site.path("ca.pem");
+    peer(
+        &topo,
+        "curl -sS --max-time 10 -o /dev/null http://198.18.0.1/",
+    )?;
+    let out = peer(
+        &topo,
+        &format!(
+            "curl -sS --max-time 10 --cacert {ca} --resolve {NAME}:443:198.18.0.1 https://{NAME}/"
+        ),
+    )?;
+    ensure!(out.contains("the story of one request"), "{out}");
+    // curl closes first (close_notify, FIN); our side runs CLOSE-WAIT → LAST-ACK → CLOSED.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lines = d.stop_with("TERM")?;
+    ensure!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("final trace: 1 connection(s)")),
+        "{}",
+        lines.join("\n")
+    );
+    let events = parse_json_lines(&std::fs::read_to_string(&file)?).map_err(anyhow::Error::msg)?;
+    println!("{}", render(&events, Format::Text));
+    println!("{}", render(&events, Format::Mermaid));
+    check_order(
+        &events,
+        &[
+            "flow active=false",
+            "in ARP who-has",
+            "out ARP is-at",
+            "in SYN",
+            "state SYN-RECEIVED",
+            "out SYN,ACK",
+            "in ACK",
+            "state ESTABLISHED",
+            "in ClientHello",
+            "out ServerHello",
+            "out Encrypted Handshake Message (EncryptedExtensions … Finished)",
+            "in Encrypted Handshake Message (Finished)",
+            "in Application Data",
+            "out Application Data",
+            "out FIN*",
+            "state CLOSED",
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
+    // The close, one of two ways: curl's FIN reached us before our reply to its close_notify
+    // (we are in CLOSE-WAIT, then LAST-ACK), or our close_notify and FIN left first (FIN-WAIT-1;
+    // curl's closed socket then answers with RST).
+    let passive = [
+        "in FIN*",
+        "state CLOSE-WAIT",
+        "state LAST-ACK",
+        "out FIN*",
+        "state CLOSED",
+    ];
+    let active = ["state FIN-WAIT-1", "out FIN*", "state CLOSED"];
+    check_order(&events, &passive)
+        .or_else(|_| check_order(&events, &active))
+        .map_err(anyhow::Error::msg)?;
+    ensure!(events.iter().all(|e| e.flow == 1), "one connection traced");
+    let (offered, sni, alpn) = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::ClientHello {
+                suites, sni, alpn, ..
+            } => Some((suites.clone(), sni.clone(), alpn.clone())),
+            _ => None,
+        })
+        .context("no ClientHello")?;
+    ensure!(sni.as_deref() == Some(NAME), "SNI {sni:?}");
+    ensure!(alpn.iter().any(|p| p == "http/1.1"), "ALPN {alpn:?}");
+    let chosen = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::ServerHello { suite, version, .. } => Some((suite.clone(), version.clone())),
+            _ => None,
+        })
+        .context("no ServerHello")?;
+    ensure!(chosen.1 == "TLS 1.3", "{chosen:?}");
+    ensure!(
+        offered.contains(&chosen.0),
+        "{chosen:?} not offered: {offered:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn trace_tells_the_story_of_a_curl_request_inline() -> Result<()> {
+    trace(Mode::Inline)
+}
+
+#[test]
+fn trace_tells_the_story_of_a_curl_request_pool() -> Result<()> {
+    trace(Mode::Pool)
+}
+
+/// A keep-alive client that makes one request, waits for `go` to appear (20 s at most), makes a
+/// second request on the same connection, and reports both to stdout.
+const PY_HOLD: &str = r#"
+import os, socket, ssl, sys, time
+ca, first, go = sys.argv[1], sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+s = ctx.wrap_socket(socket.create_connection(("198.18.0.1", 443), timeout=10),
+                    server_hostname="handshake.test")
+def get():
+    s.sendall(b"GET / HTTP/1.1\r\nHost: handshake.test\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    n = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
+    while len(body) < n:
+        body += s.recv(65536)
+    return head.split(b"\r\n")[0].decode(), len(body)
+print("first", *get(), flush=True)
+open(first, "w").close()
+deadline = time.time() + 20
+while not os.path.exists(go) and time.time() < deadline:
+    time.sleep(0.05)
+print("second", *get(), flush=True)
+"#;
+
+/// SHA-256 fingerprint of the certificate the daemon presents to a new connection.
+fn served_fingerprint(topo: &Topology) -> Result<String> {
+    let out = peer(
+        topo,
+        &format!(
+            "openssl s_client -connect 198.18.0.1:443 -servername {NAME} </dev/null 2>/dev/null \
+             | openssl x509 -noout -fingerprint -sha256"
+        ),
+    )?;
+    Ok(out.trim().to_string())
+}
+
+/// The fingerprint of the leaf in `chain.pem`.
+fn file_fingerprint(site: &Site) -> Result<String> {
+    let o = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(site.path("chain.pem"))
+        .output()?;
+    ensure!(o.status.success(), "openssl x509: {}", text(&o));
+    Ok(text(&o).trim().to_string())
+}
+
+/// Issue 7: SIGHUP reloads the certificates without dropping connections. A keep-alive
+/// connection opened before the reload still works after it; new connections get the new
+/// certificate; a reload from broken files is refused and the previous certificate stays.
+fn sighup(mode: Mode) -> Result<()> {
+    let topo = Topology::up()?;
+    let site = Site::new(&format!("hup-{mode:?}"))?;
+    site.put("index.html", b"<h1>reload</h1>")?;
+    let d = site.start(&topo, mode, &[])?;
+    let old = file_fingerprint(&site)?;
+    ensure!(
+        served_fingerprint(&topo)? == old,
+        "the first certificate is served"
+    );
+    let (first, go) = (site.path("first"), site.path("go"));
+    let holder = topo.spawn_peer(["python3", "-c", PY_HOLD, &site.path("ca.pem"), &first, &go])?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !std::path::Path::new(&first).exists() {
+        ensure!(
+            Instant::now() < deadline,
+            "the keep-alive client did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // New files (a new CA and leaf), then SIGHUP.
+    site.certificates()?;
+    let new = file_fingerprint(&site)?;
+    ensure!(new != old);
+    let hup = |want: &str| -> Result<()> {
+        std::process::Command::new("kill")
+            .args(["-s", "HUP", &d.pid().to_string()])
+            .status()?;
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while !d.lines().iter().any(|l| l.contains(want)) {
+            ensure!(
+                Instant::now() < deadline,
+                "no {want:?} line:\n{}",
+                d.lines().join("\n")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    hup("reloaded certificates (generation 1)")?;
+    ensure!(
+        served_fingerprint(&topo)? == new,
+        "new connections get the new certificate"
+    );
+    // A broken key: refused, the new certificate stays.
+    std::fs::write(site.path("key.pem"), "not a key\n")?;
+    hup("certificate reload failed")?;
+    ensure!(
+        served_fingerprint(&topo)? == new,
+        "a failed reload changes nothing"
+    );
+    // The connection from before the reload still answers.
+    std::fs::write(&go, "")?;
+    let out = holder.wait_with_output()?;
+    let out = text(&out);
+    ensure!(
+        out.contains("first HTTP/1.1 200 OK 15") && out.contains("second HTTP/1.1 200 OK 15"),
+        "{out}"
+    );
+    let t = finish(d, mode)?;
+    ensure!(t.errors == 0 && t.refused == 0, "{t:?}");
+    println!(
+        "SIGHUP {mode:?}: {old} -> {new}; the old connection answered after the reload; {t:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn sighup_reloads_certificates_without_dropping_connections_inline() -> Result<()> {
+    sighup(Mode::Inline)
+}
+
+#[test]
+fn sighup_reloads_certificates_without_dropping_connections_pool() -> Result<()> {
+    sighup(Mode::Pool)
+}
+
+/// Issue 6's security posture: a private key every user can read is refused at start, with the
+/// fix in the message; owner-only, the same files start.
+#[test]
+fn a_world_readable_private_key_is_refused() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let topo = Topology::up()?;
+    let site = Site::new("key-mode")?;
+    let key = site.path("key.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
+    let err = match site.start(&topo, Mode::Inline, &[]) {
+        Ok(_) => anyhow::bail!("the daemon started with a world-readable key"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("is readable by every user (mode 0644)")
+            && err.contains(&format!("chmod 600 {key}")),
+        "{err}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    let d = site.start(&topo, Mode::Inline, &[])?;
+    finish(d, Mode::Inline)?;
     Ok(())
 }

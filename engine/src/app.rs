@@ -250,6 +250,10 @@ impl Apps {
     /// finally sends what the pool should get.
     pub fn run(&mut self, tcp: &mut Tcp, now: Instant) {
         self.now = now;
+        if let Some(h) = &mut self.https {
+            // New certificates (SIGHUP) for the connections accepted from now on.
+            h.server.refresh();
+        }
         self.poll_pool(tcp);
         while let Some(ev) = tcp.poll_event() {
             self.handle_event(tcp, ev);

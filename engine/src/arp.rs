@@ -19,7 +19,7 @@ use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
 
 /// Settings of the neighbour cache.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ArpConfig {
     /// Most entries (resolved or pending). New addresses beyond it are not cached.

@@ -1,4 +1,5 @@
-//! The daemon: one pinned worker per queue around a [`Stack`], the XDP program, signals, stats.
+//! The daemon: one pinned worker per queue around a [`Stack`], the XDP program, signals, stats,
+//! the metrics endpoint ([`crate::metrics`]) and the capture writer ([`crate::capture`]).
 //!
 //! The worker loop ([`Worker::run`]) is generic over the [`Device`], so it runs the same against
 //! AF_XDP ports and in-memory devices (tests). Workers share nothing on the fast path: neighbour
@@ -7,6 +8,7 @@
 
 use crate::arp::NeighborEvent;
 use crate::device::Device;
+use crate::metrics::{QueueSlot, QueueValues, ShellCounters};
 use crate::stack::{run_batch, Stack};
 use crate::stats::{DropReason, SharedStats, StackStats};
 use crate::time::Instant;
@@ -47,8 +49,17 @@ pub struct Worker {
     pub peers: Vec<Sender<NeighborEvent>>,
     /// Where the counters are published.
     pub shared: Arc<SharedStats>,
+    /// Where every counter is published for the metrics endpoint.
+    pub metrics: Arc<QueueSlot>,
+    /// How often the counters are published (never per packet).
+    pub publish_every: Duration,
     /// Set to stop the loop.
     pub stop: Arc<AtomicBool>,
+    /// After `stop`: how long to keep serving while peers close the connections shut down.
+    pub stop_timeout: Duration,
+    /// Where trace events go (to the writer thread), when a trace is installed on the stack.
+    #[cfg(feature = "trace")]
+    pub trace: Option<Sender<(u32, crate::trace::TraceEvent)>>,
 }
 
 /// Makes `n` workers' channels: for each worker, its inbox and the senders to all others.
@@ -77,6 +88,13 @@ impl Worker {
             self.stack.handle_neighbor_event(now, ev);
         }
         let (rx, tx) = run_batch(&mut self.stack, dev, now);
+        #[cfg(feature = "trace")]
+        if let Some(sink) = &self.trace {
+            while let Some(e) = self.stack.poll_trace_event() {
+                // The writer is far behind or gone: the event is lost, never waited for.
+                let _ = sink.try_send((self.queue, e));
+            }
+        }
         while let Some(ev) = self.stack.poll_neighbor_event() {
             for p in &self.peers {
                 // A full inbox means that worker is far behind; it will learn the entry itself.
@@ -88,20 +106,32 @@ impl Worker {
         rx + tx > 0
     }
 
+    /// Publishes the counters: the summary block and the metrics slot (`shell` adds the
+    /// device's own counters).
+    pub fn publish<D>(&self, dev: &D, shell: &mut impl FnMut(&D, &mut ShellCounters)) {
+        self.shared.publish(&self.stack.snapshot());
+        let mut c = ShellCounters::default();
+        shell(dev, &mut c);
+        let mut v = QueueValues::default();
+        crate::metrics::collect(&self.stack, &c, &mut v);
+        self.metrics.publish(&v);
+    }
+
     /// Runs until `stop` is set. `idle(dev, timeout)` waits for frames (poll(2)) or returns at
-    /// once (busy polling).
+    /// once (busy polling); `shell(dev, counters)` reads the device's counters when publishing.
     pub fn run<D: Device>(
         &mut self,
         dev: &mut D,
         clock: Clock,
         mut idle: impl FnMut(&mut D, Duration),
+        mut shell: impl FnMut(&D, &mut ShellCounters),
     ) {
         let mut last_publish = Instant::ZERO;
         while !self.stop.load(Ordering::Relaxed) {
             let now = clock.now();
             let busy = self.turn(dev, now);
-            if now.saturating_since(last_publish) >= Duration::from_millis(100) {
-                self.shared.publish(&self.stack.snapshot());
+            if now.saturating_since(last_publish) >= self.publish_every {
+                self.publish(dev, &mut shell);
                 last_publish = now;
             }
             if !busy && self.inbox.is_empty() && !self.stack.apps().awaiting_pool() {
@@ -114,7 +144,23 @@ impl Worker {
                 }
             }
         }
-        self.shared.publish(&self.stack.snapshot());
+        // A graceful stop: no more listening, FIN on every open connection, and the worker keeps
+        // serving while the peers close their side, for `stop_timeout` at most.
+        let shut = self.stack.tcp_mut().shutdown_all();
+        let deadline = clock.now() + self.stop_timeout;
+        while self.stack.tcp().open_flows() > 0 && clock.now() < deadline {
+            let now = clock.now();
+            if !self.turn(dev, now) {
+                idle(dev, Duration::from_millis(1));
+            }
+        }
+        let left = self.stack.tcp().open_flows();
+        tracing::info!(
+            queue = self.queue,
+            "graceful stop: {shut} connection(s) shut down, {left} still open after {:?}",
+            self.stop_timeout
+        );
+        self.publish(dev, &mut shell);
     }
 }
 
@@ -256,6 +302,61 @@ mod xdp {
         }
     }
 
+    /// Starts the thread that writes trace events as JSON lines to `path`, numbering the
+    /// connections of all queues 1, 2, … and keeping the first `limit`. It ends when every
+    /// sender is dropped; it returns how many connections and events it wrote.
+    #[cfg(feature = "trace")]
+    #[allow(clippy::type_complexity)]
+    fn trace_writer(
+        path: &std::path::Path,
+        limit: usize,
+    ) -> anyhow::Result<(
+        Sender<(u32, crate::trace::TraceEvent)>,
+        std::thread::JoinHandle<anyhow::Result<(usize, u64)>>,
+    )> {
+        use std::io::Write as _;
+        let file = std::fs::File::create(path).with_context(|| {
+            format!(
+                "creating the trace file {}: give a writable path with --trace-file",
+                path.display()
+            )
+        })?;
+        let (tx, rx) = crossbeam_channel::bounded::<(u32, crate::trace::TraceEvent)>(1 << 16);
+        let h = std::thread::Builder::new()
+            .name("hs-trace".into())
+            .spawn(move || -> anyhow::Result<(usize, u64)> {
+                let mut out = std::io::BufWriter::new(file);
+                let mut ids: std::collections::HashMap<(u32, u32), u32> = Default::default();
+                let mut events = 0u64;
+                loop {
+                    let (q, mut e) = match rx.recv_timeout(Duration::from_millis(100)) {
+                        Ok(v) => v,
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                            out.flush()?;
+                            continue;
+                        }
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                    };
+                    let next = ids.len() as u32 + 1;
+                    let id = match ids.get(&(q, e.flow)) {
+                        Some(id) => *id,
+                        None if ids.len() < limit => {
+                            ids.insert((q, e.flow), next);
+                            next
+                        }
+                        None => continue,
+                    };
+                    e.flow = id;
+                    writeln!(out, "{}", crate::trace::render::json_line(&e))?;
+                    events += 1;
+                }
+                out.flush()?;
+                Ok((ids.len(), events))
+            })
+            .context("spawning the trace writer thread")?;
+        Ok((tx, h))
+    }
+
     /// Runs the daemon until SIGINT or SIGTERM.
     pub fn run(cfg: Config) -> anyhow::Result<()> {
         let routes = cfg.validate()?;
@@ -272,6 +373,9 @@ mod xdp {
             signal_hook::flag::register(sig, Arc::clone(&stop))
                 .context("installing signal handlers")?;
         }
+        let usr1 = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&usr1))
+            .context("installing the SIGUSR1 handler")?;
 
         let object: PathBuf = cfg
             .bpf_object
@@ -325,14 +429,24 @@ mod xdp {
             handshake: Duration::from_millis(cfg.tls.handshake_timeout_ms),
             request: Duration::from_millis(cfg.request_timeout_ms),
         };
+        // SIGHUP reloads the certificates: every worker and pool thread picks them up for the
+        // connections it accepts next; open connections keep theirs.
+        let mut tls_reload = None;
         let https = match cfg.https {
-            Some(port) => Some(crate::app::HttpsApp {
-                port,
-                server: crate::tls::TlsServer::new(&cfg.tls)?,
-                max_sessions: cfg.tls.max_sessions,
-            }),
+            Some(port) => {
+                let mut server = crate::tls::TlsServer::new(&cfg.tls)?;
+                tls_reload = Some((server.reloadable(), server.clone()));
+                Some(crate::app::HttpsApp {
+                    port,
+                    server,
+                    max_sessions: cfg.tls.max_sessions,
+                })
+            }
             None => None,
         };
+        let hup = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+            .context("installing the SIGHUP handler")?;
         let (pool, mut links) = match &https {
             Some(h) if cfg.tls.threads > 0 => {
                 let pcfg = crate::https::pool::PoolConfig {
@@ -362,8 +476,92 @@ mod xdp {
         let shared: Vec<Arc<SharedStats>> = (0..cfg.queues)
             .map(|_| Arc::new(SharedStats::default()))
             .collect();
+        #[cfg(feature = "trace")]
+        let (trace, trace_writer) = match &cfg.trace.filter {
+            Some(f) => {
+                let filter: crate::trace::TraceFilter =
+                    f.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+                let (tx, writer) = trace_writer(&cfg.trace.file, cfg.trace.limit)?;
+                tracing::info!(%filter, limit = cfg.trace.limit, file = %cfg.trace.file.display(), "tracing connections");
+                (Some((filter, tx)), Some(writer))
+            }
+            None => (None, None),
+        };
+        let registry = Arc::new(crate::metrics::Registry::new(
+            cfg.queues as usize,
+            if pool.is_some() { cfg.tls.threads } else { 0 },
+        ));
+        let publish_every = Duration::from_millis(cfg.metrics.publish_ms);
+        let started = std::time::Instant::now();
+        let publish_global =
+            |prog: &crate::loader::XdpProgram, pool: Option<&crate::https::pool::Pool>| {
+                if let Some(pool) = pool {
+                    for (slot, n) in registry.pool.iter().zip(pool.queue_depths()) {
+                        slot.publish(&crate::metrics::Values([n as u64]));
+                    }
+                }
+                let xdp = prog.counters();
+                let mut g = crate::metrics::Values::default();
+                crate::metrics::collect_global(
+                    &xdp,
+                    cfg.queues,
+                    started.elapsed().as_secs(),
+                    &mut g,
+                );
+                registry.global.publish(&g);
+                for (slot, n) in registry
+                    .xdp_queues
+                    .iter()
+                    .zip(prog.queue_counters(cfg.queues))
+                {
+                    slot.publish(&crate::metrics::Values([n]));
+                }
+            };
+        publish_global(&prog, pool.as_ref());
+        let metrics_server = match cfg.metrics.addr()? {
+            Some(addr) => {
+                let reg = Arc::clone(&registry);
+                let s = crate::metrics::server::Server::start(addr, move |out| reg.render(out))?;
+                tracing::info!(addr = %s.addr(), "metrics endpoint: GET /metrics");
+                Some(s)
+            }
+            None => None,
+        };
+        // Capture: the file, the rings (one per queue) and the writer thread, before the workers.
+        let (capture, mut rings) = match &cfg.capture.file {
+            Some(path) => {
+                let c = &cfg.capture;
+                let settings = crate::capture::Settings {
+                    path: path.clone(),
+                    filter: crate::capture::filter::Filter::parse(&c.filter)?,
+                    max_bytes: (c.max_mb * 1e6) as u64,
+                    files: c.files,
+                    ring: c.ring,
+                    snaplen: if c.snaplen == 0 {
+                        cfg.mtu + 14
+                    } else {
+                        c.snaplen
+                    },
+                    ifaces: (0..cfg.queues)
+                        .map(|q| format!("{} q{q}", cfg.iface))
+                        .collect(),
+                    start_on: !c.paused,
+                };
+                let (cap, rings) = crate::capture::Capture::start(settings)?;
+                tracing::info!(file = %path.display(), filter = %c.filter, on = !c.paused, "capture (SIGUSR1 toggles it)");
+                (Some(cap), rings.into_iter().map(Some).collect())
+            }
+            None => (None, Vec::new()),
+        };
+        rings.reverse();
+        let switch = capture
+            .as_ref()
+            .map(|c| c.switch())
+            .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
         let mut handles = Vec::new();
-        for (q, (mut port, (inbox, peers))) in ports_open.into_iter().zip(mesh).enumerate() {
+        for (q, (port, (inbox, peers))) in ports_open.into_iter().zip(mesh).enumerate() {
+            let mut port =
+                crate::capture::Tap::new(port, rings.pop().flatten(), Arc::clone(&switch));
             let mut scfg = StackConfig::new(mac, routes.clone());
             scfg.mtu = cfg.mtu;
             scfg.arp = cfg.arp.clone();
@@ -392,8 +590,22 @@ mod xdp {
                 inbox,
                 peers,
                 shared: Arc::clone(&shared[q]),
+                metrics: Arc::clone(&registry.queues[q]),
+                publish_every,
                 stop: Arc::clone(&stop),
+                stop_timeout: Duration::from_millis(cfg.shutdown_timeout_ms),
+                #[cfg(feature = "trace")]
+                trace: None,
             };
+            #[cfg(feature = "trace")]
+            if let Some((filter, sink)) = &trace {
+                worker.stack.set_tracer(Some(crate::trace::Tracer::new(
+                    *filter,
+                    cfg.trace.limit,
+                    cfg.trace.queue,
+                )));
+                worker.trace = Some(sink.clone());
+            }
             let core = cores.get(cfg.core_for(q as u32, cores.len())).copied();
             let busy = cfg.busy_poll || cfg.xsk.busy_poll;
             let h = std::thread::Builder::new()
@@ -408,13 +620,21 @@ mod xdp {
                             "could not pin the worker to a core; running unpinned"
                         ),
                     }
-                    worker.run(&mut port, clock, |p, t| {
-                        if !busy {
-                            let _ = p.wait(t);
-                        }
-                    });
-                    let check = port.check();
-                    (*port.stats(), check)
+                    worker.run(
+                        &mut port,
+                        clock,
+                        |p, t| {
+                            if !busy {
+                                let _ = p.inner_mut().wait(t);
+                            }
+                        },
+                        |p: &crate::capture::Tap<Port<XskBackend>>, c: &mut ShellCounters| {
+                            c.set_port(p.inner().stats(), p.inner().kernel_stats().ok());
+                            (c.capture_frames, c.capture_dropped) = p.counters();
+                        },
+                    );
+                    let check = port.inner().check();
+                    (*port.inner().stats(), check)
                 })
                 .context("spawning a worker thread")?;
             handles.push(h);
@@ -437,8 +657,42 @@ mod xdp {
 
         let interval = Duration::from_secs(cfg.stats_interval_secs);
         let mut last = std::time::Instant::now();
+        let mut last_global = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
+            if hup.swap(false, Ordering::Relaxed) {
+                match &mut tls_reload {
+                    Some((handle, current)) => {
+                        match current.reloaded(&cfg.tls) {
+                            Ok(new) => {
+                                let generation = handle.publish(&new);
+                                *current = new;
+                                println!("reloaded certificates (generation {generation}): new connections use them");
+                            }
+                            Err(e) => {
+                                println!("certificate reload failed, still serving the previous ones: {e}")
+                            }
+                        }
+                    }
+                    None => println!("SIGHUP: no HTTPS service, nothing to reload"),
+                }
+            }
+            if usr1.swap(false, Ordering::Relaxed) {
+                match &capture {
+                    Some(c) => {
+                        let on = c.toggle();
+                        println!("capture: {}", if on { "on" } else { "off" });
+                        tracing::info!(on, "SIGUSR1: capture toggled");
+                    }
+                    None => {
+                        tracing::warn!("SIGUSR1: no capture to toggle (start with --pcap FILE)")
+                    }
+                }
+            }
+            if last_global.elapsed() >= publish_every.max(Duration::from_millis(250)) {
+                last_global = std::time::Instant::now();
+                publish_global(&prog, pool.as_ref());
+            }
             if !interval.is_zero() && last.elapsed() >= interval {
                 last = std::time::Instant::now();
                 let per_queue: Vec<_> = shared.iter().map(|s| s.read()).collect();
@@ -467,8 +721,45 @@ mod xdp {
                 Err(_) => tracing::error!(queue = q, "worker panicked"),
             }
         }
+        publish_global(&prog, pool.as_ref());
+        if let Some(c) = capture {
+            let path = c.path().display().to_string();
+            let w = c.finish();
+            let per_queue: Vec<_> = registry.queues.iter().map(|s| s.read()).collect();
+            let get = |n: &str| -> u64 {
+                per_queue
+                    .iter()
+                    .filter_map(|v| v.get(crate::metrics::QUEUE_FAMILIES, n, ""))
+                    .sum()
+            };
+            println!(
+                "capture: {} frames written to {path} ({} file(s), {} write error(s)), {} not captured (ring full)",
+                w.frames,
+                w.files,
+                w.errors,
+                get("handshake_capture_dropped_total")
+            );
+        }
+        if let Some(s) = metrics_server {
+            s.stop();
+        }
         let per_queue: Vec<_> = shared.iter().map(|s| s.read()).collect();
         println!("final: {}", summary(&per_queue));
+        #[cfg(feature = "trace")]
+        {
+            // The workers (and their senders) are gone: the writer drains and ends.
+            drop(trace);
+            if let Some(w) = trace_writer {
+                match w.join() {
+                    Ok(Ok((flows, events))) => println!(
+                        "final trace: {flows} connection(s), {events} event(s) in {}",
+                        cfg.trace.file.display()
+                    ),
+                    Ok(Err(e)) => tracing::error!("trace writer: {e:#}"),
+                    Err(_) => tracing::error!("trace writer panicked"),
+                }
+            }
+        }
         if let Some(pool) = pool {
             let t = pool.stop();
             println!(
@@ -509,7 +800,12 @@ mod tests {
             inbox,
             peers,
             shared: Arc::new(SharedStats::default()),
+            #[cfg(feature = "trace")]
+            trace: None,
+            metrics: Arc::new(QueueSlot::default()),
+            publish_every: Duration::from_millis(100),
             stop: Arc::new(AtomicBool::new(false)),
+            stop_timeout: Duration::ZERO,
         }
     }
 

@@ -57,6 +57,12 @@ impl FromStr for Ipv4Cidr {
     }
 }
 
+impl serde::Serialize for Ipv4Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}/{}", self.addr, self.prefix))
+    }
+}
+
 impl<'de> Deserialize<'de> for Ipv4Cidr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -150,7 +156,7 @@ impl Routes {
 }
 
 /// ICMP policy.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct IcmpConfig {
     /// Echo replies per second per worker (0: unlimited).

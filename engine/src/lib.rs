@@ -18,7 +18,11 @@
 //!   logic runs against in-memory ring doubles without root, the xsk-rs backend needs feature `xdp`.
 //! - `loader` (feature `xdp`): loads and attaches the XDP program with aya, fills its maps.
 //! - [`tls`]: the TLS boundary (rustls behind one adapter), the session pool.
+//! - `trace` (feature `trace`, on by default): the story of chosen connections (ARP, TCP, TLS,
+//!   state changes) as Mermaid, a timeline or JSON lines.
 //! - [`daemon`]: configuration, per-queue pinned workers, signals, stats.
+//! - [`capture`]: `--pcap`: a device tap copying frames into preallocated rings, a pcapng writer thread.
+//! - [`metrics`]: per-queue counters published lock-free, the Prometheus endpoint, `handshake stats`.
 //!
 //! Protocol code never touches sockets, clocks or threads: time is passed in ([`time::Instant`]).
 #![cfg_attr(not(feature = "xdp"), forbid(unsafe_code))]
@@ -27,6 +31,7 @@
 
 pub mod app;
 pub mod arp;
+pub mod capture;
 pub mod config;
 pub mod daemon;
 pub mod device;
@@ -35,11 +40,14 @@ pub mod https;
 pub mod ipv4;
 #[cfg(feature = "xdp")]
 pub mod loader;
+pub mod metrics;
 pub mod stack;
 pub mod stats;
 pub mod tcp;
 pub mod time;
 pub mod tls;
+#[cfg(feature = "trace")]
+pub mod trace;
 pub mod wire;
 pub mod xsk;
 

@@ -106,6 +106,9 @@ pub struct Stack {
     next_timer_check: Instant,
     /// The latest time given (for the apps' deadlines).
     now: Instant,
+    /// The connection trace, when one is installed.
+    #[cfg(feature = "trace")]
+    tracer: Option<Box<crate::trace::Tracer>>,
 }
 
 impl Stack {
@@ -141,6 +144,48 @@ impl Stack {
             stats: StackStats::default(),
             mtu: cfg.mtu,
             routes: cfg.routes,
+            #[cfg(feature = "trace")]
+            tracer: None,
+        }
+    }
+
+    /// Installs (or with `None` removes) a connection trace: from now on the connections its
+    /// filter matches are recorded, for [`Stack::poll_trace_event`].
+    #[cfg(feature = "trace")]
+    pub fn set_tracer(&mut self, tracer: Option<crate::trace::Tracer>) {
+        self.tcp
+            .set_trace_filter(tracer.as_ref().map(|t| t.filter()));
+        self.tracer = tracer.map(Box::new);
+    }
+
+    /// The installed trace.
+    #[cfg(feature = "trace")]
+    pub fn tracer(&self) -> Option<&crate::trace::Tracer> {
+        self.tracer.as_deref()
+    }
+
+    /// The next event of the connection trace.
+    #[cfg(feature = "trace")]
+    pub fn poll_trace_event(&mut self) -> Option<crate::trace::TraceEvent> {
+        self.tracer.as_mut()?.poll_event()
+    }
+
+    /// Hands the TCP engine's state changes to the trace, stamped `now`.
+    #[cfg(feature = "trace")]
+    fn trace_states(&mut self, now: Instant) {
+        if let Some(t) = self.tracer.as_deref_mut() {
+            while let Some(mut c) = self.tcp.poll_state_change() {
+                c.at = now;
+                t.on_state(c);
+            }
+        }
+    }
+
+    /// Records an ARP packet the stack receives or sends.
+    #[cfg(feature = "trace")]
+    fn trace_arp(&mut self, now: Instant, dir: crate::trace::Dir, arp: &ArpRepr) {
+        if let Some(t) = self.tracer.as_deref_mut() {
+            t.on_arp(now, dir, arp);
         }
     }
 
@@ -274,6 +319,8 @@ impl Stack {
         if !arp.sender_mac.is_unicast() || self.routes.is_bad_source(arp.sender_ip) {
             return Err(DropReason::ArpBadSender);
         }
+        #[cfg(feature = "trace")]
+        self.trace_arp(now, crate::trace::Dir::In, &arp);
         let to_us = self.routes.is_ours(arp.target_ip);
         let how = match arp.op {
             OP_REPLY => Learn::Reply,
@@ -299,6 +346,8 @@ impl Stack {
                 target_ip: arp.sender_ip,
             };
             self.stats.arp_replies += 1;
+            #[cfg(feature = "trace")]
+            self.trace_arp(now, crate::trace::Dir::Out, &reply);
             return Ok(Verdict::Transmit(reply.emit_frame(frame, arp.sender_mac)));
         }
         if arp.op == OP_REPLY {
@@ -356,7 +405,22 @@ impl Stack {
                     return Err(DropReason::TcpBadChecksum);
                 }
                 self.stats.tcp_segments += 1;
+                #[cfg(feature = "trace")]
+                if let Some(t) = self.tracer.as_deref_mut() {
+                    t.on_tcp(
+                        now,
+                        crate::trace::Dir::In,
+                        ip.src,
+                        ip.dst,
+                        seg,
+                        &self.routes,
+                    );
+                }
                 self.tcp.handle_segment(now, ip.src, ip.dst, seg);
+                #[cfg(feature = "trace")]
+                if self.tracer.is_some() {
+                    self.trace_states(now);
+                }
                 Ok(Verdict::Drop)
             }
             ipv4::PROTO_UDP => {
@@ -471,6 +535,11 @@ impl Stack {
     /// Fills `buf` with the next frame to send and returns its length, or `None` when there is
     /// nothing to send now.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        // State changes the apps caused (a close) come before the segments they send.
+        #[cfg(feature = "trace")]
+        if self.tracer.is_some() {
+            self.trace_states(now);
+        }
         let n = self.next_frame(now, buf)?;
         self.stats.tx_packets += 1;
         self.stats.tx_bytes += n as u64;
@@ -485,6 +554,10 @@ impl Stack {
         loop {
             if self.neighbors.has_ready() {
                 if let Some(n) = self.neighbors.poll_ready(buf) {
+                    #[cfg(feature = "trace")]
+                    if let Some(t) = self.tracer.as_deref_mut() {
+                        t.on_frame(now, crate::trace::Dir::Out, &buf[..n], &self.routes);
+                    }
                     return Some(n);
                 }
             }
@@ -499,6 +572,8 @@ impl Stack {
                     target_mac: Mac::ZERO,
                     target_ip: me,
                 };
+                #[cfg(feature = "trace")]
+                self.trace_arp(now, crate::trace::Dir::Out, &arp);
                 return Some(arp.emit_frame(buf, Mac::BROADCAST));
             }
             if let Some((ip, dst)) = self
@@ -516,6 +591,8 @@ impl Stack {
                     target_mac: Mac::ZERO,
                     target_ip: ip,
                 };
+                #[cfg(feature = "trace")]
+                self.trace_arp(now, crate::trace::Dir::Out, &arp);
                 return Some(arp.emit_frame(buf, dst));
             }
             if let Some(e) = self.icmp_errors.pop_front() {
@@ -534,6 +611,11 @@ impl Stack {
             if let Some(t) = self.tcp.poll_transmit(now, &mut buf[seg..]) {
                 if let Some(len) = self.finish_ipv4(now, buf, t.src, t.dst, ipv4::PROTO_TCP, t.len)
                 {
+                    #[cfg(feature = "trace")]
+                    if let Some(tr) = self.tracer.as_deref_mut() {
+                        let s = &buf[seg..seg + t.len];
+                        tr.on_tcp(now, crate::trace::Dir::Out, t.src, t.dst, s, &self.routes);
+                    }
                     return Some(len);
                 }
                 continue;
@@ -571,6 +653,10 @@ impl Stack {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.neighbors.handle_timeout(now);
         self.tcp.handle_timeout(now);
+        #[cfg(feature = "trace")]
+        if self.tracer.is_some() {
+            self.trace_states(now);
+        }
     }
 
     /// A neighbour event from another worker.

@@ -20,6 +20,8 @@ macro_rules! drop_reasons {
             pub const ALL: &'static [DropReason] = &[$(DropReason::$name,)*];
             /// Number of reasons.
             pub const COUNT: usize = Self::ALL.len();
+            /// The labels of [`DropReason::ALL`], in index order (metric label values).
+            pub const LABELS: &'static [&'static str] = &[$($label,)*];
             /// A short snake_case label for logs and metrics.
             pub fn label(self) -> &'static str {
                 match self { $(DropReason::$name => $label,)* }

@@ -244,9 +244,13 @@ pub fn run(tls: Tls) -> Result<()> {
         "The daemon attaches the XDP program to {} and opens one AF_XDP socket per queue.\n\
          From now on, the XDP program looks at every frame arriving on the cable: ARP and IPv4\n\
          for 198.18.0.1 go to the engine's sockets, everything else to the kernel. It serves\n\
-         echo on port 7, HTTP on 80, and HTTPS on 443 with the certificate above.",
+         echo on port 7, HTTP on 80, and HTTPS on 443 with the certificate above, and it\n\
+         traces the first connection to port 443 (--trace): the story is told at the end.",
         topo.eng_if()
     );
+    let trace_file = util::target_dir().join("demo").join("trace.jsonl");
+    fs::create_dir_all(trace_file.parent().expect("a directory"))?;
+    let _ = fs::remove_file(&trace_file);
     let args = [
         daemon_path.to_string_lossy().into_owned(),
         "run".into(),
@@ -266,6 +270,12 @@ pub fn run(tls: Tls) -> Result<()> {
         cert.to_string_lossy().into_owned(),
         "--key".into(),
         key.to_string_lossy().into_owned(),
+        "--trace".into(),
+        "port 443".into(),
+        "--trace-limit".into(),
+        "1".into(),
+        "--trace-file".into(),
+        trace_file.to_string_lossy().into_owned(),
     ];
     println!("$ ip netns exec {} {}", topo.eng_ns(), args.join(" "));
     let mut child = topo
@@ -417,7 +427,43 @@ pub fn run(tls: Tls) -> Result<()> {
         );
     }
 
-    util::heading("9. Tear down");
+    util::heading("9. The story of the HTTPS request");
+    println!(
+        "The engine recorded every event of the traced connection: the peer's ARP for us, the\n\
+         three-way handshake with its sequence numbers and our TCP states, the TLS handshake as\n\
+         seen on the wire (ClientHello's suites, SNI and ALPN; ServerHello's choice; then the\n\
+         encrypted flights), the encrypted request and response, and the four-way close.\n\
+         $ handshake trace {} --format text   (and --format mermaid, --format json)",
+        trace_file.display()
+    );
+    let mut story_ok = false;
+    for format in ["text", "mermaid"] {
+        let out = Command::new(&daemon_path)
+            .args(["trace", &trace_file.to_string_lossy(), "--format", format])
+            .output()
+            .context("running `handshake trace`")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if format == "mermaid" {
+            println!("```mermaid\n{}```", text);
+        } else {
+            print!("{text}");
+        }
+        if !out.status.success() {
+            print!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        story_ok = out.status.success()
+            && [
+                "SYN",
+                "Client Hello",
+                "Server Hello",
+                "Application Data",
+                "FIN",
+            ]
+            .iter()
+            .all(|w| text.contains(w));
+    }
+
+    util::heading("10. Tear down");
     let (eng, peer) = (topo.eng_ns().to_owned(), topo.peer_ns().to_owned());
     topo.down()?;
     println!("removed {eng} and {peer} (and with them the veth pair)");
@@ -432,6 +478,9 @@ pub fn run(tls: Tls) -> Result<()> {
     }
     if !same_page {
         bail!("the page over HTTPS differs from the page over HTTP (see steps 6 and 7)");
+    }
+    if !story_ok {
+        bail!("the trace of the HTTPS request is incomplete (see step 9)");
     }
     Ok(())
 }

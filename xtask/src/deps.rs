@@ -36,6 +36,8 @@ const TEST_PACKAGES: &[&str] = &[
     "nginx-light",
     // The HTTPS scan of tests/netns_tls.rs (the command is `testssl`).
     "testssl.sh",
+    // nmap's TCP sequence prediction of our ISNs (tests/netns_foundation.rs).
+    "nmap",
 ];
 
 /// bpf-linker release we build against LLVM 22.

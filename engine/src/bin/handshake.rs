@@ -18,13 +18,29 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Serve an interface: attach the XDP program, open one AF_XDP socket per queue, run the
-    /// stack on pinned workers until SIGINT/SIGTERM.
+    /// stack on pinned workers until SIGINT/SIGTERM (SIGUSR1 toggles the --pcap capture).
     Run(Box<RunArgs>),
+    /// Render a trace recorded with `handshake run --trace`: the story of each connection.
+    Trace {
+        /// The JSON-lines file `--trace-file` wrote.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// mermaid (a sequenceDiagram per connection), text (a timeline) or json (JSON lines).
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+    /// A live view of a running daemon's counters (rates per second, per queue, totals), read
+    /// from its metrics endpoint. Run it in the daemon's network namespace
+    /// (`ip netns exec NS handshake stats`).
+    Stats(StatsArgs),
     /// Configuration file tools.
     Config {
         /// Validate FILE and report the first error with its line.
         #[arg(long, value_name = "FILE")]
         check: Option<PathBuf>,
+        /// Print a configuration file documenting every key with its default.
+        #[arg(long)]
+        example: bool,
     },
 }
 
@@ -82,6 +98,98 @@ struct RunArgs {
     /// Seconds between stats lines in the log (0: never).
     #[arg(long, value_name = "SECS")]
     stats_interval: Option<u64>,
+    /// Record the story of matching connections: `all`, `port N`, `host A.B.C.D`, joined by `and`.
+    #[arg(long, value_name = "FILTER")]
+    trace: Option<String>,
+    /// Most connections to trace (all queues together).
+    #[arg(long, value_name = "N")]
+    trace_limit: Option<usize>,
+    /// Where the trace goes (JSON lines; render with `handshake trace FILE`).
+    #[arg(long, value_name = "FILE")]
+    trace_file: Option<PathBuf>,
+    /// Prometheus metrics endpoint (GET /metrics) on this address inside the daemon's network
+    /// namespace, or `off` [default: 127.0.0.1:9900].
+    #[arg(long, value_name = "IP:PORT|off")]
+    metrics: Option<String>,
+    /// Capture what the engine receives and sends to FILE (pcapng); SIGUSR1 toggles capture
+    /// off and on.
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+    /// Capture only matching frames: `[not] [src|dst] host A`, `[not] [src|dst] port N`, `tcp`,
+    /// `udp`, `icmp`, `arp`, `ip`, joined by `and` / `or` (e.g. 'port 443 and host 198.18.0.2').
+    #[arg(long, value_name = "FILTER")]
+    pcap_filter: Option<String>,
+    /// Rotate the capture file at this size (FILE, FILE.1, …; 0: never) [default: 100].
+    #[arg(long, value_name = "MB")]
+    pcap_max_mb: Option<f64>,
+    /// Capture files kept, FILE included [default: 4].
+    #[arg(long, value_name = "N")]
+    pcap_files: Option<u32>,
+    /// Start with capture paused (SIGUSR1 turns it on).
+    #[arg(long)]
+    pcap_paused: bool,
+}
+
+/// Flags of `handshake stats`.
+#[derive(Args, Debug)]
+struct StatsArgs {
+    /// The daemon's metrics endpoint (its `--metrics`).
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9900")]
+    addr: std::net::SocketAddr,
+    /// Seconds between refreshes.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    interval: f64,
+    /// Print one table of totals and exit (for scripts).
+    #[arg(long)]
+    once: bool,
+}
+
+fn stats(a: StatsArgs) -> anyhow::Result<()> {
+    use handshake::metrics::{parse, server, view};
+    use std::time::{Duration, Instant};
+    let hint = |e: std::io::Error| {
+        anyhow::anyhow!(
+            "cannot read metrics from {}: {e}: is `handshake run` running with --metrics {} (the default), \
+             and is this command in its network namespace (`ip netns exec NS handshake stats`)?",
+            a.addr,
+            a.addr
+        )
+    };
+    let scrape = || -> anyhow::Result<parse::Scrape> {
+        let text = server::fetch(a.addr, Duration::from_secs(2)).map_err(hint)?;
+        Ok(parse::parse(&text)?)
+    };
+    if a.once {
+        print!("{}", view::totals(&scrape()?));
+        return Ok(());
+    }
+    if !(a.interval.is_finite() && a.interval >= 0.1) {
+        anyhow::bail!("--interval {}: give at least 0.1 seconds", a.interval);
+    }
+    let interval = Duration::from_secs_f64(a.interval);
+    let mut prev = scrape()?;
+    let mut at = Instant::now();
+    loop {
+        std::thread::sleep(interval);
+        let cur = match scrape() {
+            Ok(c) => c,
+            Err(e) => {
+                print!("\x1b[2J\x1b[H{e:#}\n(retrying)\n");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        print!(
+            "\x1b[2J\x1b[Hhandshake stats: {} every {:.1} s (Ctrl-C to quit)\n\n{}",
+            a.addr,
+            a.interval,
+            view::rates(&prev, &cur, now - at)
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        prev = cur;
+        at = now;
+    }
 }
 
 impl RunArgs {
@@ -145,6 +253,31 @@ impl RunArgs {
         if let Some(n) = self.tls_threads {
             c.tls.threads = n;
         }
+        if self.trace.is_some() {
+            c.trace.filter = self.trace;
+        }
+        if let Some(n) = self.trace_limit {
+            c.trace.limit = n;
+        }
+        if let Some(f) = self.trace_file {
+            c.trace.file = f;
+        }
+        if let Some(m) = self.metrics {
+            c.metrics.listen = m;
+        }
+        if self.pcap.is_some() {
+            c.capture.file = self.pcap;
+        }
+        if let Some(f) = self.pcap_filter {
+            c.capture.filter = f;
+        }
+        if let Some(m) = self.pcap_max_mb {
+            c.capture.max_mb = m;
+        }
+        if let Some(n) = self.pcap_files {
+            c.capture.files = n;
+        }
+        c.capture.paused |= self.pcap_paused;
         Ok(c)
     }
 }
@@ -164,9 +297,17 @@ fn main() -> anyhow::Result<()> {
             let cfg = (*args).into_config()?;
             run(cfg)
         }
-        Cmd::Config { check } => {
+        Cmd::Trace { file, format } => render_trace(&file, &format),
+        Cmd::Stats(a) => stats(a),
+        Cmd::Config { check, example } => {
+            if example {
+                print!("{}", handshake::config::EXAMPLE);
+                return Ok(());
+            }
             let Some(path) = check else {
-                anyhow::bail!("nothing to do: use `handshake config --check FILE`");
+                anyhow::bail!(
+                    "nothing to do: use `handshake config --check FILE` or `handshake config --example`"
+                );
             };
             let cfg = Config::from_file(&path)?;
             cfg.validate()
@@ -175,6 +316,33 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+#[cfg(feature = "trace")]
+fn render_trace(file: &std::path::Path, format: &str) -> anyhow::Result<()> {
+    use handshake::trace::render;
+    let format: render::Format = format.parse().map_err(anyhow::Error::msg)?;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the trace {}", file.display()))?;
+    let events = render::parse_json_lines(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e}: is it a file `handshake run --trace-file` wrote?",
+            file.display()
+        )
+    })?;
+    if events.is_empty() {
+        anyhow::bail!(
+            "{} holds no events: did a connection match the --trace filter?",
+            file.display()
+        );
+    }
+    print!("{}", render::render(&events, format));
+    Ok(())
+}
+
+#[cfg(not(feature = "trace"))]
+fn render_trace(_: &std::path::Path, _: &str) -> anyhow::Result<()> {
+    anyhow::bail!("this build has no trace support: build with the `trace` feature (on by default)")
 }
 
 #[cfg(feature = "xdp")]

@@ -274,6 +274,8 @@ pub struct Pool {
     handles: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<HttpsStats>>,
+    /// The receiving ends of the channels to the pool threads, only to read their length.
+    inboxes: Vec<Receiver<Batch<ToPool>>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -367,9 +369,15 @@ impl Pool {
                 handles,
                 stop,
                 stats,
+                inboxes: to_threads.iter().map(|(_, rx)| rx.clone()).collect(),
             },
             links,
         ))
+    }
+
+    /// Batches waiting in each pool thread's inbox (a gauge for the metrics).
+    pub fn queue_depths(&self) -> Vec<usize> {
+        self.inboxes.iter().map(Receiver::len).collect()
     }
 
     /// Stops the pool threads (after the workers stopped) and returns their counters.
@@ -521,6 +529,7 @@ impl PoolThread {
             while let Ok(b) = rx.try_recv() {
                 self.handle_batch(b);
             }
+            self.service.server.refresh();
             let now = self.now();
             if now.saturating_since(last_sweep) >= Duration::from_millis(100) {
                 last_sweep = now;

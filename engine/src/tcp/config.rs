@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 /// Congestion control algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Congestion {
     /// CUBIC (RFC 9438), the default as in Linux.
@@ -14,7 +14,7 @@ pub enum Congestion {
 }
 
 /// When to answer a SYN with a SYN cookie (RFC 4987) instead of keeping state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SynCookies {
     /// Only when the listener's SYN backlog (or the flow table) is full.
@@ -27,7 +27,7 @@ pub enum SynCookies {
 }
 
 /// TCP keepalive (RFC 9293 §3.8.4). Off unless configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Keepalive {
     /// Idle time before the first probe, in milliseconds.
@@ -40,7 +40,7 @@ pub struct Keepalive {
 
 /// Configuration of one [`super::Tcp`] engine (one per worker). Every field has a default;
 /// in TOML, give only the ones to change.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TcpConfig {
     /// The MSS we advertise and the largest segment we send (further clamped by `mtu` − 40).

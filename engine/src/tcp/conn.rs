@@ -269,7 +269,12 @@ impl Conn {
     }
 
     fn set_options(&mut self, cfg: &TcpConfig, o: &TcpOptions) {
-        let peer_mss = o.mss.unwrap_or(536).max(64);
+        // RFC 9293 §3.7.1: 536 without the option (a zero MSS counts as none, as in Linux);
+        // floored at Linux's `tcp_min_snd_mss` (48) against absurdly small segments.
+        let peer_mss = match o.mss {
+            None | Some(0) => 536,
+            Some(m) => m.max(48),
+        };
         self.ws_ok = cfg.window_scale && o.window_scale.is_some();
         self.snd_shift = if self.ws_ok {
             o.window_scale.unwrap_or(0)

@@ -241,7 +241,7 @@ pub struct TcpStats {
     pub challenge_acks_limited: u64,
     /// Segments dropped by PAWS (RFC 7323).
     pub paws_drops: u64,
-    /// Malformed segments (bad header or options, port 0, SYN with RST).
+    /// Malformed segments (bad header or options, port 0, SYN with RST and no connection).
     pub drops_malformed: u64,
     /// Segments to a port with no listener and no flow.
     pub drops_no_listener: u64,
@@ -306,6 +306,10 @@ struct Ctl {
     options: TcpOptions,
 }
 
+/// Most state changes waiting for [`Tcp::poll_state_change`].
+#[cfg(feature = "trace")]
+const STATE_LOG: usize = 256;
+
 /// MSS values a SYN cookie can encode (2 bits), as Linux's table.
 const COOKIE_MSS: [u16; 4] = [536, 1300, 1440, 1460];
 /// Cookie counter period: 64 s.
@@ -333,6 +337,11 @@ pub struct Tcp {
     rst_refill: Instant,
     last_cookie: Option<Instant>,
     port_seq: u32,
+    /// Connections whose state changes are reported to the trace ([`Tcp::set_trace_filter`]).
+    #[cfg(feature = "trace")]
+    trace: Option<crate::trace::TraceFilter>,
+    #[cfg(feature = "trace")]
+    state_log: VecDeque<crate::trace::StateChange>,
     /// Tests: fixed ISN instead of RFC 6528's.
     #[cfg(test)]
     pub(crate) test_isn: Option<u32>,
@@ -397,6 +406,10 @@ impl Tcp {
             rst_refill: Instant::ZERO,
             last_cookie: None,
             port_seq: 0,
+            #[cfg(feature = "trace")]
+            trace: None,
+            #[cfg(feature = "trace")]
+            state_log: VecDeque::new(),
             cfg,
             #[cfg(test)]
             test_isn: None,
@@ -511,7 +524,7 @@ impl Tcp {
                 return;
             }
         };
-        if seg.src_port == 0 || seg.dst_port == 0 || seg.has(flags::SYN | flags::RST) {
+        if seg.src_port == 0 || seg.dst_port == 0 {
             self.stats.drops_malformed += 1;
             return;
         }
@@ -536,6 +549,12 @@ impl Tcp {
                 self.conn_segment(now, idx, &seg);
                 return;
             }
+        }
+        // SYN with RST: a connection checks the RST first (RFC 9293 §3.10.7.4); without one
+        // it is malformed (Linux too never answers it).
+        if seg.has(flags::SYN | flags::RST) {
+            self.stats.drops_malformed += 1;
+            return;
         }
         if self.listeners.iter().any(|l| l.port == seg.dst_port) {
             self.listen_segment(now, key, hash, &seg, isn_hint);
@@ -729,6 +748,35 @@ impl Tcp {
         Ok(())
     }
 
+    /// Begins a graceful stop of the whole engine: stops listening (a new SYN gets RST) and
+    /// shuts every open connection down for writing, as [`Tcp::shutdown`] does: FIN after its
+    /// queued data. Returns how many connections it shut down; [`Tcp::open_flows`] then counts
+    /// down as the peers close their side.
+    pub fn shutdown_all(&mut self) -> usize {
+        self.listeners.clear();
+        let mut n = 0;
+        for idx in 0..self.conns.len() {
+            let c = &self.conns[idx];
+            if matches!(
+                c.state,
+                State::Established | State::SynReceived | State::CloseWait
+            ) && self.shutdown(c.id).is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Connections not yet closed, TIME_WAIT aside: what a graceful stop waits for.
+    pub fn open_flows(&self) -> u64 {
+        State::ALL
+            .iter()
+            .filter(|s| !matches!(s, State::Closed | State::Listen | State::TimeWait))
+            .map(|s| self.stats.flows(*s))
+            .sum()
+    }
+
     /// Closes the connection: FIN after the queued data, and no more reading. With unread data
     /// the connection is aborted with RST instead (as Linux, RFC 2525 §2.17).
     pub fn close(&mut self, conn: ConnId) -> Result<(), TcpError> {
@@ -866,6 +914,36 @@ impl Tcp {
         c.state = new;
         self.stats.flows_by_state[old as usize] -= 1;
         self.stats.flows_by_state[new as usize] += 1;
+        #[cfg(feature = "trace")]
+        if let Some(f) = &self.trace {
+            let k = c.key;
+            if f.matches(k.laddr, k.lport, k.raddr, k.rport) && self.state_log.len() < STATE_LOG {
+                self.state_log.push_back(crate::trace::StateChange {
+                    laddr: k.laddr,
+                    lport: k.lport,
+                    raddr: k.raddr,
+                    rport: k.rport,
+                    from: old,
+                    to: new,
+                    at: Instant::ZERO,
+                });
+            }
+        }
+    }
+
+    /// Reports the state changes of the connections `filter` matches to
+    /// [`Tcp::poll_state_change`] (`None`: none, the default).
+    #[cfg(feature = "trace")]
+    pub fn set_trace_filter(&mut self, filter: Option<crate::trace::TraceFilter>) {
+        self.trace = filter;
+        self.state_log.clear();
+    }
+
+    /// The next state change of a connection the trace filter matches (`at` is left for the
+    /// caller to stamp). At most 256 wait; more are not recorded.
+    #[cfg(feature = "trace")]
+    pub fn poll_state_change(&mut self) -> Option<crate::trace::StateChange> {
+        self.state_log.pop_front()
     }
 
     fn free_conn(&mut self, idx: u32, reason: Option<CloseReason>) {

@@ -32,16 +32,56 @@ use rustls::sign::CertifiedKey;
 use rustls::{HandshakeKind, ProtocolVersion};
 
 use super::{TlsConfig, TlsError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 const CERT_HINT: &str = "pass --cert with a PEM certificate chain";
 const KEY_HINT: &str = "pass --key with a PEM private key: PKCS#8, SEC1 or PKCS#1";
 
 /// The TLS server configuration shared by all sessions: certificates, protocol versions, ALPN,
 /// session resumption. Cheap to clone (one `Arc`); `Send + Sync`.
+///
+/// Certificates can be replaced while it runs ([`TlsServer::reloadable`]): each clone picks up
+/// the newest configuration when its owner calls [`TlsServer::refresh`] (once per batch: one
+/// atomic load); sessions already started keep theirs.
 #[derive(Clone)]
 pub struct TlsServer {
     config: Arc<ServerConfig>,
     buffer_limit: usize,
+    /// Where new configurations are published, and the generation this clone has.
+    reload: Option<(Arc<ReloadSlot>, u64)>,
+}
+
+/// The latest published configuration and its generation.
+#[derive(Default)]
+struct ReloadSlot {
+    generation: AtomicU64,
+    latest: Mutex<Option<Arc<ServerConfig>>>,
+}
+
+/// Publishes new certificates to every clone of a [`TlsServer`] made reloadable
+/// ([`TlsServer::reloadable`]), e.g. on SIGHUP.
+#[derive(Clone)]
+pub struct TlsReload {
+    slot: Arc<ReloadSlot>,
+}
+
+impl fmt::Debug for TlsReload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsReload")
+            .field("generation", &self.slot.generation.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl TlsReload {
+    /// Makes `server`'s configuration the one new sessions get, on every clone, from their next
+    /// [`TlsServer::refresh`]. Returns the new generation.
+    pub fn publish(&self, server: &TlsServer) -> u64 {
+        let mut latest = self.slot.latest.lock().unwrap_or_else(|e| e.into_inner());
+        *latest = Some(Arc::clone(&server.config));
+        self.slot.generation.fetch_add(1, Ordering::Release) + 1
+    }
 }
 
 impl fmt::Debug for TlsServer {
@@ -84,6 +124,7 @@ impl TlsServer {
                 &files.key.display().to_string(),
                 &provider,
             )?);
+            refuse_world_readable(&files.key)?;
         }
         Self::build(keys, provider, cfg)
     }
@@ -143,7 +184,46 @@ impl TlsServer {
         Ok(TlsServer {
             config: Arc::new(config),
             buffer_limit: cfg.buffer_limit,
+            reload: None,
         })
+    }
+
+    /// Attaches a reload slot to this server, so that it and the clones made from it from now on
+    /// can be given new certificates through the returned handle.
+    pub fn reloadable(&mut self) -> TlsReload {
+        let slot = Arc::new(ReloadSlot::default());
+        self.reload = Some((Arc::clone(&slot), 0));
+        TlsReload { slot }
+    }
+
+    /// Takes the newest published configuration, if there is one this clone does not have yet
+    /// (one atomic load when there is none). Returns whether it changed.
+    pub fn refresh(&mut self) -> bool {
+        let Some((slot, seen)) = &mut self.reload else {
+            return false;
+        };
+        let generation = slot.generation.load(Ordering::Acquire);
+        if generation == *seen {
+            return false;
+        }
+        let latest = slot.latest.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = latest.as_ref() {
+            self.config = Arc::clone(c);
+        }
+        *seen = generation;
+        true
+    }
+
+    /// Reads `cfg`'s certificates and keys again and builds a server with them, keeping this
+    /// one's session ticket keys and session cache (resumption survives a reload). Errors leave
+    /// nothing changed: keep serving with `self`.
+    pub fn reloaded(&self, cfg: &TlsConfig) -> Result<TlsServer, TlsError> {
+        let mut new = TlsServer::new(cfg)?;
+        let mut config = (*new.config).clone();
+        config.ticketer = Arc::clone(&self.config.ticketer);
+        config.session_storage = Arc::clone(&self.config.session_storage);
+        new.config = Arc::new(config);
+        Ok(new)
     }
 
     /// A new server session, waiting for a ClientHello.
@@ -171,6 +251,29 @@ impl TlsServer {
 const DECODE_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 50];
 
 /// Parses one PEM chain and key and checks that they belong together.
+/// A private key file every user can read (or write) is refused: checked after it parsed as a
+/// key, so that a wrong file gets the more useful message.
+fn refuse_world_readable(path: &std::path::Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|source| TlsError::ReadFile {
+            what: "private key",
+            path: path.to_path_buf(),
+            source,
+            hint: KEY_HINT,
+        })?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o006 != 0 {
+        return Err(TlsError::KeyPermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
 fn load_key(
     cert_pem: &[u8],
     key_pem: &[u8],
@@ -823,6 +926,55 @@ mod tests {
             c.feed(&out).unwrap_err(),
             rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
         );
+    }
+
+    #[test]
+    fn a_reload_reaches_every_clone_for_new_sessions_only() {
+        let a = make_cert(&["a.test"]);
+        let b = make_cert(&["b.test"]);
+        let cfg = TlsConfig::default();
+        let mut srv = server(&[&a], &cfg);
+        let reload = srv.reloadable();
+        let mut worker = srv.clone();
+        let trusts_a = Arc::new(client::config(&[&a.der], &["http/1.1"], false));
+        let trusts_b = Arc::new(client::config(&[&b.der], &["http/1.1"], false));
+        // Before: a is served; an established session outlives the reload.
+        let (mut old_client, mut old_session) = establish(&worker, &trusts_a, "a.test");
+        assert!(!worker.refresh(), "nothing published yet");
+        let new = server(&[&b], &cfg);
+        let new = TlsServer {
+            config: {
+                let mut c = (*new.config).clone();
+                c.ticketer = Arc::clone(&srv.config.ticketer);
+                Arc::new(c)
+            },
+            ..new
+        };
+        assert_eq!(reload.publish(&new), 1);
+        assert!(worker.refresh());
+        assert!(!worker.refresh(), "taken once");
+        let (_c, _s) = establish(&worker, &trusts_b, "b.test");
+        let mut rx = Vec::new();
+        // A client with no session to resume (a resumed session skips the certificate: the
+        // ticket keys survive the reload on purpose).
+        let fresh_a = Arc::new(client::config(&[&a.der], &["http/1.1"], false));
+        let mut c = Client::new(&fresh_a, "a.test");
+        let mut s = worker.accept().unwrap();
+        assert!(
+            matches!(
+                c.pump(&mut s, &mut rx),
+                Err(Failed::Client(rustls::Error::InvalidCertificate(_)))
+            ),
+            "a is no longer served"
+        );
+        // The old session still moves data.
+        old_client.send(b"still here");
+        let mut got = Vec::new();
+        old_client.pump(&mut old_session, &mut got).unwrap();
+        assert_eq!(got, b"still here");
+        // The client that knew a resumes on the new configuration: same ticket keys.
+        let (_c, s) = establish(&worker, &trusts_a, "a.test");
+        assert!(s.info().unwrap().resumed, "resumption survives the reload");
     }
 
     #[test]

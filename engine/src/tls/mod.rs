@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 pub mod adapter;
 
-pub use adapter::{SessionInfo, TlsServer, TlsSession, TlsVersion};
+pub use adapter::{SessionInfo, TlsReload, TlsServer, TlsSession, TlsVersion};
 
 /// The largest TLS record on the wire: 5-byte header, 2^14 bytes of plaintext and up to 256 bytes
 /// of expansion (RFC 8446 §5.2). [`TlsConfig::buffer_limit`] must hold at least one.
@@ -38,7 +38,7 @@ pub const MAX_THREADS: usize = 1024;
 ///
 /// Every field has a default, so an empty `[tls]` table is valid apart from the certificates;
 /// unknown keys are rejected.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// Certificate chains and their keys. The first is the default; the others are chosen by the
@@ -85,7 +85,7 @@ impl Default for TlsConfig {
 }
 
 /// One certificate chain and its private key, both PEM files.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertFiles {
     /// PEM certificate chain: the end-entity certificate first, then intermediates.
@@ -162,6 +162,15 @@ pub enum TlsError {
         source: std::io::Error,
         /// What the user should pass instead.
         hint: &'static str,
+    },
+    /// The private key file can be read by every user of the machine: refused, because anyone
+    /// could then impersonate the server.
+    #[error("private key {path} is readable by every user (mode {mode:04o}): restrict it with `chmod 600 {}` (or 640, group-readable by the daemon's group)", path.display())]
+    KeyPermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// A certificate chain or key was read but is unusable (not PEM, no item, unsupported key,
     /// key not matching the certificate...).
@@ -354,6 +363,11 @@ mod tests {
         let (cert_path, key_path) = (dir.join("a.pem"), dir.join("a.key"));
         std::fs::write(&cert_path, cert.pem()).unwrap();
         std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let mode = |p: &std::path::Path, m: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        mode(&key_path, 0o600);
         let with = |cert: &std::path::Path, key: &std::path::Path| TlsConfig {
             certs: vec![CertFiles {
                 cert: cert.to_path_buf(),
@@ -395,6 +409,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no certificate configured"), "{e}");
+        // A key every user can read is refused, saying how to fix it; group-readable is fine.
+        mode(&key_path, 0o644);
+        let e = TlsServer::new(&with(&cert_path, &key_path)).unwrap_err();
+        assert!(
+            matches!(e, TlsError::KeyPermissions { mode: 0o644, .. }),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("chmod 600 {}", key_path.display())),
+            "{msg}"
+        );
+        mode(&key_path, 0o640);
+        TlsServer::new(&with(&cert_path, &key_path)).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -61,7 +61,7 @@ pub const MAX_RING: u32 = 1 << 21;
 pub const XDP_HEADROOM: u32 = 256;
 
 /// Whether to bind the socket in zero-copy mode.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ZeroCopy {
     /// Try zero-copy; if the driver refuses (veth always does), log it and use copy mode.
@@ -74,7 +74,7 @@ pub enum ZeroCopy {
 }
 
 /// Configuration of one AF_XDP port (`[xsk]` in the daemon's configuration file).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct XskConfig {
     /// Frames in the UMEM (default 4096).

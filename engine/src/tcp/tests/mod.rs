@@ -9,6 +9,7 @@ mod active;
 mod interop;
 mod options;
 mod passive;
+mod probes;
 mod reliability;
 mod security;
 

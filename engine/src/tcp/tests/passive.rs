@@ -1566,3 +1566,43 @@ fn server_life_cost() {
         core::mem::size_of::<conn::Conn>()
     );
 }
+
+#[test]
+fn test_shutdown_all_sends_fin_everywhere_and_stops_listening() {
+    let (mut t, c) = tcp_established();
+    assert_eq!(t.tcp.open_flows(), 1);
+    assert_eq!(t.tcp.shutdown_all(), 1);
+    assert_eq!(t.tcp.state(c), Some(State::FinWait1));
+    recv!(
+        t,
+        [TcpRepr {
+            flags: FIN | ACK,
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 1,
+            ..RECV_TEMPL
+        }]
+    );
+    // The listener is gone: a new SYN is refused.
+    send!(
+        t,
+        TcpRepr {
+            src_port: RPORT + 1,
+            ..syn()
+        }
+    );
+    let mut buf = [0u8; 2048];
+    let rst = t.recv(&mut buf).unwrap();
+    assert!(rst.has(RST) && rst.dst_port == RPORT + 1, "{rst:?}");
+    // The peer acknowledges and closes: nothing is left open but TIME_WAIT.
+    send!(
+        t,
+        TcpRepr {
+            flags: FIN | ACK,
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 2,
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(t.tcp.state(c), Some(State::TimeWait));
+    assert_eq!(t.tcp.open_flows(), 0);
+}
