@@ -146,6 +146,8 @@ enum Slot {
     Free,
     Echo {
         peer_closed: bool,
+        /// Closed by us (everything echoed after the peer's FIN): nothing more to do.
+        done: bool,
     },
     /// The responder, and since when its deadline runs.
     Http(Box<HttpConn>, Instant, ConnId),
@@ -259,7 +261,8 @@ impl Apps {
         while let Some(ev) = tcp.poll_event() {
             self.handle_event(tcp, ev);
         }
-        if now.saturating_since(self.last_sweep) >= SWEEP {
+        // In microseconds: this runs every batch, `Duration` arithmetic is not free.
+        if now.as_micros().saturating_sub(self.last_sweep.as_micros()) >= SWEEP.as_micros() as u64 {
             self.last_sweep = now;
             self.sweep(tcp);
         }
@@ -289,7 +292,10 @@ impl Apps {
                     return;
                 };
                 if Some(listen_port) == self.echo {
-                    *slot = Slot::Echo { peer_closed: false };
+                    *slot = Slot::Echo {
+                        peer_closed: false,
+                        done: false,
+                    };
                     self.stats.echo_conns += 1;
                 } else if Some(listen_port) == self.http {
                     // Like nginx's tcp_nodelay: a response's last partial segment must not wait
@@ -342,7 +348,7 @@ impl Apps {
             Event::Readable { conn } | Event::Writable { conn } => self.service(tcp, conn),
             Event::PeerClosed { conn } => {
                 match self.slots.get_mut(conn.index() as usize) {
-                    Some(Slot::Echo { peer_closed }) => *peer_closed = true,
+                    Some(Slot::Echo { peer_closed, .. }) => *peer_closed = true,
                     Some(Slot::Http(h, ..)) => h.peer_closed(),
                     Some(Slot::Https(h, _)) => h.conn.transport_closed(),
                     // Told to the pool by `service_remote`, after the bytes before the FIN.
@@ -451,7 +457,10 @@ impl Apps {
         };
         match slot {
             Slot::Free => {}
-            Slot::Echo { peer_closed } => {
+            Slot::Echo { peer_closed, done } => {
+                if *done {
+                    return;
+                }
                 loop {
                     let cap = tcp.send_capacity(conn).unwrap_or(0);
                     if cap == 0 {
@@ -460,7 +469,13 @@ impl Apps {
                     let want = cap.min(self.scratch.len());
                     let n = match tcp.recv(conn, &mut self.scratch[..want]) {
                         Ok(n) if n > 0 => n,
-                        _ => break,
+                        Ok(_) => {
+                            // End of stream: the peer closed and everything was read (the
+                            // `PeerClosed` event may still be queued behind this one).
+                            *peer_closed = true;
+                            break;
+                        }
+                        Err(_) => break,
                     };
                     let sent = tcp.send(conn, &self.scratch[..n]).unwrap_or(0);
                     debug_assert_eq!(sent, n, "send capacity was checked");
@@ -470,6 +485,7 @@ impl Apps {
                     }
                 }
                 if *peer_closed && tcp.recv_available(conn).unwrap_or(0) == 0 {
+                    *done = true;
                     let _ = tcp.close(conn);
                 }
             }

@@ -604,6 +604,9 @@ impl Stack {
                 }
                 continue;
             }
+            if !self.tcp.may_transmit() {
+                return None;
+            }
             let seg = IP + ipv4::MIN_HEADER_LEN;
             if let Some(t) = self.tcp.poll_transmit(now, &mut buf[seg..]) {
                 if let Some(len) = self.finish_ipv4(now, buf, t.src, t.dst, ipv4::PROTO_TCP, t.len)

@@ -36,6 +36,17 @@ impl Instant {
     pub const fn as_millis(self) -> u64 {
         self.0 / 1000
     }
+    /// `self` plus `micros` microseconds, saturating (as `self + Duration::from_micros`, without
+    /// the `Duration` arithmetic).
+    #[inline]
+    pub const fn add_micros(self, micros: u64) -> Instant {
+        Instant(self.0.saturating_add(micros))
+    }
+    /// `self` plus `millis` milliseconds, saturating.
+    #[inline]
+    pub const fn add_millis(self, millis: u64) -> Instant {
+        Instant(self.0.saturating_add(millis.saturating_mul(1000)))
+    }
     /// Time elapsed from `earlier` to `self`, zero if `earlier` is later.
     pub fn saturating_since(self, earlier: Instant) -> Duration {
         Duration::from_micros(self.0.saturating_sub(earlier.0))
@@ -75,5 +86,9 @@ mod tests {
         assert_eq!((t + Duration::from_millis(3)).as_millis(), 8);
         assert_eq!(Instant::from_millis(1) - t, Duration::ZERO);
         assert_eq!(Instant::MAX + Duration::from_secs(1), Instant::MAX);
+        assert_eq!(t.add_millis(3), t + Duration::from_millis(3));
+        assert_eq!(t.add_micros(7), t + Duration::from_micros(7));
+        assert_eq!(t.add_millis(u64::MAX), Instant::MAX);
+        assert_eq!(Instant::MAX.add_micros(1), Instant::MAX);
     }
 }

@@ -6,6 +6,18 @@
 
 use super::seq;
 
+/// `i` modulo `cap` for `i < 2·cap` (every ring offset below is: `head < cap` plus at most `cap`),
+/// without a division.
+#[inline]
+fn wrap(i: usize, cap: usize) -> usize {
+    debug_assert!(i < 2 * cap);
+    if i >= cap {
+        i - cap
+    } else {
+        i
+    }
+}
+
 /// A fixed-capacity byte ring.
 #[derive(Debug, Default)]
 pub(crate) struct RingBuf {
@@ -54,7 +66,7 @@ impl RingBuf {
             return 0;
         }
         let n = data.len().min(self.free() - off);
-        let start = (self.head + self.len + off) % cap;
+        let start = wrap(self.head + self.len + off, cap);
         let first = n.min(cap - start);
         self.buf[start..start + first].copy_from_slice(&data[..first]);
         self.buf[..n - first].copy_from_slice(&data[first..n]);
@@ -78,7 +90,7 @@ impl RingBuf {
         }
         let cap = self.buf.len();
         let n = out.len().min(self.len - off);
-        let start = (self.head + off) % cap;
+        let start = wrap(self.head + off, cap);
         let first = n.min(cap - start);
         out[..first].copy_from_slice(&self.buf[start..start + first]);
         out[first..n].copy_from_slice(&self.buf[..n - first]);
@@ -92,7 +104,7 @@ impl RingBuf {
         }
         // `head` must not be reset when the ring empties: out-of-order bytes may sit past the
         // end, at offsets relative to `head + len`.
-        self.head = (self.head + n) % self.buf.len();
+        self.head = wrap(self.head + n, self.buf.len());
         self.len -= n;
     }
     /// Moves bytes from the front into `out`; returns the count.

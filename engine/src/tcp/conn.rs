@@ -4,15 +4,15 @@
 //! The engine ([`super::Tcp`]) owns the slab, the flow table, the timer wheel, the events and
 //! the per-state counters, and applies what these return.
 
-use core::time::Duration;
-
 use super::buf::{Assembler, RingBuf};
 use super::cc::Cc;
 use super::seq;
 use super::table::FlowKey;
 use super::{CloseReason, ConnId, State, TcpConfig, TcpStats};
 use crate::time::Instant;
-use crate::wire::tcp::{flags, SackBlock, TcpOptions, TcpRepr, Timestamps, HEADER_LEN};
+use crate::wire::tcp::{
+    self as wire, flags, SackBlock, TcpOptions, TcpRepr, Timestamps, HEADER_LEN,
+};
 
 /// Event bits a connection raises for the engine to turn into [`super::Event`]s.
 pub(crate) const N_READABLE: u8 = 1;
@@ -252,10 +252,6 @@ impl Default for Conn {
     }
 }
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
 impl Conn {
     /// Fresh state for a new connection (keeps the slot's generation and buffers are set by
     /// the caller).
@@ -332,6 +328,8 @@ impl Conn {
     /// A SYN cookie validated: the connection is created in SYN_RECEIVED with the SYN-ACK
     /// already sent, so the ACK that carried the cookie completes it.
     #[allow(clippy::too_many_arguments)]
+    #[cold]
+    #[inline(never)]
     pub(crate) fn open_from_cookie(
         &mut self,
         cfg: &TcpConfig,
@@ -368,12 +366,13 @@ impl Conn {
         (now.as_millis() as u32).wrapping_add(self.ts_offset)
     }
 
-    fn rto_now(&self, cfg: &TcpConfig) -> Duration {
+    /// The retransmission timeout with backoff, in microseconds.
+    fn rto_now(&self, cfg: &TcpConfig) -> u64 {
         let us = self
             .rto_us
             .checked_shl(self.backoff.min(20))
             .unwrap_or(u64::MAX);
-        Duration::from_micros(us.min(cfg.rto_max_ms * 1000))
+        us.min(cfg.rto_max_ms * 1000)
     }
 
     /// `send` is allowed: the write side is open.
@@ -387,7 +386,7 @@ impl Conn {
     /// FIN_WAIT_2 timeout for orphaned connections.
     fn fin_wait2_timer(&mut self, cfg: &TcpConfig, now: Instant) {
         if self.orphan {
-            self.state_at = now + ms(cfg.fin_wait2_timeout_ms);
+            self.state_at = now.add_millis(cfg.fin_wait2_timeout_ms);
         }
     }
 
@@ -449,6 +448,8 @@ impl Conn {
             && (new >= 2 * old || old < mss)
     }
 
+    #[cold]
+    #[inline(never)]
     fn challenge_ack(&mut self, env: &mut Env<'_>) {
         if env
             .now
@@ -555,7 +556,7 @@ impl Conn {
             if !rst {
                 self.ack_now = true;
                 if self.state == State::TimeWait && fin {
-                    self.state_at = now + ms(env.cfg.time_wait_ms);
+                    self.state_at = now.add_millis(env.cfg.time_wait_ms);
                 }
             }
             env.stats.drops_out_of_window += 1;
@@ -647,6 +648,8 @@ impl Conn {
         Disp::Keep
     }
 
+    #[cold]
+    #[inline(never)]
     fn input_syn_sent(&mut self, env: &mut Env<'_>, seg: &TcpRepr<'_>) -> Disp {
         let now = env.now;
         let has_ack = seg.has(flags::ACK);
@@ -699,24 +702,28 @@ impl Conn {
         Disp::Keep
     }
 
+    /// Adds the segment's SACK blocks to the scoreboard; true when it learned something.
+    #[cold]
+    #[inline(never)]
+    fn absorb_sack(&mut self, seg: &TcpRepr<'_>) -> bool {
+        let before = self.sacked_bytes();
+        for b in seg.options.sack_blocks() {
+            if seq::lt(self.snd_una, b.left)
+                && seq::lt(b.left, b.right)
+                && seq::le(b.right, self.snd_max)
+            {
+                self.sacked.insert(b.left, b.right, super::buf::MAX_RANGES);
+            }
+        }
+        self.sacked_bytes() != before
+    }
+
     /// ACK processing; `Some` ends the connection.
     fn process_ack(&mut self, env: &mut Env<'_>, seg: &TcpRepr<'_>) -> Option<Disp> {
         let now = env.now;
         let ack = seg.ack;
         let wnd = (seg.window as u32) << self.snd_shift;
-        let mut new_sack = false;
-        if self.sack_ok && seg.options.sack_len > 0 {
-            let before = self.sacked_bytes();
-            for b in seg.options.sack_blocks() {
-                if seq::lt(self.snd_una, b.left)
-                    && seq::lt(b.left, b.right)
-                    && seq::le(b.right, self.snd_max)
-                {
-                    self.sacked.insert(b.left, b.right, super::buf::MAX_RANGES);
-                }
-            }
-            new_sack = self.sacked_bytes() != before;
-        }
+        let new_sack = self.sack_ok && seg.options.sack_len > 0 && self.absorb_sack(seg);
         if seq::gt(ack, self.snd_una) {
             let mut acked = ack.wrapping_sub(self.snd_una) as usize;
             if !self.syn_acked {
@@ -857,6 +864,8 @@ impl Conn {
     }
 
     /// Fast retransmit and the start of loss recovery (RFC 5681 §3.2, RFC 6582, RFC 6675 §5).
+    #[cold]
+    #[inline(never)]
     fn enter_recovery(&mut self, env: &mut Env<'_>) {
         let flight = self.snd_max.wrapping_sub(self.snd_una);
         self.cc.on_loss(flight);
@@ -876,7 +885,7 @@ impl Conn {
         self.tlp_probe = false;
         if self.pto {
             self.pto = false;
-            self.rtx_at = env.now + self.rto_now(env.cfg);
+            self.rtx_at = env.now.add_micros(self.rto_now(env.cfg));
         }
         env.stats.fast_retransmits += 1;
     }
@@ -884,7 +893,7 @@ impl Conn {
     /// RFC 8985 §7.2: the probe timeout, when a tail loss probe may be scheduled (SACK in
     /// use, not in recovery, an RTT measured, no probe outstanding): 2·SRTT, plus the peer's
     /// delayed ACK time when a single segment is in flight, at most the RTO.
-    fn pto_delay(&self, cfg: &TcpConfig) -> Option<Duration> {
+    fn pto_delay(&self, cfg: &TcpConfig) -> Option<u64> {
         if !self.sack_ok
             || self.in_recovery
             || !self.have_rtt
@@ -899,7 +908,7 @@ impl Conn {
             us += cfg.delayed_ack_ms * 1000;
         }
         let us = us.max(2 * CLOCK_G_US);
-        Some(Duration::from_micros(us).min(self.rto_now(cfg)))
+        Some(us.min(self.rto_now(cfg)))
     }
 
     /// Arms the retransmission timer: a tail loss probe when allowed, else the RTO.
@@ -907,16 +916,18 @@ impl Conn {
         match self.pto_delay(cfg) {
             Some(d) => {
                 self.pto = true;
-                self.rtx_at = now + d;
+                self.rtx_at = now.add_micros(d);
             }
             None => {
                 self.pto = false;
-                self.rtx_at = now + self.rto_now(cfg);
+                self.rtx_at = now.add_micros(self.rto_now(cfg));
             }
         }
     }
 
     /// The highest segment sent (a tail loss probe resends it): `(seq, len, fin)`.
+    #[cold]
+    #[inline(never)]
     fn last_segment(&self, tx_len: usize) -> Option<(u32, usize, bool)> {
         let flight = self.snd_max.wrapping_sub(self.snd_una) as usize;
         let fin = self.fin_queued && flight == tx_len + 1;
@@ -932,6 +943,8 @@ impl Conn {
     /// RFC 6675 `IsLost`: every byte below the returned sequence number that is not SACKed is
     /// lost (DupThresh SACKed ranges, or more than (DupThresh − 1)·SMSS SACKed bytes, above it).
     /// `SND.UNA` when nothing is presumed lost.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn lost_edge(&self) -> u32 {
         let mss = self.mss as u32;
         // Early retransmit (RFC 5827): with fewer than four segments outstanding and no new
@@ -956,6 +969,8 @@ impl Conn {
     /// RFC 6675 `SetPipe`: bytes presumed in the network. Every byte from SND.UNA to SND.MAX
     /// that is not SACKed counts once if not lost and once more if retransmitted (below
     /// HighRxt).
+    #[cold]
+    #[inline(never)]
     pub(crate) fn pipe(&self) -> u32 {
         let lost = self.lost_edge();
         let mut pipe = 0u32;
@@ -1049,7 +1064,7 @@ impl Conn {
             if env.cfg.delayed_ack_ms == 0 || self.unacked_bytes >= full {
                 self.ack_now = true;
             } else if self.ack_at == Instant::MAX {
-                self.ack_at = now + ms(env.cfg.delayed_ack_ms);
+                self.ack_at = now.add_millis(env.cfg.delayed_ack_ms);
             }
         } else {
             // Out of order: store in place, remember the range, ACK at once with SACK.
@@ -1089,14 +1104,14 @@ impl Conn {
                 };
             }
             State::FinWait2 => self.state = State::TimeWait,
-            State::TimeWait => self.state_at = env.now + ms(env.cfg.time_wait_ms),
+            State::TimeWait => self.state_at = env.now.add_millis(env.cfg.time_wait_ms),
             _ => {}
         }
     }
 
     fn arm_keepalive(&mut self, cfg: &TcpConfig, now: Instant) {
         if let Some(k) = cfg.keepalive {
-            self.ka_at = now + ms(k.idle_ms);
+            self.ka_at = now.add_millis(k.idle_ms);
         }
     }
 
@@ -1129,7 +1144,7 @@ impl Conn {
                 if self.snd_max != self.snd_una {
                     self.tlp_probe = true;
                     self.tlp_high = Some(self.snd_max);
-                    self.rtx_at = now + self.rto_now(env.cfg);
+                    self.rtx_at = now.add_micros(self.rto_now(env.cfg));
                     env.stats.tail_loss_probes += 1;
                 }
             } else if self.snd_max != self.snd_una {
@@ -1176,16 +1191,16 @@ impl Conn {
             {
                 let idle = now.as_micros().saturating_sub(self.last_rx.as_micros());
                 if self.snd_max != self.snd_una {
-                    self.ka_at = now + ms(k.idle_ms);
+                    self.ka_at = now.add_millis(k.idle_ms);
                 } else if idle >= k.idle_ms * 1000 {
                     if self.ka_probes >= k.probes {
                         return Disp::Close(CloseReason::KeepaliveTimeout);
                     }
                     self.ka_probes += 1;
                     self.ka_probe_pending = true;
-                    self.ka_at = now + ms(k.interval_ms);
+                    self.ka_at = now.add_millis(k.interval_ms);
                 } else {
-                    self.ka_at = self.last_rx + ms(k.idle_ms);
+                    self.ka_at = self.last_rx.add_millis(k.idle_ms);
                 }
             }
         }
@@ -1246,14 +1261,70 @@ impl Conn {
         off: usize,
         len: usize,
     ) -> Option<usize> {
-        let mut o = TcpOptions::NONE;
-        if self.ts_ok {
-            o.timestamps = Some(Timestamps {
-                val: self.ts_now(env.now),
-                ecr: self.ts_recent,
-            });
+        let ts = self.ts_ok.then(|| Timestamps {
+            val: self.ts_now(env.now),
+            ecr: self.ts_recent,
+        });
+        let hl = if self.sack_ok && fl & flags::ACK != 0 && !self.asm.is_empty() {
+            self.emit_sack_header(env, buf, seqn, fl, len, ts)?
+        } else {
+            // No SACK blocks (the common case): the header field by field.
+            let window = self.advertise(env.cfg);
+            let hl = HEADER_LEN + if ts.is_some() { 12 } else { 0 };
+            if buf.len() < hl + len {
+                return None;
+            }
+            let ack = if fl & flags::ACK != 0 {
+                self.rcv_nxt
+            } else {
+                0
+            };
+            wire::write_header(
+                buf,
+                self.key.lport,
+                self.key.rport,
+                seqn,
+                ack,
+                fl,
+                window,
+                hl,
+            );
+            if let Some(t) = ts {
+                wire::write_timestamps(&mut buf[HEADER_LEN..], t);
+            }
+            hl
+        };
+        if len > 0 {
+            let n = self.tx.peek_at(off, &mut buf[hl..hl + len]);
+            debug_assert_eq!(n, len);
         }
-        if self.sack_ok && fl & flags::ACK != 0 && !self.asm.is_empty() {
+        if fl & flags::ACK != 0 {
+            self.ack_now = false;
+            self.ack_at = Instant::MAX;
+            self.unacked_bytes = 0;
+            self.last_ack_sent = self.rcv_nxt;
+        }
+        Some(hl + len)
+    }
+
+    /// The header of a segment carrying SACK blocks (out-of-order data held); returns its
+    /// length.
+    #[cold]
+    #[inline(never)]
+    fn emit_sack_header(
+        &mut self,
+        env: &mut Env<'_>,
+        buf: &mut [u8],
+        seqn: u32,
+        fl: u8,
+        len: usize,
+        ts: Option<Timestamps>,
+    ) -> Option<usize> {
+        let mut o = TcpOptions {
+            timestamps: ts,
+            ..TcpOptions::NONE
+        };
+        {
             let mut blocks = [(0u32, 0u32); 4];
             let max = if self.ts_ok { 3 } else { 4 };
             let n = self.asm.sack_blocks(&mut blocks[..max]);
@@ -1285,18 +1356,7 @@ impl Conn {
         if buf.len() < hl + len || hl > HEADER_LEN + 40 {
             return None;
         }
-        repr.emit_header(buf).ok()?;
-        if len > 0 {
-            let n = self.tx.peek_at(off, &mut buf[hl..hl + len]);
-            debug_assert_eq!(n, len);
-        }
-        if fl & flags::ACK != 0 {
-            self.ack_now = false;
-            self.ack_at = Instant::MAX;
-            self.unacked_bytes = 0;
-            self.last_ack_sent = self.rcv_nxt;
-        }
-        Some(hl + len)
+        repr.emit_header(buf).ok()
     }
 
     fn arm_rtx(&mut self, cfg: &TcpConfig, now: Instant) {
@@ -1442,7 +1502,7 @@ impl Conn {
                     self.snd_max = self.snd_nxt.wrapping_add(1);
                 }
                 self.persist = true;
-                self.rtx_at = now + self.rto_now(env.cfg);
+                self.rtx_at = now.add_micros(self.rto_now(env.cfg));
                 return Some(n);
             }
             let mut ok = len > 0
@@ -1478,7 +1538,7 @@ impl Conn {
             // Stalled with data and nothing in flight: persist (zero window) or SWS override.
             if avail > 0 && off == 0 && self.rtx_at == Instant::MAX {
                 self.persist = true;
-                self.rtx_at = now + self.rto_now(env.cfg);
+                self.rtx_at = now.add_micros(self.rto_now(env.cfg));
             }
         }
         if self.ack_now {
@@ -1504,6 +1564,8 @@ impl Conn {
     }
 
     /// Retransmits hole `(seq, len, fin)` (from [`Self::hole`]).
+    #[cold]
+    #[inline(never)]
     fn retransmit(
         &mut self,
         env: &mut Env<'_>,
@@ -1556,6 +1618,8 @@ impl Conn {
 
     /// The next segment to retransmit at or after `start`: the first byte not SACKed, up to the
     /// next SACKed range or one MSS; `(seq, len, fin)`.
+    #[cold]
+    #[inline(never)]
     fn hole(&self, start: u32, tx_len: usize) -> Option<(u32, usize, bool)> {
         let mut s = start;
         let mut limit = None;
@@ -1624,18 +1688,22 @@ impl Conn {
         } else {
             flags::SYN
         };
-        let repr = TcpRepr {
-            src_port: self.key.lport,
-            dst_port: self.key.rport,
-            seq: self.iss,
-            ack: if synack { self.rcv_nxt } else { 0 },
-            flags: fl,
+        let n = HEADER_LEN + o.len();
+        if buf.len() < n {
+            return None;
+        }
+        let ack = if synack { self.rcv_nxt } else { 0 };
+        wire::write_header(
+            buf,
+            self.key.lport,
+            self.key.rport,
+            self.iss,
+            ack,
+            fl,
             window,
-            urgent: 0,
-            options: o,
-            payload: &[],
-        };
-        let n = repr.emit_header(buf).ok()?;
+            n,
+        );
+        o.emit(&mut buf[HEADER_LEN..n]).ok()?;
         if synack {
             self.rcv_adv = seq::max(self.rcv_adv, self.rcv_nxt.wrapping_add(window as u32));
             self.last_ack_sent = self.rcv_nxt;

@@ -3,22 +3,31 @@
 //! Sums are accumulated in a `u32`/`u64` of 16-bit big-endian words and folded at the end, so a
 //! checksum over a header plus a pseudo-header is `fold(sum(pseudo) + sum(header))`.
 
-/// Adds the 16-bit big-endian words of `data` to `acc` (an odd trailing byte is padded with zero).
+/// The one's complement sum of `data` as native-endian 16-bit words, added to `init` (also
+/// native), with end-around carries: congruent modulo 0xffff to the plain sum, zero only when
+/// everything is zero. An odd trailing byte is padded with zero.
 ///
-/// The result is congruent to the plain sum of the words modulo 0xffff, and zero only when `acc`
-/// and `data` are all zero, which is all [`fold`] needs. The data is summed as native-endian
-/// 32-bit words (RFC 1071 §2: the one's complement sum is independent of byte order and of the
-/// word size, up to a final byte swap), two words per 8-byte load.
+/// The data is summed as native-endian 64-bit words (RFC 1071 §2: the one's complement sum is
+/// independent of byte order and of the word size, up to a final byte swap), four per step,
+/// into a 128-bit accumulator whose carries are folded back at the end (as `adc` chains do).
 #[inline]
-pub fn sum(acc: u64, data: &[u8]) -> u64 {
-    let mut s: u64 = 0;
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        // Two 32-bit halves: the u64 accumulator cannot overflow for any slice below 2^33 bytes.
-        s += (w & 0xffff_ffff) + (w >> 32);
+fn native_sum(init: u64, data: &[u8]) -> u64 {
+    let word = |c: &[u8]| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+    let mut wide: u128 = init as u128;
+    let mut blocks = data.chunks_exact(32);
+    for c in &mut blocks {
+        // Below 2^66 per step: the u128 cannot overflow for any slice below 2^62 bytes.
+        wide += word(&c[0..8]) as u128
+            + word(&c[8..16]) as u128
+            + word(&c[16..24]) as u128
+            + word(&c[24..32]) as u128;
     }
-    let mut rest = chunks.remainder();
+    let mut words = blocks.remainder().chunks_exact(8);
+    for c in &mut words {
+        wide += word(c) as u128;
+    }
+    let mut rest = words.remainder();
+    let mut s: u64 = 0;
     if rest.len() >= 4 {
         s += u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as u64;
         rest = &rest[4..];
@@ -31,37 +40,76 @@ pub fn sum(acc: u64, data: &[u8]) -> u64 {
         // The pad byte is the second of the word in wire (big-endian) order.
         s += u16::from_ne_bytes([*last, 0]) as u64;
     }
-    // Back to big-endian word order: fold to 16 bits, then swap the two bytes (on big-endian
-    // targets the native order already is the wire order).
+    wide += s as u128;
+    // 128 → 64 bits with end-around carry (2^64 ≡ 1 modulo 0xffff); a non-zero sum stays
+    // non-zero.
+    let (lo, carry) = (wide as u64).overflowing_add((wide >> 64) as u64);
+    lo + carry as u64 // no overflow: with a carry, `lo` is at most 2^64 − 2
+}
+
+/// [`native_sum`] of exactly 20 bytes (an IPv4 header without options): three loads.
+#[inline]
+fn native_sum20(h: &[u8; 20]) -> u64 {
+    let [a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7, c0, c1, c2, c3] = *h;
+    let wide = u64::from_ne_bytes([a0, a1, a2, a3, a4, a5, a6, a7]) as u128
+        + u64::from_ne_bytes([b0, b1, b2, b3, b4, b5, b6, b7]) as u128
+        + u32::from_ne_bytes([c0, c1, c2, c3]) as u128;
+    let (lo, carry) = (wide as u64).overflowing_add((wide >> 64) as u64);
+    lo + carry as u64
+}
+
+/// [`native_sum`] from 0, with the 20-byte case (IPv4 headers) unrolled.
+#[inline]
+fn header_sum(data: &[u8]) -> u64 {
+    match <&[u8; 20]>::try_from(data) {
+        Ok(h) => native_sum20(h),
+        Err(_) => native_sum(0, data),
+    }
+}
+
+/// A native-order sum folded to 16 bits, in big-endian (wire) word order.
+#[inline]
+fn to_wire(s: u64) -> u16 {
+    // On big-endian targets the native order already is the wire order.
     let f = fold(s);
-    let be = if cfg!(target_endian = "little") {
+    if cfg!(target_endian = "little") {
         f.swap_bytes()
     } else {
         f
-    };
-    acc + be as u64
+    }
+}
+
+/// Adds the 16-bit big-endian words of `data` to `acc` (an odd trailing byte is padded with zero).
+///
+/// The result is congruent to the plain sum of the words modulo 0xffff, and zero only when `acc`
+/// and `data` are all zero, which is all [`fold`] needs.
+#[inline]
+pub fn sum(acc: u64, data: &[u8]) -> u64 {
+    acc + to_wire(native_sum(0, data)) as u64
 }
 
 /// Folds an accumulated sum to 16 bits (one's complement addition of the carries).
 #[inline]
 pub fn fold(acc: u64) -> u16 {
-    // 64 → 33 → 17 → 16 bits; the last step cannot carry again.
-    let a = (acc & 0xffff_ffff) + (acc >> 32);
-    let a = (a & 0xffff) + (a >> 16);
-    let a = (a & 0xffff) + (a >> 16);
-    ((a & 0xffff) + (a >> 16)) as u16
+    // 64 → 32 bits with end-around carry (no overflow: with a carry the low sum is at most
+    // 2^32 − 2), then 32 → 16: the high half of `s + rotl(s, 16)` is the two halves' sum plus
+    // the carry out of the low half (Linux's `csum_fold`).
+    let (lo, carry) = (acc as u32).overflowing_add((acc >> 32) as u32);
+    let s = lo + carry as u32;
+    (s.wrapping_add(s.rotate_left(16)) >> 16) as u16
 }
 
 /// The checksum field value for `data` (whose own checksum field must be zero).
 #[inline]
 pub fn checksum(data: &[u8]) -> u16 {
-    !fold(sum(0, data))
+    !to_wire(header_sum(data))
 }
 
 /// True when `data`, checksum field included, sums to all ones: the checksum is correct.
 #[inline]
 pub fn verify(data: &[u8]) -> bool {
-    fold(sum(0, data)) == 0xffff
+    // All ones reads the same in either byte order.
+    fold(header_sum(data)) == 0xffff
 }
 
 /// Sum of the IPv4 pseudo-header used by TCP and UDP (RFC 9293 §3.1).
@@ -75,18 +123,28 @@ pub fn pseudo_header(src: [u8; 4], dst: [u8; 4], protocol: u8, len: u16) -> u64 
         + len as u64
 }
 
+/// The pseudo-header's bytes (source, destination, zero, protocol, length) summed as native
+/// words, to start a [`native_sum`].
+#[inline]
+fn pseudo_native(src: [u8; 4], dst: [u8; 4], protocol: u8, len: u16) -> u64 {
+    u32::from_ne_bytes(src) as u64
+        + u32::from_ne_bytes(dst) as u64
+        + u16::from_ne_bytes([0, protocol]) as u64
+        + u16::from_ne_bytes(len.to_be_bytes()) as u64
+}
+
 /// Checksum of a TCP or UDP segment (`segment` with its checksum field zeroed) over IPv4.
 #[inline]
 pub fn transport(src: [u8; 4], dst: [u8; 4], protocol: u8, segment: &[u8]) -> u16 {
-    let len = segment.len() as u16;
-    !fold(sum(pseudo_header(src, dst, protocol, len), segment))
+    let init = pseudo_native(src, dst, protocol, segment.len() as u16);
+    !to_wire(native_sum(init, segment))
 }
 
 /// Verifies a received TCP or UDP segment's checksum over IPv4.
 #[inline]
 pub fn verify_transport(src: [u8; 4], dst: [u8; 4], protocol: u8, segment: &[u8]) -> bool {
-    let len = segment.len() as u16;
-    fold(sum(pseudo_header(src, dst, protocol, len), segment)) == 0xffff
+    let init = pseudo_native(src, dst, protocol, segment.len() as u16);
+    fold(native_sum(init, segment)) == 0xffff
 }
 
 /// Incremental update (RFC 1624, eqn. 3): the new checksum after a 16-bit word of the covered data
@@ -162,7 +220,7 @@ mod tests {
                 }
             }
         }
-        for len in 0..40 {
+        for len in 0..300 {
             assert_eq!(
                 fold(sum(0, &vec![0xff; len])),
                 reference(0, &vec![0xff; len])
@@ -170,6 +228,62 @@ mod tests {
             assert_eq!(fold(sum(0, &vec![0; len])), 0);
         }
         assert_eq!(fold(u64::MAX), 0xffff);
+    }
+
+    #[test]
+    fn transport_matches_pseudo_header_reference() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let data: Vec<u8> = (0..200)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for len in 0..200 {
+            let (src, dst) = ([198, 18, 0, 2], [198, 18, (len % 7) as u8, 0xff]);
+            let seg = &data[..len];
+            let expect = !reference(pseudo_header(src, dst, 6, len as u16), seg);
+            assert_eq!(transport(src, dst, 6, seg), expect, "{len}");
+        }
+        for v in [
+            0u64,
+            1,
+            0xffff,
+            0x1_0000,
+            0xffff_ffff,
+            0x1_0000_0000,
+            u64::MAX - 1,
+        ] {
+            assert_eq!(fold(v), reference(v, &[]), "{v:#x}");
+        }
+    }
+
+    #[test]
+    fn twenty_byte_headers_match_reference() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..500 {
+            let mut h = [0u8; 20];
+            for b in &mut h {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            if round == 0 {
+                h = [0xff; 20];
+            } else if round == 1 {
+                h = [0; 20];
+            }
+            assert_eq!(checksum(&h), !reference(0, &h), "{h:02x?}");
+            let c = checksum(&h);
+            assert_eq!(verify(&h), reference(0, &h) == 0xffff);
+            h[10..12].copy_from_slice(&[0, 0]);
+            let c0 = checksum(&h);
+            h[10..12].copy_from_slice(&c0.to_be_bytes());
+            assert!(verify(&h), "{round}: {c:#06x} {h:02x?}");
+        }
     }
 
     #[test]

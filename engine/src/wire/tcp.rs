@@ -241,7 +241,24 @@ impl TcpOptions {
     }
 
     /// Parses well-formed option bytes (as checked by [`TcpPacket::new_checked`]).
-    pub fn parse(mut opts: &[u8]) -> Result<TcpOptions, TcpWireError> {
+    pub fn parse(opts: &[u8]) -> Result<TcpOptions, TcpWireError> {
+        // The layout of nearly every segment of a connection with timestamps (Linux, BSD):
+        // NOP, NOP, TS.
+        if let [kind::NOP, kind::NOP, kind::TS, 10, v0, v1, v2, v3, e0, e1, e2, e3] = *opts {
+            return Ok(TcpOptions {
+                timestamps: Some(Timestamps {
+                    val: u32::from_be_bytes([v0, v1, v2, v3]),
+                    ecr: u32::from_be_bytes([e0, e1, e2, e3]),
+                }),
+                ..TcpOptions::NONE
+            });
+        }
+        Self::parse_any(opts)
+    }
+
+    /// [`Self::parse`] for any layout.
+    #[inline(never)]
+    fn parse_any(mut opts: &[u8]) -> Result<TcpOptions, TcpWireError> {
         let mut o = TcpOptions::NONE;
         while let Some(&k) = opts.first() {
             match k {
@@ -488,6 +505,82 @@ impl<'a> TcpRepr<'a> {
     }
 }
 
+/// Writes a fixed 20-byte header at the start of `buf` with a zero checksum and urgent pointer,
+/// its data offset saying `hl` bytes of header (the options, if any, follow from the caller).
+/// The fast path of [`TcpRepr::emit_header`] for segments built field by field.
+///
+/// # Panics
+/// When `buf` is shorter than [`HEADER_LEN`] or `hl` is not a multiple of 4 up to
+/// [`MAX_HEADER_LEN`] (the caller checks both).
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub fn write_header(
+    buf: &mut [u8],
+    src_port: u16,
+    dst_port: u16,
+    seq: u32,
+    ack: u32,
+    fl: u8,
+    window: u16,
+    hl: usize,
+) {
+    debug_assert!(hl.is_multiple_of(4) && (HEADER_LEN..=MAX_HEADER_LEN).contains(&hl));
+    let h: &mut [u8; HEADER_LEN] = (&mut buf[..HEADER_LEN]).try_into().expect("20 bytes");
+    let [s0, s1] = src_port.to_be_bytes();
+    let [d0, d1] = dst_port.to_be_bytes();
+    let [q0, q1, q2, q3] = seq.to_be_bytes();
+    let [a0, a1, a2, a3] = ack.to_be_bytes();
+    let [w0, w1] = window.to_be_bytes();
+    *h = [
+        s0,
+        s1,
+        d0,
+        d1,
+        q0,
+        q1,
+        q2,
+        q3,
+        a0,
+        a1,
+        a2,
+        a3,
+        ((hl / 4) as u8) << 4,
+        fl,
+        w0,
+        w1,
+        0,
+        0,
+        0,
+        0,
+    ];
+}
+
+/// Writes the timestamps option as [`TcpOptions::emit`] lays it out without SACK-permitted
+/// (NOP, NOP, TS): 12 bytes at the start of `buf`.
+///
+/// # Panics
+/// When `buf` is shorter than 12 bytes.
+#[inline]
+pub fn write_timestamps(buf: &mut [u8], ts: Timestamps) {
+    let o: &mut [u8; 12] = (&mut buf[..12]).try_into().expect("12 bytes");
+    let [v0, v1, v2, v3] = ts.val.to_be_bytes();
+    let [e0, e1, e2, e3] = ts.ecr.to_be_bytes();
+    *o = [
+        kind::NOP,
+        kind::NOP,
+        kind::TS,
+        10,
+        v0,
+        v1,
+        v2,
+        v3,
+        e0,
+        e1,
+        e2,
+        e3,
+    ];
+}
+
 /// Fills the checksum of the whole `segment` (header + payload) over the IPv4 pseudo-header.
 pub fn fill_checksum(segment: &mut [u8], src: [u8; 4], dst: [u8; 4]) {
     segment[field::CHECKSUM].copy_from_slice(&[0, 0]);
@@ -548,6 +641,66 @@ mod tests {
             },
             payload: &[],
         }
+    }
+
+    #[test]
+    fn write_header_matches_emit_header() {
+        for ts in [
+            None,
+            Some(Timestamps {
+                val: 0x0102_0304,
+                ecr: 0xa0b0_c0d0,
+            }),
+        ] {
+            let repr = TcpRepr {
+                src_port: 7,
+                dst_port: 40001,
+                seq: 0xdead_beef,
+                ack: 0x1234_5678,
+                flags: flags::ACK | flags::PSH | flags::FIN,
+                window: 0xfedc,
+                urgent: 0,
+                options: TcpOptions {
+                    timestamps: ts,
+                    ..TcpOptions::NONE
+                },
+                payload: &[],
+            };
+            let mut a = [0x55u8; 40];
+            let hl = repr.emit_header(&mut a).unwrap();
+            let mut b = [0x55u8; 40];
+            write_header(
+                &mut b,
+                7,
+                40001,
+                0xdead_beef,
+                0x1234_5678,
+                repr.flags,
+                0xfedc,
+                hl,
+            );
+            if let Some(t) = ts {
+                write_timestamps(&mut b[HEADER_LEN..], t);
+            }
+            assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn timestamp_fast_path_matches_general_parse() {
+        let o = [1, 1, 8, 10, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04];
+        let fast = TcpOptions::parse(&o).unwrap();
+        assert_eq!(fast, TcpOptions::parse_any(&o).unwrap());
+        assert_eq!(
+            fast.timestamps,
+            Some(Timestamps {
+                val: 0xdead_beef,
+                ecr: 0x0102_0304
+            })
+        );
+        // A wrong TS length is not the fast layout: ignored as an unknown option would be.
+        let bad = [1, 1, 8, 9, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04];
+        assert_eq!(TcpOptions::parse(&bad), TcpOptions::parse_any(&bad));
     }
 
     #[test]
