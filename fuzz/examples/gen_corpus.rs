@@ -144,7 +144,20 @@ fn ping(seq: u16, payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&PEER_MAC.0);
     f.extend_from_slice(&[0x08, 0x00]);
     let total = 20 + 8 + payload.len();
-    f.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0x12, 0x34, 0x40, 0, 64, 1, 0, 0]);
+    f.extend_from_slice(&[
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0x12,
+        0x34,
+        0x40,
+        0,
+        64,
+        1,
+        0,
+        0,
+    ]);
     f.extend_from_slice(&PEER_IP.octets());
     f.extend_from_slice(&SERVER_IP.octets());
     f.extend_from_slice(&[8, 0, 0, 0, 0x42, 0x42, (seq >> 8) as u8, seq as u8]);
@@ -179,7 +192,11 @@ fn tcp_seed(segments: &[Vec<u8>], cfg: u8, reply: u16) -> Vec<u8> {
         s.push(r.flags);
         s.extend_from_slice(&[0, 0, 0, 0]);
         s.extend_from_slice(&r.window.to_be_bytes());
-        s.push(if r.options.timestamps.is_some() { 0x01 } else { 0x10 });
+        s.push(if r.options.timestamps.is_some() {
+            0x01
+        } else {
+            0x10
+        });
         if r.options.timestamps.is_some() {
             s.push(1);
         }
@@ -222,7 +239,11 @@ fn main() {
     let seg0 = w.segments.len() - 1;
     w.send(c, b"GET / HTTP/1.1\r\nHost: 198.18.0.1\r\n\r\n");
     let page = w.read(c);
-    assert!(page.starts_with(b"HTTP/1.1 200 OK"), "{:?}", String::from_utf8_lossy(&page));
+    assert!(
+        page.starts_with(b"HTTP/1.1 200 OK"),
+        "{:?}",
+        String::from_utf8_lossy(&page)
+    );
     w.send(c, b"GET /missing HTTP/1.1\r\nHost: 198.18.0.1\r\n\r\n");
     w.read(c);
     w.send(c, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
@@ -260,9 +281,16 @@ fn main() {
         write(&corpus.join("frame"), &format!("{i:03}"), f);
     }
 
-    for (name, segs, reply) in [("http", &http_segments, 120u16), ("echo", &echo_segments, 3000)] {
+    for (name, segs, reply) in [
+        ("http", &http_segments, 120u16),
+        ("echo", &echo_segments, 3000),
+    ] {
         for cfg in [0x00u8, 0xff, 0x07] {
-            write(&corpus.join("tcp_established"), &format!("{name}_{cfg:02x}"), &tcp_seed(segs, cfg, reply));
+            write(
+                &corpus.join("tcp_established"),
+                &format!("{name}_{cfg:02x}"),
+                &tcp_seed(segs, cfg, reply),
+            );
         }
     }
 
@@ -272,10 +300,22 @@ fn main() {
     write(&tls, "whole_12", &[0x02]);
     write(&tls, "header_then_rest_13", &[0x00, 4, 0x85, 0x00]);
     write(&tls, "bytes_13", &[0x00; 64]);
-    write(&tls, "bytes_12", &[0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-    write(&tls, "mss_crossing_13", &[0x00, 0x85, 0xb3, 0x80, 0x10, 0x7f]);
+    write(
+        &tls,
+        "bytes_12",
+        &[0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    );
+    write(
+        &tls,
+        "mss_crossing_13",
+        &[0x00, 0x85, 0xb3, 0x80, 0x10, 0x7f],
+    );
     write(&tls, "flip_hello", &[0x01, 1, 0x00, 0x05, 0x01]);
-    write(&tls, "flip_finished_12", &[0x03, 2, 0x01, 0x10, 0x80, 0x01, 0x40, 0xff, 40, 40]);
+    write(
+        &tls,
+        "flip_finished_12",
+        &[0x03, 2, 0x01, 0x10, 0x80, 0x01, 0x40, 0xff, 40, 40],
+    );
     println!(
         "corpus: {} frames, {} stack seeds, 6 tcp_established seeds, 8 tls_records seeds",
         w.frames.len(),

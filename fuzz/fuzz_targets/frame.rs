@@ -53,7 +53,11 @@ fn tcp(seg: &[u8]) {
     let checked = TcpPacket::new_checked(seg);
     let repr = TcpRepr::parse_bytes(seg);
     // The one-step parse rejects exactly what the checked view rejects.
-    assert_eq!(checked.is_ok(), repr.is_ok(), "parse_bytes and new_checked agree");
+    assert_eq!(
+        checked.is_ok(),
+        repr.is_ok(),
+        "parse_bytes and new_checked agree"
+    );
     let (Ok(p), Ok(r)) = (checked, repr) else {
         return;
     };
@@ -68,7 +72,12 @@ fn tcp(seg: &[u8]) {
             assert_eq!(n, r.buffer_len());
             let back = TcpRepr::parse_bytes(&buf[..n]).expect("we emit valid segments");
             assert_eq!(back, r, "emit then parse");
-            assert!(checksum::verify_transport([198, 18, 0, 2], [198, 18, 0, 1], 6, &buf[..n]));
+            assert!(checksum::verify_transport(
+                [198, 18, 0, 2],
+                [198, 18, 0, 1],
+                6,
+                &buf[..n]
+            ));
         }
         // Options too long for 40 bytes (e.g. timestamps + 4 SACK blocks): refused, not emitted.
         Err(_) => assert!(r.options.len() > 40),

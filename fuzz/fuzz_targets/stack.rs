@@ -5,7 +5,9 @@
 
 use handshake::device::mem::MemDevice;
 use handshake::Instant;
-use handshake_fuzz::{drain, dt, fix_checksums, server_stack, tcp_segment, Input, Tracker, SERVER_MAC};
+use handshake_fuzz::{
+    drain, dt, fix_checksums, server_stack, tcp_segment, Input, Tracker, SERVER_MAC,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -41,7 +43,11 @@ fuzz_target!(|data: &[u8]| {
 
 /// A frame the stack sent: from our MAC, Ethernet + ARP or a valid IPv4 packet, TCP checksummed.
 fn check_sent(f: &[u8]) {
-    assert!(f.len() >= 14 + 28 && f.len() <= 2048, "frame length {}", f.len());
+    assert!(
+        f.len() >= 14 + 28 && f.len() <= 2048,
+        "frame length {}",
+        f.len()
+    );
     assert_eq!(&f[6..12], &SERVER_MAC.0, "source MAC is ours");
     match u16::from_be_bytes([f[12], f[13]]) {
         0x0806 => assert!(handshake::wire::arp::ArpRepr::parse(&f[14..]).is_ok()),

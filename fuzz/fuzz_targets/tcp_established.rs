@@ -78,12 +78,15 @@ impl H {
         for (i, b) in s[hl..].iter_mut().enumerate() {
             *b = peer_byte(off0.wrapping_add(i as u32));
         }
-        if payload_len > 0 && (off0 as i32) >= 0 {
-            self.peer_max = self.peer_max.max(u64::from(off0) + payload_len as u64);
+        // Offsets are signed around the start of the stream (a segment may begin before it).
+        let end = i64::from(off0 as i32) + payload_len as i64;
+        if payload_len > 0 && end > 0 {
+            self.peer_max = self.peer_max.max(end as u64);
         }
         let c = checksum::transport(PEER_IP.octets(), SERVER_IP.octets(), 6, s);
         s[16..18].copy_from_slice(&c.to_be_bytes());
-        self.tcp.handle_segment(self.now, PEER_IP, SERVER_IP, &self.seg);
+        self.tcp
+            .handle_segment(self.now, PEER_IP, SERVER_IP, &self.seg);
     }
 
     fn drain(&mut self) {
@@ -110,7 +113,11 @@ impl H {
                 self.eng_tsval = ts.val;
             }
             if !r.payload.is_empty() {
-                assert!(r.payload.len() <= 1460, "payload {} over the MSS", r.payload.len());
+                assert!(
+                    r.payload.len() <= 1460,
+                    "payload {} over the MSS",
+                    r.payload.len()
+                );
                 let data_seq = r.seq.wrapping_add(u32::from(r.has(flags::SYN)));
                 let off = u64::from(data_seq.wrapping_sub(self.our_isn.wrapping_add(1)));
                 assert!(
@@ -120,17 +127,30 @@ impl H {
                     self.app_sent
                 );
                 for (i, b) in r.payload.iter().enumerate() {
-                    assert_eq!(*b, app_byte(off + i as u64), "sent byte at offset {}", off + i as u64);
+                    assert_eq!(
+                        *b,
+                        app_byte(off + i as u64),
+                        "sent byte at offset {}",
+                        off + i as u64
+                    );
                 }
             }
         }
         while let Some(ev) = self.tcp.poll_event() {
             if let Event::Accepted { conn, .. } = ev {
-                assert_ne!(Some(conn), self.conn, "a live handle is never handed out twice");
+                assert_ne!(
+                    Some(conn),
+                    self.conn,
+                    "a live handle is never handed out twice"
+                );
             }
         }
         let s = &self.tcp.stats().flows_by_state;
-        assert_eq!(s.iter().sum::<u64>(), MAX_FLOWS as u64, "flow counters add up: {s:?}");
+        assert_eq!(
+            s.iter().sum::<u64>(),
+            MAX_FLOWS as u64,
+            "flow counters add up: {s:?}"
+        );
     }
 
     fn step(&mut self, input: &mut Input) {
@@ -143,8 +163,12 @@ impl H {
                 }
                 let dseq = input.u16() as i16;
                 let dack = input.u16() as i16;
-                let seq = self.eng_ack.wrapping_add(if op & 0x40 != 0 { 0 } else { dseq as u32 });
-                let ack = self.eng_max.wrapping_add(if op & 0x20 != 0 { 0 } else { dack as u32 });
+                let seq = self
+                    .eng_ack
+                    .wrapping_add(if op & 0x40 != 0 { 0 } else { dseq as u32 });
+                let ack = self
+                    .eng_max
+                    .wrapping_add(if op & 0x20 != 0 { 0 } else { dack as u32 });
                 let window = input.u16();
                 let sel = input.u8();
                 let mut opts = [0u8; 40];
@@ -295,7 +319,10 @@ fuzz_target!(|data: &[u8]| {
     let mut ob = [0u8; 40];
     let n = if synack.options.timestamps.is_some() {
         TcpOptions {
-            timestamps: Some(Timestamps { val: 1001, ecr: h.eng_tsval }),
+            timestamps: Some(Timestamps {
+                val: 1001,
+                ecr: h.eng_tsval,
+            }),
             ..TcpOptions::NONE
         }
         .emit(&mut ob)
@@ -304,7 +331,14 @@ fuzz_target!(|data: &[u8]| {
         0
     };
     h.ts = synack.options.timestamps.is_some();
-    h.inject(peer_isn.wrapping_add(1), h.eng_max, flags::ACK, 65535, &ob[..n], 0);
+    h.inject(
+        peer_isn.wrapping_add(1),
+        h.eng_max,
+        flags::ACK,
+        65535,
+        &ob[..n],
+        0,
+    );
     let conn = match h.tcp.poll_event() {
         Some(Event::Accepted { conn, .. }) => conn,
         e => panic!("no Accepted after the handshake: {e:?}"),
@@ -325,6 +359,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if h.tcp.state(conn).is_none() {
         let mut buf = [0u8; 16];
-        assert!(h.tcp.recv(conn, &mut buf).is_err(), "a dead handle reads nothing");
+        assert!(
+            h.tcp.recv(conn, &mut buf).is_err(),
+            "a dead handle reads nothing"
+        );
     }
 });

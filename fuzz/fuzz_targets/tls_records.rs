@@ -122,7 +122,11 @@ fuzz_target!(|data: &[u8]| {
     let conn = net
         .client
         .tcp_mut()
-        .connect(now, Ipv4Addr::new(198, 18, 0, 2), SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 443))
+        .connect(
+            now,
+            Ipv4Addr::new(198, 18, 0, 2),
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 443),
+        )
         .expect("connect");
     let name = ServerName::try_from("handshake.test").expect("name");
     let mut tls = ClientConnection::new(Arc::clone(client_cfg), name).expect("client");
@@ -139,7 +143,10 @@ fuzz_target!(|data: &[u8]| {
         Some(handshake::tcp::State::Established),
         "TCP connects"
     );
-    net.client.tcp_mut().set_nodelay(conn, true).expect("nodelay");
+    net.client
+        .tcp_mut()
+        .set_nodelay(conn, true)
+        .expect("nodelay");
     let mut wire: Vec<u8> = Vec::new();
     let mut offset = 0usize; // client stream offset of wire[0]
     let mut response = Vec::new();

@@ -195,8 +195,7 @@ impl Tracker {
         };
         match self.conns.iter_mut().find(|c| c.0 == t.dst_port) {
             Some(c) => {
-                if (end.wrapping_sub(c.1) as i32) > 0 || t.has(handshake::wire::tcp::flags::SYN)
-                {
+                if (end.wrapping_sub(c.1) as i32) > 0 || t.has(handshake::wire::tcp::flags::SYN) {
                     c.1 = end;
                 }
                 if let Some(a) = ack {
@@ -214,10 +213,7 @@ impl Tracker {
 
     /// `(snd_max, rcv_nxt)` of the stack's connection with the peer port `port`.
     pub fn get(&self, port: u16) -> Option<(u32, u32)> {
-        self.conns
-            .iter()
-            .find(|c| c.0 == port)
-            .map(|c| (c.1, c.2))
+        self.conns.iter().find(|c| c.0 == port).map(|c| (c.1, c.2))
     }
 
     /// Makes the relative seq/ack of a peer frame absolute (the `stack` encoding's bit 0x80).
