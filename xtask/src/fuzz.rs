@@ -4,10 +4,14 @@
 //! names the reproducer (`fuzz/artifacts/TARGET/crash-…`); replay it with
 //! `cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/crash-…`.
 //!
-//! Toolchain: cargo-fuzz needs nightly for `-Zsanitizer=address`; the nightly toolchain the eBPF
-//! build uses is reused (`cargo +nightly fuzz`). `tls_records` is built without ASan
-//! (`-s none`): aws-lc-rs is C and gains nothing from instrumenting the Rust side alone, and
-//! the handshake per input is slow enough already.
+//! Toolchain: cargo-fuzz needs nightly flags (`-Zsanitizer`, sancov); the nightly toolchain the
+//! eBPF build uses is reused (`cargo +nightly fuzz`). Targets are built optimised with debug
+//! assertions and overflow checks (`-O -a`) and, by default, without a sanitizer (`-s none`):
+//! the engine without `xdp` is `#![forbid(unsafe_code)]`, so AddressSanitizer has nothing of its
+//! own to check, and one uninstrumented build serves every target (aws-lc-rs's C code is slow to
+//! build twice). `--sanitizer address` is there for longer runs.
+//!
+//! `cargo xtask fuzz all --time S` is the CI stage: every target for S seconds.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -27,16 +31,24 @@ fn dir() -> PathBuf {
     util::root().join("fuzz")
 }
 
-fn sanitizer(target: &str) -> &'static str {
-    if target == "tls_records" {
-        "none"
-    } else {
-        "address"
-    }
-}
-
 /// cargo-fuzz, installed with `cargo install` when missing (idempotent).
 pub fn ensure_cargo_fuzz() -> Result<()> {
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !nightly {
+        println!("deps: installing the nightly toolchain (cargo-fuzz needs it)");
+        util::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
     let works = Command::new(deps::cargo_bin().join("cargo-fuzz"))
         .arg("--version")
         .stdout(Stdio::null())
@@ -64,15 +76,18 @@ fn cargo_fuzz() -> Command {
 }
 
 /// Builds the targets: optimised, with debug assertions and overflow checks (`-a`).
-pub fn build(targets: &[&str]) -> Result<()> {
+pub fn build(targets: &[&str], sanitizer: &str) -> Result<()> {
+    if targets.len() == TARGETS.len() {
+        return util::run(cargo_fuzz().args(["build", "-O", "-a", "-s", sanitizer]));
+    }
     for t in targets {
-        util::run(cargo_fuzz().args(["build", "-O", "-a", "-s", sanitizer(t), t]))?;
+        util::run(cargo_fuzz().args(["build", "-O", "-a", "-s", sanitizer, t]))?;
     }
     Ok(())
 }
 
 /// Runs `target` for `secs` seconds; fails on a crash (naming the reproducer).
-pub fn run(target: &str, secs: u64) -> Result<()> {
+pub fn run(target: &str, secs: u64, sanitizer: &str) -> Result<()> {
     if !TARGETS.contains(&target) {
         bail!(
             "unknown fuzz target `{target}`: choose one of {}",
@@ -88,7 +103,7 @@ pub fn run(target: &str, secs: u64) -> Result<()> {
     let start = Instant::now();
     let status = util::status(
         cargo_fuzz()
-            .args(["run", "-O", "-a", "-s", sanitizer(target), target])
+            .args(["run", "-O", "-a", "-s", sanitizer, target])
             .arg(&work)
             .arg(&seeds)
             .arg("--")
@@ -118,7 +133,7 @@ pub fn run(target: &str, secs: u64) -> Result<()> {
         bail!(
             "fuzz target {target} crashed; reproducer: {} (replay: cd fuzz && cargo +nightly fuzz run -O -a -s {} {target} {})",
             new[0].display(),
-            sanitizer(target),
+            sanitizer,
             new[0].display()
         );
     }
@@ -131,25 +146,50 @@ fn crashes(dir: &std::path::Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// `cargo xtask fuzz`: cargo-fuzz present, then the target for `secs`.
-pub fn main(target: &str, secs: u64) -> Result<()> {
+/// `cargo xtask fuzz TARGET`: cargo-fuzz present, then the target (or `all`) for `secs`.
+pub fn main(target: &str, secs: u64, sanitizer: &str) -> Result<()> {
+    if !["none", "address"].contains(&sanitizer) {
+        bail!("unknown sanitizer `{sanitizer}`: use none or address");
+    }
+    if target == "all" {
+        return all(secs, sanitizer);
+    }
+    if !TARGETS.contains(&target) {
+        bail!(
+            "unknown fuzz target `{target}`: choose one of {} or all",
+            TARGETS.join(", ")
+        );
+    }
     ensure_cargo_fuzz()?;
-    build(&[target])?;
-    run(target, secs)
+    build(&[target], sanitizer)?;
+    run(target, secs, sanitizer)
 }
 
 /// The CI stage: every target for `secs` each (the million-packet replay, `tests/fuzz_replay.rs`,
 /// runs with the rootless tests).
 pub fn ci(secs: u64) -> Result<()> {
+    all(secs, "none")
+}
+
+fn all(secs: u64, sanitizer: &str) -> Result<()> {
     ensure_cargo_fuzz()?;
-    build(TARGETS)?;
+    let start = Instant::now();
+    build(TARGETS, sanitizer)?;
+    println!(
+        "fuzz: targets built in {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
     let mut failed = Vec::new();
     for t in TARGETS {
-        if let Err(e) = run(t, secs) {
+        if let Err(e) = run(t, secs, sanitizer) {
             eprintln!("{e:#}");
             failed.push(*t);
         }
     }
+    println!(
+        "fuzz: build and runs took {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
     if !failed.is_empty() {
         bail!("fuzz targets crashed: {}", failed.join(", "));
     }
