@@ -4,8 +4,8 @@
 //! goes out as its own segment while the congestion window allows, so TLS records are split at
 //! arbitrary points), optionally with bytes flipped.
 //!
-//! Encoding: `[cfg]` (bit 0: flip bytes; bit 1: TLS 1.2 client), with bit 0 `[n: u8]` then n ×
-//! `[stream offset: u16 BE][xor: u8]`, then chunk sizes: `[b]` = b + 1 bytes (1..=128), or with
+//! Encoding: `[cfg]` (bit 0: flip bytes; bit 1: TLS 1.2 client), with bit 0 `[n: u8]` then n % 8 ×
+//! `[stream offset: u16 BE, mod 1024][xor: u8]`, then chunk sizes: `[b]` = b + 1 bytes (1..=128), or with
 //! `b & 0x80` `[b][c]` = ((b & 0x7f) << 8 | c) + 1 bytes; once the input ends, the rest goes in
 //! one piece.
 //!
@@ -110,7 +110,7 @@ fuzz_target!(|data: &[u8]| {
     let mut flips = Vec::new();
     if cfg & 1 != 0 {
         for _ in 0..input.u8() % 8 {
-            let at = usize::from(input.u16());
+            let at = usize::from(input.u16()) % 1024;
             let x = input.u8().max(1);
             flips.push((at, x));
         }
