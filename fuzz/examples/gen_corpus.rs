@@ -60,7 +60,7 @@ impl World {
     }
 
     /// A frame from the peer to the server, recorded and delivered as the fuzz harness would.
-    fn to_server(&mut self, frame: &[u8], first: bool) {
+    fn deliver(&mut self, frame: &[u8], first: bool) {
         let mut rel = frame.to_vec();
         let tcp = tcp_segment(frame).is_some();
         if tcp {
@@ -97,7 +97,7 @@ impl World {
         while self.client.poll_neighbor_event().is_some() {}
         let sent = self.cdev.take_all();
         for (i, f) in sent.iter().enumerate() {
-            self.to_server(f, i == 0);
+            self.deliver(f, i == 0);
         }
     }
 
@@ -227,10 +227,10 @@ fn main() {
     // Ping (the server ARPs for the peer, the client answers), then a UDP probe.
     for (i, size) in [0usize, 56, 1400].into_iter().enumerate() {
         let p: Vec<u8> = (0..size).map(|k| k as u8).collect();
-        w.to_server(&ping(i as u16, &p), true);
+        w.deliver(&ping(i as u16, &p), true);
         w.steps(4);
     }
-    w.to_server(&udp(9), true);
+    w.deliver(&udp(9), true);
     w.steps(4);
     stack_seeds.push(("icmp_udp".into(), w.take_records()));
 

@@ -33,11 +33,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(ip.total_len <= payload.len());
                 let l4 = &payload[ip.header_len..ip.total_len];
                 match ip.protocol {
-                    1 => {
-                        if icmp::parse(l4).is_ok() {
-                            assert!(checksum::verify(l4));
-                        }
-                    }
+                    1 if icmp::parse(l4).is_ok() => assert!(checksum::verify(l4)),
                     6 => {
                         tcp(l4);
                         let _ = checksum::verify_transport(ip.src.octets(), ip.dst.octets(), 6, l4);
