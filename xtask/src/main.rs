@@ -7,13 +7,15 @@
 //! cargo xtask run -- <daemon args>      build, then run target/release/handshake <args>
 //! cargo xtask netns up [--queues N]     a test network that stays (prints its names)
 //! cargo xtask netns down [--all]        remove it (--all: every hs-* namespace)
-//! cargo xtask test                      deps, build, all tests, clippy, fmt; a summary
+//! cargo xtask test                      deps, build, all tests, fuzz (30 s a target), clippy, fmt; a summary
+//! cargo xtask fuzz TARGET [--time S]    a cargo-fuzz target of fuzz/ (or all) for S seconds (default 60)
 //! cargo xtask demo [--cert C --key K]   the seed story live: ARP, ping, TCP, HTTPS, over a veth pair
 //! ```
 
 mod build;
 mod demo;
 mod deps;
+mod fuzz;
 mod netns;
 mod test;
 mod util;
@@ -67,6 +69,18 @@ enum Cmd {
     },
     /// Everything: deps, build, rootless and privileged tests, clippy, fmt; then a summary.
     Test,
+    /// Run one fuzz target of `fuzz/` (cargo-fuzz on nightly, installed if missing) for a
+    /// bounded time; fails on a crash and names the reproducer.
+    Fuzz {
+        /// frame, stack, tcp_established, tls_records, or all (the CI stage).
+        target: String,
+        /// Seconds to fuzz (libFuzzer -max_total_time).
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// none (default: one build for every target) or address.
+        #[arg(long, default_value = "none")]
+        sanitizer: String,
+    },
     /// Bring a network up, start the daemon, and show ARP, ICMP, TCP and HTTPS being answered.
     Demo {
         /// HTTPS certificate chain (PEM); default: target/demo/cert.pem, generated (self-signed)
@@ -104,6 +118,11 @@ fn main() -> Result<()> {
             netns::run(action)
         }
         Cmd::Test => test::run(),
+        Cmd::Fuzz {
+            target,
+            time,
+            sanitizer,
+        } => fuzz::main(&target, time, &sanitizer),
         Cmd::Demo { cert, key, cacert } => demo::run(demo::Tls { cert, key, cacert }),
     }
 }

@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use crate::{build, deps, util};
+use crate::{build, deps, fuzz, util};
+
+/// Seconds each fuzz target runs in CI (4 targets: 2 minutes of fuzzing, plus the build).
+const FUZZ_SECS: u64 = 30;
 
 enum Outcome {
     Passed,
@@ -96,6 +99,9 @@ pub fn run() -> Result<()> {
             )
         });
     }
+    stage(&mut stages, "fuzz (cargo-fuzz, every target 30 s)", || {
+        fuzz::ci(FUZZ_SECS)
+    });
     stage(
         &mut stages,
         "clippy (-D warnings; with xdp and netns; the eBPF crate)",
@@ -117,6 +123,11 @@ pub fn run() -> Result<()> {
         util::run(
             util::cargo()
                 .current_dir(util::root().join("ebpf"))
+                .args(["fmt", "--check"]),
+        )?;
+        util::run(
+            util::cargo()
+                .current_dir(util::root().join("fuzz"))
                 .args(["fmt", "--check"]),
         )
     });

@@ -286,6 +286,9 @@ impl TcpOptions {
                 }
                 (kind::SACK, n) if n % 8 == 0 && (8..=8 * MAX_SACK_BLOCKS).contains(&n) => {
                     o.sack_len = (n / 8) as u8;
+                    // A later SACK option replaces an earlier one whole: no stale blocks past
+                    // `sack_len` (they would make equal options compare unequal).
+                    o.sack = [SackBlock::default(); MAX_SACK_BLOCKS];
                     for (i, b) in body.chunks_exact(8).enumerate() {
                         o.sack[i] = SackBlock {
                             left: be32(&b[..4]),
@@ -641,6 +644,23 @@ mod tests {
             },
             payload: &[],
         }
+    }
+
+    /// Found by the `frame` fuzz target: a SACK option of 3 blocks then one of 1 left blocks
+    /// 2 and 3 of the first behind `sack_len`, so the parse differed from its own re-emission.
+    #[test]
+    fn a_second_sack_option_replaces_the_first_whole() {
+        let mut opts = vec![kind::SACK, 26];
+        for v in 1u32..=6 {
+            opts.extend_from_slice(&v.to_be_bytes());
+        }
+        opts.extend_from_slice(&[kind::SACK, 10, 0, 0, 0, 9, 0, 0, 0, 10]);
+        let o = TcpOptions::parse(&opts).unwrap();
+        assert_eq!(o.sack_blocks(), &[SackBlock { left: 9, right: 10 }]);
+        let mut one = TcpOptions::NONE;
+        one.sack[0] = SackBlock { left: 9, right: 10 };
+        one.sack_len = 1;
+        assert_eq!(o, one);
     }
 
     #[test]
