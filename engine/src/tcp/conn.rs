@@ -538,6 +538,21 @@ impl Conn {
             }
         }
 
+        // After the peer's FIN, a RST it sent in answer to a segment of ours that had not yet
+        // acknowledged that FIN carries RCV.NXT − 1 (taken from that segment's ACK field, RFC
+        // 9293 §3.10.7.1). It resets in CLOSE-WAIT, LAST-ACK and CLOSING, as Linux's
+        // tcp_reset_check does; guessing it blind is as hard as guessing RCV.NXT.
+        if rst
+            && seg.seq == self.rcv_nxt.wrapping_sub(1)
+            && matches!(
+                self.state,
+                State::CloseWait | State::LastAck | State::Closing
+            )
+        {
+            env.stats.rsts_received += 1;
+            return Disp::Close(CloseReason::Reset);
+        }
+
         // Acceptability (RFC 9293 §3.10.7.4, first check).
         let wnd = self.rcv_adv.wrapping_sub(self.rcv_nxt);
         let acceptable = match (seg_len, wnd) {

@@ -1606,3 +1606,46 @@ fn test_shutdown_all_sends_fin_everywhere_and_stops_listening() {
     assert_eq!(t.tcp.state(c), Some(State::TimeWait));
     assert_eq!(t.tcp.open_flows(), 0);
 }
+
+/// Found by the trace of the demo's curl run: curl's kernel answered our close_notify (sent
+/// before we had seen its FIN, so acknowledging only up to it) with RST at the FIN's own sequence
+/// number; that RST arrived after the FIN. Out of the window by one, it was dropped and our FIN
+/// retransmitted for minutes. Linux accepts it in CLOSE-WAIT, LAST-ACK and CLOSING.
+#[test]
+fn test_close_wait_rst_at_rcv_nxt_minus_one_resets() {
+    let (mut t, c) = tcp_established();
+    send!(
+        t,
+        TcpRepr {
+            flags: FIN | ACK,
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(t.tcp.state(c), Some(State::CloseWait));
+    // Not in ESTABLISHED: there RCV.NXT − 1 is just out of the window.
+    let (mut t2, c2) = tcp_established();
+    send!(
+        t2,
+        TcpRepr {
+            flags: RST,
+            seq: REMOTE_SEQ,
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(t2.tcp.state(c2), Some(State::Established));
+    send!(
+        t,
+        TcpRepr {
+            flags: RST,
+            seq: REMOTE_SEQ + 1,
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(t.tcp.state(c), None);
+    assert!(t.events().contains(&Event::Closed {
+        conn: c,
+        reason: CloseReason::Reset
+    }));
+}
