@@ -8,12 +8,13 @@
 //! chosen suite; in TLS 1.2 the plaintext Certificate … ServerHelloDone, ClientKeyExchange;
 //! ChangeCipherSpec; encrypted handshake records; application data; alerts), and the close.
 //!
-//! It is sans-IO like the rest of the stack: [`crate::stack::Stack`] hands it every frame it
-//! receives and sends while a tracer is installed, the TCP engine hands it state changes of the
-//! connections the filter matches, and the caller drains [`TraceEvent`]s with
-//! [`Tracer::poll_event`]. Frames of connections that do not match cost a parse of the
-//! addresses and ports; with no tracer installed the stack pays one branch per frame, and a
-//! build without the `trace` feature not even that.
+//! It is sans-IO like the rest of the stack: while a tracer is installed,
+//! [`crate::stack::Stack`] hands it the ARP packets and TCP segments it receives and sends, at
+//! the points where it has already parsed them ([`Tracer::on_arp`], [`Tracer::on_tcp`]); the TCP
+//! engine hands it the state changes of the connections the filter matches; the caller drains
+//! [`TraceEvent`]s with [`Tracer::poll_event`]. A segment of a connection that does not match
+//! costs two port reads and a compare; with no tracer installed the stack pays a branch per
+//! segment, and a build without the `trace` feature not even that (figures in the README).
 //!
 //! TLS 1.3 encrypts everything after ServerHello, so encrypted records are named by their place
 //! in the handshake: the server's records before the client's first encrypted record carry
