@@ -604,3 +604,137 @@ print('sent', len(pkts), 'in', round(time.time() - t, 2), 's')
     );
     Ok(())
 }
+
+/// Slowloris: 100 connections send one byte of a request and stall, 100 more send nothing at
+/// all, with `request_timeout_ms = 1000`. The engine must hold them (200 established flows at
+/// 0.5 s), then close every one itself within the timeout plus 1.5 s (the clients see EOF;
+/// the stalled requests get a 408), leave no open flow and still serve. Done twice: the second
+/// round must not grow memory (the first allocates connection buffers on first use).
+#[test]
+fn slowloris_connections_are_reclaimed_by_the_request_timeout() -> Result<()> {
+    let topo = Topology::builder().kernel_address(false).up()?;
+    let cfg = Cfg::new("slow", "request_timeout_ms = 1000\n")?;
+    let d = Daemon::start(
+        &topo,
+        &[
+            "--config",
+            cfg.path(),
+            "--addr",
+            "198.18.0.1/24",
+            "--http",
+            "80",
+            "--stats-interval",
+            "0",
+        ],
+    )?;
+    curl_ok(&topo)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let rss0 = rss_kb(&d)?;
+    let mut rss = vec![rss0];
+    for round in 1..=2 {
+        let m0 = metrics(&topo)?;
+        let script = r#"
+import socket, selectors, time
+N = 100
+sel = selectors.DefaultSelector()
+socks = []
+t0 = time.time()
+for i in range(2 * N):
+    s = socket.create_connection(('198.18.0.1', 80), timeout=5)
+    if i < N:
+        s.sendall(b'G')
+    s.setblocking(False)
+    sel.register(s, selectors.EVENT_READ, i)
+    socks.append(s)
+print('open', len(socks), 'in', round(time.time() - t0, 2), 's', flush=True)
+closed, got408, worst = 0, 0, 0.0
+data = {}
+deadline = t0 + 6
+while closed < 2 * N and time.time() < deadline:
+    for key, _ in sel.select(timeout=0.1):
+        s, i = key.fileobj, key.data
+        try:
+            b = s.recv(4096)
+        except ConnectionResetError:
+            b = b''
+        if b:
+            data[i] = data.get(i, b'') + b
+            continue
+        sel.unregister(s)
+        s.close()
+        closed += 1
+        worst = max(worst, time.time() - t0)
+        got408 += data.get(i, b'').startswith(b'HTTP/1.1 408')
+print('closed', closed, 'of', 2 * N, 'by', round(worst, 2), 's', '408s', got408)
+"#;
+        let mut cl = topo.spawn_peer([PYTHON, "-c", script])?;
+        let mut cl_out = std::io::BufReader::new(cl.stdout.take().context("client stdout")?);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut cl_out, &mut line)?;
+        ensure!(line.starts_with("open 200 "), "slowloris clients: {line:?}");
+        std::thread::sleep(Duration::from_millis(300));
+        let mid = metrics(&topo)?;
+        let held = mid.sum("handshake_tcp_flows", &["state=\"established\""]);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut cl_out, &mut rest)?;
+        let st = cl.wait()?;
+        std::thread::sleep(Duration::from_millis(300));
+        let m1 = metrics(&topo)?;
+        let open: u64 = [
+            "syn_received",
+            "established",
+            "fin_wait_1",
+            "fin_wait_2",
+            "close_wait",
+            "closing",
+            "last_ack",
+        ]
+        .iter()
+        .map(|s| m1.sum("handshake_tcp_flows", &[&format!("state=\"{s}\"")]))
+        .sum();
+        let s408 = m1.sum("handshake_http_responses_total", &["status=\"408\""])
+            - m0.sum("handshake_http_responses_total", &["status=\"408\""]);
+        curl_ok(&topo)?;
+        let rss1 = rss_kb(&d)?;
+        rss.push(rss1);
+        eprintln!(
+        "slowloris round {round}: {} ; {} ; established while stalled {held}; open flows after {open}; 408s counted {s408}; RSS {rss0} -> {rss1} kB",
+        line.trim(),
+        rest.trim()
+    );
+        ensure!(st.success(), "slowloris client: {st} {rest}");
+        ensure!(
+            held == 200,
+            "{held} of 200 stalled connections held at 0.5 s"
+        );
+        let closed: Vec<&str> = rest.split_whitespace().collect();
+        ensure!(
+            matches!(
+                closed[..],
+                ["closed", "200", "of", "200", "by", _, "s", "408s", _]
+            ),
+            "not every stalled connection was closed by the engine: {rest}"
+        );
+        let by: f64 = closed[5].parse()?;
+        ensure!(
+            by <= 2.5,
+            "the last stalled connection was closed after {by} s (timeout 1 s)"
+        );
+        ensure!(open == 0, "{open} flows still open after the timeout");
+        ensure!(
+            s408 >= 100,
+            "only {s408} 408 responses for the 100 stalled requests"
+        );
+    }
+    // The first round allocates connection buffers on first use (`prealloc_buffers = 0`);
+    // they are recycled, so a second round of the same attack must not grow memory (2%).
+    eprintln!(
+        "slowloris RSS: start {} kB, after round 1 {} kB, after round 2 {} kB",
+        rss[0], rss[1], rss[2]
+    );
+    ensure!(
+        rss[2] * 100 <= rss[1] * 102,
+        "RSS grew from round 1 to round 2: {rss:?} kB: buffers are not recycled"
+    );
+    Ok(())
+}
