@@ -349,8 +349,8 @@ impl NeighborCache {
     /// Learns `ip` → `mac` from an ARP packet received on this worker; returns true when the entry
     /// is now resolved to `mac`.
     ///
-    /// - [`Learn::Reply`] to an outstanding request resolves or updates the entry (the first answer
-    ///   wins; the probe cycle ends with it).
+    /// - [`Learn::Reply`] to an outstanding request resolves an incomplete entry (the first answer
+    ///   wins; the probe cycle ends with it); a known entry is only confirmed by its own MAC.
     /// - [`Learn::RequestToUs`]: the sender will talk to us, so RFC 826 merges it — creating the
     ///   entry if absent. A *different* MAC for a known address is not taken on trust: it is
     ///   refused and the address is probed.
@@ -377,11 +377,12 @@ impl NeighborCache {
             }
             return self.learned(ip, mac);
         };
-        // A refresh counts as outstanding only once its request went out.
-        let probing =
-            (e.probe_at.is_some() && e.probes > 0) || e.state == State::Incomplete || expected;
+        // A known entry is only confirmed by its own MAC, even while it is probed: a conflicting
+        // claim triggers a probe, and a forger answering that probe first must not win the
+        // race. If the known MAC stops answering, the probes give out, the entry is forgotten,
+        // and a fresh resolution accepts the new owner.
         let accept = match how {
-            Learn::Reply => probing || e.mac == mac,
+            Learn::Reply => e.state == State::Incomplete || e.mac == mac,
             Learn::RequestToUs | Learn::Unsolicited => {
                 e.state != State::Incomplete && e.mac == mac
                     || (how == Learn::RequestToUs && e.state == State::Incomplete)
@@ -777,6 +778,40 @@ mod tests {
             c.learn(t(6), GW, MAC_A, Learn::Unsolicited),
             "a repeat confirms"
         );
+    }
+
+    /// A forger who answers the probe that its own conflicting claim triggered does not win the
+    /// race (the netns ARP flood test found this hijack); a real MAC change still goes through
+    /// once the old MAC stops answering.
+    #[test]
+    fn probe_answered_by_a_forger_does_not_hijack() {
+        let mut c = cache();
+        c.lookup(t(0), GW);
+        c.poll_request(t(0));
+        assert!(c.learn(t(1), GW, MAC_A, Learn::Reply));
+        assert!(!c.learn(t(2), GW, MAC_B, Learn::RequestToUs));
+        assert_eq!(c.poll_request(t(2)), Some((GW, MAC_A)), "conflict probe");
+        assert!(c.is_probing(GW));
+        assert!(
+            !c.learn(t(3), GW, MAC_B, Learn::Reply),
+            "the forger answers the probe first"
+        );
+        assert_eq!(c.lookup(t(4), GW), Lookup::Hit(MAC_A));
+        assert!(c.learn(t(5), GW, MAC_A, Learn::Reply), "the owner confirms");
+        assert_eq!(c.lookup(t(6), GW), Lookup::Hit(MAC_A));
+        // The owner moved to MAC_B: the probes to MAC_A go unanswered, the entry is forgotten,
+        // and the next resolution takes the new MAC.
+        assert!(!c.learn(t(7), GW, MAC_B, Learn::RequestToUs));
+        let mut now = t(7);
+        for _ in 0..200 {
+            c.handle_timeout(now);
+            while c.poll_request(now).is_some() {}
+            now += Duration::from_millis(50);
+        }
+        assert_eq!(c.lookup(now, GW), Lookup::Miss, "forgotten");
+        c.poll_request(now);
+        assert!(c.learn(now, GW, MAC_B, Learn::Reply));
+        assert_eq!(c.lookup(now, GW), Lookup::Hit(MAC_B));
     }
 
     #[test]

@@ -1343,7 +1343,12 @@ impl Tcp {
             };
             let sack = (self.cfg.sack && seg.options.sack_permitted) as u32;
             let tsnow = (now.as_millis() as u32).wrapping_add(self.ts_offset(&key));
-            let val = (tsnow & !0x1f) | (sack << 4) | peer_ws;
+            let mut val = (tsnow & !0x1f) | (sack << 4) | peer_ws;
+            // Never ahead of the clock (as Linux): the connection's later segments carry the
+            // real clock, and a smaller TSval than the SYN-ACK's fails the peer's PAWS check.
+            if (val.wrapping_sub(tsnow) as i32) > 0 {
+                val = val.wrapping_sub(0x20);
+            }
             options.timestamps = Some(Timestamps { val, ecr: ts.val });
             options.sack_permitted = sack == 1;
             if peer_ws != 0xf {

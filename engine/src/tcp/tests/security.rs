@@ -179,6 +179,55 @@ fn test_syn_cookie_when_backlog_full() {
     assert_eq!(t.tcp.recv_available(conn), Ok(3));
 }
 
+/// The cookie's TSval carries the peer's shift and SACK in its low 5 bits; it must never be
+/// ahead of the connection's timestamp clock, or the peer's PAWS drops the first data segments
+/// (they carry a smaller TSval) and every cookie connection stalls for an RTO (found by the
+/// netns SYN flood test: 1 s per connection). Linux steps the value back likewise.
+#[test]
+fn test_syn_cookie_tsval_not_ahead_of_the_clock() {
+    let mut t = tcp_listen_with(cookie_cfg());
+    let peer = TcpOptions {
+        mss: Some(1400),
+        window_scale: Some(7),
+        sack_permitted: true,
+        timestamps: Some(Timestamps { val: 777, ecr: 0 }),
+        ..TcpOptions::NONE
+    };
+    let (cookie, o) = cookie_syn_ack(&mut t, peer);
+    let tsv = o.timestamps.unwrap().val;
+    assert_eq!(tsv & 0x1f, 0x10 | 7);
+    assert!(
+        (tsv.wrapping_sub(0) as i32) <= 0,
+        "cookie TSval {tsv} ahead of the clock (0)"
+    );
+    let ack = TcpRepr {
+        src_port: RPORT + 1,
+        seq: REMOTE_SEQ + 1,
+        ack: cookie.wrapping_add(1),
+        window: 100,
+        options: TcpOptions {
+            timestamps: Some(Timestamps { val: 778, ecr: tsv }),
+            ..TcpOptions::NONE
+        },
+        ..SEND_TEMPL
+    };
+    send!(t, time 1, ack);
+    assert_eq!(t.tcp.stats().syn_cookies_validated, 1);
+    let ev = t.events();
+    let Event::Accepted { conn, .. } = ev[0] else {
+        panic!("{ev:?}")
+    };
+    t.tcp.send(conn, b"ok").unwrap();
+    let mut buf = [0u8; 2048];
+    let r = t.recv(&mut buf).expect("data segment");
+    assert_eq!(r.payload, b"ok");
+    let data_tsv = r.options.timestamps.expect("timestamps").val;
+    assert!(
+        (data_tsv.wrapping_sub(tsv) as i32) >= 0,
+        "data TSval {data_tsv} before the cookie's {tsv}: the peer's PAWS would drop it"
+    );
+}
+
 #[test]
 fn test_syn_cookie_bad_ack_gets_rst() {
     let mut t = tcp_listen_with(cookie_cfg());
