@@ -453,9 +453,9 @@ fn stats_once_prints_per_queue_lines() -> Result<()> {
 
 /// HTTPS, inline and on one pool thread: 4 curl requests (4 full TLS handshakes) and one plain
 /// HTTP request to the TLS port (a failed handshake). Inline, the TLS counters are exact; on
-/// the pool (whose threads keep their own TLS counters, printed at exit, not exported), no flow
-/// is left on the pool, none was aborted, and the pool thread's queue depth is exported (0
-/// once idle).
+/// the pool the pool thread's own counters (`thread="0"`, published every 100 ms) are exact,
+/// no flow is left on the pool, none was aborted, and its queue depth is exported (0 once
+/// idle).
 #[test]
 fn tls_counters_inline_and_pool() -> Result<()> {
     let topo = Topology::builder().kernel_address(false).up()?;
@@ -538,6 +538,24 @@ fn tls_counters_inline_and_pool() -> Result<()> {
                 ensure!(g("handshake_tls_sessions_total")? == 0, "no inline session");
                 ensure!(get(&s, "handshake_tls_pool_queue_depth", &[("thread", "0")])? == 0.0);
                 ensure!(is_gauge(&s, "handshake_tls_pool_queue_depth"));
+                let p = |n: &str| get(&s, n, &[("thread", "0")]);
+                ensure!(
+                    p("handshake_tls_pool_sessions_total")? == 5.0,
+                    "pool sessions"
+                );
+                ensure!(
+                    p("handshake_tls_pool_handshakes_total")? == 4.0,
+                    "pool handshakes"
+                );
+                ensure!(
+                    p("handshake_tls_pool_resumed_total")? == 0.0,
+                    "pool resumed"
+                );
+                ensure!(p("handshake_tls_pool_errors_total")? == 1.0, "pool errors");
+                ensure!(
+                    p("handshake_tls_pool_http_responses_total")? == 4.0,
+                    "pool responses"
+                );
             }
             ensure!(q0(&s, "handshake_tcp_opens_total", &[("side", "passive")])? == 5);
             drop(d);

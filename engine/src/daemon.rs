@@ -496,8 +496,10 @@ mod xdp {
         let publish_global =
             |prog: &crate::loader::XdpProgram, pool: Option<&crate::https::pool::Pool>| {
                 if let Some(pool) = pool {
-                    for (slot, n) in registry.pool.iter().zip(pool.queue_depths()) {
-                        slot.publish(&crate::metrics::Values([n as u64]));
+                    let stats = pool.thread_stats();
+                    for ((slot, n), t) in registry.pool.iter().zip(pool.queue_depths()).zip(&stats)
+                    {
+                        slot.publish(&crate::metrics::pool_values(n, t));
                     }
                 }
                 let xdp = prog.counters();

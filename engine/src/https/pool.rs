@@ -284,6 +284,8 @@ pub struct Pool {
     handles: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<HttpsStats>>,
+    /// Per pool thread: its counters, published by it every 100 ms (for the metrics).
+    live: Vec<Arc<Mutex<HttpsStats>>>,
     /// The receiving ends of the channels to the pool threads, only to read their length.
     inboxes: Vec<Receiver<Batch<ToPool>>>,
 }
@@ -336,10 +338,12 @@ impl Pool {
             .map(|_| crossbeam_channel::bounded::<Batch<ToPool>>(cfg.channel))
             .collect();
         let mut handles = Vec::new();
+        let live: Vec<Arc<Mutex<HttpsStats>>> = (0..threads).map(|_| Arc::default()).collect();
         for (t, (_, rx)) in to_threads.iter().enumerate() {
             let rx = rx.clone();
             let senders: Vec<_> = to_workers.iter().map(|(tx, _)| tx.clone()).collect();
             let mut thread = PoolThread::new(cfg, service.clone(), senders);
+            thread.live = Arc::clone(&live[t]);
             let stop = Arc::clone(&stop);
             let stats = Arc::clone(&stats);
             let core = cfg.cores.get(t).copied();
@@ -351,6 +355,7 @@ impl Pool {
                             core_affinity::set_for_current(core_affinity::CoreId { id: c });
                         }
                         thread.run(&rx, &stop);
+                        *thread.live.lock().unwrap_or_else(|e| e.into_inner()) = thread.stats;
                         stats
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -379,10 +384,19 @@ impl Pool {
                 handles,
                 stop,
                 stats,
+                live,
                 inboxes: to_threads.iter().map(|(_, rx)| rx.clone()).collect(),
             },
             links,
         ))
+    }
+
+    /// Each pool thread's counters as it last published them (every 100 ms, and at its end).
+    pub fn thread_stats(&self) -> Vec<HttpsStats> {
+        self.live
+            .iter()
+            .map(|l| *l.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect()
     }
 
     /// Batches waiting in each pool thread's inbox (a gauge for the metrics).
@@ -501,6 +515,8 @@ struct PoolThread {
     chunks: Chunks,
     scratch: Box<[u8]>,
     stats: HttpsStats,
+    /// Where `stats` is published (every sweep, 100 ms), for the metrics.
+    live: Arc<Mutex<HttpsStats>>,
     epoch: std::time::Instant,
 }
 
@@ -520,6 +536,7 @@ impl PoolThread {
             chunks: Chunks::default(),
             scratch: vec![0; CHUNK].into_boxed_slice(),
             stats: HttpsStats::default(),
+            live: Arc::default(),
             epoch: std::time::Instant::now(),
         }
     }
@@ -544,6 +561,7 @@ impl PoolThread {
             if now.saturating_since(last_sweep) >= Duration::from_millis(100) {
                 last_sweep = now;
                 self.sweep(now);
+                *self.live.lock().unwrap_or_else(|e| e.into_inner()) = self.stats;
             }
             self.flush();
         }

@@ -399,11 +399,60 @@ pub const XDP_QUEUE_FAMILIES: &[Family] = &[counter(
     "Frames the XDP program redirected to this queue's AF_XDP socket.",
 )];
 
-/// The per-pool-thread families (label `thread`), filled by the daemon's main thread.
-pub const POOL_FAMILIES: &[Family] = &[gauge(
-    "handshake_tls_pool_queue_depth",
-    "Batches waiting in the TLS pool thread's inbox (--tls-threads).",
-)];
+/// The per-pool-thread families (label `thread`), filled by the daemon's main thread from
+/// [`crate::https::pool::Pool::queue_depths`] and [`crate::https::pool::Pool::thread_stats`]
+/// (each pool thread publishes its TLS counters every 100 ms, off its fast path).
+pub const POOL_FAMILIES: &[Family] = &[
+    gauge(
+        "handshake_tls_pool_queue_depth",
+        "Batches waiting in the TLS pool thread's inbox (--tls-threads).",
+    ),
+    counter(
+        "handshake_tls_pool_sessions_total",
+        "TLS sessions started on the pool thread.",
+    ),
+    counter(
+        "handshake_tls_pool_handshakes_total",
+        "TLS handshakes completed on the pool thread.",
+    ),
+    counter(
+        "handshake_tls_pool_resumed_total",
+        "Of the pool thread's handshakes, resumed ones.",
+    ),
+    counter(
+        "handshake_tls_pool_errors_total",
+        "Pool-thread TLS sessions ended by bad input (an alert was sent).",
+    ),
+    counter(
+        "handshake_tls_pool_timeouts_total",
+        "Pool-thread TLS handshakes that did not finish in time.",
+    ),
+    counter(
+        "handshake_tls_pool_refused_total",
+        "Connections the pool thread refused (max_sessions).",
+    ),
+    counter(
+        "handshake_tls_pool_http_responses_total",
+        "HTTP responses sent over TLS by the pool thread (all statuses).",
+    ),
+];
+
+/// Slots of a pool thread's publication.
+pub const POOL_SLOTS: usize = 8;
+
+/// A pool thread's values, in [`POOL_FAMILIES`] order.
+pub fn pool_values(depth: usize, t: &crate::https::HttpsStats) -> Values<POOL_SLOTS> {
+    Values([
+        depth as u64,
+        t.sessions,
+        t.handshakes,
+        t.resumed,
+        t.tls_errors,
+        t.handshake_timeouts,
+        t.refused,
+        t.http.status.iter().sum(),
+    ])
+}
 
 /// One publication: the values of a family list, in slot order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -746,7 +795,7 @@ pub struct Registry {
     /// Written by the main thread.
     pub global: std::sync::Arc<Slot<GLOBAL_SLOTS>>,
     /// One per TLS pool thread, written by the main thread.
-    pub pool: Vec<std::sync::Arc<Slot<1>>>,
+    pub pool: Vec<std::sync::Arc<Slot<POOL_SLOTS>>>,
 }
 
 impl Registry {
@@ -765,7 +814,7 @@ impl Registry {
         let q: Vec<QueueValues> = self.queues.iter().map(|s| s.read()).collect();
         let x: Vec<Values<1>> = self.xdp_queues.iter().map(|s| s.read()).collect();
         let g = self.global.read();
-        let p: Vec<Values<1>> = self.pool.iter().map(|s| s.read()).collect();
+        let p: Vec<Values<POOL_SLOTS>> = self.pool.iter().map(|s| s.read()).collect();
         let sections = [
             Section {
                 families: GLOBAL_FAMILIES,
