@@ -54,16 +54,19 @@ fn run_with<S: Server>(s: S, n: usize, rounds: u64, mut after_round: impl FnMut(
     // that a server allocates on first use (ours from its pools, smoltcp's at construction)
     // are not billed to the measured rounds, as in the criterion runs, which amortize them.
     client.round(&mut s.0, &mut clock);
+    let warm = clock.server;
     for _ in 0..rounds {
         client.round(&mut s, &mut clock);
         after_round(&mut s.0);
     }
+    let conns = n as u64 * rounds;
     println!(
-        "{}: {} connections, {} steps, {} server segments",
+        "{}: {} connections, {} steps, {} server segments, {:.0} ns of server steps per connection",
         S::NAME,
-        n as u64 * rounds,
+        conns,
         clock.steps,
-        client.segments_out
+        client.segments_out,
+        (clock.server - warm).as_nanos() as f64 / conns.max(1) as f64
     );
 }
 
