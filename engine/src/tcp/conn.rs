@@ -885,6 +885,18 @@ impl Conn {
                 self.backoff = 0;
             }
         }
+        // The window closed on unsent data with nothing in flight: no ACK will come, so only
+        // the persist timer can learn that it reopens (RFC 9293 §3.8.6.1). Nothing else arms
+        // it here: the connection has nothing to transmit, `poll_transmit` does not visit it.
+        if self.snd_wnd == 0
+            && !self.persist
+            && self.rtx_at == Instant::MAX
+            && self.syn_acked
+            && self.snd_nxt == self.snd_una
+            && self.tx.len() > 0
+        {
+            self.arm_persist(env.cfg, env.now);
+        }
         None
     }
 

@@ -556,6 +556,47 @@ fn test_zero_window_persist_probes() {
     assert_eq!(t.tcp.state(c), Some(State::Established));
 }
 
+/// The window closes with the ACK of everything in flight while more data waits (what a
+/// reader that stops reading does): nothing is in flight and nothing can be sent, yet the
+/// persist timer must be armed, or the connection would wait forever for a window update
+/// that may be lost (found by the sockstress test over veth: no probe was ever sent).
+#[test]
+fn test_window_closed_by_the_ack_of_all_in_flight_arms_persist() {
+    let (mut t, c) = established_with(cfg(), 536, 20);
+    assert_eq!(t.tcp.send(c, &[b'x'; 30]).unwrap(), 30);
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 1,
+            payload: &[b'x'; 20],
+            ..RECV_TEMPL
+        }]
+    );
+    send!(
+        t,
+        time 10,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 21,
+            window: 0,
+            ..SEND_TEMPL
+        }
+    );
+    recv_nothing!(t);
+    recv_nothing!(t, time 209);
+    recv!(
+        t,
+        time 210,
+        TcpRepr {
+            seq: LOCAL_SEQ + 21,
+            ack: REMOTE_SEQ + 1,
+            payload: b"x",
+            ..RECV_TEMPL
+        }
+    );
+}
+
 /// Sockstress: the peer answers every probe with a zero window and never takes a byte. After
 /// `persist_timeout_ms` of that the connection is reset (RST at SND.NXT) and reported
 /// `PersistTimeout`; the probes before it back off as usual, and the last wait is cut short
