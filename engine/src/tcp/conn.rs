@@ -893,7 +893,7 @@ impl Conn {
             && self.rtx_at == Instant::MAX
             && self.syn_acked
             && self.snd_nxt == self.snd_una
-            && self.tx.len() > 0
+            && !self.tx.is_empty()
         {
             self.arm_persist(env.cfg, env.now);
         }
