@@ -1360,7 +1360,7 @@ print('after ok', ok, 'of 20')
 /// (`handshake_tls_refused_total`: an RST at accept), the handshakes counted are exactly the
 /// clients that completed, no legitimate client hangs (each is served or refused within 5 s;
 /// while the flood holds every session, refusal is the expected answer), all are served right
-/// after the flood, and a second round does not grow memory.
+/// after the flood, and a third round does not grow memory.
 #[test]
 fn tls_handshake_flood_stays_within_the_session_limit() -> Result<()> {
     let topo = Topology::builder().kernel_address(false).up()?;
@@ -1405,15 +1405,19 @@ fn tls_handshake_flood_stays_within_the_session_limit() -> Result<()> {
         "{refused_a} refusals counted for 41 refused"
     );
 
-    // The flood, twice (the first allocates connection buffers on first use).
+    // The flood, three times: connection buffers are allocated on first use, up to the most
+    // connections ever open at once, which varies a little from round to round; a leak would
+    // grow every round.
     let mut rss = vec![rss0];
-    for round in 1..=2 {
+    for round in 1..=3 {
+        // Metrics are published every 100 ms: let the previous clients' counts land first.
+        std::thread::sleep(Duration::from_millis(300));
         let m0 = metrics(&topo)?;
         let flood_cmd = "ulimit -n 8192; for i in 1 2 3 4 5 6 7 8 9 10; do timeout -s INT 20 h2load --h1 -n 1500 -c 1500 -t 1 --connect-to=198.18.0.1:443 https://handshake.test/; done";
         let t = Instant::now();
         let flood = topo.spawn_peer(["sh", "-c", flood_cmd])?;
         std::thread::sleep(Duration::from_millis(300));
-        let legit = topo.py(HTTPS_CLIENTS, &[&ca, "100", "1", "0.02"])?;
+        let legit = topo.py(HTTPS_CLIENTS, &[&ca, "100", "1", "0.01"])?;
         let legit_secs = t.elapsed().as_secs_f64();
         let fl = flood.wait_with_output()?;
         let flood_secs = t.elapsed().as_secs_f64();
@@ -1421,6 +1425,7 @@ fn tls_handshake_flood_stays_within_the_session_limit() -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
         let m1 = metrics(&topo)?;
         let d_ = |n: &str| m1.sum(n, &[]) - m0.sum(n, &[]);
+        let cookies = d_("handshake_tcp_syn_cookies_validated_total");
         let (refused, handshakes, sessions, errors, timeouts) = (
             d_("handshake_tls_refused_total"),
             d_("handshake_tls_handshakes_total"),
@@ -1450,7 +1455,7 @@ fn tls_handshake_flood_stays_within_the_session_limit() -> Result<()> {
         let legit_ok = https_figure(&legit, "ok")?;
         let legit_refused = https_figure(&legit, "refused")?;
         eprintln!(
-            "TLS handshake flood round {round}: h2load 10 waves of 1500 clients at once in {flood_secs:.1} s ({:.0} attempts/s): succeeded {succeeded} failed {failed}; legit during (first {legit_secs:.1} s): {} ; engine: sessions {sessions}, handshakes {handshakes}, refused {refused}, errors {errors}, timeouts {timeouts}; after: {} ; RSS {rss0} -> {rss1} kB",
+            "TLS handshake flood round {round}: h2load 10 waves of 1500 clients at once in {flood_secs:.1} s ({:.0} attempts/s): succeeded {succeeded} failed {failed}; legit during (first {legit_secs:.1} s): {} ; engine: sessions {sessions}, handshakes {handshakes}, refused {refused}, errors {errors}, timeouts {timeouts}, SYN cookies validated {cookies}; after: {} ; RSS {rss0} -> {rss1} kB",
             15000.0 / flood_secs,
             legit.trim().replace('\n', " ; "),
             after.trim()
@@ -1473,19 +1478,26 @@ fn tls_handshake_flood_stays_within_the_session_limit() -> Result<()> {
             "no flood client completed: the engine did not serve under load:\n{fl_out}"
         );
         // Every connection the engine accepted is a session or a counted refusal; every
-        // client that completed is a counted handshake.
+        // client that completed is a counted handshake. (A refused connection can be accepted
+        // again: past the SYN backlog the handshake is a SYN cookie, and the client's next
+        // segment, sent before our RST reached it, validates the cookie once more. So the
+        // refusals are at least the clients refused, not exactly.)
         ensure!(
             succeeded + failed == 15000,
             "h2load accounted for {} of 15000 requests",
             succeeded + failed
         );
         ensure!(
-            sessions + refused == 15000 + 100,
-            "sessions {sessions} + refused {refused} != the 15100 connections made"
+            sessions + refused >= 15000 + 100,
+            "sessions {sessions} + refused {refused} < the 15100 connections made"
         );
         ensure!(
-            refused == failed + legit_refused as u64,
-            "refusals counted {refused} != flood failures {failed} + legitimate refusals {legit_refused}"
+            refused >= failed + legit_refused as u64,
+            "refusals counted {refused} < flood failures {failed} + legitimate refusals {legit_refused}"
+        );
+        ensure!(
+            refused == failed + legit_refused as u64 || cookies > 0,
+            "{refused} refusals counted for {failed} + {legit_refused} refused clients, without SYN cookies"
         );
         ensure!(
             handshakes == succeeded + legit_ok as u64 && errors == 0 && timeouts == 0,
@@ -1496,9 +1508,10 @@ fn tls_handshake_flood_stays_within_the_session_limit() -> Result<()> {
             "not served after the flood: {after}"
         );
     }
+    eprintln!("TLS handshake flood RSS (start, after each round): {rss:?} kB");
     ensure!(
-        rss[2] * 100 <= rss[1] * 102,
-        "RSS grew from flood round 1 to round 2: {rss:?} kB"
+        rss[3] * 100 <= rss[1].max(rss[2]) * 102,
+        "RSS still grew in flood round 3: {rss:?} kB"
     );
     Ok(())
 }
