@@ -260,7 +260,11 @@ pub const QUEUE_FAMILIES: &[Family] = &[
     ),
     counter(
         "handshake_tcp_timeouts_total",
-        "TCP connections closed by a timeout (retransmissions, keepalive).",
+        "TCP connections closed by a timeout (retransmissions, keepalive, persist).",
+    ),
+    counter(
+        "handshake_tcp_persist_timeouts_total",
+        "TCP connections reset because the peer kept its window closed past tcp.persist_timeout_ms.",
     ),
     counter_by(
         "handshake_tcp_drops_total",
@@ -612,6 +616,7 @@ pub fn collect(stack: &Stack, shell: &ShellCounters, out: &mut QueueValues) {
     w.one("handshake_tcp_rsts_sent_total", t.rsts_sent);
     w.one("handshake_tcp_rsts_received_total", t.rsts_received);
     w.one("handshake_tcp_timeouts_total", t.timeouts);
+    w.one("handshake_tcp_persist_timeouts_total", t.persist_timeouts);
     w.put(
         "handshake_tcp_drops_total",
         &[

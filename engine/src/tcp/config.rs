@@ -83,6 +83,11 @@ pub struct TcpConfig {
     pub max_retries: u32,
     /// Retransmissions of a SYN or SYN-ACK before giving up.
     pub max_syn_retries: u32,
+    /// Longest a connection may wait on a closed window (persisting: zero-window probes
+    /// answered with a zero window, or not answered) without the peer taking any data, in
+    /// milliseconds; then it is reset (`CloseReason::PersistTimeout`). Reclaims connections
+    /// that never read (sockstress). 0: wait forever, as Linux without `TCP_USER_TIMEOUT`.
+    pub persist_timeout_ms: u64,
     /// Keepalive; `None` (the default) disables it.
     pub keepalive: Option<Keepalive>,
     /// Congestion control.
@@ -134,6 +139,7 @@ impl Default for TcpConfig {
             rto_initial_ms: 1000,
             max_retries: 15,
             max_syn_retries: 5,
+            persist_timeout_ms: 60_000,
             keepalive: None,
             congestion: Congestion::Cubic,
             initial_cwnd: 10,

@@ -134,6 +134,9 @@ pub(crate) struct Conn {
     /// `rtx_at` is the persist (zero window / SWS override) timer.
     pub(crate) persist: bool,
     pub(crate) probe_pending: bool,
+    /// Since when the connection has persisted without progress (`MAX`: not persisting);
+    /// `persist_timeout_ms` after it the connection is reset.
+    pub(crate) persist_since: Instant,
 
     // Other timers.
     pub(crate) state_at: Instant,
@@ -229,6 +232,7 @@ impl Default for Conn {
             rtx_at: Instant::MAX,
             persist: false,
             probe_pending: false,
+            persist_since: Instant::MAX,
             state_at: Instant::MAX,
             ka_at: Instant::MAX,
             wheel_at: Instant::MAX,
@@ -801,6 +805,7 @@ impl Conn {
             }
             self.dupacks = 0;
             self.persist = false;
+            self.persist_since = Instant::MAX;
             self.probe_pending = false;
             if self.tlp_high.is_some_and(|h| seq::ge(ack, h)) {
                 self.tlp_high = None;
@@ -828,10 +833,14 @@ impl Conn {
             }
         } else if ack == self.snd_una
             && self.snd_max != self.snd_una
+            && wnd > 0
+            && !self.persist
             && ((seg.payload.is_empty() && !seg.has(flags::FIN) && wnd == self.snd_wnd) || new_sack)
         {
             // Duplicate ACK (RFC 5681 §2; with SACK, any ACK bringing new SACK information,
-            // RFC 6675 §2).
+            // RFC 6675 §2). Not the answers to zero-window probes (the probe byte is the only
+            // "outstanding data"): counted, they would start a fast retransmission into a
+            // closed window.
             self.dupacks += 1;
             // RFC 6582 §3.2 step 2: not again before `recover` is acknowledged.
             if !self.in_recovery && self.dupacks >= 3 && seq::ge(ack, self.recover) {
@@ -870,10 +879,23 @@ impl Conn {
             self.max_snd_wnd = self.max_snd_wnd.max(wnd);
             if wnd > 0 && self.persist {
                 self.persist = false;
+                self.persist_since = Instant::MAX;
                 self.probe_pending = false;
                 self.rtx_at = Instant::MAX;
                 self.backoff = 0;
             }
+        }
+        // The window closed on unsent data with nothing in flight: no ACK will come, so only
+        // the persist timer can learn that it reopens (RFC 9293 §3.8.6.1). Nothing else arms
+        // it here: the connection has nothing to transmit, `poll_transmit` does not visit it.
+        if self.snd_wnd == 0
+            && !self.persist
+            && self.rtx_at == Instant::MAX
+            && self.syn_acked
+            && self.snd_nxt == self.snd_una
+            && !self.tx.is_empty()
+        {
+            self.arm_persist(env.cfg, env.now);
         }
         None
     }
@@ -1150,6 +1172,12 @@ impl Conn {
         if self.rtx_at <= now {
             self.rtx_at = Instant::MAX;
             if self.persist {
+                let limit = env.cfg.persist_timeout_ms;
+                if limit > 0 && self.persist_since.add_millis(limit) <= now {
+                    // The peer has kept its window shut (answering our probes or not) for
+                    // longer than allowed: reclaim the connection (sockstress).
+                    return Disp::Close(CloseReason::PersistTimeout);
+                }
                 self.probe_pending = true;
                 self.backoff = (self.backoff + 1).min(20);
             } else if self.pto {
@@ -1374,9 +1402,24 @@ impl Conn {
         repr.emit_header(buf).ok()
     }
 
+    /// Arms the persist timer (the next probe, with backoff), no later than the persist
+    /// timeout's deadline; the stall is timed from its first arming.
+    fn arm_persist(&mut self, cfg: &TcpConfig, now: Instant) {
+        self.persist = true;
+        if self.persist_since == Instant::MAX {
+            self.persist_since = now;
+        }
+        let mut at = now.add_micros(self.rto_now(cfg));
+        if cfg.persist_timeout_ms > 0 {
+            at = at.min(self.persist_since.add_millis(cfg.persist_timeout_ms));
+        }
+        self.rtx_at = at;
+    }
+
     fn arm_rtx(&mut self, cfg: &TcpConfig, now: Instant) {
         if self.rtx_at == Instant::MAX || self.persist {
             self.persist = false;
+            self.persist_since = Instant::MAX;
             self.arm_pto_or_rto(cfg, now);
         }
     }
@@ -1516,8 +1559,7 @@ impl Conn {
                 if seq::gt(self.snd_nxt.wrapping_add(1), self.snd_max) {
                     self.snd_max = self.snd_nxt.wrapping_add(1);
                 }
-                self.persist = true;
-                self.rtx_at = now.add_micros(self.rto_now(env.cfg));
+                self.arm_persist(env.cfg, now);
                 return Some(n);
             }
             let mut ok = len > 0
@@ -1552,8 +1594,7 @@ impl Conn {
             }
             // Stalled with data and nothing in flight: persist (zero window) or SWS override.
             if avail > 0 && off == 0 && self.rtx_at == Instant::MAX {
-                self.persist = true;
-                self.rtx_at = now.add_micros(self.rto_now(env.cfg));
+                self.arm_persist(env.cfg, now);
             }
         }
         if self.ack_now {

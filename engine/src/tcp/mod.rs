@@ -118,6 +118,9 @@ pub enum CloseReason {
     Timeout,
     /// Keepalive probes went unanswered.
     KeepaliveTimeout,
+    /// The peer's window stayed closed for `persist_timeout_ms` without it taking any data:
+    /// the connection was reset.
+    PersistTimeout,
     /// The application called [`Tcp::abort`] (or closed with unread data).
     Aborted,
 }
@@ -263,8 +266,11 @@ pub struct TcpStats {
     pub passive_opens: u64,
     /// Connections established actively.
     pub active_opens: u64,
-    /// Connections closed by timeout (retransmissions or keepalive).
+    /// Connections closed by timeout (retransmissions, keepalive or persist).
     pub timeouts: u64,
+    /// Of those, connections reset because the peer's window stayed closed for
+    /// `persist_timeout_ms` (sockstress).
+    pub persist_timeouts: u64,
     /// Closing connections that skipped TIME_WAIT because `max_time_wait` was reached.
     pub time_wait_overflow: u64,
     /// TIME_WAIT connections reused by a new SYN.
@@ -801,21 +807,27 @@ impl Tcp {
         let idx = self.check(conn)?;
         let c = &self.conns[idx as usize];
         if !matches!(c.state, State::SynSent | State::TimeWait) {
-            let ctl = Ctl {
-                src: Ipv4Addr::from(c.key.laddr),
-                dst: Ipv4Addr::from(c.key.raddr),
-                sport: c.key.lport,
-                dport: c.key.rport,
-                seq: c.snd_nxt,
-                ack: c.rcv_nxt,
-                flags: flags::RST | flags::ACK,
-                window: 0,
-                options: TcpOptions::NONE,
-            };
-            self.push_ctl(ctl);
+            self.push_rst(idx);
         }
         self.free_conn(idx, Some(CloseReason::Aborted));
         Ok(())
+    }
+
+    /// Queues an RST (with ACK) for connection `idx`, at `SND.NXT`.
+    fn push_rst(&mut self, idx: u32) {
+        let c = &self.conns[idx as usize];
+        let ctl = Ctl {
+            src: Ipv4Addr::from(c.key.laddr),
+            dst: Ipv4Addr::from(c.key.raddr),
+            sport: c.key.lport,
+            dport: c.key.rport,
+            seq: c.snd_nxt,
+            ack: c.rcv_nxt,
+            flags: flags::RST | flags::ACK,
+            window: 0,
+            options: TcpOptions::NONE,
+        };
+        self.push_ctl(ctl);
     }
 
     /// Disables (`true`) or enables Nagle's algorithm.
@@ -954,8 +966,14 @@ impl Tcp {
         let old = c.state;
         if c.visible && !c.reported_closed {
             let reason = reason.unwrap_or(CloseReason::Normal);
-            if matches!(reason, CloseReason::Timeout | CloseReason::KeepaliveTimeout) {
+            if matches!(
+                reason,
+                CloseReason::Timeout | CloseReason::KeepaliveTimeout | CloseReason::PersistTimeout
+            ) {
                 self.stats.timeouts += 1;
+            }
+            if reason == CloseReason::PersistTimeout {
+                self.stats.persist_timeouts += 1;
             }
             c.reported_closed = true;
             let id = c.id;
@@ -1022,7 +1040,13 @@ impl Tcp {
     fn after(&mut self, now: Instant, idx: u32, old: State, d: Disp) {
         match d {
             Disp::Free => return self.free_conn(idx, None),
-            Disp::Close(r) => return self.free_conn(idx, Some(r)),
+            Disp::Close(r) => {
+                if r == CloseReason::PersistTimeout {
+                    // Tell the peer (it may be a legitimate client that stopped reading).
+                    self.push_rst(idx);
+                }
+                return self.free_conn(idx, Some(r));
+            }
             Disp::Keep => {}
         }
         let c = &mut self.conns[idx as usize];

@@ -556,6 +556,197 @@ fn test_zero_window_persist_probes() {
     assert_eq!(t.tcp.state(c), Some(State::Established));
 }
 
+/// The window closes with the ACK of everything in flight while more data waits (what a
+/// reader that stops reading does): nothing is in flight and nothing can be sent, yet the
+/// persist timer must be armed, or the connection would wait forever for a window update
+/// that may be lost (found by the sockstress test over veth: no probe was ever sent).
+#[test]
+fn test_window_closed_by_the_ack_of_all_in_flight_arms_persist() {
+    let (mut t, c) = established_with(cfg(), 536, 20);
+    assert_eq!(t.tcp.send(c, &[b'x'; 30]).unwrap(), 30);
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 1,
+            payload: &[b'x'; 20],
+            ..RECV_TEMPL
+        }]
+    );
+    send!(
+        t,
+        time 10,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 21,
+            window: 0,
+            ..SEND_TEMPL
+        }
+    );
+    recv_nothing!(t);
+    recv_nothing!(t, time 209);
+    recv!(
+        t,
+        time 210,
+        TcpRepr {
+            seq: LOCAL_SEQ + 21,
+            ack: REMOTE_SEQ + 1,
+            payload: b"x",
+            ..RECV_TEMPL
+        }
+    );
+}
+
+/// Sockstress: the peer answers every probe with a zero window and never takes a byte. After
+/// `persist_timeout_ms` of that the connection is reset (RST at SND.NXT) and reported
+/// `PersistTimeout`; the probes before it back off as usual, and the last wait is cut short
+/// to end exactly at the deadline.
+#[test]
+fn test_zero_window_forever_is_reset_at_the_persist_timeout() {
+    let (mut t, c) = established_with(
+        TcpConfig {
+            persist_timeout_ms: 1000,
+            ..cfg()
+        },
+        536,
+        256,
+    );
+    let zero = TcpRepr {
+        seq: REMOTE_SEQ + 1,
+        ack: LOCAL_SEQ + 1,
+        window: 0,
+        ..SEND_TEMPL
+    };
+    send!(t, zero);
+    t.tcp.send(c, b"abc").unwrap();
+    recv_nothing!(t);
+    let probe = TcpRepr {
+        seq: LOCAL_SEQ + 1,
+        ack: REMOTE_SEQ + 1,
+        payload: b"a",
+        ..RECV_TEMPL
+    };
+    recv!(t, time 200, probe);
+    send!(t, zero);
+    recv_nothing!(t, time 599);
+    recv!(t, time 600, probe);
+    send!(t, zero);
+    // The next probe would be at 1400 (backoff); the deadline (0 + 1000) comes first.
+    recv_nothing!(t, time 999);
+    assert_eq!(t.tcp.state(c), Some(State::Established));
+    t.events();
+    recv!(
+        t,
+        time 1000,
+        TcpRepr {
+            flags: RST | ACK,
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 1,
+            window: 0,
+            ..RECV_TEMPL
+        }
+    );
+    recv_nothing!(t);
+    assert_eq!(t.tcp.state(c), None);
+    assert_eq!(
+        t.events(),
+        vec![Event::Closed {
+            conn: c,
+            reason: CloseReason::PersistTimeout
+        }]
+    );
+    assert_eq!(t.tcp.stats().persist_timeouts, 1);
+    assert_eq!(t.tcp.stats().timeouts, 1);
+}
+
+/// Progress restarts the persist clock: a peer that takes the probe byte is slow, not stuck;
+/// with `persist_timeout_ms = 0` a closed window is waited on forever.
+#[test]
+fn test_persist_timeout_counts_from_the_last_progress_and_zero_disables_it() {
+    let (mut t, c) = established_with(
+        TcpConfig {
+            persist_timeout_ms: 1000,
+            ..cfg()
+        },
+        536,
+        256,
+    );
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            window: 0,
+            ..SEND_TEMPL
+        }
+    );
+    t.tcp.send(c, b"abc").unwrap();
+    recv_nothing!(t);
+    recv!(t, time 200, TcpRepr { seq: LOCAL_SEQ + 1, ack: REMOTE_SEQ + 1, payload: b"a", ..RECV_TEMPL });
+    // At 900 the peer takes the probe byte, window still closed: the clock restarts at 900.
+    send!(
+        t,
+        time 900,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 2,
+            window: 0,
+            ..SEND_TEMPL
+        }
+    );
+    recv_nothing!(t);
+    for ms in [1000, 1500, 1899] {
+        t.at(ms);
+        while t.recv(&mut [0u8; 2048]).is_some() {}
+        assert_eq!(t.tcp.state(c), Some(State::Established), "at {ms} ms");
+    }
+    t.at(1900);
+    let mut buf = [0u8; 2048];
+    let rst = t
+        .recv(&mut buf)
+        .map(|r| r.to_owned_seg())
+        .expect("RST at 1900");
+    assert_eq!(rst.flags, "ACK|RST");
+    assert_eq!(rst.seq, LOCAL_SEQ + 2);
+    assert_eq!(t.tcp.state(c), None);
+
+    // Disabled: probes for an hour of virtual time, never a reset.
+    let (mut t, c) = established_with(
+        TcpConfig {
+            persist_timeout_ms: 0,
+            ..cfg()
+        },
+        536,
+        256,
+    );
+    let zero = TcpRepr {
+        seq: REMOTE_SEQ + 1,
+        ack: LOCAL_SEQ + 1,
+        window: 0,
+        ..SEND_TEMPL
+    };
+    send!(t, zero);
+    t.tcp.send(c, b"abc").unwrap();
+    recv_nothing!(t);
+    let mut probes = 0;
+    for s in 1..=3600u64 {
+        t.at(s * 1000);
+        let mut buf = [0u8; 2048];
+        while let Some(seg) = t.recv(&mut buf).map(|r| r.to_owned_seg()) {
+            assert_eq!(
+                (seg.flags.as_str(), seg.payload.len()),
+                ("ACK", 1),
+                "a probe"
+            );
+            probes += 1;
+        }
+        send!(t, zero);
+    }
+    assert_eq!(t.tcp.state(c), Some(State::Established));
+    assert!(probes >= 30, "{probes} probes in an hour (rto_max 120 s)");
+    assert_eq!(t.tcp.stats().persist_timeouts, 0);
+}
+
 #[test]
 fn test_zero_window_probe_accepted_advances() {
     let (mut t, c) = tcp_established();

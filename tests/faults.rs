@@ -1,0 +1,445 @@
+//! Bulk transfers under faults, rootless and deterministic (issue 6, "Faults"): a client `Stack`
+//! downloads a large page over HTTP from a server `Stack`, both on in-memory devices, through
+//! `MemLink`s with a seeded fault injector each way (drop, reorder, duplicate, corrupt) on a
+//! virtual clock. Every transfer must arrive byte-exact.
+//!
+//! The simulated link: each step is [`STEP`] of virtual time, in which each side handles one
+//! batch (at most 64 frames received, 64 sent) and the frames cross; so the link carries at most
+//! 64 frames per 100 µs each way (about 7.4 Gbit/s of 1514-byte frames) and the round trip is
+//! two to three steps. When nothing is in flight the clock jumps to the next timer.
+//!
+//! The loss × buffer-size throughput matrix is a snapshot: the simulation is deterministic, so
+//! the goodput of each cell (body bytes per simulated second) is too, and the test compares the
+//! table exactly with `tests/snapshots/loss_matrix.txt`. After a deliberate change of TCP's
+//! behaviour, regenerate it with
+//! `UPDATE_SNAPSHOTS=1 cargo test -p handshake-tests --test faults loss_matrix` and review the
+//! diff like code.
+
+use handshake::device::mem::{FaultStats, Faults, SplitMix64};
+use handshake::device::pair::StackPair;
+use handshake::http::{Page, StaticPage};
+use handshake::ipv4::Routes;
+use handshake::stack::{run_batch, Stack, StackConfig};
+use handshake::tcp::{TcpConfig, TcpStats};
+use handshake::wire::Mac;
+use handshake::Instant;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// Virtual time per step.
+const STEP: Duration = Duration::from_micros(100);
+const MIB: usize = 1024 * 1024;
+
+/// The page: `size` bytes from a seeded generator (shared by the tests: 100 MiB once).
+fn body(size: usize) -> Arc<[u8]> {
+    static BODY: OnceLock<Arc<[u8]>> = OnceLock::new();
+    let full = BODY.get_or_init(|| {
+        let mut rng = SplitMix64::new(0xb0d1);
+        let mut v = Vec::with_capacity(100 * MIB);
+        while v.len() < 100 * MIB {
+            v.extend_from_slice(&rng.next_u64().to_le_bytes());
+        }
+        v.into()
+    });
+    assert!(size <= full.len());
+    if size == full.len() {
+        Arc::clone(full)
+    } else {
+        full[..size].into()
+    }
+}
+
+fn stack(mac: u8, addr: &str, tcp: &TcpConfig, page: Option<Arc<[u8]>>) -> Stack {
+    let routes = Routes::new(vec![addr.parse().unwrap()], None).unwrap();
+    let mut cfg = StackConfig::new(Mac([0x02, 0, 0, 0, 0, mac]), routes);
+    cfg.gratuitous_arp = false;
+    cfg.tcp = tcp.clone();
+    if let Some(body) = page {
+        cfg.apps.http = Some(80);
+        cfg.apps.handler = Some(Arc::new(StaticPage(Page {
+            body,
+            content_type: "application/octet-stream",
+        })));
+    }
+    Stack::new(cfg)
+}
+
+/// What one download did.
+struct Outcome {
+    /// Body bytes received (all checked against the page).
+    bytes: usize,
+    /// Simulated time from `connect` to the last body byte.
+    took: Duration,
+    /// Steps simulated (the work done, clock jumps aside).
+    steps: u64,
+    /// Faults applied, both directions.
+    faults: FaultStats,
+    server_tcp: TcpStats,
+    /// Frames each stack dropped (checksums, validation).
+    drops: u64,
+}
+
+impl Outcome {
+    /// Body bytes per simulated second.
+    fn goodput(&self) -> u64 {
+        (self.bytes as u128 * 1_000_000 / self.took.as_micros().max(1)) as u64
+    }
+}
+
+fn add(a: FaultStats, b: FaultStats) -> FaultStats {
+    FaultStats {
+        offered: a.offered + b.offered,
+        dropped: a.dropped + b.dropped,
+        duplicated: a.duplicated + b.duplicated,
+        reordered: a.reordered + b.reordered,
+        corrupted: a.corrupted + b.corrupted,
+    }
+}
+
+/// One step of the simulated link: both stacks run a batch at `now`, frames cross (through the
+/// fault injectors). Returns the frames delivered.
+fn step(p: &mut StackPair) -> usize {
+    p.now += STEP;
+    run_batch(&mut p.server, &mut p.server_dev, p.now);
+    while p.server.poll_neighbor_event().is_some() {}
+    let mut moved = p.to_client.carry(&mut p.server_dev, &mut p.client_dev);
+    run_batch(&mut p.client, &mut p.client_dev, p.now);
+    while p.client.poll_neighbor_event().is_some() {}
+    moved += p.to_server.carry(&mut p.client_dev, &mut p.server_dev);
+    moved
+}
+
+/// Downloads the page (`size` bytes) from a server stack to a client stack, both with `tcp`,
+/// over links with `faults` (the reverse link's seed is the next one). Checks every byte and
+/// panics on a stall (no progress for 10 simulated minutes).
+fn download(size: usize, tcp: &TcpConfig, faults: Faults) -> Outcome {
+    let page = body(size);
+    let server = stack(1, "198.18.0.1/24", tcp, Some(Arc::clone(&page)));
+    let client = stack(2, "198.18.0.2/24", tcp, None);
+    let mut p = StackPair::new(server, client, faults.clone());
+    let start = p.now;
+    let conn = p
+        .client
+        .tcp_mut()
+        .connect(start, CLIENT, SocketAddrV4::new(SERVER, 80))
+        .unwrap();
+    let req = b"GET / HTTP/1.1\r\nHost: handshake.test\r\n\r\n";
+    let mut sent = 0;
+    let mut head = Vec::new();
+    let mut in_body = false;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut steps = 0u64;
+    let mut last_progress = p.now;
+    while got < size {
+        let moved = step(&mut p);
+        steps += 1;
+        let tcp = p.client.tcp_mut();
+        if sent < req.len() {
+            sent += tcp.send(conn, &req[sent..]).unwrap_or(0);
+        }
+        loop {
+            let n = tcp.recv(conn, &mut buf).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            last_progress = p.now;
+            let data = &buf[..n];
+            if !in_body {
+                head.extend_from_slice(data);
+                let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(&head[..end]).into_owned();
+                assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+                assert!(
+                    text.contains(&format!("\r\nContent-Length: {size}")),
+                    "{text}"
+                );
+                let rest = head.split_off(end + 4);
+                in_body = true;
+                assert!(rest.len() <= size, "more than the body");
+                assert!(
+                    rest[..] == page[..rest.len()],
+                    "body differs in its first bytes"
+                );
+                got = rest.len();
+                continue;
+            }
+            assert!(got + data.len() <= size, "more bytes than the body");
+            let (want, _) = page[got..].split_at(data.len());
+            if data != want {
+                let at = data.iter().zip(want).position(|(a, b)| a != b).unwrap();
+                panic!("body differs at byte {} (faults {faults:?})", got + at);
+            }
+            got += data.len();
+        }
+        assert!(
+            p.now.saturating_since(last_progress) < Duration::from_secs(600),
+            "stalled at {got} of {size} bytes (faults {faults:?})"
+        );
+        if moved == 0 && p.server_dev.rx_pending() == 0 && p.client_dev.rx_pending() == 0 {
+            // Nothing in flight: release a frame held back for reordering, else jump to the
+            // next timer.
+            p.to_server.flush(&mut p.server_dev);
+            p.to_client.flush(&mut p.client_dev);
+            if p.server_dev.rx_pending() == 0 && p.client_dev.rx_pending() == 0 {
+                let next = [p.server.poll_timeout(), p.client.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                if let Some(t) = next {
+                    let t =
+                        Instant::from_micros(t.as_micros().saturating_sub(STEP.as_micros() as u64));
+                    if t > p.now {
+                        if std::env::var_os("HS_DEBUG").is_some() {
+                            eprintln!(
+                                "idle at {} us for {} us (timers: server {:?}, client {:?}), {got} bytes in",
+                                p.now.as_micros(),
+                                t.as_micros() - p.now.as_micros(),
+                                p.server.poll_timeout(),
+                                p.client.poll_timeout()
+                            );
+                        }
+                        p.now = t;
+                    }
+                }
+            }
+        }
+    }
+    let took = p.now.saturating_since(start);
+    assert!(p.server_dev.conserved() && p.client_dev.conserved());
+    Outcome {
+        bytes: got,
+        took,
+        steps,
+        faults: add(p.to_server.stats(), p.to_client.stats()),
+        server_tcp: p.server.tcp().stats().clone(),
+        drops: p.server.stats().total_drops() + p.client.stats().total_drops(),
+    }
+}
+
+fn print(name: &str, o: &Outcome) {
+    let f = o.faults;
+    eprintln!(
+        "{name}: {} MiB byte-exact in {:.3} s simulated ({} steps): goodput {:.1} MB/s; frames {} dropped {} duplicated {} reordered {} corrupted {}; server retransmits {} (fast {}, RTO {}, TLP {}); frames refused by the stacks {}",
+        o.bytes / MIB,
+        o.took.as_secs_f64(),
+        o.steps,
+        o.goodput() as f64 / 1e6,
+        f.offered,
+        f.dropped,
+        f.duplicated,
+        f.reordered,
+        f.corrupted,
+        o.server_tcp.retransmits,
+        o.server_tcp.fast_retransmits,
+        o.server_tcp.rto_fired,
+        o.server_tcp.tail_loss_probes,
+        o.drops,
+    );
+}
+
+/// The configuration of the 100 MiB transfers: 256 KiB buffers, the rest default (SACK,
+/// timestamps, window scaling, CUBIC, delayed ACKs).
+fn bulk_cfg() -> TcpConfig {
+    TcpConfig {
+        send_buf: 256 * 1024,
+        recv_buf: 256 * 1024,
+        ..TcpConfig::default()
+    }
+}
+
+fn hundred_mib(name: &str, faults: Faults) -> Outcome {
+    let o = download(100 * MIB, &bulk_cfg(), faults);
+    print(name, &o);
+    assert_eq!(o.bytes, 100 * MIB);
+    o
+}
+
+fn loss(per_mille: u32, seed: u64) -> Faults {
+    Faults {
+        seed,
+        drop: per_mille,
+        ..Faults::default()
+    }
+}
+
+#[test]
+fn hundred_mib_at_0_1_percent_loss_byte_exact() {
+    let o = hundred_mib("loss 0.1%", loss(1, 0x0101));
+    assert!(o.faults.dropped > 50, "{:?}", o.faults);
+    assert!(o.server_tcp.retransmits > 0);
+}
+
+#[test]
+fn hundred_mib_at_1_percent_loss_byte_exact() {
+    let o = hundred_mib("loss 1%", loss(10, 0x0102));
+    assert!(o.faults.dropped > 500, "{:?}", o.faults);
+}
+
+#[test]
+fn hundred_mib_at_5_percent_loss_byte_exact() {
+    let o = hundred_mib("loss 5%", loss(50, 0x0105));
+    assert!(o.faults.dropped > 2500, "{:?}", o.faults);
+}
+
+#[test]
+fn hundred_mib_at_10_percent_loss_byte_exact() {
+    let o = hundred_mib("loss 10%", loss(100, 0x010a));
+    assert!(o.faults.dropped > 5000, "{:?}", o.faults);
+}
+
+/// 5% of frames held back and delivered after the next one, both ways.
+#[test]
+fn hundred_mib_reordered_byte_exact() {
+    let o = hundred_mib(
+        "reorder 5%",
+        Faults {
+            seed: 0x0201,
+            reorder: 50,
+            ..Faults::default()
+        },
+    );
+    assert!(o.faults.reordered > 2500, "{:?}", o.faults);
+}
+
+/// 5% of frames delivered twice, both ways.
+#[test]
+fn hundred_mib_duplicated_byte_exact() {
+    let o = hundred_mib(
+        "duplicate 5%",
+        Faults {
+            seed: 0x0301,
+            duplicate: 50,
+            ..Faults::default()
+        },
+    );
+    assert!(o.faults.duplicated > 2500, "{:?}", o.faults);
+}
+
+/// 1% of frames with one bit flipped past the Ethernet header, both ways: the IPv4 and TCP
+/// checksums must refuse every one of them (a corrupted frame that got through would break the
+/// byte comparison, or be counted nowhere).
+#[test]
+fn hundred_mib_corrupted_byte_exact() {
+    let o = hundred_mib(
+        "corrupt 1%",
+        Faults {
+            seed: 0x0401,
+            corrupt: 10,
+            ..Faults::default()
+        },
+    );
+    assert!(o.faults.corrupted > 500, "{:?}", o.faults);
+    assert_eq!(
+        o.drops, o.faults.corrupted,
+        "every corrupted frame (and nothing else) refused by the stacks"
+    );
+}
+
+/// Everything at once: 2% loss, 2% reordering, 1% duplication, 0.5% corruption.
+#[test]
+fn hundred_mib_all_faults_byte_exact() {
+    let o = hundred_mib(
+        "all faults",
+        Faults {
+            seed: 0x0501,
+            drop: 20,
+            reorder: 20,
+            duplicate: 10,
+            corrupt: 5,
+        },
+    );
+    let f = o.faults;
+    assert!(f.dropped > 0 && f.reordered > 0 && f.duplicated > 0 && f.corrupted > 0);
+}
+
+/// Loss (per mille) × buffer size (send and receive, both sides): each cell an 8 MiB download.
+const MATRIX_LOSS: [u32; 5] = [0, 1, 10, 50, 100];
+const MATRIX_BUF: [usize; 4] = [16 * 1024, 64 * 1024, 256 * 1024, 1024 * 1024];
+const MATRIX_SIZE: usize = 8 * MIB;
+
+fn matrix_table() -> String {
+    let mut out = String::new();
+    out += "# Simulated goodput, MB/s (10^6 body bytes per simulated second), of one 8 MiB HTTP\n";
+    out +=
+        "# download between two handshake stacks in memory (tests/faults.rs): link of 64 frames\n";
+    out += "# per 100 us each way, seeded loss both ways, send = receive buffer on both sides,\n";
+    out += "# default TCP otherwise (CUBIC, SACK, timestamps, delayed ACKs, RTO min 200 ms).\n";
+    out += "# Regenerate: UPDATE_SNAPSHOTS=1 cargo test -p handshake-tests --test faults loss_matrix\n";
+    out += &format!("{:<8}", "loss");
+    for b in MATRIX_BUF {
+        out += &format!("{:>12}", format!("{} KiB", b / 1024));
+    }
+    out += "\n";
+    for (i, l) in MATRIX_LOSS.into_iter().enumerate() {
+        out += &format!("{:<8}", format!("{}%", l as f64 / 10.0));
+        for (j, b) in MATRIX_BUF.into_iter().enumerate() {
+            let cfg = TcpConfig {
+                send_buf: b,
+                recv_buf: b,
+                ..TcpConfig::default()
+            };
+            let o = download(MATRIX_SIZE, &cfg, loss(l, 0x4d00 + (i * 16 + j) as u64));
+            assert_eq!(o.bytes, MATRIX_SIZE);
+            out += &format!("{:>12.3}", o.goodput() as f64 / 1e6);
+        }
+        out += "\n";
+    }
+    out
+}
+
+#[test]
+fn loss_matrix_snapshot() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots/loss_matrix.txt");
+    let table = matrix_table();
+    eprintln!("{table}");
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &table).unwrap();
+        eprintln!("wrote {}", path.display());
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; create it with UPDATE_SNAPSHOTS=1 cargo test -p handshake-tests --test faults loss_matrix",
+            path.display()
+        )
+    });
+    assert!(
+        table == want,
+        "the loss matrix changed (TCP behaves differently); if intended, regenerate with \
+         UPDATE_SNAPSHOTS=1 and review the diff.\nnow:\n{table}\nsnapshot:\n{want}"
+    );
+}
+
+/// The simulation is deterministic: the same seed gives the same transfer, step for step.
+#[test]
+fn same_seed_same_transfer() {
+    let cfg = TcpConfig {
+        send_buf: 64 * 1024,
+        recv_buf: 64 * 1024,
+        ..TcpConfig::default()
+    };
+    let f = Faults {
+        seed: 77,
+        drop: 30,
+        reorder: 30,
+        duplicate: 10,
+        corrupt: 10,
+    };
+    let a = download(2 * MIB, &cfg, f.clone());
+    let b = download(2 * MIB, &cfg, f.clone());
+    assert_eq!((a.took, a.steps, a.faults), (b.took, b.steps, b.faults));
+    assert_eq!(a.server_tcp, b.server_tcp);
+    let c = download(2 * MIB, &cfg, Faults { seed: 78, ..f });
+    assert_ne!(
+        (a.took, a.faults),
+        (c.took, c.faults),
+        "another seed, another run"
+    );
+}
