@@ -225,7 +225,7 @@ fn download(size: usize, tcp: &TcpConfig, faults: Faults) -> Outcome {
 fn print(name: &str, o: &Outcome) {
     let f = o.faults;
     eprintln!(
-        "{name}: {} MiB byte-exact in {:.3} s simulated ({} steps): goodput {:.1} MB/s; frames {} dropped {} duplicated {} reordered {} corrupted {}; server retransmits {} (fast {}, RTO {}, TLP {}); frames refused by the stacks {}",
+        "{name}: {} MiB byte-exact in {:.3} s simulated ({} steps): goodput {:.1} MB/s; frames {} dropped {} duplicated {} reordered {} corrupted {}; server retransmits {} (fast {}, RTO {}, TLP {}, recovery probes {}, reorder timeouts {}); frames refused by the stacks {}",
         o.bytes / MIB,
         o.took.as_secs_f64(),
         o.steps,
@@ -239,6 +239,8 @@ fn print(name: &str, o: &Outcome) {
         o.server_tcp.fast_retransmits,
         o.server_tcp.rto_fired,
         o.server_tcp.tail_loss_probes,
+        o.server_tcp.recovery_probes,
+        o.server_tcp.reorder_timeouts,
         o.drops,
     );
 }

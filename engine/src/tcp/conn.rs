@@ -58,6 +58,10 @@ impl<'a> Env<'a> {
     }
 }
 
+/// In-order segments acknowledged at once after an out-of-order one or a filled hole
+/// (Linux's `TCP_MAX_QUICKACKS`).
+const QUICKACKS: u8 = 16;
+
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub(crate) id: ConnId,
@@ -120,6 +124,9 @@ pub(crate) struct Conn {
     pub(crate) ack_now: bool,
     pub(crate) ack_at: Instant,
     pub(crate) unacked_bytes: u32,
+    /// In-order segments still to be acknowledged at once after a loss showed (as Linux's
+    /// quick-ACK mode): the sender is recovering, every ACK clocks it.
+    pub(crate) quickacks: u8,
 
     // RTT and retransmission (RFC 6298).
     pub(crate) srtt_us: u64,
@@ -167,6 +174,10 @@ pub(crate) struct Conn {
     pub(crate) tlp_probe: bool,
     /// A probe is outstanding until SND.UNA reaches this (RFC 8985 `TLP.end_seq`).
     pub(crate) tlp_high: Option<u32>,
+    /// This recovery episode's probe has been spent (see [`Conn::pto_delay`]).
+    pub(crate) recovery_probed: bool,
+    /// `rtx_at` is the reordering timer (see [`Conn::arm_reorder`]).
+    pub(crate) reo_timer: bool,
 
     // RFC 5961 challenge ACK rate limit, per connection.
     pub(crate) chal_start: Instant,
@@ -221,6 +232,7 @@ impl Default for Conn {
             ack_now: false,
             ack_at: Instant::MAX,
             unacked_bytes: 0,
+            quickacks: 0,
             srtt_us: 0,
             rttvar_us: 0,
             rto_us: 1_000_000,
@@ -250,6 +262,8 @@ impl Default for Conn {
             pto: false,
             tlp_probe: false,
             tlp_high: None,
+            recovery_probed: false,
+            reo_timer: false,
             chal_start: Instant::ZERO,
             chal_count: 0,
         }
@@ -810,6 +824,7 @@ impl Conn {
             if self.tlp_high.is_some_and(|h| seq::ge(ack, h)) {
                 self.tlp_high = None;
             }
+            self.reo_timer = false;
             if self.snd_max == self.snd_una || self.snd_nxt == self.snd_una {
                 self.rtx_at = Instant::MAX;
                 self.pto = false;
@@ -847,6 +862,9 @@ impl Conn {
                 self.enter_recovery(env);
             } else if self.in_recovery && !self.sack_ok {
                 self.cc.inflate();
+            } else if self.in_recovery && self.pto {
+                // The recovery probe waits for 2·SRTT of silence: this ACK restarts it.
+                self.arm_pto_or_rto(env.cfg, now);
             }
         }
         // Lost retransmissions: data sent after the latest retransmission has been SACKed while
@@ -869,6 +887,9 @@ impl Conn {
             && seq::lt(self.snd_una, self.lost_edge())
         {
             self.enter_recovery(env);
+        }
+        if new_sack && !self.in_recovery {
+            self.arm_reorder(now);
         }
         // Window update (RFC 9293 §3.10.7.4).
         if seq::lt(self.snd_wl1, seg.seq) || (self.snd_wl1 == seg.seq && seq::le(self.snd_wl2, ack))
@@ -900,6 +921,28 @@ impl Conn {
         None
     }
 
+    /// RFC 8985 §6.2 in the small: SACK shows data above SND.UNA delivered, yet too little
+    /// of it for RFC 6675 to call SND.UNA lost (fewer than three segments: a short flight, a
+    /// tail). SND.UNA was sent before what was delivered, so once a reordering window
+    /// (SRTT/4) has passed without it, it is lost: the timer enters recovery then, instead
+    /// of a tail loss probe or the RTO doing it hundreds of round trips later.
+    fn arm_reorder(&mut self, now: Instant) {
+        let above = self
+            .sacked
+            .ranges()
+            .first()
+            .is_some_and(|&(l, _)| seq::gt(l, self.snd_una));
+        if !self.sack_ok || !self.have_rtt || self.snd_max == self.snd_una || !above {
+            return;
+        }
+        let at = now.add_micros((self.srtt_us / 4).max(CLOCK_G_US));
+        if at <= self.rtx_at {
+            self.rtx_at = at;
+            self.reo_timer = true;
+            self.pto = false;
+        }
+    }
+
     /// Fast retransmit and the start of loss recovery (RFC 5681 §3.2, RFC 6582, RFC 6675 §5).
     #[cold]
     #[inline(never)]
@@ -914,15 +957,17 @@ impl Conn {
             self.cc.enter_recovery();
         }
         self.in_recovery = true;
+        self.recovery_probed = false;
+        self.reo_timer = false;
         self.recover = self.snd_max;
         self.high_rxt = self.snd_una;
         // The first segment goes unconditionally (RFC 6675 §5 step 4.3).
         self.rtx_budget = 1;
         self.rtt_at = None;
         self.tlp_probe = false;
-        if self.pto {
-            self.pto = false;
-            self.rtx_at = env.now.add_micros(self.rto_now(env.cfg));
+        // A pending tail loss probe becomes the recovery probe (or the RTO, without SACK).
+        if self.pto || self.rtx_at == Instant::MAX {
+            self.arm_pto_or_rto(env.cfg, env.now);
         }
         env.stats.fast_retransmits += 1;
     }
@@ -930,11 +975,20 @@ impl Conn {
     /// RFC 8985 §7.2: the probe timeout, when a tail loss probe may be scheduled (SACK in
     /// use, not in recovery, an RTT measured, no probe outstanding): 2·SRTT, plus the peer's
     /// delayed ACK time when a single segment is in flight, at most the RTO.
+    ///
+    /// In SACK recovery the same timeout, once per episode, is the recovery probe: when no ACK
+    /// has come for 2·SRTT after the last one, the retransmissions (or every ACK for what was
+    /// sent after them) were lost, and nothing else would say so before the RTO, which at
+    /// its 200 ms floor is hundreds of round trips on a fast path. The probe resends the
+    /// first hole (RFC 8985 §6.3 marks a retransmission lost by time, here with no later
+    /// delivery to go by), without the RTO's collapse of the window; the RTO stays armed
+    /// behind it.
     fn pto_delay(&self, cfg: &TcpConfig) -> Option<u64> {
+        let recovery_probe = self.in_recovery && !self.recovery_probed;
         if !self.sack_ok
-            || self.in_recovery
+            || (self.in_recovery && !recovery_probe)
             || !self.have_rtt
-            || self.tlp_high.is_some()
+            || (self.tlp_high.is_some() && !recovery_probe)
             || self.persist
             || !matches!(self.state, State::Established | State::CloseWait)
         {
@@ -1079,8 +1133,10 @@ impl Conn {
                 if e != edge {
                     edge = e;
                 }
-                // Filling a hole is acknowledged at once (RFC 5681 §4.2).
+                // Filling a hole is acknowledged at once (RFC 5681 §4.2), and so are the
+                // next segments, while the sender recovers.
                 self.ack_now = true;
+                self.quickacks = QUICKACKS;
             }
             let advance = edge.wrapping_sub(self.rcv_nxt) as usize;
             self.rx.commit(advance);
@@ -1100,6 +1156,9 @@ impl Conn {
             let full = 2 * seg;
             if env.cfg.delayed_ack_ms == 0 || self.unacked_bytes >= full {
                 self.ack_now = true;
+            } else if self.quickacks > 0 {
+                self.quickacks -= 1;
+                self.ack_now = true;
             } else if self.ack_at == Instant::MAX {
                 self.ack_at = now.add_millis(env.cfg.delayed_ack_ms);
             }
@@ -1115,6 +1174,7 @@ impl Conn {
                 env.stats.drops_ooo += 1;
             }
             self.ack_now = true;
+            self.quickacks = QUICKACKS;
         }
     }
 
@@ -1169,6 +1229,23 @@ impl Conn {
             self.ack_at = Instant::MAX;
             self.ack_now = true;
         }
+        if self.rtx_at <= now && self.reo_timer {
+            // The reordering window passed (see `arm_reorder`): SND.UNA is lost.
+            self.reo_timer = false;
+            self.rtx_at = Instant::MAX;
+            let above = self
+                .sacked
+                .ranges()
+                .first()
+                .is_some_and(|&(l, _)| seq::gt(l, self.snd_una));
+            if !self.in_recovery && above && seq::ge(self.snd_una, self.recover) {
+                env.stats.reorder_timeouts += 1;
+                self.enter_recovery(env);
+            }
+            if self.rtx_at == Instant::MAX && self.snd_max != self.snd_una {
+                self.rtx_at = now.add_micros(self.rto_now(env.cfg));
+            }
+        }
         if self.rtx_at <= now {
             self.rtx_at = Instant::MAX;
             if self.persist {
@@ -1180,6 +1257,14 @@ impl Conn {
                 }
                 self.probe_pending = true;
                 self.backoff = (self.backoff + 1).min(20);
+            } else if self.pto && self.in_recovery {
+                // Recovery probe (see `pto_delay`): the first hole goes again, once.
+                self.pto = false;
+                self.recovery_probed = true;
+                self.high_rxt = self.snd_una;
+                self.rtx_budget = self.rtx_budget.max(1);
+                self.rtx_at = now.add_micros(self.rto_now(env.cfg));
+                env.stats.recovery_probes += 1;
             } else if self.pto {
                 // Tail loss probe (RFC 8985 §7.3): one segment to elicit an ACK (and SACK
                 // blocks) instead of waiting for the RTO, which is armed behind it.

@@ -226,6 +226,12 @@ pub struct TcpStats {
     pub tail_loss_probes: u64,
     /// Retransmissions found lost again from SACK information (and resent before the RTO).
     pub lost_retransmits: u64,
+    /// Recovery probes: in SACK recovery, no ACK for 2·SRTT, so the first hole went again
+    /// before the RTO (once per recovery episode).
+    pub recovery_probes: u64,
+    /// Recoveries started by the reordering timer (SACK showed later data delivered, SND.UNA
+    /// stayed missing for SRTT/4), RFC 8985 §6.2.
+    pub reorder_timeouts: u64,
     /// RSTs sent (closed ports, bad ACKs, aborts).
     pub rsts_sent: u64,
     /// Acceptable RSTs received.

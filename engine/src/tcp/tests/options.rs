@@ -794,3 +794,58 @@ fn test_bulk_mss_1460_sends_full_segments_without_waiting() {
         assert_eq!(acked as usize, data.len() * (phase + 1), "phase {phase}");
     }
 }
+
+/// RFC 8985 §6.2, the reordering window: with a three-segment flight, the first lost and
+/// only the second SACKed, RFC 6675 cannot call the first lost (fewer than three segments
+/// above it). Once SRTT/4 (at least a clock tick) has passed, it is: recovery starts and the
+/// hole goes, ahead of the tail loss probe and long before the RTO.
+#[test]
+fn test_reorder_window_retransmits_short_flight_hole() {
+    let (mut t, c) = sack_established(Congestion::Cubic);
+    let data: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+    t.tcp.send(c, &data).unwrap();
+    let mut buf = [0u8; 2048];
+    for _ in 0..3 {
+        t.recv(&mut buf).unwrap();
+    }
+    send!(t, sack_ack(0, &[(100, 200)]));
+    recv_nothing!(t);
+    assert_eq!(t.tcp.stats().fast_retransmits, 0);
+    recv!(t, time 1, data_seg(&data, 0));
+    assert_eq!(t.tcp.stats().reorder_timeouts, 1);
+    assert_eq!(t.tcp.stats().fast_retransmits, 1);
+    assert_eq!(t.tcp.stats().tail_loss_probes, 0);
+    // The repair ends recovery.
+    send!(t, time 1, sack_ack(300, &[]));
+    recv_nothing!(t, time 300);
+    assert!(!t.tcp.conns[c.index() as usize].in_recovery);
+    assert_eq!(t.tcp.stats().rto_fired, 0);
+}
+
+/// The recovery probe: in SACK recovery the retransmission is lost and no ACK comes back.
+/// After 2·SRTT of silence (the 2 ms floor) the hole goes again, once, instead of waiting
+/// for the 200 ms RTO; the RTO stays armed behind it.
+#[test]
+fn test_recovery_probe_resends_lost_retransmission() {
+    let (mut t, c) = sack_established(Congestion::NewReno);
+    let data: Vec<u8> = (0..1000u32).map(|i| (i * 11) as u8).collect();
+    t.tcp.send(c, &data).unwrap();
+    let mut buf = [0u8; 2048];
+    for _ in 0..10 {
+        t.recv(&mut buf).unwrap();
+    }
+    // 0..100 lost; 100..1000 SACKed: recovery, the hole goes at once.
+    send!(t, sack_ack(0, &[(100, 1000)]));
+    recv!(t, [data_seg(&data, 0)]);
+    assert_eq!(t.tcp.stats().fast_retransmits, 1);
+    // That retransmission is lost too; nothing comes back.
+    recv_nothing!(t, time 1);
+    recv!(t, time 2, data_seg(&data, 0));
+    assert_eq!(t.tcp.stats().recovery_probes, 1);
+    assert_eq!(t.tcp.stats().rto_fired, 0);
+    // Once per episode: lost again, the RTO resends it.
+    recv_nothing!(t, time 201);
+    recv!(t, time 202, data_seg(&data, 0));
+    assert_eq!(t.tcp.stats().recovery_probes, 1);
+    assert_eq!(t.tcp.stats().rto_fired, 1);
+}

@@ -1087,3 +1087,97 @@ fn test_pure_ack_after_rto_uses_highest_sequence_sent() {
         }]
     );
 }
+
+/// After a hole is filled, the next in-order segments are acknowledged at once (Linux's
+/// quick-ACK mode), not after the delayed-ACK timer: the sender is recovering, and a single
+/// segment held for 40 ms stalls it.
+#[test]
+fn test_quickack_after_hole_filled() {
+    let (mut t, _c) = established_with(
+        TcpConfig {
+            delayed_ack_ms: 40,
+            ..cfg()
+        },
+        536,
+        256,
+    );
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 2,
+            ack: LOCAL_SEQ + 1,
+            payload: b"b",
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 1,
+            ..RECV_TEMPL
+        }]
+    );
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            payload: b"a",
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 3,
+            window: 62,
+            ..RECV_TEMPL
+        }]
+    );
+    // One small in-order segment: without the quick ACKs it would wait 40 ms.
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 3,
+            ack: LOCAL_SEQ + 1,
+            payload: b"c",
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        t,
+        [TcpRepr {
+            seq: LOCAL_SEQ + 1,
+            ack: REMOTE_SEQ + 4,
+            window: 61,
+            ..RECV_TEMPL
+        }]
+    );
+    // The quick ACKs run out after 16 in-order segments (the one that filled the hole among
+    // them); then the delayed ACK is back.
+    for i in 0..14u32 {
+        send!(
+            t,
+            TcpRepr {
+                seq: REMOTE_SEQ + 4 + i,
+                ack: LOCAL_SEQ + 1,
+                payload: b"d",
+                ..SEND_TEMPL
+            }
+        );
+        let mut buf = [0u8; 2048];
+        assert!(t.recv(&mut buf).is_some(), "quick ACK {i}");
+    }
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 18,
+            ack: LOCAL_SEQ + 1,
+            payload: b"e",
+            ..SEND_TEMPL
+        }
+    );
+    recv_nothing!(t);
+}
