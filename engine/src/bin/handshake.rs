@@ -295,7 +295,16 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Run(args) => {
             let cfg = (*args).into_config()?;
-            run(cfg)
+            match run(cfg) {
+                Err(e)
+                    if e.downcast_ref::<handshake::daemon::InterfaceReplaced>()
+                        .is_some() =>
+                {
+                    eprintln!("Error: {e:#}");
+                    std::process::exit(handshake::daemon::EXIT_INTERFACE_REPLACED)
+                }
+                r => r,
+            }
         }
         Cmd::Trace { file, format } => render_trace(&file, &format),
         Cmd::Stats(a) => stats(a),
