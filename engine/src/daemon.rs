@@ -222,7 +222,12 @@ pub struct LinkWatch {
 impl LinkWatch {
     /// Starts watching `iface` (in the daemon's network namespace, through its /sys).
     pub fn new(iface: &str) -> std::io::Result<Self> {
-        let dir = std::path::Path::new("/sys/class/net").join(iface);
+        Self::at(std::path::Path::new("/sys/class/net").join(iface))
+    }
+
+    /// Watches the interface described by the directory `dir` (its `ifindex` and `operstate`
+    /// files; `/sys/class/net/IF` for a real one).
+    pub fn at(dir: std::path::PathBuf) -> std::io::Result<Self> {
         let ifindex = Self::read(&dir, "ifindex")?
             .parse()
             .map_err(|_| std::io::Error::other("ifindex is not a number"))?;
@@ -789,9 +794,7 @@ mod xdp {
         let mut last_link = std::time::Instant::now();
         let mut replaced = None;
         while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(
-                Duration::from_millis(50).min(link_every.max(Duration::from_millis(1))),
-            );
+            std::thread::sleep(Duration::from_millis(50));
             if !link_every.is_zero() && last_link.elapsed() >= link_every {
                 last_link = std::time::Instant::now();
                 match link.check() {
@@ -1060,6 +1063,39 @@ mod tests {
         assert_eq!(sent[0][23], 1, "ICMP");
         assert_eq!(w0.stack.neighbors().parked(), 0);
         let _ = Ipv4Addr::LOCALHOST;
+    }
+
+    #[test]
+    fn link_watch_reports_state_changes_a_missing_and_a_replaced_interface() {
+        let dir = std::env::temp_dir().join(format!("hs-linkwatch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let put = |index: &str, state: &str| {
+            std::fs::write(dir.join("ifindex"), format!("{index}\n")).unwrap();
+            std::fs::write(dir.join("operstate"), format!("{state}\n")).unwrap();
+        };
+        put("7", "up");
+        let mut w = LinkWatch::at(dir.clone()).unwrap();
+        assert_eq!((w.ifindex(), w.state()), (7, "up"));
+        assert_eq!(w.check(), None);
+        put("7", "down");
+        assert_eq!(
+            w.check(),
+            Some(LinkEvent::State {
+                from: "up".into(),
+                to: "down".into()
+            })
+        );
+        assert_eq!(w.check(), None, "reported once");
+        put("7", "up");
+        assert!(matches!(w.check(), Some(LinkEvent::State { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(w.check(), Some(LinkEvent::Gone));
+        assert_eq!(w.check(), None, "gone is reported once");
+        std::fs::create_dir_all(&dir).unwrap();
+        put("9", "up");
+        assert_eq!(w.check(), Some(LinkEvent::Replaced(9)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
