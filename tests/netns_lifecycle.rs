@@ -787,7 +787,7 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 fn unhex(h: &str) -> Result<Vec<u8>> {
-    ensure!(h.len() % 2 == 0, "odd hex {h}");
+    ensure!(h.len().is_multiple_of(2), "odd hex {h}");
     (0..h.len())
         .step_by(2)
         .map(|i| Ok(u8::from_str_radix(&h[i..i + 2], 16)?))
