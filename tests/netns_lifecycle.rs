@@ -764,6 +764,72 @@ fn capabilities_are_dropped_after_setup() -> Result<()> {
     Ok(())
 }
 
+/// As the systemd unit runs it: an unprivileged user (nobody) with only the five capabilities
+/// of docs/deployment.md, ambient. After setup its effective, permitted, inheritable and ambient
+/// sets are empty on every thread, no_new_privs is set, and the bounding set is exactly those
+/// five (without CAP_SETPCAP it cannot be emptied; with nothing permitted and no_new_privs it
+/// grants nothing). It still serves.
+#[test]
+fn capabilities_are_dropped_as_an_unprivileged_user_with_the_minimal_set() -> Result<()> {
+    let topo = Topology::up()?;
+    let caps = "+net_admin,+net_raw,+ipc_lock,+perfmon,+bpf";
+    let d = Daemon::start_under(
+        &topo,
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &format!("--inh-caps=-all,{caps}"),
+            &format!("--ambient-caps=-all,{caps}"),
+            &format!("--bounding-set=-all,{caps}"),
+            "--",
+        ],
+        &[
+            "--addr",
+            "198.18.0.1/24",
+            "--http",
+            "80",
+            "--stats-interval",
+            "0",
+        ],
+    )?;
+    until_serving(&topo, Instant::now(), Duration::from_secs(3))?;
+    serves_fully(&topo)?;
+    let pid = daemon_pid(&d)?;
+    let five = format!(
+        "{:016x}",
+        (1u64 << 12) | (1 << 13) | (1 << 14) | (1 << 38) | (1 << 39)
+    );
+    let zero = "0000000000000000";
+    for (key, want) in [
+        ("CapInh:", zero),
+        ("CapPrm:", zero),
+        ("CapEff:", zero),
+        ("CapAmb:", zero),
+        ("CapBnd:", five.as_str()),
+        ("NoNewPrivs:", "1"),
+        ("Uid:", "65534\t65534\t65534\t65534"),
+    ] {
+        for (name, value) in thread_fields(pid, key)? {
+            ensure!(value == want, "thread {name}: {key} {value}, want {want}");
+        }
+    }
+    ensure!(
+        d.lines()
+            .iter()
+            .any(|l| l.starts_with("capabilities dropped: 5 permitted before")),
+        "{}",
+        d.lines().join("\n")
+    );
+    stop_clean(d)?;
+    println!(
+        "capabilities as nobody with the five: CapInh/CapPrm/CapEff/CapAmb {zero}, CapBnd {five}, \
+         NoNewPrivs 1 on every thread; serving"
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Secrets never logged
 

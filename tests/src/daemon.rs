@@ -38,7 +38,19 @@ impl Daemon {
 
     /// [`Daemon::start`] with environment variables (`KEY=VALUE`, through `env`).
     pub fn start_env(topo: &Topology, env: &[&str], args: &[&str]) -> Result<Daemon> {
-        Self::spawn(topo, env, &daemon_bin(), args)
+        let mut prefix = vec!["env"];
+        prefix.extend_from_slice(env);
+        Self::spawn(
+            topo,
+            if env.is_empty() { &[] } else { &prefix },
+            &daemon_bin(),
+            args,
+        )
+    }
+
+    /// [`Daemon::start`] through a command that execs the daemon (`setpriv …`, `env …`).
+    pub fn start_under(topo: &Topology, prefix: &[&str], args: &[&str]) -> Result<Daemon> {
+        Self::spawn(topo, prefix, &daemon_bin(), args)
     }
 
     /// [`Daemon::start`] with another binary.
@@ -48,7 +60,7 @@ impl Daemon {
 
     fn spawn(
         topo: &Topology,
-        env: &[&str],
+        prefix: &[&str],
         bin: &std::path::Path,
         args: &[&str],
     ) -> Result<Daemon> {
@@ -58,11 +70,7 @@ impl Daemon {
                 bin.display()
             );
         }
-        let mut argv: Vec<String> = Vec::new();
-        if !env.is_empty() {
-            argv.push("env".into());
-            argv.extend(env.iter().map(|s| s.to_string()));
-        }
+        let mut argv: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
         argv.extend([
             bin.display().to_string(),
             "run".into(),
