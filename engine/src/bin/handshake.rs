@@ -18,7 +18,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Serve an interface: attach the XDP program, open one AF_XDP socket per queue, run the
-    /// stack on pinned workers until SIGINT/SIGTERM (SIGUSR1 toggles the --pcap capture).
+    /// stack on pinned workers until SIGINT/SIGTERM (SIGUSR1 toggles the --pcap capture, SIGHUP
+    /// reloads the certificates). Exits with status 75 when the interface is deleted and
+    /// created again (its supervisor restarts it on the new one).
     Run(Box<RunArgs>),
     /// Render a trace recorded with `handshake run --trace`: the story of each connection.
     Trace {
