@@ -52,10 +52,27 @@ fn until_serving(topo: &Topology, since: Instant, bound: Duration) -> Result<Dur
 /// 200 pings at 5 ms and 50 HTTP GETs on fresh connections: every one answered.
 fn serves_fully(topo: &Topology) -> Result<()> {
     let (ok, out) = peer_sh(topo, &format!("ping -q -c 200 -i 0.005 -W 2 {ENGINE_ADDR}"))?;
-    ensure!(
-        ok && out.contains("200 packets transmitted, 200 received"),
-        "{out}"
-    );
+    if !(ok && out.contains("200 packets transmitted, 200 received")) {
+        // What the engine saw, to tell its drops from the kernel's.
+        let m = text(&topo.run_eng("curl -sS -m 3 http://127.0.0.1:9900/metrics")?);
+        let counters: Vec<&str> = m
+            .lines()
+            .filter(|l| {
+                !l.starts_with('#')
+                    && !l.ends_with(" 0")
+                    && (l.contains("icmp")
+                        || l.contains("drops")
+                        || l.contains("arp")
+                        || l.contains("xsk")
+                        || l.contains("xdp"))
+            })
+            .collect();
+        let neigh = text(&topo.run_peer("ip neigh show")?);
+        bail!(
+            "pings lost:\n{out}\npeer neighbours: {neigh}\nengine counters:\n{}",
+            counters.join("\n")
+        );
+    }
     let (ok, out) = peer_sh(
         topo,
         &format!(
@@ -200,6 +217,22 @@ fn link_down_and_up_the_engine_keeps_serving() -> Result<()> {
             took.as_secs_f64(),
             logged.saturating_duration_since(up).as_secs_f64()
         );
+        // The peer's kernel applies its carrier change (operstate, and its qdisc, which drops
+        // what it holds when swapped) in its own linkwatch run, up to a second later: the full
+        // check starts once that is done on both ends.
+        let peer_up = Instant::now();
+        loop {
+            let o = topo.run_peer(&format!("cat /sys/class/net/{}/operstate", topo.peer_if()))?;
+            if text(&o).trim() == "up" {
+                break;
+            }
+            ensure!(
+                peer_up.elapsed() < Duration::from_secs(3),
+                "the peer's link is not up: {}",
+                text(&o)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         serves_fully(&topo)?;
     }
     let out = text(&across.wait_with_output()?);
