@@ -73,6 +73,13 @@ pub struct Config {
     /// On SIGTERM or SIGINT: how long, in milliseconds, the workers keep serving after sending
     /// FIN on every open connection, while the peers close their side.
     pub shutdown_timeout_ms: u64,
+    /// After setup (XDP attached, AF_XDP sockets bound, certificates read), drop every
+    /// capability and set no_new_privs. Nothing the daemon does afterwards needs one; when the
+    /// interface is replaced it exits (status 75) and its supervisor starts it again.
+    pub drop_capabilities: bool,
+    /// How often, in milliseconds, the main thread checks the interface by name (ifindex and
+    /// link state, from /sys; 0: never).
+    pub iface_check_ms: u64,
     /// TLS: certificates, versions, resumption, the session pool (`--tls-threads`).
     pub tls: TlsConfig,
     /// AF_XDP sockets and UMEM.
@@ -218,6 +225,8 @@ impl Default for Config {
             max_body: 1 << 20,
             request_timeout_ms: 30_000,
             shutdown_timeout_ms: 2000,
+            drop_capabilities: true,
+            iface_check_ms: 200,
             tls: TlsConfig::default(),
             xsk: XskConfig::default(),
             arp: ArpConfig::default(),

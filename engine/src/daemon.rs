@@ -57,6 +57,9 @@ pub struct Worker {
     pub stop: Arc<AtomicBool>,
     /// After `stop`: how long to keep serving while peers close the connections shut down.
     pub stop_timeout: Duration,
+    /// Set with `stop` when the interface is gone: no graceful drain (there is no link to
+    /// send the FINs on).
+    pub abandon: Arc<AtomicBool>,
     /// Where trace events go (to the writer thread), when a trace is installed on the stack.
     #[cfg(feature = "trace")]
     pub trace: Option<Sender<(u32, crate::trace::TraceEvent)>>,
@@ -148,7 +151,10 @@ impl Worker {
         // serving while the peers close their side, for `stop_timeout` at most.
         let shut = self.stack.tcp_mut().shutdown_all();
         let deadline = clock.now() + self.stop_timeout;
-        while self.stack.tcp().open_flows() > 0 && clock.now() < deadline {
+        while self.stack.tcp().open_flows() > 0
+            && clock.now() < deadline
+            && !self.abandon.load(Ordering::Relaxed)
+        {
             let now = clock.now();
             if !self.turn(dev, now) {
                 idle(dev, Duration::from_millis(1));
@@ -161,6 +167,115 @@ impl Worker {
             self.stop_timeout
         );
         self.publish(dev, &mut shell);
+    }
+}
+
+/// Exit status of `handshake run` when its interface was deleted and created again (a new
+/// ifindex): `EX_TEMPFAIL`, so that the supervisor starts the daemon again on the new one.
+pub const EXIT_INTERFACE_REPLACED: i32 = 75;
+
+/// The interface the daemon served was replaced by a new one of the same name: the XDP program
+/// and the AF_XDP sockets went with the old one. The daemon stops; its supervisor (systemd
+/// `Restart=on-failure`) starts it again, which attaches to the new interface.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "interface {iface} was deleted and created again (ifindex {old} -> {new}): the XDP program \
+     and the AF_XDP sockets went with the old one; exiting with status 75 so that the \
+     supervisor (systemd Restart=on-failure) starts handshake again on the new interface"
+)]
+pub struct InterfaceReplaced {
+    /// The interface's name.
+    pub iface: String,
+    /// The ifindex served.
+    pub old: u32,
+    /// The new interface's ifindex.
+    pub new: u32,
+}
+
+/// What [`LinkWatch::check`] saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// The operational state changed (`/sys/class/net/IF/operstate`: up, down, lowerlayerdown…).
+    State {
+        /// Before.
+        from: String,
+        /// Now.
+        to: String,
+    },
+    /// The interface no longer exists.
+    Gone,
+    /// An interface of the same name exists again, with another ifindex.
+    Replaced(u32),
+}
+
+/// Watches the served interface by name, off the fast path (the daemon's main thread reads two
+/// sysfs files every `iface_check_ms`): link state changes are logged (the XDP program and the
+/// AF_XDP sockets survive a link down/up), a new ifindex means the interface was replaced.
+#[derive(Debug)]
+pub struct LinkWatch {
+    dir: std::path::PathBuf,
+    ifindex: u32,
+    state: String,
+    gone: bool,
+}
+
+impl LinkWatch {
+    /// Starts watching `iface` (in the daemon's network namespace, through its /sys).
+    pub fn new(iface: &str) -> std::io::Result<Self> {
+        Self::at(std::path::Path::new("/sys/class/net").join(iface))
+    }
+
+    /// Watches the interface described by the directory `dir` (its `ifindex` and `operstate`
+    /// files; `/sys/class/net/IF` for a real one).
+    pub fn at(dir: std::path::PathBuf) -> std::io::Result<Self> {
+        let ifindex = Self::read(&dir, "ifindex")?
+            .parse()
+            .map_err(|_| std::io::Error::other("ifindex is not a number"))?;
+        let state = Self::read(&dir, "operstate")?;
+        Ok(LinkWatch {
+            dir,
+            ifindex,
+            state,
+            gone: false,
+        })
+    }
+
+    fn read(dir: &std::path::Path, file: &str) -> std::io::Result<String> {
+        Ok(std::fs::read_to_string(dir.join(file))?.trim().to_owned())
+    }
+
+    /// The ifindex served.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The operational state last seen.
+    pub fn state(&self) -> &str {
+        &self.state
+    }
+
+    /// Reads the interface's ifindex and state; returns what changed since the last call.
+    pub fn check(&mut self) -> Option<LinkEvent> {
+        let index = Self::read(&self.dir, "ifindex")
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok());
+        match index {
+            None if self.gone => None,
+            None => {
+                self.gone = true;
+                Some(LinkEvent::Gone)
+            }
+            Some(i) if i != self.ifindex => Some(LinkEvent::Replaced(i)),
+            Some(_) => {
+                self.gone = false;
+                let now = Self::read(&self.dir, "operstate").ok()?;
+                if now == self.state {
+                    return None;
+                }
+                let from = std::mem::replace(&mut self.state, now.clone());
+                Some(LinkEvent::State { from, to: now })
+            }
+        }
     }
 }
 
@@ -405,6 +520,12 @@ mod xdp {
             prog.register_socket(q, port.fd())?;
             ports_open.push(port);
         }
+        // Watched by name from here on: a link down/up is logged (the program and the sockets
+        // survive it); a new ifindex (the interface deleted and created again) stops the daemon.
+        let mut link = crate::daemon::LinkWatch::new(&cfg.iface)
+            .with_context(|| format!("reading /sys/class/net/{}", cfg.iface))?;
+        tracing::info!(iface = %cfg.iface, ifindex = link.ifindex(), state = link.state(), "watching the interface");
+        let abandon = Arc::new(AtomicBool::new(false));
 
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let clock = Clock::start();
@@ -447,6 +568,14 @@ mod xdp {
         let hup = Arc::new(AtomicBool::new(false));
         signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
             .context("installing the SIGHUP handler")?;
+        // Setup needing privileges is done (XDP attached, maps filled, AF_XDP sockets bound, the
+        // UMEM pinned, certificates read) and no other thread exists yet: drop every capability
+        // here, so that every thread started from now on has none.
+        if cfg.drop_capabilities {
+            drop_capabilities()?;
+        } else {
+            tracing::warn!("drop_capabilities = false: the daemon keeps its capabilities");
+        }
         let (pool, mut links) = match &https {
             Some(h) if cfg.tls.threads > 0 => {
                 let pcfg = crate::https::pool::PoolConfig {
@@ -596,6 +725,7 @@ mod xdp {
                 publish_every,
                 stop: Arc::clone(&stop),
                 stop_timeout: Duration::from_millis(cfg.shutdown_timeout_ms),
+                abandon: Arc::clone(&abandon),
                 #[cfg(feature = "trace")]
                 trace: None,
             };
@@ -660,8 +790,42 @@ mod xdp {
         let interval = Duration::from_secs(cfg.stats_interval_secs);
         let mut last = std::time::Instant::now();
         let mut last_global = std::time::Instant::now();
+        let link_every = Duration::from_millis(cfg.iface_check_ms);
+        let mut last_link = std::time::Instant::now();
+        let mut replaced = None;
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
+            if !link_every.is_zero() && last_link.elapsed() >= link_every {
+                last_link = std::time::Instant::now();
+                match link.check() {
+                    None => {}
+                    Some(crate::daemon::LinkEvent::State { from, to }) => {
+                        println!("link {}: {from} -> {to}", cfg.iface);
+                        tracing::warn!(iface = %cfg.iface, %from, %to, "link state changed");
+                    }
+                    Some(crate::daemon::LinkEvent::Gone) => {
+                        println!(
+                            "interface {} (ifindex {}) is gone; waiting for it to come back",
+                            cfg.iface,
+                            link.ifindex()
+                        );
+                        tracing::error!(iface = %cfg.iface, "interface gone");
+                    }
+                    Some(crate::daemon::LinkEvent::Replaced(new)) => {
+                        let e = crate::daemon::InterfaceReplaced {
+                            iface: cfg.iface.clone(),
+                            old: link.ifindex(),
+                            new,
+                        };
+                        println!("{e}");
+                        tracing::error!("{e}");
+                        abandon.store(true, Ordering::Relaxed);
+                        stop.store(true, Ordering::Relaxed);
+                        replaced = Some(e);
+                        break;
+                    }
+                }
+            }
             if hup.swap(false, Ordering::Relaxed) {
                 match &mut tls_reload {
                     Some((handle, current)) => {
@@ -777,8 +941,51 @@ mod xdp {
                 t.http.status[1..8].iter().sum::<u64>()
             );
         }
+        if let Some(e) = replaced {
+            // The old link went with the old interface; dropping `prog` closes what is left.
+            drop(prog);
+            return Err(e.into());
+        }
         prog.detach()?;
         tracing::info!("XDP program detached; bye");
+        Ok(())
+    }
+
+    /// Drops every capability of the calling thread (effective, permitted, inheritable,
+    /// ambient, and the bounding set when CAP_SETPCAP allows it) and sets no_new_privs, so that
+    /// nothing the process runs can gain privileges. Called on the main thread before any other
+    /// thread is started: threads inherit their creator's sets.
+    fn drop_capabilities() -> anyhow::Result<()> {
+        use caps::{CapSet, Capability};
+        let had = caps::read(None, CapSet::Permitted).context("reading the capability sets")?;
+        let bounding =
+            caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false);
+        if bounding {
+            caps::clear(None, CapSet::Bounding).context("clearing the capability bounding set")?;
+        }
+        for set in [
+            CapSet::Ambient,
+            CapSet::Inheritable,
+            CapSet::Effective,
+            CapSet::Permitted,
+        ] {
+            caps::clear(None, set)
+                .with_context(|| format!("clearing the {set:?} capability set"))?;
+        }
+        nix::sys::prctl::set_no_new_privs().context("setting no_new_privs")?;
+        let left = caps::read(None, CapSet::Permitted).context("reading the capability sets")?;
+        if !left.is_empty() {
+            bail!("capabilities still permitted after dropping them: {left:?}");
+        }
+        println!(
+            "capabilities dropped: {} permitted before, none now{}; no_new_privs set",
+            had.len(),
+            if bounding {
+                ", bounding set empty"
+            } else {
+                " (no CAP_SETPCAP: the bounding set stays as the supervisor set it)"
+            }
+        );
         Ok(())
     }
 }
@@ -808,6 +1015,7 @@ mod tests {
             publish_every: Duration::from_millis(100),
             stop: Arc::new(AtomicBool::new(false)),
             stop_timeout: Duration::ZERO,
+            abandon: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -855,6 +1063,39 @@ mod tests {
         assert_eq!(sent[0][23], 1, "ICMP");
         assert_eq!(w0.stack.neighbors().parked(), 0);
         let _ = Ipv4Addr::LOCALHOST;
+    }
+
+    #[test]
+    fn link_watch_reports_state_changes_a_missing_and_a_replaced_interface() {
+        let dir = std::env::temp_dir().join(format!("hs-linkwatch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let put = |index: &str, state: &str| {
+            std::fs::write(dir.join("ifindex"), format!("{index}\n")).unwrap();
+            std::fs::write(dir.join("operstate"), format!("{state}\n")).unwrap();
+        };
+        put("7", "up");
+        let mut w = LinkWatch::at(dir.clone()).unwrap();
+        assert_eq!((w.ifindex(), w.state()), (7, "up"));
+        assert_eq!(w.check(), None);
+        put("7", "down");
+        assert_eq!(
+            w.check(),
+            Some(LinkEvent::State {
+                from: "up".into(),
+                to: "down".into()
+            })
+        );
+        assert_eq!(w.check(), None, "reported once");
+        put("7", "up");
+        assert!(matches!(w.check(), Some(LinkEvent::State { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(w.check(), Some(LinkEvent::Gone));
+        assert_eq!(w.check(), None, "gone is reported once");
+        std::fs::create_dir_all(&dir).unwrap();
+        put("9", "up");
+        assert_eq!(w.check(), Some(LinkEvent::Replaced(9)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -33,19 +33,50 @@ impl Daemon {
     /// Starts `handshake run --iface <engine veth> <args>` in the engine namespace and waits for
     /// its "ready" line (10 s at most).
     pub fn start(topo: &Topology, args: &[&str]) -> Result<Daemon> {
-        let bin = daemon_bin();
+        Self::start_env(topo, &[], args)
+    }
+
+    /// [`Daemon::start`] with environment variables (`KEY=VALUE`, through `env`).
+    pub fn start_env(topo: &Topology, env: &[&str], args: &[&str]) -> Result<Daemon> {
+        let mut prefix = vec!["env"];
+        prefix.extend_from_slice(env);
+        Self::spawn(
+            topo,
+            if env.is_empty() { &[] } else { &prefix },
+            &daemon_bin(),
+            args,
+        )
+    }
+
+    /// [`Daemon::start`] through a command that execs the daemon (`setpriv …`, `env …`).
+    pub fn start_under(topo: &Topology, prefix: &[&str], args: &[&str]) -> Result<Daemon> {
+        Self::spawn(topo, prefix, &daemon_bin(), args)
+    }
+
+    /// [`Daemon::start`] with another binary.
+    pub fn start_with(topo: &Topology, bin: &std::path::Path, args: &[&str]) -> Result<Daemon> {
+        Self::spawn(topo, &[], bin, args)
+    }
+
+    fn spawn(
+        topo: &Topology,
+        prefix: &[&str],
+        bin: &std::path::Path,
+        args: &[&str],
+    ) -> Result<Daemon> {
         if !bin.exists() {
             bail!(
                 "{} not found: run `cargo xtask build` first (or set HANDSHAKE_BIN)",
                 bin.display()
             );
         }
-        let mut argv: Vec<String> = vec![
+        let mut argv: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+        argv.extend([
             bin.display().to_string(),
             "run".into(),
             "--iface".into(),
             topo.eng_if().into(),
-        ];
+        ]);
         argv.extend(args.iter().map(|s| s.to_string()));
         let mut child = topo.spawn_eng(&argv)?;
         let output = Arc::new(Mutex::new(Vec::new()));
@@ -99,6 +130,33 @@ impl Daemon {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Waits (`timeout` at most) for the process to exit by itself; returns its status and
+    /// output. On timeout the process keeps running (and is stopped on drop).
+    pub fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(std::process::ExitStatus, Vec<String>)> {
+        let deadline = Instant::now() + timeout;
+        let child = self
+            .child
+            .as_mut()
+            .context("the daemon was already stopped")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                std::thread::sleep(Duration::from_millis(100));
+                return Ok((status, self.lines()));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "daemon still running after {timeout:?}:\n{}",
+                    self.lines().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Sends `signal` and waits (10 s at most) for the process to exit; returns its output.

@@ -176,7 +176,6 @@ impl Topology {
     }
 
     fn build(&self) -> Result<()> {
-        let q = self.queues.to_string();
         ip(["netns", "add", &self.eng_ns])?;
         ip(["netns", "add", &self.peer_ns])?;
         if !self.ipv6 {
@@ -190,6 +189,13 @@ impl Topology {
                 }
             }
         }
+        self.create_veth()
+    }
+
+    /// Creates the veth pair (names, MACs, queues, addresses, offload off, links up) in the two
+    /// namespaces, which must exist and hold no pair yet.
+    fn create_veth(&self) -> Result<()> {
+        let q = self.queues.to_string();
         // Created inside the engine namespace, peer end placed straight into the peer namespace:
         // the root namespace never sees either end.
         ip([
@@ -251,6 +257,32 @@ impl Topology {
             )?;
         }
         Ok(())
+    }
+
+    /// Deletes the veth pair (from the engine namespace; the peer end goes with it) and creates
+    /// it again with the same names, MACs, queues and addresses: the engine's end gets a new
+    /// ifindex. Returns once both links are up again.
+    pub fn recreate_veth(&self) -> Result<()> {
+        self.delete_veth()?;
+        self.create_veth()
+    }
+
+    /// Deletes the veth pair (both ends).
+    pub fn delete_veth(&self) -> Result<()> {
+        ip(["-n", &self.eng_ns, "link", "del", &self.eng_if])
+    }
+
+    /// Creates the veth pair again after [`Topology::delete_veth`].
+    pub fn add_veth(&self) -> Result<()> {
+        self.create_veth()
+    }
+
+    /// The ifindex of the engine's veth end (`None` when it does not exist).
+    pub fn eng_ifindex(&self) -> Option<u32> {
+        let o = self
+            .run_eng(&format!("cat /sys/class/net/{}/ifindex", self.eng_if))
+            .ok()?;
+        String::from_utf8_lossy(&o.stdout).trim().parse().ok()
     }
 
     /// The per-run id (`<pid>-<n>`, or `d<n>` when persistent).

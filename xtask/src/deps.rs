@@ -38,6 +38,8 @@ const TEST_PACKAGES: &[&str] = &[
     "testssl.sh",
     // nmap's TCP sequence prediction of our ISNs (tests/netns_foundation.rs).
     "nmap",
+    // setpriv: the daemon as an unprivileged user with five capabilities (netns_lifecycle.rs).
+    "util-linux",
 ];
 
 /// bpf-linker release we build against LLVM 22.

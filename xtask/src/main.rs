@@ -17,6 +17,7 @@ mod demo;
 mod deps;
 mod fuzz;
 mod netns;
+mod soak;
 mod test;
 mod util;
 
@@ -81,6 +82,17 @@ enum Cmd {
         #[arg(long, default_value = "none")]
         sanitizer: String,
     },
+    /// A long mixed load (wrk, h2load, fresh connections, pings) against one daemon, sampling
+    /// its RSS and metrics; fails on any error, RSS growth or leaked flow/frame (needs root;
+    /// not part of `test`).
+    Soak {
+        /// How long, in minutes (fractions allowed: 0.5 is a 30 s check).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Percent of the peer's TCP segments dropped by nftables (0: none).
+        #[arg(long, default_value_t = 0)]
+        loss: u32,
+    },
     /// Bring a network up, start the daemon, and show ARP, ICMP, TCP and HTTPS being answered.
     Demo {
         /// HTTPS certificate chain (PEM); default: target/demo/cert.pem, generated (self-signed)
@@ -118,6 +130,7 @@ fn main() -> Result<()> {
             netns::run(action)
         }
         Cmd::Test => test::run(),
+        Cmd::Soak { minutes, loss } => soak::run(minutes, loss),
         Cmd::Fuzz {
             target,
             time,

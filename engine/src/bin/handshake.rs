@@ -18,7 +18,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Serve an interface: attach the XDP program, open one AF_XDP socket per queue, run the
-    /// stack on pinned workers until SIGINT/SIGTERM (SIGUSR1 toggles the --pcap capture).
+    /// stack on pinned workers until SIGINT/SIGTERM (SIGUSR1 toggles the --pcap capture, SIGHUP
+    /// reloads the certificates). Exits with status 75 when the interface is deleted and
+    /// created again (its supervisor restarts it on the new one).
     Run(Box<RunArgs>),
     /// Render a trace recorded with `handshake run --trace`: the story of each connection.
     Trace {
@@ -295,7 +297,16 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Run(args) => {
             let cfg = (*args).into_config()?;
-            run(cfg)
+            match run(cfg) {
+                Err(e)
+                    if e.downcast_ref::<handshake::daemon::InterfaceReplaced>()
+                        .is_some() =>
+                {
+                    eprintln!("Error: {e:#}");
+                    std::process::exit(handshake::daemon::EXIT_INTERFACE_REPLACED)
+                }
+                r => r,
+            }
         }
         Cmd::Trace { file, format } => render_trace(&file, &format),
         Cmd::Stats(a) => stats(a),
