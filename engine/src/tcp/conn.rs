@@ -127,6 +127,9 @@ pub(crate) struct Conn {
     /// In-order segments still to be acknowledged at once after a loss showed (as Linux's
     /// quick-ACK mode): the sender is recovering, every ACK clocks it.
     pub(crate) quickacks: u8,
+    /// Two full segments arrived since the last ACK: [`super::Tcp`] sends the ACK at once,
+    /// not after the batch (see `Tcp::flush_ack`).
+    pub(crate) ack_flush: bool,
 
     // RTT and retransmission (RFC 6298).
     pub(crate) srtt_us: u64,
@@ -233,6 +236,7 @@ impl Default for Conn {
             ack_at: Instant::MAX,
             unacked_bytes: 0,
             quickacks: 0,
+            ack_flush: false,
             srtt_us: 0,
             rttvar_us: 0,
             rto_us: 1_000_000,
@@ -448,6 +452,12 @@ impl Conn {
             }
             _ => false,
         }
+    }
+
+    /// New data the window lets go now (it would carry an ACK).
+    pub(crate) fn wants_output_data(&self) -> bool {
+        let off = self.snd_nxt.wrapping_sub(self.snd_una) as usize;
+        off < self.tx.len() && self.snd_wnd as usize > off
     }
 
     /// After the application read: is a window update worth a segment?
@@ -1154,7 +1164,10 @@ impl Conn {
             // full segment carries the MSS less the timestamp option, when in use.
             let seg = env.cfg.effective_mss() as u32 - if self.ts_ok { 12 } else { 0 };
             let full = 2 * seg;
-            if env.cfg.delayed_ack_ms == 0 || self.unacked_bytes >= full {
+            if self.unacked_bytes >= full {
+                self.ack_now = true;
+                self.ack_flush = true;
+            } else if env.cfg.delayed_ack_ms == 0 {
                 self.ack_now = true;
             } else if self.quickacks > 0 {
                 self.quickacks -= 1;
@@ -1433,6 +1446,25 @@ impl Conn {
             self.last_ack_sent = self.rcv_nxt;
         }
         Some(hl + len)
+    }
+
+    /// A pure ACK of everything received, as [`Conn::emit`] would write it without SACK
+    /// blocks: (seq, ack, window, timestamps). Marks the ACK as sent.
+    pub(crate) fn take_pure_ack(
+        &mut self,
+        cfg: &TcpConfig,
+        now: Instant,
+    ) -> (u32, u32, u16, Option<Timestamps>) {
+        let ts = self.ts_ok.then(|| Timestamps {
+            val: self.ts_now(now),
+            ecr: self.ts_recent,
+        });
+        let window = self.advertise(cfg);
+        self.ack_now = false;
+        self.ack_at = Instant::MAX;
+        self.unacked_bytes = 0;
+        self.last_ack_sent = self.rcv_nxt;
+        (self.ack_seq(), self.rcv_nxt, window, ts)
     }
 
     /// The header of a segment carrying SACK blocks (out-of-order data held); returns its

@@ -1190,11 +1190,50 @@ impl Tcp {
         env.accept_room = accept_room;
         let d = c.input(&mut env, seg);
         let reply = env.reply_rst.take();
+        let (k, flush) = (c.key, c.ack_flush);
         if let Some(seq) = reply {
-            let k = c.key;
             self.reply_rst(k, seq, 0, flags::RST);
         }
+        if flush {
+            self.flush_ack(now, idx);
+        }
         self.after(now, idx, old, d);
+    }
+
+    /// An ACK for every second full segment now, in the order the segments came (RFC 5681
+    /// §4.2), not one for a whole batch: a batch of 64 segments would otherwise get a single
+    /// stretch ACK, and losing it would cost the sender a whole flight's feedback. Not with
+    /// SACK blocks to report (then `Conn::emit` writes them) or data of ours waiting to carry
+    /// it.
+    fn flush_ack(&mut self, now: Instant, idx: u32) {
+        let c = &mut self.conns[idx as usize];
+        c.ack_flush = false;
+        if !c.asm.is_empty()
+            || c.wants_output_data()
+            || !matches!(
+                c.state,
+                State::Established | State::FinWait1 | State::FinWait2
+            )
+            || self.ctl.len() >= self.cfg.max_control
+        {
+            return;
+        }
+        let (seq, ack, window, ts) = c.take_pure_ack(&self.cfg, now);
+        let k = c.key;
+        self.push_ctl(Ctl {
+            src: Ipv4Addr::from(k.laddr),
+            dst: Ipv4Addr::from(k.raddr),
+            sport: k.lport,
+            dport: k.rport,
+            seq,
+            ack,
+            flags: flags::ACK,
+            window,
+            options: TcpOptions {
+                timestamps: ts,
+                ..TcpOptions::NONE
+            },
+        });
     }
 
     /// Queues a stateless segment (RST, or a last ACK) for the 4-tuple `k`.

@@ -1181,3 +1181,45 @@ fn test_quickack_after_hole_filled() {
     );
     recv_nothing!(t);
 }
+
+/// Four full segments in one batch get two ACKs, one for every second segment, in order
+/// (RFC 5681 §4.2), not one stretch ACK for the batch: a lost stretch ACK would cost the
+/// sender the feedback of its whole flight.
+#[test]
+fn test_batch_of_full_segments_acked_every_second_segment() {
+    let c = TcpConfig {
+        delayed_ack_ms: 40,
+        mss: 64,
+        recv_buf: 512,
+        ..cfg()
+    };
+    let (mut t, _c) = established_with(c, 64, 512);
+    for i in 0..4u32 {
+        send!(
+            t,
+            TcpRepr {
+                seq: REMOTE_SEQ + 1 + 64 * i,
+                ack: LOCAL_SEQ + 1,
+                payload: &[i as u8; 64],
+                ..SEND_TEMPL
+            }
+        );
+    }
+    recv!(
+        t,
+        [
+            TcpRepr {
+                seq: LOCAL_SEQ + 1,
+                ack: REMOTE_SEQ + 129,
+                window: 384,
+                ..RECV_TEMPL
+            },
+            TcpRepr {
+                seq: LOCAL_SEQ + 1,
+                ack: REMOTE_SEQ + 257,
+                window: 256,
+                ..RECV_TEMPL
+            }
+        ]
+    );
+}
