@@ -70,13 +70,17 @@ impl Opts {
     fn num(&self, key: &str, default: u64) -> Result<u64> {
         match self.0.get(key) {
             None => Ok(default),
-            Some(v) => v.parse().with_context(|| format!("--{key} {v}: not a number")),
+            Some(v) => v
+                .parse()
+                .with_context(|| format!("--{key} {v}: not a number")),
         }
     }
     fn secs(&self, key: &str, default: f64) -> Result<Duration> {
         let v = match self.0.get(key) {
             None => default,
-            Some(v) => v.parse().with_context(|| format!("--{key} {v}: not seconds"))?,
+            Some(v) => v
+                .parse()
+                .with_context(|| format!("--{key} {v}: not seconds"))?,
         };
         if !(0.0..=3600.0).contains(&v) {
             bail!("--{key} {v}: give 0 to 3600 seconds");
@@ -311,23 +315,27 @@ fn tcp_rr(o: &Opts) -> Result<()> {
     let addr: SocketAddr = o.get("addr")?.parse().context("--addr IP:PORT")?;
     let size = o.num("size", 64)? as usize;
     let msg: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
-    let (ops, errors, el) = run_threads(o.num("threads", 4)?, o.secs("secs", 5.0)?, |ops, errs, stop| {
-        let mut back = vec![0u8; size];
-        while !stop.load(Ordering::Relaxed) {
-            let r = (|| -> io::Result<bool> {
-                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-                s.set_nodelay(true)?;
-                s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                s.write_all(&msg)?;
-                s.read_exact(&mut back)?;
-                Ok(back == msg)
-            })();
-            match r {
-                Ok(true) => ops.fetch_add(1, Ordering::Relaxed),
-                _ => errs.fetch_add(1, Ordering::Relaxed),
-            };
-        }
-    });
+    let (ops, errors, el) = run_threads(
+        o.num("threads", 4)?,
+        o.secs("secs", 5.0)?,
+        |ops, errs, stop| {
+            let mut back = vec![0u8; size];
+            while !stop.load(Ordering::Relaxed) {
+                let r = (|| -> io::Result<bool> {
+                    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                    s.set_nodelay(true)?;
+                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    s.write_all(&msg)?;
+                    s.read_exact(&mut back)?;
+                    Ok(back == msg)
+                })();
+                match r {
+                    Ok(true) => ops.fetch_add(1, Ordering::Relaxed),
+                    _ => errs.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        },
+    );
     println!("ops={ops} secs={el:.4} errors={errors}");
     Ok(())
 }
@@ -355,31 +363,35 @@ fn tls_conn(o: &Opts) -> Result<()> {
     let name = ServerName::try_from(o.get("name")?.to_owned()).context("--name")?;
     let request = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", o.get("name")?);
     let resumed = AtomicU64::new(0);
-    let (ops, errors, el) = run_threads(o.num("threads", 4)?, o.secs("secs", 5.0)?, |ops, errs, stop| {
-        while !stop.load(Ordering::Relaxed) {
-            let r = (|| -> Result<bool> {
-                let mut conn = rustls::ClientConnection::new(config.clone(), name.clone())?;
-                let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-                sock.set_nodelay(true)?;
-                sock.set_read_timeout(Some(Duration::from_secs(2)))?;
-                let mut tls = rustls::Stream::new(&mut conn, &mut sock);
-                tls.write_all(request.as_bytes())?;
-                let got = read_response(&mut tls)?;
-                let was_resumed =
-                    tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-                tls.conn.send_close_notify();
-                let _ = tls.conn.complete_io(tls.sock);
-                if was_resumed {
-                    resumed.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(got == body)
-            })();
-            match r {
-                Ok(true) => ops.fetch_add(1, Ordering::Relaxed),
-                _ => errs.fetch_add(1, Ordering::Relaxed),
-            };
-        }
-    });
+    let (ops, errors, el) = run_threads(
+        o.num("threads", 4)?,
+        o.secs("secs", 5.0)?,
+        |ops, errs, stop| {
+            while !stop.load(Ordering::Relaxed) {
+                let r = (|| -> Result<bool> {
+                    let mut conn = rustls::ClientConnection::new(config.clone(), name.clone())?;
+                    let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                    sock.set_nodelay(true)?;
+                    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+                    tls.write_all(request.as_bytes())?;
+                    let got = read_response(&mut tls)?;
+                    let was_resumed =
+                        tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                    tls.conn.send_close_notify();
+                    let _ = tls.conn.complete_io(tls.sock);
+                    if was_resumed {
+                        resumed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(got == body)
+                })();
+                match r {
+                    Ok(true) => ops.fetch_add(1, Ordering::Relaxed),
+                    _ => errs.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        },
+    );
     println!(
         "ops={ops} secs={el:.4} errors={errors} resumed={}",
         resumed.into_inner()
@@ -463,7 +475,9 @@ fn bulk(o: &Opts) -> Result<()> {
         got += n as u64;
     }
     let el = start.elapsed().as_secs_f64();
-    let sent = writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    let sent = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
     let errors = u64::from(got != sent) + bad;
     println!(
         "ops={got} secs={el:.4} errors={errors} sent={sent} gbits={:.4}",

@@ -105,12 +105,16 @@ enum Cmd {
         /// Rounds per side (default 3; --quick 2).
         #[arg(long)]
         rounds: Option<u32>,
-        /// Seconds per measurement (default 5; --quick 1.5).
+        /// Whole seconds per measurement (default 5; --quick 2).
         #[arg(long)]
-        secs: Option<f64>,
+        secs: Option<u32>,
         /// Skip the perf profile of the engine worker (taken on full runs when perf exists).
         #[arg(long)]
         no_profile: bool,
+        /// Leave the kernel's receive processing on the load generator's core (default: RPS
+        /// steers it to the server core, like the engine's worker).
+        #[arg(long)]
+        no_rps: bool,
     },
 }
 
@@ -147,11 +151,13 @@ fn main() -> Result<()> {
             rounds,
             secs,
             no_profile,
+            no_rps,
         } => bench::run(bench::Opts {
             quick,
             rounds,
             secs,
             profile: !no_profile,
+            rps: !no_rps,
         }),
     }
 }

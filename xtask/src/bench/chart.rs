@@ -24,8 +24,12 @@ pub fn draw(path: &Path, title: &str, bars: &[Bar]) -> Result<()> {
     let font = std::fs::read(FONT)
         .with_context(|| format!("reading {FONT}: install fonts-dejavu-core (cargo xtask deps)"))?;
     // plotters keeps fonts for the process's life.
-    register_font("sans-serif", FontStyle::Normal, Box::leak(font.into_boxed_slice()))
-        .map_err(|_| anyhow::anyhow!("{FONT} is not a font plotters can read"))?;
+    register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(font.into_boxed_slice()),
+    )
+    .map_err(|_| anyhow::anyhow!("{FONT} is not a font plotters can read"))?;
     let height = 120 + 44 * bars.len().max(1) as u32;
     let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -81,7 +85,10 @@ pub fn draw(path: &Path, title: &str, bars: &[Bar]) -> Result<()> {
             }
             chart.draw_series(std::iter::once(Text::new(
                 format!("{:.2}×", b.advantage),
-                (b.advantage.max(b.high).min(max * 0.93) + max * 0.01, yc + 0.15),
+                (
+                    b.advantage.max(b.high).min(max * 0.93) + max * 0.01,
+                    yc + 0.15,
+                ),
                 ("sans-serif", 15),
             )))?;
         }

@@ -75,8 +75,11 @@ fn check_stop() -> Result<()> {
 pub struct Opts {
     pub quick: bool,
     pub rounds: Option<u32>,
-    pub secs: Option<f64>,
+    pub secs: Option<u32>,
     pub profile: bool,
+    /// Steer the kernel's receive processing to the server core (RPS); off: it runs on the
+    /// load generator's core, in the sender's softirq.
+    pub rps: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -191,7 +194,10 @@ const METRICS: [Metric; 10] = [
 ];
 
 fn metric(key: &str) -> &'static Metric {
-    METRICS.iter().find(|m| m.key == key).expect("a known metric")
+    METRICS
+        .iter()
+        .find(|m| m.key == key)
+        .expect("a known metric")
 }
 
 /// Everything a run needs: paths, topology, binaries.
@@ -225,7 +231,8 @@ pub fn run(opts: Opts) -> Result<()> {
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGHUP,
     ] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
     }
     let _ = STOP.set(stop);
 
@@ -242,11 +249,15 @@ pub fn run(opts: Opts) -> Result<()> {
     let peer_bin = util::target_dir().join("release/sbs-peer");
     check_stop()?;
 
-    let rounds = opts.rounds.unwrap_or(if opts.quick { 2 } else { 3 }).clamp(1, 10);
-    let secs = opts.secs.unwrap_or(if opts.quick { 1.5 } else { 5.0 });
-    if !(0.5..=20.0).contains(&secs) {
-        bail!("--secs {secs}: give 0.5 to 20 seconds per measurement");
+    let rounds = opts
+        .rounds
+        .unwrap_or(if opts.quick { 2 } else { 3 })
+        .clamp(1, 10);
+    let secs = opts.secs.unwrap_or(if opts.quick { 2 } else { 5 });
+    if !(1..=20).contains(&secs) {
+        bail!("--secs {secs}: give 1 to 20 seconds per measurement");
     }
+    let secs = f64::from(secs);
     let budget = Duration::from_secs(if opts.quick { 170 } else { 570 });
     let started = Instant::now();
     let loadavg_start = loadavg();
@@ -255,6 +266,7 @@ pub fn run(opts: Opts) -> Result<()> {
         println!("removed a leftover network of a finished run: {id}");
     }
     let dir = util::target_dir().join("bench");
+    let _ = fs::remove_dir_all(dir.join("raw"));
     fs::create_dir_all(&dir)?;
     let www = dir.join("www");
     fs::create_dir_all(&www)?;
@@ -270,7 +282,7 @@ pub fn run(opts: Opts) -> Result<()> {
     nginx_config(&nginx_conf, &www, &cert, &key)?;
 
     let topo = Topology::builder().queues(1).up()?;
-    tune(&topo)?;
+    tune(&topo, opts.rps)?;
     let env = Env {
         topo,
         daemon,
@@ -287,8 +299,9 @@ pub fn run(opts: Opts) -> Result<()> {
         deadline: started + budget,
     };
     println!(
-        "bench: {rounds} rounds × 2 sides × {} cases, {secs} s each; engine/peers on core {SERVER_CORE}, load on core {LOAD_CORE}; load average now {loadavg_start}",
-        CASES.len()
+        "bench: {rounds} rounds × 2 sides × {} cases, {secs} s each; engine/peers on core {SERVER_CORE}, load on core {LOAD_CORE}; kernel receive processing (RPS) on core {}; load average now {loadavg_start}",
+        CASES.len(),
+        if opts.rps { SERVER_CORE } else { LOAD_CORE }
     );
 
     let mut samples: BTreeMap<(&'static str, bool), Vec<f64>> = BTreeMap::new();
@@ -320,7 +333,12 @@ pub fn run(opts: Opts) -> Result<()> {
                 let got = measure(&env, side, case)
                     .with_context(|| format!("measuring {case:?} on the {side:?} side"))?;
                 for (key, value) in got {
-                    println!("  {:<34} {:>14}  {}", metric(key).label, fmt(value), metric(key).unit);
+                    println!(
+                        "  {:<34} {:>14}  {}",
+                        metric(key).label,
+                        fmt(value),
+                        metric(key).unit
+                    );
                     samples
                         .entry((key, side == Side::Engine))
                         .or_default()
@@ -359,6 +377,7 @@ pub fn run(opts: Opts) -> Result<()> {
         rounds,
         secs_per_measurement: secs,
         server_core: SERVER_CORE,
+        kernel_rps: opts.rps,
         load_core: LOAD_CORE,
         machine: machine(),
         loadavg_start,
@@ -406,7 +425,10 @@ pub fn run(opts: Opts) -> Result<()> {
         report.loadavg_end
     );
     if let Some(p) = &profile {
-        println!("profile of the engine worker during HTTP keep-alive ({}):", p.file);
+        println!(
+            "profile of the engine worker during HTTP keep-alive ({}):",
+            p.file
+        );
         for l in &p.top {
             println!("  {l}");
         }
@@ -415,7 +437,10 @@ pub fn run(opts: Opts) -> Result<()> {
     if !bad.is_empty() {
         bail!(
             "the two sides did not serve the same bytes in: {}",
-            bad.iter().map(|c| c.case.as_str()).collect::<Vec<_>>().join(", ")
+            bad.iter()
+                .map(|c| c.case.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(())
@@ -436,7 +461,8 @@ fn case_key(case: Case) -> &'static str {
 
 /// The page both sides serve: BODY_BYTES of HTML, the same every run.
 fn page() -> Vec<u8> {
-    let mut s = String::from("<!doctype html>\n<html><head><title>handshake bench</title></head><body>\n");
+    let mut s =
+        String::from("<!doctype html>\n<html><head><title>handshake bench</title></head><body>\n");
     let mut i = 0;
     while s.len() < BODY_BYTES - 20 {
         s.push_str(&format!("<p>line {i:04} of the side-by-side page</p>\n"));
@@ -483,6 +509,7 @@ fn nginx_config(conf: &Path, www: &Path, cert: &Path, key: &Path) -> Result<()> 
     let dir = conf.parent().expect("a directory");
     fs::create_dir_all(dir.join("tmp"))?;
     let d = dir.display();
+    let mask = format!("{:b}", 1u32 << SERVER_CORE);
     let text = format!(
         "# Written by cargo xtask bench: the HTTPS peer, one worker pinned to core {SERVER_CORE}.
 daemon off;
@@ -507,7 +534,8 @@ http {{
     tcp_nodelay on;
     keepalive_timeout 60s;
     keepalive_requests 10000000;
-    open_file_cache max=16 valid=600s;
+    open_file_cache max=16 inactive=600s;
+    open_file_cache_valid 600s;
     server {{
         listen {KERNEL_ADDR}:443 ssl;
         ssl_certificate {cert};
@@ -523,7 +551,6 @@ http {{
     }}
 }}
 ",
-        mask = format!("{:b}", 1u32 << SERVER_CORE),
         cert = cert.display(),
         key = key.display(),
         www = www.display(),
@@ -534,7 +561,7 @@ http {{
 
 /// Namespace settings for a fair and repeatable run (both namespaces are ours; the root
 /// namespace is not touched).
-fn tune(topo: &Topology) -> Result<()> {
+fn tune(topo: &Topology, rps: bool) -> Result<()> {
     // The clients close first: their TIME-WAIT ports are reused (timestamps are on both sides),
     // so a connection-rate case never runs out of ephemeral ports.
     for (k, v) in [
@@ -543,11 +570,17 @@ fn tune(topo: &Topology) -> Result<()> {
     ] {
         let o = topo.run_peer_args(["sysctl", "-qw", &format!("{k}={v}")])?;
         if !o.status.success() {
-            bail!("sysctl {k} in the peer namespace: {}", netns::output_text(&o));
+            bail!(
+                "sysctl {k} in the peer namespace: {}",
+                netns::output_text(&o)
+            );
         }
     }
     // The kernel peer's receive processing on the server core, like the engine's worker (without
     // RPS the kernel would do its protocol work on the load generator's core, for free).
+    if !rps {
+        return Ok(());
+    }
     let mask = format!("{:x}", 1u32 << SERVER_CORE);
     let script = format!(
         "echo {mask} > /sys/class/net/{}/queues/rx-0/rps_cpus",
@@ -555,7 +588,11 @@ fn tune(topo: &Topology) -> Result<()> {
     );
     let o = topo.run_eng_args(["sh", "-c", &script])?;
     if !o.status.success() {
-        bail!("setting RPS on {}: {}", topo.eng_if(), netns::output_text(&o));
+        bail!(
+            "setting RPS on {}: {}",
+            topo.eng_if(),
+            netns::output_text(&o)
+        );
     }
     Ok(())
 }
@@ -577,8 +614,14 @@ impl Server {
             .with_context(|| format!("starting {name}"))?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         for pipe in [
-            child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
-            child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -612,13 +655,23 @@ impl Server {
     fn wait_line(&mut self, prefix: &str, timeout: Duration) -> Result<()> {
         let end = Instant::now() + timeout;
         loop {
-            if self.lines.lock().expect("lines").iter().any(|l| l.starts_with(prefix)) {
+            if self
+                .lines
+                .lock()
+                .expect("lines")
+                .iter()
+                .any(|l| l.starts_with(prefix))
+            {
                 return Ok(());
             }
             self.exited()?;
             check_stop()?;
             if Instant::now() > end {
-                bail!("{} printed no {prefix:?} line within {timeout:?}:\n{}", self.name, self.output());
+                bail!(
+                    "{} printed no {prefix:?} line within {timeout:?}:\n{}",
+                    self.name,
+                    self.output()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -650,7 +703,10 @@ impl Drop for Server {
                 }
                 thread::sleep(Duration::from_millis(20));
             }
-            eprintln!("{} did not stop within 5 s of SIGTERM: killing it", self.name);
+            eprintln!(
+                "{} did not stop within 5 s of SIGTERM: killing it",
+                self.name
+            );
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -662,7 +718,9 @@ fn start_side(env: &Env, side: Side, queues: u32) -> Result<Vec<Server>> {
     let core = SERVER_CORE.to_string();
     match side {
         Side::Engine => {
-            let cores: Vec<String> = (0..queues as usize).map(|q| (SERVER_CORE + q).to_string()).collect();
+            let cores: Vec<String> = (0..queues as usize)
+                .map(|q| (SERVER_CORE + q).to_string())
+                .collect();
             let argv = vec![
                 "env".into(),
                 format!("HANDSHAKE_BPF_OBJECT={}", build::object_path().display()),
@@ -738,7 +796,11 @@ fn start_side(env: &Env, side: Side, queues: u32) -> Result<Vec<Server>> {
                     break;
                 }
                 if Instant::now() > end {
-                    bail!("nginx does not answer {url} within 5 s:\n{}\n{}", n.output(), netns::output_text(&o));
+                    bail!(
+                        "nginx does not answer {url} within 5 s:\n{}\n{}",
+                        n.output(),
+                        netns::output_text(&o)
+                    );
                 }
                 thread::sleep(Duration::from_millis(50));
             }
@@ -774,7 +836,10 @@ fn load(env: &Env, argv: &[String], timeout: Duration) -> Result<String> {
             let _ = child.kill();
             let _ = child.wait();
             check_stop()?;
-            bail!("`{}` did not finish within {timeout:?}: killed", full.join(" "));
+            bail!(
+                "`{}` did not finish within {timeout:?}: killed",
+                full.join(" ")
+            );
         }
         thread::sleep(Duration::from_millis(10));
     };
@@ -782,6 +847,18 @@ fn load(env: &Env, argv: &[String], timeout: Duration) -> Result<String> {
         "{}{}",
         out_t.join().unwrap_or_default(),
         err_t.join().unwrap_or_default()
+    );
+    // Every load generator's own words, for whoever wants to check the table.
+    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = RUN.fetch_add(1, Ordering::Relaxed);
+    let raw = env.dir.join("raw");
+    let _ = fs::create_dir_all(&raw);
+    let tool = Path::new(&argv[0])
+        .file_name()
+        .map_or("load".into(), |f| f.to_string_lossy().into_owned());
+    let _ = fs::write(
+        raw.join(format!("{n:03}-{tool}.txt")),
+        format!("$ {}\n{text}", full.join(" ")),
     );
     if !status.success() {
         bail!("`{}` failed ({status}):\n{text}", full.join(" "));
@@ -837,16 +914,23 @@ fn verify(env: &Env, side: Side, case: Case) -> Result<String> {
                     env.body_file.display()
                 );
             }
-            Ok(format!("{side:?}: GET {url} = the {} bytes of index.html", env.body.len()))
+            Ok(format!(
+                "{side:?}: GET {url} = the {} bytes of index.html",
+                env.body.len()
+            ))
         }
         Case::Icmp => {
             // A pattern in the payload: ping reports any reply whose data differs.
-            let o = env.topo.run_peer_args(["ping", "-c", "3", "-i", "0.05", "-W", "2", "-p", "68616e64", a])?;
+            let o = env.topo.run_peer_args([
+                "ping", "-c", "3", "-i", "0.05", "-W", "2", "-p", "68616e64", a,
+            ])?;
             let text = netns::output_text(&o);
             if !o.status.success() || text.contains("wrong data") {
                 bail!("ping {a}: {text}");
             }
-            Ok(format!("{side:?}: 3 pings with a pattern, replies identical"))
+            Ok(format!(
+                "{side:?}: 3 pings with a pattern, replies identical"
+            ))
         }
         Case::Arp => {
             let text = arp(env, a, 20, 2.0)?;
@@ -856,9 +940,9 @@ fn verify(env: &Env, side: Side, case: Case) -> Result<String> {
             }
             Ok(format!("{side:?}: 20 ARP requests, 20 replies for {a}"))
         }
-        Case::TcpConn | Case::Bulk => Ok(format!(
-            "{side:?}: every echoed byte checked by the client"
-        )),
+        Case::TcpConn | Case::Bulk => {
+            Ok(format!("{side:?}: every echoed byte checked by the client"))
+        }
     }
 }
 
@@ -925,21 +1009,34 @@ fn measure(env: &Env, side: Side, case: Case) -> Result<Vec<(&'static str, f64)>
     match case {
         Case::Icmp => {
             let deadline = (secs.ceil() as u64).max(1).to_string();
-            let out = load(env, &s(&["ping", "-f", "-q", "-l", "32", "-c", "5000000", "-w", &deadline, a]), limit)
-                .or_else(|e| {
-                    // ping exits 1 when a reply is missing; its summary still says how many.
-                    let text = format!("{e:#}");
-                    if text.contains("packets transmitted") {
-                        Ok(text)
-                    } else {
-                        Err(e)
-                    }
-                })?;
+            let out = load(
+                env,
+                &s(&[
+                    "ping", "-f", "-q", "-l", "32", "-c", "5000000", "-w", &deadline, a,
+                ]),
+                limit,
+            )
+            .or_else(|e| {
+                // ping exits 1 when a reply is missing; its summary still says how many.
+                let text = format!("{e:#}");
+                if text.contains("packets transmitted") {
+                    Ok(text)
+                } else {
+                    Err(e)
+                }
+            })?;
             let p = parse::ping(&out)?;
             if p.received as f64 <= 0.99 * p.transmitted as f64 {
-                bail!("ping {a}: {} of {} replies:\n{out}", p.received, p.transmitted);
+                bail!(
+                    "ping {a}: {} of {} replies:\n{out}",
+                    p.received,
+                    p.transmitted
+                );
             }
-            Ok(vec![("icmp_echo", p.received as f64 / (p.time_ms / 1000.0))])
+            Ok(vec![(
+                "icmp_echo",
+                p.received as f64 / (p.time_ms / 1000.0),
+            )])
         }
         Case::Arp => {
             let out = arp(env, a, 10_000_000, secs)?;
@@ -951,7 +1048,20 @@ fn measure(env: &Env, side: Side, case: Case) -> Result<Vec<(&'static str, f64)>
             Ok(vec![("arp", got / el)])
         }
         Case::TcpConn => {
-            let out = load(env, &s(&[&peer, "tcp-rr", "--addr", &format!("{a}:7"), "--threads", CLIENT_THREADS, "--secs", &secs_s]), limit)?;
+            let out = load(
+                env,
+                &s(&[
+                    &peer,
+                    "tcp-rr",
+                    "--addr",
+                    &format!("{a}:7"),
+                    "--threads",
+                    CLIENT_THREADS,
+                    "--secs",
+                    &secs_s,
+                ]),
+                limit,
+            )?;
             let kv = parse::key_values(&out)?;
             if kv["errors"] > 0.0 {
                 bail!("TCP connections to {a}:7 failed or echoed wrong bytes: {out}");
@@ -964,11 +1074,32 @@ fn measure(env: &Env, side: Side, case: Case) -> Result<Vec<(&'static str, f64)>
             } else {
                 format!("https://{a}/")
             };
-            let dur = format!("{}ms", (secs * 1000.0) as u64);
-            let out = load(env, &s(&["wrk", "-t1", "-c", WRK_CONNECTIONS, "-d", &dur, "--timeout", "2s", "--latency", &url]), limit)?;
+            // wrk takes whole seconds.
+            let dur = format!("{}s", secs.ceil() as u64);
+            let out = load(
+                env,
+                &s(&[
+                    "wrk",
+                    "-t1",
+                    "-c",
+                    WRK_CONNECTIONS,
+                    "-d",
+                    &dur,
+                    "--timeout",
+                    "2s",
+                    "--latency",
+                    &url,
+                ]),
+                limit,
+            )?;
             let w = parse::wrk(&out)?;
             if w.socket_errors > 0 || w.non_2xx > 0 || w.requests == 0 {
-                bail!("wrk {url}: {} socket errors, {} non-2xx of {} requests:\n{out}", w.socket_errors, w.non_2xx, w.requests);
+                bail!(
+                    "wrk {url}: {} socket errors, {} non-2xx of {} requests:\n{out}",
+                    w.socket_errors,
+                    w.non_2xx,
+                    w.requests
+                );
             }
             if case == Case::HttpKa {
                 Ok(vec![
@@ -985,7 +1116,22 @@ fn measure(env: &Env, side: Side, case: Case) -> Result<Vec<(&'static str, f64)>
             let cert = env.cert.display().to_string();
             let body = env.body_file.display().to_string();
             let target = format!("{a}:443");
-            let mut argv = s(&[&peer, "tls-conn", "--addr", &target, "--cacert", &cert, "--name", CERT_NAME, "--body", &body, "--threads", CLIENT_THREADS, "--secs", &secs_s]);
+            let mut argv = s(&[
+                &peer,
+                "tls-conn",
+                "--addr",
+                &target,
+                "--cacert",
+                &cert,
+                "--name",
+                CERT_NAME,
+                "--body",
+                &body,
+                "--threads",
+                CLIENT_THREADS,
+                "--secs",
+                &secs_s,
+            ]);
             if resume {
                 argv.push("--resume".into());
             }
@@ -1004,7 +1150,20 @@ fn measure(env: &Env, side: Side, case: Case) -> Result<Vec<(&'static str, f64)>
             Ok(vec![(case_key(case), ops / kv["secs"])])
         }
         Case::Bulk => {
-            let out = load(env, &s(&[&peer, "bulk", "--addr", &format!("{a}:7"), "--bytes", &(8u64 << 30).to_string(), "--secs", &secs_s]), limit)?;
+            let out = load(
+                env,
+                &s(&[
+                    &peer,
+                    "bulk",
+                    "--addr",
+                    &format!("{a}:7"),
+                    "--bytes",
+                    &(8u64 << 30).to_string(),
+                    "--secs",
+                    &secs_s,
+                ]),
+                limit,
+            )?;
             let kv = parse::key_values(&out)?;
             if kv["errors"] > 0.0 || kv["ops"] == 0.0 {
                 bail!("bulk echo through {a}:7 lost or changed bytes: {out}");
@@ -1022,9 +1181,7 @@ fn perf_profile(env: &Env) -> Result<Profile> {
     let pid = servers[0].pid();
     let tid = fs::read_dir(format!("/proc/{pid}/task"))?
         .filter_map(|e| e.ok())
-        .find(|e| {
-            fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "hs-q0")
-        })
+        .find(|e| fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "hs-q0"))
         .and_then(|e| e.file_name().to_str().map(str::to_owned))
         .context("no thread hs-q0 in the daemon")?;
     let data = env.dir.join("perf-http.data");
@@ -1037,8 +1194,21 @@ fn perf_profile(env: &Env) -> Result<Profile> {
         .spawn()
         .context("starting perf (linux-perf)")?;
     let url = format!("http://{ENGINE_ADDR}/");
-    let dur = format!("{}ms", (env.secs * 1000.0) as u64 + 500);
-    let out = load(env, &s(&["wrk", "-t1", "-c", WRK_CONNECTIONS, "-d", &dur, "--latency", &url]), Duration::from_secs_f64(env.secs) + SLACK)?;
+    let dur = format!("{}s", env.secs.ceil() as u64 + 1);
+    let out = load(
+        env,
+        &s(&[
+            "wrk",
+            "-t1",
+            "-c",
+            WRK_CONNECTIONS,
+            "-d",
+            &dur,
+            "--latency",
+            &url,
+        ]),
+        Duration::from_secs_f64(env.secs) + SLACK,
+    )?;
     let end = Instant::now() + SLACK;
     while perf.try_wait()?.is_none() {
         if Instant::now() > end || stopped() {
@@ -1050,7 +1220,18 @@ fn perf_profile(env: &Env) -> Result<Profile> {
     drop(servers);
     let w = parse::wrk(&out)?;
     let report = std::process::Command::new("perf")
-        .args(["report", "--stdio", "--no-children", "-g", "none", "--percent-limit", "0.7", "--sort", "dso,symbol", "-i"])
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "-g",
+            "none",
+            "--percent-limit",
+            "0.7",
+            "--sort",
+            "dso,symbol",
+            "-i",
+        ])
         .arg(&data)
         .output()
         .context("perf report")?;
@@ -1086,6 +1267,8 @@ struct Report {
     rounds: u32,
     secs_per_measurement: f64,
     server_core: usize,
+    /// Whether the kernel's receive processing was steered to the server core.
+    kernel_rps: bool,
     load_core: usize,
     machine: String,
     loadavg_start: String,
@@ -1203,7 +1386,7 @@ fn fmt(v: f64) -> String {
         let s = n.to_string();
         let mut out = String::new();
         for (i, c) in s.chars().enumerate() {
-            if i > 0 && (s.len() - i) % 3 == 0 {
+            if i > 0 && (s.len() - i).is_multiple_of(3) {
                 out.push(',');
             }
             out.push(c);
@@ -1234,7 +1417,11 @@ fn print_table(cases: &[CaseSummary]) {
             c.spread,
             c.engine_stddev_pct,
             c.peer_stddev_pct,
-            if c.higher_better { "" } else { "  (lower is better)" }
+            if c.higher_better {
+                ""
+            } else {
+                "  (lower is better)"
+            }
         );
     }
 }
@@ -1279,7 +1466,10 @@ mod tests {
         samples.insert(("tcp_conn", true), vec![30.0, 10.0, 20.0]);
         samples.insert(("tcp_conn", false), vec![10.0, 10.0]);
         let mut verified = BTreeMap::new();
-        verified.insert("tcp_conn", vec!["Engine: x".to_owned(), "Kernel: y".to_owned()]);
+        verified.insert(
+            "tcp_conn",
+            vec!["Engine: x".to_owned(), "Kernel: y".to_owned()],
+        );
         let s = summarize(&samples, &verified, 3);
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].engine, 20.0);
@@ -1289,6 +1479,6 @@ mod tests {
         assert!((s[0].engine_stddev_pct - 50.0).abs() < 1e-9);
         assert!(s[0].same_bytes);
         assert_eq!(fmt(1234567.4), "1,234,567");
-        assert_eq!(fmt(3.14159), "3.14");
+        assert_eq!(fmt(7.254), "7.25");
     }
 }
