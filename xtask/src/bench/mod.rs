@@ -1193,6 +1193,9 @@ fn perf_profile(env: &Env) -> Result<Profile> {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .context("starting perf (linux-perf)")?;
+    let cpu_before = cpu_times();
+    let worker_before = thread_ticks(pid, &tid);
+    let wall = Instant::now();
     let url = format!("http://{ENGINE_ADDR}/");
     let dur = format!("{}s", env.secs.ceil() as u64 + 1);
     let out = load(
@@ -1217,6 +1220,18 @@ fn perf_profile(env: &Env) -> Result<Profile> {
         }
         thread::sleep(Duration::from_millis(20));
     }
+    let wall = wall.elapsed().as_secs_f64();
+    let cpu_after = cpu_times();
+    let worker_busy_pct =
+        thread_ticks(pid, &tid).saturating_sub(worker_before) as f64 / TICKS_PER_SEC / wall * 100.0;
+    let core = |c: usize| -> (f64, f64) {
+        match (cpu_before.get(c), cpu_after.get(c)) {
+            (Some(b), Some(a)) => a.busy_steal_pct(b),
+            _ => (f64::NAN, f64::NAN),
+        }
+    };
+    let (server_core_busy_pct, server_core_steal_pct) = core(SERVER_CORE);
+    let (load_core_busy_pct, load_core_steal_pct) = core(LOAD_CORE);
     drop(servers);
     let w = parse::wrk(&out)?;
     let report = std::process::Command::new("perf")
@@ -1236,19 +1251,106 @@ fn perf_profile(env: &Env) -> Result<Profile> {
         .output()
         .context("perf report")?;
     let text = String::from_utf8_lossy(&report.stdout).into_owned();
+    let by_dso = std::process::Command::new("perf")
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "-g",
+            "none",
+            "--sort",
+            "dso",
+            "-i",
+        ])
+        .arg(&data)
+        .output()
+        .context("perf report")?;
+    let by_dso: Vec<String> = String::from_utf8_lossy(&by_dso.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .take(6)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
     let file = env.dir.join("perf-http.txt");
     fs::write(&file, &text)?;
     let top: Vec<String> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .take(25)
-        .map(|l| l.trim().to_owned())
+        .map(|l| l.trim().trim_end_matches(['-', ' ']).to_owned())
         .collect();
     Ok(Profile {
         file: file.display().to_string(),
         requests_per_sec: w.requests_per_sec,
+        worker_busy_pct,
+        server_core_busy_pct,
+        server_core_steal_pct,
+        load_core_busy_pct,
+        load_core_steal_pct,
+        by_dso,
         top,
     })
+}
+
+/// USER_HZ: /proc's clock ticks (100 on every Linux architecture that matters here).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// utime + stime of one thread, in ticks.
+fn thread_ticks(pid: u32, tid: &str) -> u64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+        return 0;
+    };
+    // After the ")" closing the command name: state is field 3; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+}
+
+/// One core's /proc/stat counters.
+struct CpuTimes {
+    total: u64,
+    idle: u64,
+    steal: u64,
+}
+
+impl CpuTimes {
+    /// (busy %, steal %) between `before` and `self`.
+    fn busy_steal_pct(&self, before: &CpuTimes) -> (f64, f64) {
+        let total = self.total.saturating_sub(before.total).max(1) as f64;
+        let idle = self.idle.saturating_sub(before.idle) as f64;
+        let steal = self.steal.saturating_sub(before.steal) as f64;
+        (
+            100.0 * (total - idle - steal) / total,
+            100.0 * steal / total,
+        )
+    }
+}
+
+/// Per-core counters (`cpu0`, `cpu1`, … of /proc/stat), by core number.
+fn cpu_times() -> Vec<CpuTimes> {
+    let text = fs::read_to_string("/proc/stat").unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            // user nice system idle iowait irq softirq steal guest guest_nice
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .map(|x| x.parse().unwrap_or(0))
+                .collect();
+            let get = |i: usize| f.get(i).copied().unwrap_or(0);
+            CpuTimes {
+                // guest time is already inside user.
+                total: (0..8).map(get).sum(),
+                idle: get(3) + get(4),
+                steal: get(7),
+            }
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1258,6 +1360,15 @@ fn perf_profile(env: &Env) -> Result<Profile> {
 struct Profile {
     file: String,
     requests_per_sec: f64,
+    /// The worker thread's CPU time over the wall time of the load (user + system), %.
+    worker_busy_pct: f64,
+    /// Whole cores, from /proc/stat over the same interval (busy excludes steal), %.
+    server_core_busy_pct: f64,
+    server_core_steal_pct: f64,
+    load_core_busy_pct: f64,
+    load_core_steal_pct: f64,
+    /// Samples by binary (kernel, handshake, libc).
+    by_dso: Vec<String>,
     top: Vec<String>,
 }
 
