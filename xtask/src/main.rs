@@ -115,6 +115,10 @@ enum Cmd {
         /// steers it to the server core, like the engine's worker).
         #[arg(long)]
         no_rps: bool,
+        /// Run the engine with --busy-poll (its worker spins on its core instead of sleeping in
+        /// poll(2): lower latency, a whole core burnt).
+        #[arg(long)]
+        busy_poll: bool,
     },
 }
 
@@ -152,12 +156,14 @@ fn main() -> Result<()> {
             secs,
             no_profile,
             no_rps,
+            busy_poll,
         } => bench::run(bench::Opts {
             quick,
             rounds,
             secs,
             profile: !no_profile,
             rps: !no_rps,
+            busy_poll,
         }),
     }
 }

@@ -80,6 +80,8 @@ pub struct Opts {
     /// Steer the kernel's receive processing to the server core (RPS); off: it runs on the
     /// load generator's core, in the sender's softirq.
     pub rps: bool,
+    /// Run the engine with --busy-poll (its worker spins instead of sleeping in poll(2)).
+    pub busy_poll: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -215,6 +217,7 @@ struct Env {
     nginx_conf: PathBuf,
     secs: f64,
     deadline: Instant,
+    busy_poll: bool,
 }
 
 pub fn run(opts: Opts) -> Result<()> {
@@ -297,6 +300,7 @@ pub fn run(opts: Opts) -> Result<()> {
         nginx_conf,
         secs,
         deadline: started + budget,
+        busy_poll: opts.busy_poll,
     };
     println!(
         "bench: {rounds} rounds × 2 sides × {} cases, {secs} s each; engine/peers on core {SERVER_CORE}, load on core {LOAD_CORE}; kernel receive processing (RPS) on core {}; load average now {loadavg_start}",
@@ -369,15 +373,15 @@ pub fn run(opts: Opts) -> Result<()> {
         println!("note: {n}");
     }
     let report = Report {
-        command: if opts.quick {
-            "cargo xtask bench --quick".into()
-        } else {
-            "cargo xtask bench".into()
-        },
+        command: std::iter::once("cargo xtask".to_owned())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
         rounds,
         secs_per_measurement: secs,
         server_core: SERVER_CORE,
         kernel_rps: opts.rps,
+        engine_busy_poll: opts.busy_poll,
         load_core: LOAD_CORE,
         machine: machine(),
         loadavg_start,
@@ -749,6 +753,10 @@ fn start_side(env: &Env, side: Side, queues: u32) -> Result<Vec<Server>> {
                 "--root".into(),
                 env.www.display().to_string(),
             ];
+            let mut argv = argv;
+            if env.busy_poll {
+                argv.push("--busy-poll".into());
+            }
             let mut d = Server::spawn(&env.topo, "the engine daemon", argv)?;
             d.wait_line("ready", Duration::from_secs(10))?;
             Ok(vec![d])
@@ -933,7 +941,7 @@ fn verify(env: &Env, side: Side, case: Case) -> Result<String> {
             ))
         }
         Case::Arp => {
-            let text = arp(env, a, 20, 2.0)?;
+            let text = arp(env, a, 20, 5.0, 1.0)?;
             let kv = parse::key_values(&text)?;
             if kv.get("received").copied().unwrap_or(0.0) < 20.0 {
                 bail!("ARP for {a}: {text}");
@@ -946,19 +954,19 @@ fn verify(env: &Env, side: Side, case: Case) -> Result<String> {
     }
 }
 
-/// The ARP sender (Python, AF_PACKET): `count` requests at most, `window` in flight, `secs` at
-/// most; prints `sent= received= secs=`.
-fn arp(env: &Env, target: &str, count: u64, secs: f64) -> Result<String> {
+/// The ARP sender (Python, AF_PACKET): `count` requests at most, 16 in flight, `secs` at most,
+/// waiting up to `wait` seconds for a reply; prints `sent= received= secs=`.
+fn arp(env: &Env, target: &str, count: u64, secs: f64, wait: f64) -> Result<String> {
     const SCRIPT: &str = r#"
 import socket, struct, sys, time
-iface, src, dst, count, secs, window = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
+iface, src, dst, count, secs, window, wait = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
 s.bind((iface, 0))
 mac = s.getsockname()[4]
 dstip = socket.inet_aton(dst)
 frame = b'\xff' * 6 + mac + b'\x08\x06' + struct.pack('!HHBBH', 1, 0x0800, 6, 4, 1) + mac + socket.inet_aton(src) + b'\x00' * 6 + dstip
 frame += b'\x00' * (60 - len(frame))
-s.settimeout(0.05)
+s.settimeout(wait)
 sent = received = 0
 t0 = time.monotonic()
 end = t0 + secs
@@ -988,6 +996,7 @@ print("sent=%d received=%d secs=%.4f" % (sent, received, time.monotonic() - t0))
         &count.to_string(),
         &secs.to_string(),
         "16",
+        &wait.to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -1039,7 +1048,7 @@ fn measure(env: &Env, side: Side, case: Case) -> Result<Vec<(&'static str, f64)>
             )])
         }
         Case::Arp => {
-            let out = arp(env, a, 10_000_000, secs)?;
+            let out = arp(env, a, 10_000_000, secs, 0.2)?;
             let kv = parse::key_values(&out)?;
             let (sent, got, el) = (kv["sent"], kv["received"], kv["secs"]);
             if got < 0.99 * sent {
@@ -1380,6 +1389,8 @@ struct Report {
     server_core: usize,
     /// Whether the kernel's receive processing was steered to the server core.
     kernel_rps: bool,
+    /// Whether the engine ran with --busy-poll.
+    engine_busy_poll: bool,
     load_core: usize,
     machine: String,
     loadavg_start: String,
