@@ -430,9 +430,16 @@ pub fn run(opts: Opts) -> Result<()> {
     );
     if let Some(p) = &profile {
         println!(
-            "profile of the engine worker during HTTP keep-alive ({}):",
-            p.file
+            "profile of the engine worker during HTTP keep-alive ({}; {} req/s): worker thread on-CPU {:.0}% of the time; core {SERVER_CORE} busy {:.0}% (steal {:.0}%), core {LOAD_CORE} (wrk) busy {:.0}% (steal {:.0}%)",
+            p.file,
+            fmt(p.requests_per_sec),
+            p.worker_busy_pct,
+            p.server_core_busy_pct,
+            p.server_core_steal_pct,
+            p.load_core_busy_pct,
+            p.load_core_steal_pct
         );
+        println!("  samples by binary: {}", p.by_dso.join(", "));
         for l in &p.top {
             println!("  {l}");
         }
