@@ -102,10 +102,10 @@ enum Cmd {
         /// Fewer rounds, shorter measurements (under 3 minutes).
         #[arg(long)]
         quick: bool,
-        /// Rounds per side (default 3; --quick 2).
+        /// Rounds per side (default 5; --quick 2).
         #[arg(long)]
         rounds: Option<u32>,
-        /// Whole seconds per measurement (default 5; --quick 2).
+        /// Whole seconds per measurement (default 3; --quick 2).
         #[arg(long)]
         secs: Option<u32>,
         /// Skip the perf profile of the engine worker (taken on full runs when perf exists).

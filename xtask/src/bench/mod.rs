@@ -254,9 +254,9 @@ pub fn run(opts: Opts) -> Result<()> {
 
     let rounds = opts
         .rounds
-        .unwrap_or(if opts.quick { 2 } else { 3 })
+        .unwrap_or(if opts.quick { 2 } else { 5 })
         .clamp(1, 10);
-    let secs = opts.secs.unwrap_or(if opts.quick { 2 } else { 5 });
+    let secs = opts.secs.unwrap_or(if opts.quick { 2 } else { 3 });
     if !(1..=20).contains(&secs) {
         bail!("--secs {secs}: give 1 to 20 seconds per measurement");
     }
