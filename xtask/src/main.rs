@@ -119,6 +119,9 @@ enum Cmd {
         /// poll(2): lower latency, a whole core burnt).
         #[arg(long)]
         busy_poll: bool,
+        /// Threads of the TCP and TLS connection-rate clients (connections in flight).
+        #[arg(long, default_value_t = bench::CLIENT_THREADS)]
+        clients: u32,
     },
 }
 
@@ -157,6 +160,7 @@ fn main() -> Result<()> {
             no_profile,
             no_rps,
             busy_poll,
+            clients,
         } => bench::run(bench::Opts {
             quick,
             rounds,
@@ -164,6 +168,7 @@ fn main() -> Result<()> {
             profile: !no_profile,
             rps: !no_rps,
             busy_poll,
+            clients,
         }),
     }
 }

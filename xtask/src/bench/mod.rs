@@ -51,8 +51,9 @@ const ENGINE_ADDR: &str = netns::ENGINE_ADDR;
 const CERT_NAME: &str = "bench.handshake.test";
 /// wrk connections (one thread).
 const WRK_CONNECTIONS: &str = "32";
-/// Threads of the blocking TCP and TLS connection clients.
-const CLIENT_THREADS: &str = "4";
+/// Default threads of the blocking TCP and TLS connection clients (`--clients`): enough
+/// connections in flight that the rate is not one client's round trips.
+pub const CLIENT_THREADS: u32 = 16;
 /// Bytes of the HTTP body (a small page: the request rate is what is measured).
 const BODY_BYTES: usize = 1024;
 /// Slack on top of a measurement's duration before its command is killed.
@@ -82,6 +83,8 @@ pub struct Opts {
     pub rps: bool,
     /// Run the engine with --busy-poll (its worker spins instead of sleeping in poll(2)).
     pub busy_poll: bool,
+    /// Threads of the TCP and TLS connection clients.
+    pub clients: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -218,6 +221,7 @@ struct Env {
     secs: f64,
     deadline: Instant,
     busy_poll: bool,
+    clients: u32,
 }
 
 pub fn run(opts: Opts) -> Result<()> {
@@ -301,6 +305,7 @@ pub fn run(opts: Opts) -> Result<()> {
         secs,
         deadline: started + budget,
         busy_poll: opts.busy_poll,
+        clients: opts.clients.clamp(1, 256),
     };
     println!(
         "bench: {rounds} rounds × 2 sides × {} cases, {secs} s each; engine/peers on core {SERVER_CORE}, load on core {LOAD_CORE}; kernel receive processing (RPS) on core {}; load average now {loadavg_start}",
@@ -381,6 +386,7 @@ pub fn run(opts: Opts) -> Result<()> {
         secs_per_measurement: secs,
         server_core: SERVER_CORE,
         kernel_rps: opts.rps,
+        connection_clients: opts.clients,
         engine_busy_poll: opts.busy_poll,
         load_core: LOAD_CORE,
         machine: machine(),
@@ -1022,6 +1028,7 @@ fn measure(env: &Env, side: Side, case: Case) -> Result<Vec<(&'static str, f64)>
     let secs_s = format!("{secs}");
     let limit = Duration::from_secs_f64(secs) + SLACK;
     let peer = env.peer_bin.display().to_string();
+    let clients = env.clients.to_string();
     match case {
         Case::Icmp => {
             let deadline = (secs.ceil() as u64).max(1).to_string();
@@ -1072,7 +1079,7 @@ fn measure(env: &Env, side: Side, case: Case) -> Result<Vec<(&'static str, f64)>
                     "--addr",
                     &format!("{a}:7"),
                     "--threads",
-                    CLIENT_THREADS,
+                    &clients,
                     "--secs",
                     &secs_s,
                 ]),
@@ -1144,7 +1151,7 @@ fn measure(env: &Env, side: Side, case: Case) -> Result<Vec<(&'static str, f64)>
                 "--body",
                 &body,
                 "--threads",
-                CLIENT_THREADS,
+                &clients,
                 "--secs",
                 &secs_s,
             ]);
@@ -1396,6 +1403,8 @@ struct Report {
     server_core: usize,
     /// Whether the kernel's receive processing was steered to the server core.
     kernel_rps: bool,
+    /// Threads of the TCP and TLS connection clients.
+    connection_clients: u32,
     /// Whether the engine ran with --busy-poll.
     engine_busy_poll: bool,
     load_core: usize,
