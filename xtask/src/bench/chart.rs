@@ -33,19 +33,26 @@ pub fn draw(path: &Path, title: &str, bars: &[Bar]) -> Result<()> {
     let height = 120 + 44 * bars.len().max(1) as u32;
     let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let max = bars
-        .iter()
-        .map(|b| b.high.max(b.advantage))
-        .filter(|v| v.is_finite())
-        .fold(1.5f64, f64::max)
-        * 1.1;
+    // A log axis, symmetric around parity: 0.5× and 2× are as far from 1. Bars run from 1 to the
+    // advantage; the rounds' range is a whisker, clipped to the axis.
+    let finite = || {
+        bars.iter()
+            .map(|b| b.advantage)
+            .filter(|v| v.is_finite() && *v > 0.0)
+    };
+    let far = finite()
+        .map(|v| if v >= 1.0 { v } else { 1.0 / v })
+        .fold(2.0f64, f64::max)
+        * 2.0;
+    let (lo, hi) = (1.0 / far, far);
+    let clip = |v: f64| v.clamp(lo, hi);
     let n = bars.len();
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(260)
-        .build_cartesian_2d(0f64..max, 0f64..n as f64)?;
+        .build_cartesian_2d((lo..hi).log_scale(), 0f64..n as f64)?;
     let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
     chart
         .configure_mesh()
@@ -60,9 +67,33 @@ pub fn draw(path: &Path, title: &str, bars: &[Bar]) -> Result<()> {
             let i = n.saturating_sub(1 + y.floor() as usize);
             labels.get(i).cloned().unwrap_or_default()
         })
-        .x_desc("engine advantage over the peer, × (same run; > 1: engine better)")
+        .disable_x_mesh()
+        .x_labels(0)
+        .x_desc("engine advantage over the peer, × (log scale; same run; > 1: engine better)")
         .label_style(("sans-serif", 15))
         .draw()?;
+    // Ticks at powers of two, drawn by hand (plotters' log axis labels only part of the range).
+    let mut tick = 1.0f64;
+    while tick / 2.0 >= lo {
+        tick /= 2.0;
+    }
+    while tick <= hi {
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(tick, 0.0), (tick, n as f64)],
+            RGBColor(220, 220, 220).stroke_width(1),
+        )))?;
+        let text = if tick >= 1.0 {
+            format!("{tick}×")
+        } else {
+            format!("1/{}", (1.0 / tick).round())
+        };
+        chart.draw_series(std::iter::once(Text::new(
+            text,
+            (tick * 1.02, 0.12),
+            ("sans-serif", 13),
+        )))?;
+        tick *= 2.0;
+    }
     for (i, b) in bars.iter().enumerate() {
         let y0 = (n - 1 - i) as f64 + 0.2;
         let y1 = y0 + 0.6;
@@ -73,22 +104,21 @@ pub fn draw(path: &Path, title: &str, bars: &[Bar]) -> Result<()> {
         };
         if b.advantage.is_finite() {
             chart.draw_series(std::iter::once(Rectangle::new(
-                [(0.0, y0), (b.advantage, y1)],
+                [(1.0, y0), (clip(b.advantage), y1)],
                 colour.filled(),
             )))?;
             let yc = (y0 + y1) / 2.0;
             if b.low.is_finite() && b.high.is_finite() {
+                // Along the bar's bottom edge, clear of the label.
+                let yw = y0 + 0.06;
                 chart.draw_series(std::iter::once(PathElement::new(
-                    vec![(b.low, yc), (b.high, yc)],
+                    vec![(clip(b.low), yw), (clip(b.high), yw)],
                     BLACK.stroke_width(2),
                 )))?;
             }
             chart.draw_series(std::iter::once(Text::new(
                 format!("{:.2}×", b.advantage),
-                (
-                    b.advantage.max(b.high).min(max * 0.93) + max * 0.01,
-                    yc + 0.15,
-                ),
+                (clip(b.advantage.max(1.0) * 1.08).min(hi / 1.6), yc + 0.15),
                 ("sans-serif", 15),
             )))?;
         }
@@ -101,4 +131,42 @@ pub fn draw(path: &Path, title: &str, bars: &[Bar]) -> Result<()> {
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs fonts-dejavu-core (`cargo xtask deps` installs it).
+    #[test]
+    fn draws_a_png() {
+        let path = std::env::temp_dir().join(format!("sbs-chart-{}.png", std::process::id()));
+        let bars = vec![
+            Bar {
+                label: "ICMP echo".into(),
+                advantage: 0.37,
+                low: 0.25,
+                high: 1.5,
+            },
+            Bar {
+                label: "HTTP p99".into(),
+                advantage: 3.58,
+                low: 0.2,
+                high: 29.6,
+            },
+            Bar {
+                label: "no data".into(),
+                advantage: f64::NAN,
+                low: f64::NAN,
+                high: f64::NAN,
+            },
+        ];
+        draw(&path, "test", &bars).unwrap();
+        let png = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        // 1000 × (120 + 44 × 3) pixels, in the IHDR chunk.
+        assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 1000);
+        assert_eq!(u32::from_be_bytes(png[20..24].try_into().unwrap()), 252);
+    }
 }
