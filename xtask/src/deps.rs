@@ -42,6 +42,12 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
 ];
 
+/// What `cargo xtask bench` needs besides the test packages: the chart's font (plotters draws
+/// text with ab_glyph from this file, no fontconfig). perf is installed on a best-effort basis
+/// (its package name differs between distributions; without it the profile is skipped).
+const BENCH_PACKAGES: &[&str] = &["fonts-dejavu-core"];
+const PERF_PACKAGE: &str = "linux-perf";
+
 /// bpf-linker release we build against LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -53,15 +59,17 @@ pub struct Need {
     ebpf: bool,
     netns: bool,
     tests: bool,
+    bench: bool,
 }
 
 impl Need {
-    /// Everything (`deps`, `test`, `demo`).
+    /// Everything (`deps`, `test`, `demo`, `bench`).
     pub const ALL: Self = Self {
         build: true,
         ebpf: true,
         netns: true,
         tests: true,
+        bench: true,
     };
     /// The eBPF object: nightly rust-src and bpf-linker.
     pub const EBPF: Self = Self {
@@ -69,6 +77,7 @@ impl Need {
         ebpf: true,
         netns: false,
         tests: false,
+        bench: false,
     };
     /// The eBPF object and the daemon (libxdp is built with clang).
     pub const BUILD: Self = Self {
@@ -76,13 +85,17 @@ impl Need {
         ebpf: true,
         netns: false,
         tests: false,
+        bench: false,
     };
+    /// The benchmark: everything (the tests' tools, the build, the chart's font, perf).
+    pub const BENCH: Self = Self::ALL;
     /// `ip` and `ethtool`.
     pub const NETNS: Self = Self {
         build: false,
         ebpf: false,
         netns: true,
         tests: false,
+        bench: false,
     };
 }
 
@@ -99,14 +112,32 @@ pub fn ensure(need: Need) -> Result<()> {
     if need.tests {
         packages.extend(TEST_PACKAGES);
     }
+    if need.bench {
+        packages.extend(BENCH_PACKAGES);
+    }
     packages.sort_unstable();
     packages.dedup();
     apt(&packages)?;
+    if need.bench && !has_perf() {
+        if let Err(e) = apt(&[PERF_PACKAGE]) {
+            println!("deps: no perf ({e:#}); the benchmark will skip its profile");
+        }
+    }
     if need.ebpf {
         rust_src()?;
         bpf_linker()?;
     }
     Ok(())
+}
+
+/// Whether `perf` runs.
+pub fn has_perf() -> bool {
+    Command::new("perf")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Installs the Debian packages that `dpkg-query` does not report installed.

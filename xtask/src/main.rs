@@ -10,8 +10,10 @@
 //! cargo xtask test                      deps, build, all tests, fuzz (30 s a target), clippy, fmt; a summary
 //! cargo xtask fuzz TARGET [--time S]    a cargo-fuzz target of fuzz/ (or all) for S seconds (default 60)
 //! cargo xtask demo [--cert C --key K]   the seed story live: ARP, ping, TCP, HTTPS, over a veth pair
+//! cargo xtask bench [--quick]           the engine side by side with Linux and nginx (root; < 10 min, --quick < 3)
 //! ```
 
+mod bench;
 mod build;
 mod demo;
 mod deps;
@@ -106,6 +108,33 @@ enum Cmd {
         #[arg(long)]
         cacert: Option<PathBuf>,
     },
+    /// The engine side by side with the Linux kernel (TCP, HTTP) and nginx (HTTPS) on the same
+    /// core of one veth pair, rounds alternating; a table, target/bench/summary.json and .png.
+    Bench {
+        /// Fewer rounds, shorter measurements (under 3 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Rounds per side (default 5; --quick 2).
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// Whole seconds per measurement (default 3; --quick 2).
+        #[arg(long)]
+        secs: Option<u32>,
+        /// Skip the perf profile of the engine worker (taken on full runs when perf exists).
+        #[arg(long)]
+        no_profile: bool,
+        /// Leave the kernel's receive processing on the load generator's core (default: RPS
+        /// steers it to the server core, like the engine's worker).
+        #[arg(long)]
+        no_rps: bool,
+        /// Run the engine with --busy-poll (its worker spins on its core instead of sleeping in
+        /// poll(2): lower latency, a whole core burnt).
+        #[arg(long)]
+        busy_poll: bool,
+        /// Threads of the TCP and TLS connection-rate clients (connections in flight).
+        #[arg(long, default_value_t = bench::CLIENT_THREADS)]
+        clients: u32,
+    },
 }
 
 fn main() -> Result<()> {
@@ -137,5 +166,22 @@ fn main() -> Result<()> {
             sanitizer,
         } => fuzz::main(&target, time, &sanitizer),
         Cmd::Demo { cert, key, cacert } => demo::run(demo::Tls { cert, key, cacert }),
+        Cmd::Bench {
+            quick,
+            rounds,
+            secs,
+            no_profile,
+            no_rps,
+            busy_poll,
+            clients,
+        } => bench::run(bench::Opts {
+            quick,
+            rounds,
+            secs,
+            profile: !no_profile,
+            rps: !no_rps,
+            busy_poll,
+            clients,
+        }),
     }
 }
