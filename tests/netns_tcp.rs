@@ -576,6 +576,30 @@ fn hundred_mib_under_nftables_loss_engine_and_kernel() -> Result<()> {
         eprintln!("{row}");
         rows.push(row);
     }
+    // How the engine recovered (its own counters, scraped before it stops; published every
+    // 100 ms).
+    std::thread::sleep(Duration::from_millis(300));
+    let m = text(&topo.run_eng("curl -sS --fail -m 5 http://127.0.0.1:9900/metrics")?);
+    let recovery: Vec<String> = [
+        "rto",
+        "fast_retransmits",
+        "tail_loss_probes",
+        "lost_retransmits",
+        "recovery_probes",
+        "reorder_timeouts",
+    ]
+    .iter()
+    .map(|n| {
+        let name = format!("handshake_tcp_{n}_total");
+        let v: u64 = m
+            .lines()
+            .filter(|l| l.starts_with(&name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        format!("{n} {v}")
+    })
+    .collect();
+    eprintln!("engine loss recovery: {}", recovery.join(", "));
     let lines = d.stop_with("TERM")?;
     let q = final_stats(&lines)?;
     let retransmits: u64 = q.iter().map(|q| q.retransmits).sum();

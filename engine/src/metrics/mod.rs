@@ -253,6 +253,22 @@ pub const QUEUE_FAMILIES: &[Family] = &[
         "handshake_tcp_fast_retransmits_total",
         "TCP fast retransmits.",
     ),
+    counter(
+        "handshake_tcp_tail_loss_probes_total",
+        "TCP tail loss probes sent (RFC 8985 §7).",
+    ),
+    counter(
+        "handshake_tcp_lost_retransmits_total",
+        "TCP retransmissions found lost again from SACK information and resent.",
+    ),
+    counter(
+        "handshake_tcp_recovery_probes_total",
+        "TCP recovery probes: no ACK for 2 SRTT in SACK recovery, the first hole resent.",
+    ),
+    counter(
+        "handshake_tcp_reorder_timeouts_total",
+        "TCP recoveries started by the reordering timer (RFC 8985 §6.2).",
+    ),
     counter("handshake_tcp_rsts_sent_total", "TCP RSTs sent."),
     counter(
         "handshake_tcp_rsts_received_total",
@@ -613,6 +629,10 @@ pub fn collect(stack: &Stack, shell: &ShellCounters, out: &mut QueueValues) {
     w.one("handshake_tcp_retransmits_total", t.retransmits);
     w.one("handshake_tcp_rto_total", t.rto_fired);
     w.one("handshake_tcp_fast_retransmits_total", t.fast_retransmits);
+    w.one("handshake_tcp_tail_loss_probes_total", t.tail_loss_probes);
+    w.one("handshake_tcp_lost_retransmits_total", t.lost_retransmits);
+    w.one("handshake_tcp_recovery_probes_total", t.recovery_probes);
+    w.one("handshake_tcp_reorder_timeouts_total", t.reorder_timeouts);
     w.one("handshake_tcp_rsts_sent_total", t.rsts_sent);
     w.one("handshake_tcp_rsts_received_total", t.rsts_received);
     w.one("handshake_tcp_timeouts_total", t.timeouts);

@@ -872,7 +872,7 @@ impl Conn {
                 self.enter_recovery(env);
             } else if self.in_recovery && !self.sack_ok {
                 self.cc.inflate();
-            } else if self.in_recovery && self.pto {
+            } else if self.in_recovery && self.pto && !self.recovery_probed {
                 // The recovery probe waits for 2·SRTT of silence: this ACK restarts it.
                 self.arm_pto_or_rto(env.cfg, now);
             }
@@ -975,8 +975,9 @@ impl Conn {
         self.rtx_budget = 1;
         self.rtt_at = None;
         self.tlp_probe = false;
-        // A pending tail loss probe becomes the recovery probe (or the RTO, without SACK).
-        if self.pto || self.rtx_at == Instant::MAX {
+        // The recovery probe replaces a pending tail loss probe or the RTO armed behind a
+        // spent one (without SACK, a pending probe becomes the RTO).
+        if self.pto || self.rtx_at == Instant::MAX || self.pto_delay(env.cfg).is_some() {
             self.arm_pto_or_rto(env.cfg, env.now);
         }
         env.stats.fast_retransmits += 1;
@@ -992,7 +993,8 @@ impl Conn {
     /// its 200 ms floor is hundreds of round trips on a fast path. The probe resends the
     /// first hole (RFC 8985 §6.3 marks a retransmission lost by time, here with no later
     /// delivery to go by), without the RTO's collapse of the window; the RTO stays armed
-    /// behind it.
+    /// behind it. Unlike the tail loss probe it also runs once our FIN is queued (a server
+    /// that closes after its response is in FIN-WAIT-1 for the whole transfer's tail).
     fn pto_delay(&self, cfg: &TcpConfig) -> Option<u64> {
         let recovery_probe = self.in_recovery && !self.recovery_probed;
         if !self.sack_ok
@@ -1000,7 +1002,12 @@ impl Conn {
             || !self.have_rtt
             || (self.tlp_high.is_some() && !recovery_probe)
             || self.persist
-            || !matches!(self.state, State::Established | State::CloseWait)
+            || !(matches!(self.state, State::Established | State::CloseWait)
+                || (recovery_probe
+                    && matches!(
+                        self.state,
+                        State::FinWait1 | State::Closing | State::LastAck
+                    )))
         {
             return None;
         }
