@@ -6,6 +6,12 @@
 //! ([`TlsSession::handle_ciphertext`]), plaintext out ([`TlsSession::read_plaintext`]), plaintext
 //! in ([`TlsSession::write_plaintext`]), ciphertext out ([`TlsSession::poll_ciphertext`]).
 //!
+//! The client side mirrors it: [`TlsClient`] wraps an `Arc<rustls::ClientConfig>` (same provider,
+//! trust store from `--cacert` or `webpki-roots`, in-memory session store) and hands out
+//! [`TlsClientSession`]s around `rustls::ClientConnection`. Both session types share one
+//! implementation (the private `Pump`, generic over rustls's `ConnectionCommon`) and one public
+//! byte interface; rustls's certificate errors become distinct [`TlsError`] variants.
+//!
 //! Buffering is bounded: rustls keeps at most one partial record (or 64 KiB of a handshake
 //! message) of received ciphertext and stops taking ciphertext once 16 KiB of received plaintext
 //! wait to be read; outgoing plaintext queued during the handshake and encrypted records not yet
@@ -18,25 +24,32 @@
 
 use std::fmt;
 use std::io::{ErrorKind, Read, Write};
+use std::ops::DerefMut;
 use std::sync::Arc;
 
-use rustls::client::verify_server_name;
+use rustls::client::{
+    verify_server_name, ClientConfig, ClientConnection, ClientConnectionData, Resumption,
+};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{
     ClientHello, ParsedCertificate, ResolvesServerCert, ServerConfig, ServerConnection,
-    ServerSessionMemoryCache,
+    ServerConnectionData, ServerSessionMemoryCache,
 };
 use rustls::sign::CertifiedKey;
-use rustls::{HandshakeKind, ProtocolVersion};
+use rustls::{
+    CertificateError, ConnectionCommon, HandshakeKind, ProtocolVersion, RootCertStore,
+    SupportedProtocolVersion,
+};
 
-use super::{TlsConfig, TlsError};
+use super::{TlsClientConfig, TlsConfig, TlsError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 const CERT_HINT: &str = "pass --cert with a PEM certificate chain";
 const KEY_HINT: &str = "pass --key with a PEM private key: PKCS#8, SEC1 or PKCS#1";
+const CACERT_HINT: &str = "pass --cacert with a PEM file of the CA certificates to trust";
 
 /// The TLS server configuration shared by all sessions: certificates, protocol versions, ALPN,
 /// session resumption. Cheap to clone (one `Arc`); `Send + Sync`.
@@ -157,13 +170,8 @@ impl TlsServer {
         provider: Arc<CryptoProvider>,
         cfg: &TlsConfig,
     ) -> Result<TlsServer, TlsError> {
-        let versions: &[&'static rustls::SupportedProtocolVersion] = if cfg.tls12 {
-            &[&rustls::version::TLS13, &rustls::version::TLS12]
-        } else {
-            &[&rustls::version::TLS13]
-        };
         let mut config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(versions)
+            .with_protocol_versions(protocol_versions(cfg.tls12))
             .map_err(|e| TlsError::Config(format!("cannot set up the TLS versions: {e}")))?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(SniResolver { keys }));
@@ -228,21 +236,22 @@ impl TlsServer {
 
     /// A new server session, waiting for a ClientHello.
     pub fn accept(&self) -> Result<TlsSession, TlsError> {
-        let mut conn = ServerConnection::new(self.config.clone())
+        let conn = ServerConnection::new(self.config.clone())
             .map_err(|e| TlsError::Config(format!("cannot start a TLS session: {e}")))?;
-        conn.set_buffer_limit(Some(self.buffer_limit));
         Ok(TlsSession {
-            conn,
-            limit: self.buffer_limit,
-            tls_queued: 0,
-            handshake_plaintext: 0,
-            plaintext_pending: 0,
-            close_notify: false,
-            closed: false,
-            error: None,
-            sent_any: false,
-            own_alert: 0,
+            io: Pump::new(conn, self.buffer_limit, None),
         })
+    }
+}
+
+/// TLS 1.3, and TLS 1.2 when `tls12`: never anything older (rustls has nothing older).
+fn protocol_versions(tls12: bool) -> &'static [&'static SupportedProtocolVersion] {
+    static TLS13_AND_12: [&SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
+    if tls12 {
+        &TLS13_AND_12
+    } else {
+        &TLS13_AND_12[..1]
     }
 }
 
@@ -366,10 +375,34 @@ pub struct SessionInfo {
     pub alpn: Option<Vec<u8>>,
 }
 
-/// One server-side TLS session: a sans-IO byte pump around `rustls::ServerConnection`.
-pub struct TlsSession {
-    conn: ServerConnection,
-    /// `TlsConfig::buffer_limit`.
+/// What [`Pump`] drives: either side's buffered rustls connection, a `ConnectionCommon`.
+trait Conn: DerefMut<Target = ConnectionCommon<Self::Data>> {
+    /// rustls's side-specific state.
+    type Data;
+}
+
+impl Conn for ServerConnection {
+    type Data = ServerConnectionData;
+}
+
+impl Conn for ClientConnection {
+    type Data = ClientConnectionData;
+}
+
+/// Why a session died, kept to answer every later call with the same error.
+#[derive(Clone, Debug)]
+enum Failure {
+    /// rustls refused the input.
+    Rustls(rustls::Error),
+    /// The deframer buffer filled up without a complete message.
+    Io(String),
+}
+
+/// The sans-IO byte pump around one rustls connection, shared by [`TlsSession`] (server) and
+/// [`TlsClientSession`] (client): bounded buffering, error and close_notify bookkeeping.
+struct Pump<C> {
+    conn: C,
+    /// `TlsConfig::buffer_limit` / `TlsClientConfig::buffer_limit`.
     limit: usize,
     /// Bytes of encrypted records waiting for `poll_ciphertext` (as of the last update).
     tls_queued: usize,
@@ -382,36 +415,84 @@ pub struct TlsSession {
     /// We queued our close_notify.
     closed: bool,
     /// The fatal error, once one happened.
-    error: Option<String>,
+    error: Option<Failure>,
     /// Some ciphertext was handed out already.
     sent_any: bool,
     /// Bytes of [`DECODE_ERROR_ALERT`] still to hand out (0: none).
     own_alert: usize,
+    /// Client side: the name the server's certificate is checked against (certificate errors
+    /// name it). `None` on the server side, where certificate errors cannot happen.
+    server_name: Option<String>,
 }
 
-impl fmt::Debug for TlsSession {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsSession")
+impl<C: Conn> Pump<C> {
+    fn new(mut conn: C, limit: usize, server_name: Option<String>) -> Self {
+        conn.set_buffer_limit(Some(limit));
+        Pump {
+            conn,
+            limit,
+            tls_queued: 0,
+            handshake_plaintext: 0,
+            plaintext_pending: 0,
+            close_notify: false,
+            closed: false,
+            error: None,
+            sent_any: false,
+            own_alert: 0,
+            server_name,
+        }
+    }
+
+    fn debug(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(name)
             .field("handshaking", &self.conn.is_handshaking())
             .field("tls_queued", &self.tls_queued)
             .field("plaintext_pending", &self.plaintext_pending)
             .field("close_notify", &self.close_notify)
             .field("closed", &self.closed)
-            .field("error", &self.error)
+            .field("error", &self.error.as_ref().map(|e| self.error_of(e)))
             .finish_non_exhaustive()
     }
-}
 
-impl TlsSession {
-    /// Feeds received ciphertext. Returns the bytes consumed: fewer than `data.len()` when rustls's
-    /// received-plaintext buffer is full (read plaintext, then call again with the rest). Bytes
-    /// after the peer's close_notify are consumed and ignored (RFC 8446 §6.1). On a protocol error
-    /// returns [`TlsError::Protocol`]; the alert rustls wants to send (if any) is then available
-    /// from [`poll_ciphertext`](Self::poll_ciphertext) and [`is_dead`](Self::is_dead) is true;
-    /// later calls return the same error. Never panics on any input.
-    pub fn handle_ciphertext(&mut self, data: &[u8]) -> Result<usize, TlsError> {
+    /// The [`TlsError`] of a failure: certificate problems get their own variants on the client
+    /// side; everything else is a protocol error with rustls's description.
+    fn error_of(&self, failure: &Failure) -> TlsError {
+        let e = match failure {
+            Failure::Io(msg) => return TlsError::Protocol(msg.clone()),
+            Failure::Rustls(e) => e,
+        };
+        let (Some(name), rustls::Error::InvalidCertificate(cert)) = (&self.server_name, e) else {
+            return TlsError::Protocol(e.to_string());
+        };
+        let name = name.clone();
+        match cert {
+            CertificateError::NotValidForName => TlsError::CertificateName {
+                name,
+                presented: Vec::new(),
+            },
+            CertificateError::NotValidForNameContext { presented, .. } => {
+                TlsError::CertificateName {
+                    name,
+                    presented: presented.clone(),
+                }
+            }
+            CertificateError::UnknownIssuer => TlsError::UnknownIssuer { name },
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                TlsError::CertificateExpired { name }
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                TlsError::CertificateNotYetValid { name }
+            }
+            other => TlsError::CertificateOther {
+                name,
+                reason: rustls::Error::InvalidCertificate(other.clone()).to_string(),
+            },
+        }
+    }
+
+    fn handle_ciphertext(&mut self, data: &[u8]) -> Result<usize, TlsError> {
         if let Some(e) = &self.error {
-            return Err(TlsError::Protocol(e.clone()));
+            return Err(self.error_of(e));
         }
         let mut used = 0;
         while used < data.len() {
@@ -426,7 +507,7 @@ impl TlsSession {
                 // The received-plaintext buffer is full: backpressure.
                 Err(e) if e.kind() == ErrorKind::Other => break,
                 // The deframer buffer is full without a complete message.
-                Err(e) => return Err(self.fail(e.to_string())),
+                Err(e) => return Err(self.fail(Failure::Io(e.to_string()))),
             }
             match self.conn.process_new_packets() {
                 Ok(io) => {
@@ -434,20 +515,21 @@ impl TlsSession {
                     self.plaintext_pending = io.plaintext_bytes_to_read();
                     self.close_notify = io.peer_has_closed();
                 }
-                Err(e) => return Err(self.fail(e.to_string())),
+                Err(e) => return Err(self.fail(Failure::Rustls(e))),
             }
         }
         Ok(used)
     }
 
-    fn fail(&mut self, msg: String) -> TlsError {
+    fn fail(&mut self, failure: Failure) -> TlsError {
         if !self.conn.wants_write() && !self.sent_any && self.error.is_none() {
             // rustls refused without an alert (e.g. an oversized handshake message): still tell
             // the peer, in the clear, as nothing was encrypted yet.
             self.own_alert = DECODE_ERROR_ALERT.len();
         }
-        self.error = Some(msg.clone());
-        TlsError::Protocol(msg)
+        let e = self.error_of(&failure);
+        self.error = Some(failure);
+        e
     }
 
     /// Re-reads rustls's buffer levels (no input is pending, so this processes nothing).
@@ -461,9 +543,7 @@ impl TlsSession {
         }
     }
 
-    /// Copies decrypted application bytes into `buf`; 0 when there are none (then check
-    /// [`peer_closed`](Self::peer_closed)).
-    pub fn read_plaintext(&mut self, buf: &mut [u8]) -> usize {
+    fn read_plaintext(&mut self, buf: &mut [u8]) -> usize {
         if buf.is_empty() {
             return 0;
         }
@@ -473,10 +553,7 @@ impl TlsSession {
         n
     }
 
-    /// Queues application bytes to encrypt; returns how many were accepted (bounded by
-    /// `buffer_limit`). Allowed during the handshake: the bytes are sent once it completes.
-    /// Accepts nothing after [`close`](Self::close) or a fatal error.
-    pub fn write_plaintext(&mut self, data: &[u8]) -> usize {
+    fn write_plaintext(&mut self, data: &[u8]) -> usize {
         if self.error.is_some() || self.closed || data.is_empty() {
             return 0;
         }
@@ -489,8 +566,7 @@ impl TlsSession {
         n
     }
 
-    /// How many more plaintext bytes [`write_plaintext`](Self::write_plaintext) would accept now.
-    pub fn write_capacity(&self) -> usize {
+    fn write_capacity(&self) -> usize {
         if self.error.is_some() || self.closed {
             0
         } else if self.conn.is_handshaking() {
@@ -500,9 +576,7 @@ impl TlsSession {
         }
     }
 
-    /// Copies pending outgoing TLS records into `buf` (whole or in part); returns the bytes
-    /// written, 0 when there are none.
-    pub fn poll_ciphertext(&mut self, buf: &mut [u8]) -> usize {
+    fn poll_ciphertext(&mut self, buf: &mut [u8]) -> usize {
         if buf.is_empty() {
             return 0;
         }
@@ -521,30 +595,15 @@ impl TlsSession {
         n
     }
 
-    /// There are TLS records to send ([`poll_ciphertext`](Self::poll_ciphertext) would return
-    /// bytes).
-    pub fn has_ciphertext(&self) -> bool {
+    fn has_ciphertext(&self) -> bool {
         self.own_alert > 0 || self.conn.wants_write()
     }
 
-    /// The handshake is not over yet (also true of a session that failed during it).
-    pub fn is_handshaking(&self) -> bool {
-        self.conn.is_handshaking()
-    }
-
-    /// The peer sent close_notify and all plaintext received before it has been read.
-    pub fn peer_closed(&self) -> bool {
+    fn peer_closed(&self) -> bool {
         self.close_notify && self.plaintext_pending == 0
     }
 
-    /// A fatal error happened: only the queued alert (if any) remains to send.
-    pub fn is_dead(&self) -> bool {
-        self.error.is_some()
-    }
-
-    /// Queues a close_notify alert (once; nothing after a fatal alert). Plaintext accepted
-    /// before is sent first; nothing more is accepted.
-    pub fn close(&mut self) {
+    fn close(&mut self) {
         if !self.closed {
             self.closed = true;
             self.conn.send_close_notify();
@@ -552,8 +611,11 @@ impl TlsSession {
         }
     }
 
-    /// What was negotiated; `None` while handshaking (or after a failed handshake).
-    pub fn info(&self) -> Option<SessionInfo> {
+    fn is_resumed(&self) -> bool {
+        self.conn.handshake_kind() == Some(HandshakeKind::Resumed)
+    }
+
+    fn info(&self, sni: Option<&str>) -> Option<SessionInfo> {
         if self.conn.is_handshaking() {
             return None;
         }
@@ -571,11 +633,237 @@ impl TlsSession {
         Some(SessionInfo {
             version,
             suite,
-            resumed: self.conn.handshake_kind() == Some(HandshakeKind::Resumed),
-            sni: self.conn.server_name().map(str::to_owned),
+            resumed: self.is_resumed(),
+            sni: sni.map(str::to_owned),
             alpn: self.conn.alpn_protocol().map(<[u8]>::to_vec),
         })
     }
+}
+
+/// The public sans-IO byte interface of a session type holding a [`Pump`] in its `io` field:
+/// written once for [`TlsSession`] and [`TlsClientSession`].
+macro_rules! byte_interface {
+    ($session:ident) => {
+        impl $session {
+            /// Feeds received ciphertext. Returns the bytes consumed: fewer than `data.len()`
+            /// when rustls's received-plaintext buffer is full (read plaintext, then call again
+            /// with the rest). Bytes after the peer's close_notify are consumed and ignored
+            /// (RFC 8446 §6.1). On a fatal error returns it ([`TlsError::Protocol`], or on the
+            /// client side a certificate error such as [`TlsError::UnknownIssuer`]); the alert
+            /// rustls wants to send (if any) is then available from
+            /// [`poll_ciphertext`](Self::poll_ciphertext) and [`is_dead`](Self::is_dead) is
+            /// true; later calls return the same error. Never panics on any input.
+            pub fn handle_ciphertext(&mut self, data: &[u8]) -> Result<usize, TlsError> {
+                self.io.handle_ciphertext(data)
+            }
+
+            /// Copies decrypted application bytes into `buf`; 0 when there are none (then check
+            /// [`peer_closed`](Self::peer_closed)).
+            pub fn read_plaintext(&mut self, buf: &mut [u8]) -> usize {
+                self.io.read_plaintext(buf)
+            }
+
+            /// Queues application bytes to encrypt; returns how many were accepted (bounded by
+            /// `buffer_limit`). Allowed during the handshake: the bytes are sent once it
+            /// completes. Accepts nothing after [`close`](Self::close) or a fatal error.
+            pub fn write_plaintext(&mut self, data: &[u8]) -> usize {
+                self.io.write_plaintext(data)
+            }
+
+            /// How many more plaintext bytes [`write_plaintext`](Self::write_plaintext) would
+            /// accept now.
+            pub fn write_capacity(&self) -> usize {
+                self.io.write_capacity()
+            }
+
+            /// Copies pending outgoing TLS records into `buf` (whole or in part); returns the
+            /// bytes written, 0 when there are none.
+            pub fn poll_ciphertext(&mut self, buf: &mut [u8]) -> usize {
+                self.io.poll_ciphertext(buf)
+            }
+
+            /// There are TLS records to send ([`poll_ciphertext`](Self::poll_ciphertext) would
+            /// return bytes).
+            pub fn has_ciphertext(&self) -> bool {
+                self.io.has_ciphertext()
+            }
+
+            /// The handshake is not over yet (also true of a session that failed during it).
+            pub fn is_handshaking(&self) -> bool {
+                self.io.conn.is_handshaking()
+            }
+
+            /// The peer sent close_notify and all plaintext received before it has been read.
+            pub fn peer_closed(&self) -> bool {
+                self.io.peer_closed()
+            }
+
+            /// A fatal error happened: only the queued alert (if any) remains to send.
+            pub fn is_dead(&self) -> bool {
+                self.io.error.is_some()
+            }
+
+            /// Queues a close_notify alert (once; nothing after a fatal alert). Plaintext
+            /// accepted before is sent first; nothing more is accepted.
+            pub fn close(&mut self) {
+                self.io.close()
+            }
+        }
+
+        impl fmt::Debug for $session {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.io.debug(stringify!($session), f)
+            }
+        }
+    };
+}
+
+/// One server-side TLS session: a sans-IO byte pump around `rustls::ServerConnection`.
+pub struct TlsSession {
+    io: Pump<ServerConnection>,
+}
+
+byte_interface!(TlsSession);
+
+impl TlsSession {
+    /// What was negotiated; `None` while handshaking (or after a failed handshake).
+    /// [`SessionInfo::sni`] is the name the client sent.
+    pub fn info(&self) -> Option<SessionInfo> {
+        self.io.info(self.io.conn.server_name())
+    }
+}
+
+/// The TLS client configuration shared by all client sessions: trusted CAs, protocol versions,
+/// ALPN, and the store of sessions to resume. Cheap to clone (one `Arc`; clones share the
+/// session store); `Send + Sync`.
+#[derive(Clone)]
+pub struct TlsClient {
+    config: Arc<ClientConfig>,
+    buffer_limit: usize,
+}
+
+impl fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("alpn", &self.config.alpn_protocols)
+            .field("buffer_limit", &self.buffer_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsClient {
+    /// Builds the client from `cfg`: trusting the CAs of the PEM file `cfg.cacert`, or without
+    /// one the Mozilla root program's CAs (`webpki-roots`).
+    pub fn new(cfg: &TlsClientConfig) -> Result<TlsClient, TlsError> {
+        cfg.validate()?;
+        let roots = match &cfg.cacert {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|source| TlsError::ReadFile {
+                    what: "CA certificates",
+                    path: path.clone(),
+                    source,
+                    hint: CACERT_HINT,
+                })?;
+                root_store(&pem, &format!("--cacert {}", path.display()))?
+            }
+            None => RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
+        };
+        Self::build(roots, cfg)
+    }
+
+    /// Builds the client trusting exactly the CA certificates of the in-memory PEM bundle `pem`;
+    /// `cfg.cacert` is ignored.
+    pub fn from_pem_roots(pem: &[u8], cfg: &TlsClientConfig) -> Result<TlsClient, TlsError> {
+        cfg.validate()?;
+        Self::build(root_store(pem, "the PEM roots")?, cfg)
+    }
+
+    fn build(roots: RootCertStore, cfg: &TlsClientConfig) -> Result<TlsClient, TlsError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(protocol_versions(cfg.tls12))
+            .map_err(|e| TlsError::Config(format!("cannot set up the TLS versions: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = cfg.alpn.clone();
+        config.resumption = if cfg.resumption {
+            Resumption::in_memory_sessions(super::CLIENT_SESSION_CACHE)
+        } else {
+            Resumption::disabled()
+        };
+        Ok(TlsClient {
+            config: Arc::new(config),
+            buffer_limit: cfg.buffer_limit,
+        })
+    }
+
+    /// A new session to `server_name`, its ClientHello already queued for
+    /// [`TlsClientSession::poll_ciphertext`] (resuming a stored session for that name, if any).
+    /// A DNS name is sent as SNI and checked against the certificate; an IP address literal
+    /// (`192.0.2.1`, `2001:db8::1`) is checked against the certificate's IP addresses and sends
+    /// no SNI.
+    pub fn connect(&self, server_name: &str) -> Result<TlsClientSession, TlsError> {
+        let name = ServerName::try_from(server_name.to_string()).map_err(|_| {
+            TlsError::Config(format!(
+                "{server_name:?} is not a valid server name: give a DNS name or an IP address"
+            ))
+        })?;
+        let sni = matches!(name, ServerName::DnsName(_)).then(|| server_name.to_string());
+        let conn = ClientConnection::new(self.config.clone(), name)
+            .map_err(|e| TlsError::Config(format!("cannot start a TLS session: {e}")))?;
+        Ok(TlsClientSession {
+            io: Pump::new(conn, self.buffer_limit, Some(server_name.to_string())),
+            sni,
+        })
+    }
+}
+
+/// One client-side TLS session: a sans-IO byte pump around `rustls::ClientConnection`, with the
+/// same interface as [`TlsSession`].
+pub struct TlsClientSession {
+    io: Pump<ClientConnection>,
+    /// The SNI name sent (none for an IP address).
+    sni: Option<String>,
+}
+
+byte_interface!(TlsClientSession);
+
+impl TlsClientSession {
+    /// The handshake resumed an earlier session (TLS 1.3 ticket, TLS 1.2 ticket or session ID)
+    /// instead of a full handshake with the server's certificate. False while handshaking.
+    pub fn is_resumed(&self) -> bool {
+        self.io.is_resumed()
+    }
+
+    /// What was negotiated; `None` while handshaking (or after a failed handshake).
+    /// [`SessionInfo::sni`] is the name this client sent (none for an IP address).
+    pub fn info(&self) -> Option<SessionInfo> {
+        self.io.info(self.sni.as_deref())
+    }
+}
+
+/// Parses a PEM bundle of CA certificates (`label` names it in errors) into a trust store.
+fn root_store(pem: &[u8], label: &str) -> Result<RootCertStore, TlsError> {
+    let bad = |msg: String| TlsError::BadCertificate(msg);
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("{label} is not valid PEM: {e} ({CACERT_HINT})")))?;
+    if certs.is_empty() {
+        return Err(bad(format!(
+            "no certificate in {label} (expected PEM 'CERTIFICATE' blocks; {CACERT_HINT})"
+        )));
+    }
+    let mut store = RootCertStore::empty();
+    for (i, cert) in certs.into_iter().enumerate() {
+        store.add(cert).map_err(|e| {
+            bad(format!(
+                "certificate #{i} of {label} cannot be used as a CA: {e} ({CACERT_HINT})"
+            ))
+        })?;
+    }
+    Ok(store)
 }
 
 #[cfg(test)]

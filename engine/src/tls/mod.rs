@@ -5,6 +5,11 @@
 //! [`TlsSession`]s, each fed received ciphertext with [`TlsSession::handle_ciphertext`] and drained
 //! of records to send with [`TlsSession::poll_ciphertext`]. No sockets, clocks or threads.
 //!
+//! The client side ([`TlsClient`], issue 8: the engine plays the browser) is the same sans-IO
+//! pump: a [`TlsClient`] (shared, immutable: trust store, ALPN, session cache) hands out
+//! [`TlsClientSession`]s, one per connection to a server name. Certificate failures are distinct
+//! [`TlsError`] variants ([`TlsError::CertificateName`], [`TlsError::UnknownIssuer`], ...).
+//!
 //! Protocol choices (safe defaults only): TLS 1.3 always, TLS 1.2 when [`TlsConfig::tls12`],
 //! never TLS 1.0/1.1 or SSL. The cipher suites are rustls's (aws-lc-rs provider): AEAD only
 //! (AES-GCM, ChaCha20-Poly1305) with ephemeral (EC)DHE key exchange; rustls implements no CBC
@@ -16,7 +21,9 @@ use serde::Deserialize;
 
 pub mod adapter;
 
-pub use adapter::{SessionInfo, TlsReload, TlsServer, TlsSession, TlsVersion};
+pub use adapter::{
+    SessionInfo, TlsClient, TlsClientSession, TlsReload, TlsServer, TlsSession, TlsVersion,
+};
 
 /// The largest TLS record on the wire: 5-byte header, 2^14 bytes of plaintext and up to 256 bytes
 /// of expansion (RFC 8446 §5.2). [`TlsConfig::buffer_limit`] must hold at least one.
@@ -99,12 +106,7 @@ impl TlsConfig {
     /// ([`TlsServer::new`] does).
     pub fn validate(&self) -> Result<(), TlsError> {
         let bad = |msg: String| Err(TlsError::Config(msg));
-        if self.buffer_limit < MAX_RECORD_WIRE || self.buffer_limit > MAX_BUFFER_LIMIT {
-            return bad(format!(
-                "tls.buffer_limit = {} is out of range: set it between {} (one full TLS record) and {}",
-                self.buffer_limit, MAX_RECORD_WIRE, MAX_BUFFER_LIMIT
-            ));
-        }
+        check_buffer_limit(self.buffer_limit, "tls.buffer_limit")?;
         if self.max_sessions == 0 || self.max_sessions > MAX_SESSIONS {
             return bad(format!(
                 "tls.max_sessions = {} is out of range: set it between 1 and {}",
@@ -129,21 +131,89 @@ impl TlsConfig {
                 self.threads, MAX_THREADS
             ));
         }
-        for (i, proto) in self.alpn.iter().enumerate() {
-            if proto.is_empty() || proto.len() > 255 {
-                return bad(format!(
-                    "tls.alpn entry {:?} must be 1 to 255 bytes long (e.g. \"http/1.1\")",
-                    proto
-                ));
-            }
-            if self.alpn[..i].contains(proto) {
-                return bad(format!(
-                    "tls.alpn lists {:?} twice: list each protocol once",
-                    proto
-                ));
-            }
+        check_alpn(&self.alpn, "tls.alpn")
+    }
+}
+
+/// Checks a `buffer_limit` setting (named `key` in the message).
+fn check_buffer_limit(limit: usize, key: &str) -> Result<(), TlsError> {
+    if !(MAX_RECORD_WIRE..=MAX_BUFFER_LIMIT).contains(&limit) {
+        return Err(TlsError::Config(format!(
+            "{key} = {limit} is out of range: set it between {MAX_RECORD_WIRE} (one full TLS record) and {MAX_BUFFER_LIMIT}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an ALPN list (named `key` in the message): each protocol 1 to 255 bytes, none twice.
+fn check_alpn<P: AsRef<[u8]> + PartialEq>(alpn: &[P], key: &str) -> Result<(), TlsError> {
+    for (i, proto) in alpn.iter().enumerate() {
+        let shown = String::from_utf8_lossy(proto.as_ref());
+        if proto.as_ref().is_empty() || proto.as_ref().len() > 255 {
+            return Err(TlsError::Config(format!(
+                "{key} entry {shown:?} must be 1 to 255 bytes long (e.g. \"http/1.1\")"
+            )));
         }
-        Ok(())
+        if alpn[..i].contains(proto) {
+            return Err(TlsError::Config(format!(
+                "{key} lists {shown:?} twice: list each protocol once"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Most sessions the TLS client remembers for resumption (rustls's in-memory store, per
+/// [`TlsClient`]; the oldest are forgotten first).
+pub const CLIENT_SESSION_CACHE: usize = 256;
+
+/// Settings of the TLS client ([`TlsClient`]): whom to trust and what to offer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsClientConfig {
+    /// PEM bundle of the CA certificates to trust (`--cacert`). `None`: the Mozilla root
+    /// program's CAs (compiled in from the `webpki-roots` crate; the system's store is not read).
+    pub cacert: Option<PathBuf>,
+    /// ALPN protocols to offer, in order of preference. Default `[b"http/1.1"]`; empty sends no
+    /// ALPN extension.
+    pub alpn: Vec<Vec<u8>>,
+    /// Resume sessions (TLS 1.3 tickets, TLS 1.2 tickets or session IDs) with servers seen
+    /// before, from an in-memory store of at most [`CLIENT_SESSION_CACHE`] sessions shared by
+    /// the clones of one [`TlsClient`]. Default true.
+    pub resumption: bool,
+    /// Offer TLS 1.2 as well as TLS 1.3 (TLS 1.3 is always on; 1.0/1.1 never). Default true.
+    pub tls12: bool,
+    /// Most bytes of pending outgoing data per session, as [`TlsConfig::buffer_limit`].
+    /// Default 64 KiB; at least [`MAX_RECORD_WIRE`].
+    pub buffer_limit: usize,
+}
+
+impl Default for TlsClientConfig {
+    fn default() -> Self {
+        TlsClientConfig {
+            cacert: None,
+            alpn: vec![b"http/1.1".to_vec()],
+            resumption: true,
+            tls12: true,
+            buffer_limit: 64 * 1024,
+        }
+    }
+}
+
+impl TlsClientConfig {
+    /// Checks the buffer limit and the ALPN list. Does not read the CA file ([`TlsClient::new`]
+    /// does).
+    pub fn validate(&self) -> Result<(), TlsError> {
+        check_buffer_limit(self.buffer_limit, "the TLS client's buffer_limit")?;
+        check_alpn(&self.alpn, "the TLS client's alpn")
+    }
+}
+
+/// `" (it is for a, b)"`: the names a certificate presented, for [`TlsError::CertificateName`].
+fn presented_names(names: &[String]) -> String {
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(" (it is for {})", names.join(", "))
     }
 }
 
@@ -186,6 +256,58 @@ pub enum TlsError {
          fail, compare their TLS versions, ALPN protocols and server name with the tls settings)"
     )]
     Protocol(String),
+    /// Client side: the server's certificate is valid (signed by a trusted CA, in date) but not
+    /// for the name connected to. The session is dead; rustls's alert is queued.
+    #[error(
+        "the server's certificate is not valid for {name}{}: connect with a name it lists, or fix \
+         the server's certificate",
+        presented_names(.presented)
+    )]
+    CertificateName {
+        /// The name connected to ([`TlsClient::connect`]).
+        name: String,
+        /// The DNS names and IP addresses the certificate lists (when rustls reports them).
+        presented: Vec<String>,
+    },
+    /// Client side: the server's certificate chain does not lead to a trusted CA (this includes
+    /// self-signed certificates). The session is dead; rustls's alert is queued.
+    #[error(
+        "the server's certificate for {name} is not signed by a trusted CA: pass --cacert with its CA"
+    )]
+    UnknownIssuer {
+        /// The name connected to.
+        name: String,
+    },
+    /// Client side: the server's certificate has expired. The session is dead; rustls's alert
+    /// is queued.
+    #[error(
+        "the server's certificate for {name} has expired: the server must renew it (or this \
+         machine's clock is wrong)"
+    )]
+    CertificateExpired {
+        /// The name connected to.
+        name: String,
+    },
+    /// Client side: the server's certificate is not valid yet. The session is dead; rustls's
+    /// alert is queued.
+    #[error(
+        "the server's certificate for {name} is not valid yet: check this machine's clock (or \
+         the certificate's start date)"
+    )]
+    CertificateNotYetValid {
+        /// The name connected to.
+        name: String,
+    },
+    /// Client side: the server's certificate is refused for another reason (bad signature,
+    /// revoked, wrong key usage, undecodable...), with rustls's description. The session is
+    /// dead; rustls's alert is queued.
+    #[error("the server's certificate for {name} is refused: {reason}")]
+    CertificateOther {
+        /// The name connected to.
+        name: String,
+        /// rustls's description of the problem.
+        reason: String,
+    },
 }
 
 #[cfg(test)]
