@@ -473,7 +473,7 @@ impl<C: Conn> Pump<C> {
             CertificateError::NotValidForNameContext { presented, .. } => {
                 TlsError::CertificateName {
                     name,
-                    presented: presented.clone(),
+                    presented: presented.iter().map(|n| plain_name(n)).collect(),
                 }
             }
             CertificateError::UnknownIssuer => TlsError::UnknownIssuer { name },
@@ -638,6 +638,18 @@ impl<C: Conn> Pump<C> {
             alpn: self.conn.alpn_protocol().map(<[u8]>::to_vec),
         })
     }
+}
+
+/// A name webpki reports a certificate presents, `DnsName("a.test")` or `IpAddress(192.0.2.1)`,
+/// as the user wrote it: `a.test`, `192.0.2.1` (other kinds as they are).
+fn plain_name(presented: &str) -> String {
+    let dns = presented
+        .strip_prefix("DnsName(\"")
+        .and_then(|r| r.strip_suffix("\")"));
+    let ip = presented
+        .strip_prefix("IpAddress(")
+        .and_then(|r| r.strip_suffix(')'));
+    dns.or(ip).unwrap_or(presented).to_string()
 }
 
 /// The public sans-IO byte interface of a session type holding a [`Pump`] in its `io` field:
@@ -1626,5 +1638,653 @@ mod tests {
             TlsServer::from_pem(&[pair], &bad),
             Err(TlsError::Config(_))
         ));
+    }
+
+    /// The client side ([`TlsClient`], [`TlsClientSession`]) against the crate's own server, in
+    /// memory.
+    mod client_side {
+        use super::super::*;
+        use super::Rng;
+        use crate::tls::{TlsClientConfig, MAX_RECORD_WIRE};
+
+        const NAME: &str = "www.example.test";
+
+        /// A CA and certificates made with rcgen.
+        struct Pki {
+            ca_key: rcgen::KeyPair,
+            ca: rcgen::Certificate,
+        }
+
+        /// A leaf certificate and its key, PEM.
+        struct Leaf {
+            cert_pem: String,
+            key_pem: String,
+        }
+
+        impl Pki {
+            fn new(cn: &str) -> Pki {
+                let ca_key = rcgen::KeyPair::generate().unwrap();
+                let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+                params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+                params.key_usages = vec![
+                    rcgen::KeyUsagePurpose::KeyCertSign,
+                    rcgen::KeyUsagePurpose::CrlSign,
+                    rcgen::KeyUsagePurpose::DigitalSignature,
+                ];
+                params.distinguished_name = rcgen::DistinguishedName::new();
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::CommonName, cn);
+                let ca = params.self_signed(&ca_key).unwrap();
+                Pki { ca_key, ca }
+            }
+
+            fn ca_pem(&self) -> String {
+                self.ca.pem()
+            }
+
+            /// A leaf for `names` valid from `from` to `until` (years), signed by this CA.
+            fn leaf_dated(&self, names: &[&str], from: i32, until: i32) -> Leaf {
+                let key = rcgen::KeyPair::generate().unwrap();
+                let mut params = leaf_params(names);
+                params.not_before = rcgen::date_time_ymd(from, 1, 1);
+                params.not_after = rcgen::date_time_ymd(until, 1, 1);
+                let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+                Leaf {
+                    cert_pem: cert.pem(),
+                    key_pem: key.serialize_pem(),
+                }
+            }
+
+            fn leaf(&self, names: &[&str]) -> Leaf {
+                self.leaf_dated(names, 2020, 4000)
+            }
+        }
+
+        fn leaf_params(names: &[&str]) -> rcgen::CertificateParams {
+            let mut params = rcgen::CertificateParams::new(
+                names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, names[0]);
+            params
+        }
+
+        /// A self-signed leaf for `names` (no CA).
+        fn self_signed(names: &[&str]) -> Leaf {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = leaf_params(names).self_signed(&key).unwrap();
+            Leaf {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+            }
+        }
+
+        fn server_for(leaf: &Leaf) -> TlsServer {
+            let pair: (&[u8], &[u8]) = (leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes());
+            TlsServer::from_pem(&[pair], &TlsConfig::default()).unwrap()
+        }
+
+        fn client_trusting(pki: &Pki, cfg: &TlsClientConfig) -> TlsClient {
+            TlsClient::from_pem_roots(pki.ca_pem().as_bytes(), cfg).unwrap()
+        }
+
+        /// A copy of `srv` that speaks TLS 1.2 only (the server's settings cannot ask for that:
+        /// TLS 1.3 is always on), same certificates, ALPN, tickets and cache.
+        fn tls12_only(srv: &TlsServer) -> TlsServer {
+            let base = &srv.config;
+            let mut c = ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(base.cert_resolver.clone());
+            c.alpn_protocols = base.alpn_protocols.clone();
+            c.session_storage = base.session_storage.clone();
+            c.ticketer = base.ticketer.clone();
+            TlsServer {
+                config: Arc::new(c),
+                ..srv.clone()
+            }
+        }
+
+        /// Either end of a connection, as the pump sees it.
+        trait End {
+            fn poll(&mut self, buf: &mut [u8]) -> usize;
+            fn feed(&mut self, data: &[u8]) -> Result<usize, TlsError>;
+            fn read(&mut self, buf: &mut [u8]) -> usize;
+        }
+
+        macro_rules! end {
+            ($t:ty) => {
+                impl End for $t {
+                    fn poll(&mut self, buf: &mut [u8]) -> usize {
+                        self.poll_ciphertext(buf)
+                    }
+                    fn feed(&mut self, data: &[u8]) -> Result<usize, TlsError> {
+                        self.handle_ciphertext(data)
+                    }
+                    fn read(&mut self, buf: &mut [u8]) -> usize {
+                        self.read_plaintext(buf)
+                    }
+                }
+            };
+        }
+        end!(TlsSession);
+        end!(TlsClientSession);
+
+        /// Moves everything `from` wants to send into `to`, reading `to`'s plaintext into `rx`
+        /// whenever it pushes back. Returns whether any byte moved.
+        fn transfer(
+            from: &mut impl End,
+            to: &mut impl End,
+            rx: &mut Vec<u8>,
+        ) -> Result<bool, TlsError> {
+            let mut wire = [0u8; 4096];
+            let mut plain = [0u8; 4096];
+            let mut moved = false;
+            loop {
+                let n = from.poll(&mut wire);
+                if n == 0 {
+                    return Ok(moved);
+                }
+                moved = true;
+                let mut off = 0;
+                while off < n {
+                    off += to.feed(&wire[off..n])?;
+                    loop {
+                        let got = to.read(&mut plain);
+                        if got == 0 {
+                            break;
+                        }
+                        rx.extend_from_slice(&plain[..got]);
+                    }
+                }
+            }
+        }
+
+        /// Who failed while pumping, and how.
+        #[derive(Debug)]
+        enum Failed {
+            Client(TlsError),
+            Server(TlsError),
+        }
+
+        /// The plaintext each end received.
+        #[derive(Default)]
+        struct Rx {
+            client: Vec<u8>,
+            server: Vec<u8>,
+        }
+
+        /// Moves bytes both ways until neither end has anything to send.
+        fn pump(c: &mut TlsClientSession, s: &mut TlsSession, rx: &mut Rx) -> Result<(), Failed> {
+            loop {
+                let up = transfer(c, s, &mut rx.server).map_err(Failed::Server)?;
+                let down = transfer(s, c, &mut rx.client).map_err(Failed::Client)?;
+                if !(up || down) {
+                    return Ok(());
+                }
+            }
+        }
+
+        fn connect(
+            client: &TlsClient,
+            srv: &TlsServer,
+            name: &str,
+        ) -> (TlsClientSession, TlsSession) {
+            let mut c = client.connect(name).unwrap();
+            let mut s = srv.accept().unwrap();
+            let mut rx = Rx::default();
+            pump(&mut c, &mut s, &mut rx).unwrap();
+            assert!(!c.is_handshaking() && !s.is_handshaking());
+            assert!(rx.client.is_empty() && rx.server.is_empty());
+            (c, s)
+        }
+
+        #[test]
+        fn client_and_session_are_shareable() {
+            fn send_sync_clone<T: Send + Sync + Clone>() {}
+            fn send<T: Send>() {}
+            send_sync_clone::<TlsClient>();
+            send::<TlsClientSession>();
+        }
+
+        fn full_handshake(tls12: bool) {
+            let pki = Pki::new("Handshake Test CA");
+            let mut srv = server_for(&pki.leaf(&[NAME]));
+            if tls12 {
+                srv = tls12_only(&srv);
+            }
+            let client = client_trusting(&pki, &TlsClientConfig::default());
+            let mut c = client.connect(NAME).unwrap();
+            let mut s = srv.accept().unwrap();
+            assert!(
+                c.is_handshaking() && c.has_ciphertext(),
+                "ClientHello queued"
+            );
+            assert_eq!(c.info(), None);
+            assert!(!c.is_resumed());
+            // The request may be written before the handshake: it leaves once it is over.
+            let request = b"GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n";
+            assert_eq!(c.write_plaintext(request), request.len());
+            let mut rx = Rx::default();
+            pump(&mut c, &mut s, &mut rx).unwrap();
+            assert!(!c.is_handshaking() && !s.is_handshaking());
+            let (version, suite) = if tls12 {
+                (TlsVersion::Tls12, "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384")
+            } else {
+                (TlsVersion::Tls13, "TLS13_AES_256_GCM_SHA384")
+            };
+            let expected = SessionInfo {
+                version,
+                suite,
+                resumed: false,
+                sni: Some(NAME.to_string()),
+                alpn: Some(b"http/1.1".to_vec()),
+            };
+            assert_eq!(c.info(), Some(expected.clone()));
+            assert_eq!(s.info(), Some(expected));
+            assert!(!c.is_resumed());
+            assert_eq!(rx.server, request);
+
+            let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+            assert_eq!(s.write_plaintext(response), response.len());
+            pump(&mut c, &mut s, &mut rx).unwrap();
+            assert_eq!(rx.client, response);
+
+            // close_notify from the client, then from the server.
+            c.close();
+            assert_eq!(c.write_plaintext(b"late"), 0);
+            assert_eq!(c.write_capacity(), 0);
+            pump(&mut c, &mut s, &mut rx).unwrap();
+            assert!(s.peer_closed() && !s.is_dead());
+            assert!(!c.peer_closed());
+            assert_eq!(s.write_plaintext(b"bye"), 3);
+            s.close();
+            pump(&mut c, &mut s, &mut rx).unwrap();
+            assert_eq!(&rx.client[response.len()..], b"bye");
+            assert!(c.peer_closed() && !c.is_dead());
+            assert!(!c.has_ciphertext() && !s.has_ciphertext());
+        }
+
+        #[test]
+        fn tls13_full_handshake_round_trip_and_close() {
+            full_handshake(false);
+        }
+
+        #[test]
+        fn tls12_full_handshake_round_trip_and_close() {
+            full_handshake(true);
+        }
+
+        /// Three connections of one client (the third through a clone): whether each resumed,
+        /// as the client and the server see it.
+        fn resumptions(srv: &TlsServer, cfg: &TlsClientConfig) -> Vec<(bool, bool)> {
+            let pki = Pki::new("Handshake Test CA");
+            let srv = {
+                let leaf = pki.leaf(&[NAME]);
+                let fresh = server_for(&leaf);
+                // The caller's server settings, this PKI's certificate.
+                let mut config = (*srv.config).clone();
+                config.cert_resolver = fresh.config.cert_resolver.clone();
+                TlsServer {
+                    config: Arc::new(config),
+                    ..srv.clone()
+                }
+            };
+            let client = client_trusting(&pki, cfg);
+            let clone = client.clone();
+            [&client, &client, &clone]
+                .iter()
+                .map(|cl| {
+                    let (c, s) = connect(cl, &srv, NAME);
+                    let (ci, si) = (c.info().unwrap(), s.info().unwrap());
+                    assert_eq!(ci.resumed, c.is_resumed());
+                    assert_eq!(ci.alpn.as_deref(), Some(&b"http/1.1"[..]));
+                    (c.is_resumed(), si.resumed)
+                })
+                .collect()
+        }
+
+        fn any_server() -> TlsServer {
+            server_for(&self_signed(&["placeholder.test"]))
+        }
+
+        #[test]
+        fn tls13_second_connection_resumes_with_a_ticket() {
+            let got = resumptions(&any_server(), &TlsClientConfig::default());
+            assert_eq!(got, [(false, false), (true, true), (true, true)]);
+        }
+
+        #[test]
+        fn tls12_second_connection_resumes() {
+            let srv = tls12_only(&any_server());
+            let got = resumptions(&srv, &TlsClientConfig::default());
+            assert_eq!(got, [(false, false), (true, true), (true, true)]);
+        }
+
+        #[test]
+        fn no_resumption_when_disabled() {
+            let cfg = TlsClientConfig {
+                resumption: false,
+                ..TlsClientConfig::default()
+            };
+            assert_eq!(resumptions(&any_server(), &cfg), [(false, false); 3]);
+            let srv = tls12_only(&any_server());
+            assert_eq!(resumptions(&srv, &cfg), [(false, false); 3]);
+        }
+
+        /// Connects `client` to `srv` as `name`: the client must refuse the certificate. Checks
+        /// the session is dead, stays so, and that its alert reaches the server; returns the
+        /// error and the alert the server received.
+        fn refused(client: &TlsClient, srv: &TlsServer, name: &str) -> (TlsError, String) {
+            let mut c = client.connect(name).unwrap();
+            let mut s = srv.accept().unwrap();
+            let e = match pump(&mut c, &mut s, &mut Rx::default()) {
+                Err(Failed::Client(e)) => e,
+                other => panic!("certificate accepted: {other:?}"),
+            };
+            assert!(c.is_dead() && c.is_handshaking());
+            assert_eq!(c.info(), None);
+            assert_eq!(c.write_plaintext(b"x"), 0);
+            assert_eq!(c.write_capacity(), 0);
+            assert_eq!(
+                c.handle_ciphertext(b"more").unwrap_err().to_string(),
+                e.to_string()
+            );
+            assert!(c.has_ciphertext(), "an alert for the server");
+            let alert = match transfer(&mut c, &mut s, &mut Vec::new()) {
+                Err(TlsError::Protocol(m)) => m,
+                other => panic!("the server did not get an alert: {other:?}"),
+            };
+            assert!(s.is_dead() && !c.has_ciphertext());
+            (e, alert)
+        }
+
+        #[test]
+        fn wrong_name_is_certificate_name() {
+            let pki = Pki::new("Handshake Test CA");
+            let client = client_trusting(&pki, &TlsClientConfig::default());
+            let srv = server_for(&pki.leaf(&["api.other.test"]));
+            let (e, alert) = refused(&client, &srv, NAME);
+            match &e {
+                TlsError::CertificateName { name, presented } => {
+                    assert_eq!(name, NAME);
+                    assert_eq!(presented, &["api.other.test".to_string()]);
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(
+                e.to_string(),
+                "the server's certificate is not valid for www.example.test (it is for \
+                 api.other.test): connect with a name it lists, or fix the server's certificate"
+            );
+            assert!(alert.contains("BadCertificate"), "{alert}");
+            // The same server, asked for the name it has: fine.
+            connect(&client, &srv, "api.other.test");
+        }
+
+        #[test]
+        fn unknown_ca_and_self_signed_are_unknown_issuer() {
+            let pki = Pki::new("Handshake Test CA");
+            let other = Pki::new("Another CA");
+            let client = client_trusting(&pki, &TlsClientConfig::default());
+            for srv in [
+                server_for(&other.leaf(&[NAME])),
+                server_for(&self_signed(&[NAME])),
+            ] {
+                let (e, alert) = refused(&client, &srv, NAME);
+                assert!(
+                    matches!(&e, TlsError::UnknownIssuer { name } if name == NAME),
+                    "{e:?}"
+                );
+                assert_eq!(
+                    e.to_string(),
+                    "the server's certificate for www.example.test is not signed by a trusted \
+                     CA: pass --cacert with its CA"
+                );
+                assert!(alert.contains("UnknownCA"), "{alert}");
+            }
+        }
+
+        #[test]
+        fn expired_and_not_yet_valid_certificates() {
+            let pki = Pki::new("Handshake Test CA");
+            let client = client_trusting(&pki, &TlsClientConfig::default());
+            let (e, alert) = refused(
+                &client,
+                &server_for(&pki.leaf_dated(&[NAME], 2000, 2001)),
+                NAME,
+            );
+            assert!(
+                matches!(&e, TlsError::CertificateExpired { name } if name == NAME),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains("has expired"), "{e}");
+            assert!(alert.contains("CertificateExpired"), "{alert}");
+            let (e, _) = refused(
+                &client,
+                &server_for(&pki.leaf_dated(&[NAME], 3000, 3001)),
+                NAME,
+            );
+            assert!(
+                matches!(&e, TlsError::CertificateNotYetValid { name } if name == NAME),
+                "{e:?}"
+            );
+        }
+
+        #[test]
+        fn ip_literal_is_checked_without_sni() {
+            let pki = Pki::new("Handshake Test CA");
+            let client = client_trusting(&pki, &TlsClientConfig::default());
+            let srv = server_for(&pki.leaf(&["127.0.0.1"]));
+            let (c, s) = connect(&client, &srv, "127.0.0.1");
+            assert_eq!(c.info().unwrap().sni, None);
+            assert_eq!(s.info().unwrap().sni, None);
+            let (e, _) = refused(&client, &srv, "127.0.0.2");
+            assert!(
+                e.to_string().starts_with(
+                    "the server's certificate is not valid for 127.0.0.2 (it is for 127.0.0.1)"
+                ),
+                "{e}"
+            );
+            let e = client.connect("not a name!").unwrap_err();
+            assert!(matches!(e, TlsError::Config(_)), "{e:?}");
+            assert!(
+                e.to_string().contains("give a DNS name or an IP address"),
+                "{e}"
+            );
+        }
+
+        #[test]
+        fn write_plaintext_is_bounded_by_buffer_limit() {
+            let pki = Pki::new("Handshake Test CA");
+            let srv = server_for(&pki.leaf(&[NAME]));
+            let limit = 2 * MAX_RECORD_WIRE;
+            let cfg = TlsClientConfig {
+                buffer_limit: limit,
+                ..TlsClientConfig::default()
+            };
+            let client = client_trusting(&pki, &cfg);
+            let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+
+            // During the handshake the plaintext waits, bounded.
+            let mut c = client.connect(NAME).unwrap();
+            let mut s = srv.accept().unwrap();
+            assert_eq!(c.write_capacity(), limit);
+            assert_eq!(c.write_plaintext(&data[..1000]), 1000);
+            assert_eq!(c.write_plaintext(&data[1000..]), limit - 1000);
+            assert_eq!(c.write_capacity(), 0);
+            assert_eq!(c.write_plaintext(&data[limit..]), 0);
+            let mut rx = Rx::default();
+            pump(&mut c, &mut s, &mut rx).unwrap();
+            assert!(rx.server == data[..limit], "{} bytes", rx.server.len());
+
+            // Established: encrypted records wait for poll_ciphertext, bounded.
+            let mut sent = limit;
+            let first = c.write_plaintext(&data[sent..]);
+            assert_eq!(first, limit);
+            assert_eq!(c.write_plaintext(&data[sent + first..]), 0, "short count");
+            sent += first;
+            while sent < data.len() {
+                pump(&mut c, &mut s, &mut rx).unwrap();
+                let cap = c.write_capacity();
+                assert_eq!(c.write_plaintext(&data[sent..]), cap.min(data.len() - sent));
+                sent += cap.min(data.len() - sent);
+            }
+            pump(&mut c, &mut s, &mut rx).unwrap();
+            assert!(rx.server == data, "{} bytes", rx.server.len());
+        }
+
+        #[test]
+        fn garbage_from_the_server_is_a_protocol_error() {
+            let pki = Pki::new("Handshake Test CA");
+            let srv = server_for(&pki.leaf(&[NAME]));
+            let client = client_trusting(&pki, &TlsClientConfig::default());
+            let mut rng = Rng(0x5eed_c11e_0000_0008);
+            let mut refused = 0;
+            for round in 0..200 {
+                // Half the rounds while handshaking, half on an established session.
+                let mut c = if round % 2 == 0 {
+                    let mut c = client.connect(NAME).unwrap();
+                    while c.poll_ciphertext(&mut [0u8; 4096]) > 0 {}
+                    c
+                } else {
+                    connect(&client, &srv, NAME).0
+                };
+                let len = 1 + (rng.next() % 3000) as usize;
+                let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                match c.handle_ciphertext(&data) {
+                    Err(TlsError::Protocol(_)) => {
+                        refused += 1;
+                        assert!(c.is_dead());
+                    }
+                    // A record header announcing more than was sent: rustls waits for the rest.
+                    Ok(n) => assert!(n == len && !c.is_dead()),
+                    Err(e) => panic!("unexpected {e:?}"),
+                }
+            }
+            assert!(refused >= 190, "{refused} of 200 refused");
+        }
+
+        #[test]
+        fn system_roots_build_and_refuse_a_private_ca() {
+            let client = TlsClient::new(&TlsClientConfig::default()).unwrap();
+            let pki = Pki::new("Handshake Test CA");
+            let srv = server_for(&pki.leaf(&[NAME]));
+            let (e, _) = refused(&client, &srv, NAME);
+            assert!(matches!(e, TlsError::UnknownIssuer { .. }), "{e:?}");
+        }
+
+        #[test]
+        fn cacert_file_is_read_and_errors_name_it() {
+            let dir = std::env::temp_dir()
+                .join(format!("handshake-tlsclient-test-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let pki = Pki::new("Handshake Test CA");
+            let leaf = pki.leaf(&[NAME]);
+            let with = |path: &std::path::Path| TlsClientConfig {
+                cacert: Some(path.to_path_buf()),
+                ..TlsClientConfig::default()
+            };
+            let ca = dir.join("ca.pem");
+            std::fs::write(&ca, pki.ca_pem()).unwrap();
+            let client = TlsClient::new(&with(&ca)).unwrap();
+            connect(&client, &server_for(&leaf), NAME);
+
+            let missing = dir.join("missing.pem");
+            let e = TlsClient::new(&with(&missing)).unwrap_err();
+            assert!(matches!(e, TlsError::ReadFile { .. }), "{e:?}");
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with(&format!(
+                    "cannot read CA certificates {}: ",
+                    missing.display()
+                )) && msg
+                    .ends_with("(pass --cacert with a PEM file of the CA certificates to trust)"),
+                "{msg}"
+            );
+            let key = dir.join("key.pem");
+            std::fs::write(&key, &leaf.key_pem).unwrap();
+            let e = TlsClient::new(&with(&key)).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("no certificate in --cacert {}", key.display())),
+                "{e}"
+            );
+            std::fs::remove_dir_all(&dir).unwrap();
+
+            let e = TlsClient::from_pem_roots(b"", &TlsClientConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("no certificate in the PEM roots"), "{e}");
+            let bad = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+            let e = TlsClient::from_pem_roots(bad.as_bytes(), &TlsClientConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("certificate #0 of the PEM roots cannot be used as a CA"),
+                "{e}"
+            );
+        }
+
+        #[test]
+        fn client_config_is_validated() {
+            let d = TlsClientConfig::default;
+            assert_eq!(d().alpn, [b"http/1.1".to_vec()]);
+            assert!(d().resumption && d().tls12 && d().cacert.is_none());
+            let check = |cfg: TlsClientConfig, needle: &str| {
+                let e = TlsClient::from_pem_roots(b"", &cfg).unwrap_err();
+                assert!(matches!(e, TlsError::Config(_)), "{e:?}");
+                assert!(e.to_string().contains(needle), "{e}");
+            };
+            check(
+                TlsClientConfig {
+                    buffer_limit: 100,
+                    ..d()
+                },
+                "the TLS client's buffer_limit = 100 is out of range",
+            );
+            check(
+                TlsClientConfig {
+                    alpn: vec![b"h2".to_vec(), b"h2".to_vec()],
+                    ..d()
+                },
+                "the TLS client's alpn lists \"h2\" twice",
+            );
+            check(
+                TlsClientConfig {
+                    alpn: vec![Vec::new()],
+                    ..d()
+                },
+                "1 to 255 bytes",
+            );
+        }
+
+        #[test]
+        fn alpn_mismatch_is_refused_by_the_server() {
+            let pki = Pki::new("Handshake Test CA");
+            let srv = server_for(&pki.leaf(&[NAME]));
+            let cfg = TlsClientConfig {
+                alpn: vec![b"h2".to_vec()],
+                ..TlsClientConfig::default()
+            };
+            let client = client_trusting(&pki, &cfg);
+            let mut c = client.connect(NAME).unwrap();
+            let mut s = srv.accept().unwrap();
+            match pump(&mut c, &mut s, &mut Rx::default()) {
+                Err(Failed::Server(TlsError::Protocol(_))) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+            match transfer(&mut s, &mut c, &mut Vec::new()) {
+                Err(TlsError::Protocol(m)) => assert!(m.contains("NoApplicationProtocol"), "{m}"),
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(c.is_dead());
+        }
     }
 }

@@ -266,7 +266,8 @@ pub enum TlsError {
     CertificateName {
         /// The name connected to ([`TlsClient::connect`]).
         name: String,
-        /// The DNS names and IP addresses the certificate lists (when rustls reports them).
+        /// The DNS names and IP addresses the certificate lists (when rustls reports them;
+        /// other kinds of name as rustls describes them).
         presented: Vec<String>,
     },
     /// Client side: the server's certificate chain does not lead to a trusted CA (this includes
