@@ -3,8 +3,8 @@
 //! A kernel-bypass TCP/TLS engine on AF_XDP. This crate holds the sans-IO protocol core and the
 //! thin shells around it:
 //!
-//! - [`wire`]: views over received bytes and in-place builders for Ethernet, ARP, IPv4, ICMP, TCP;
-//!   the Internet checksum, full and incremental.
+//! - [`wire`]: views over received bytes and in-place builders for Ethernet, ARP, IPv4, ICMP, TCP,
+//!   UDP; the Internet checksum, full and incremental.
 //! - [`app`]: built-in apps (TCP echo, HTTP/1.1, HTTPS) driven by TCP events.
 //! - [`http`]: the sans-IO HTTP/1.1 responder and its [`http::Handler`] trait.
 //! - [`https`]: a TLS session with the responder over any transport; the session pool.
