@@ -11,6 +11,7 @@
 //! - [`arp`]: the neighbour cache (expiry, refresh, bounded pending queues, retries with backoff).
 //! - [`ipv4`]: validation, the routing decision (on-link or gateway), ICMP.
 //! - [`tcp`]: the TCP engine (RFC 9293).
+//! - [`dns`]: the sans-IO stub resolver (A records over UDP, cache, retries across servers).
 //! - [`stack`]: ties the layers together behind `handle_frame` / `poll_transmit` / `poll_timeout`.
 //! - [`device`]: the batched frame device interface, an in-memory device with fault injection and a
 //!   pcap writer.
@@ -35,6 +36,7 @@ pub mod capture;
 pub mod config;
 pub mod daemon;
 pub mod device;
+pub mod dns;
 pub mod http;
 pub mod https;
 pub mod ipv4;
