@@ -809,6 +809,8 @@ struct Labels<'a> {
     total: usize,
     /// Where the name ends in place (after its first pointer or its root label).
     end: Option<usize>,
+    /// The root label was reached: every further call returns `None`.
+    done: bool,
 }
 
 impl<'a> Labels<'a> {
@@ -820,11 +822,15 @@ impl<'a> Labels<'a> {
             jumps: 0,
             total: 0,
             end: None,
+            done: false,
         }
     }
 
     /// The next label, `None` at the root.
     fn next_label(&mut self) -> Result<Option<&'a [u8]>, &'static str> {
+        if self.done {
+            return Ok(None);
+        }
         loop {
             let len = *self.m.get(self.pos).ok_or("name runs past the message")?;
             match len & 0xc0 {
@@ -835,6 +841,7 @@ impl<'a> Labels<'a> {
                     }
                     if len == 0 {
                         self.end.get_or_insert(self.pos + 1);
+                        self.done = true;
                         return Ok(None);
                     }
                     let start = self.pos + 1;

@@ -499,6 +499,43 @@ fn pointer_chains_are_bounded() {
 }
 
 #[test]
+fn longest_names_compare_and_longer_are_rejected() {
+    // Two 255-byte names (the longest allowed) with different label structure: a mismatch, not
+    // an error.
+    let wire = |labels: &[usize]| {
+        let mut v = Vec::new();
+        for &n in labels {
+            v.push(n as u8);
+            v.extend(std::iter::repeat_n(b'a', n));
+        }
+        v.push(0);
+        v
+    };
+    let a = wire(&[63, 63, 63, 61]);
+    let b = wire(&[63, 63, 63, 59, 1]);
+    assert_eq!((a.len(), b.len()), (255, 255));
+    let mut m = a.clone();
+    m.extend_from_slice(&b);
+    assert_eq!(names_equal(&m, 0, 255), Ok(false));
+    assert_eq!(names_equal(&m, 255, 0), Ok(false));
+    assert_eq!(names_equal(&m, 0, 0), Ok(true));
+    // A finished walk stays finished (it does not count the root label again).
+    let mut l = Labels::new(&m, 0);
+    while l.next_label().unwrap().is_some() {}
+    for _ in 0..3 {
+        assert_eq!(l.next_label(), Ok(None));
+    }
+    let mut long = a.clone();
+    long.insert(0, 0); // 256 bytes: one label too many
+    long[0] = 1;
+    long.insert(1, b'x');
+    assert_eq!(
+        Labels::new(&long, 0).skip(),
+        Err("name longer than 255 bytes")
+    );
+}
+
+#[test]
 fn truncated_record_is_rejected() {
     assert_malformed_ignored(&SIMPLE[..46], "record data runs past the message");
     assert_malformed_ignored(&SIMPLE[..40], "record runs past the message");
