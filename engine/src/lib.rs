@@ -3,14 +3,15 @@
 //! A kernel-bypass TCP/TLS engine on AF_XDP. This crate holds the sans-IO protocol core and the
 //! thin shells around it:
 //!
-//! - [`wire`]: views over received bytes and in-place builders for Ethernet, ARP, IPv4, ICMP, TCP;
-//!   the Internet checksum, full and incremental.
+//! - [`wire`]: views over received bytes and in-place builders for Ethernet, ARP, IPv4, ICMP, TCP,
+//!   UDP; the Internet checksum, full and incremental.
 //! - [`app`]: built-in apps (TCP echo, HTTP/1.1, HTTPS) driven by TCP events.
 //! - [`http`]: the sans-IO HTTP/1.1 responder and its [`http::Handler`] trait.
 //! - [`https`]: a TLS session with the responder over any transport; the session pool.
 //! - [`arp`]: the neighbour cache (expiry, refresh, bounded pending queues, retries with backoff).
 //! - [`ipv4`]: validation, the routing decision (on-link or gateway), ICMP.
 //! - [`tcp`]: the TCP engine (RFC 9293).
+//! - [`dns`]: the sans-IO stub resolver (A records over UDP, cache, retries across servers).
 //! - [`stack`]: ties the layers together behind `handle_frame` / `poll_transmit` / `poll_timeout`.
 //! - [`device`]: the batched frame device interface, an in-memory device with fault injection and a
 //!   pcap writer.
@@ -35,6 +36,7 @@ pub mod capture;
 pub mod config;
 pub mod daemon;
 pub mod device;
+pub mod dns;
 pub mod http;
 pub mod https;
 pub mod ipv4;

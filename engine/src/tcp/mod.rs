@@ -24,7 +24,7 @@ mod buf;
 mod cc;
 pub mod config;
 mod conn;
-mod hash;
+pub(crate) mod hash;
 mod seq;
 mod table;
 mod wheel;

@@ -9,5 +9,6 @@ pub mod ethernet;
 pub mod icmp;
 pub mod ipv4;
 pub mod tcp;
+pub mod udp;
 
 pub use ethernet::Mac;
