@@ -8,13 +8,15 @@
 //! TLS work on the packet core, [`HttpsConn`] over the TCP connection) or on the session pool
 //! ([`crate::https::pool`]), where this side only moves ciphertext between TCP and the pool.
 
+use crate::client::{ClientConn, ClientError, ClientEvent};
 use crate::http::{ByteStream, Handler, HttpConn, HttpStats, Limits, StaticPage};
 use crate::https::pool::{FromPool, ToPool, WorkerLink, CHUNK};
 use crate::https::{HttpsConn, HttpsStats, Timeouts, Transport};
-use crate::tcp::{ConnId, Event, Tcp};
+use crate::tcp::{ConnId, Event, Tcp, TcpError};
 use crate::time::Instant;
 use crate::tls::TlsServer;
 use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +80,12 @@ pub struct AppStats {
     pub pool_flows: u64,
     /// HTTPS connections the pool refused or failed (reset).
     pub pool_aborts: u64,
+    /// Client requests started.
+    pub client_requests: u64,
+    /// Client requests that ended with a complete response.
+    pub client_ok: u64,
+    /// Client requests that failed.
+    pub client_failed: u64,
 }
 
 /// A TCP connection as a byte stream and a transport.
@@ -153,6 +161,8 @@ enum Slot {
     Http(Box<HttpConn>, Instant, ConnId),
     Https(Box<InlineHttps>, ConnId),
     Remote(Box<Remote>),
+    /// A request this side made, and its deadline.
+    Client(Box<ClientConn>, Instant, ConnId),
 }
 
 /// How often deadlines are checked.
@@ -183,6 +193,8 @@ pub struct Apps {
     stats: AppStats,
     now: Instant,
     last_sweep: Instant,
+    /// Outcomes of client requests, for [`Apps::poll_client_event`].
+    client_events: VecDeque<ClientEvent>,
 }
 
 impl std::fmt::Debug for Apps {
@@ -222,7 +234,37 @@ impl Apps {
             stats: AppStats::default(),
             now: Instant::ZERO,
             last_sweep: Instant::ZERO,
+            client_events: VecDeque::new(),
         }
+    }
+
+    /// Opens a TCP connection from `local` to `remote` for the client request `req`, which must
+    /// complete within its timeout.
+    pub fn open_client(
+        &mut self,
+        tcp: &mut Tcp,
+        now: Instant,
+        local: Ipv4Addr,
+        remote: SocketAddrV4,
+        req: ClientConn,
+    ) -> Result<ConnId, TcpError> {
+        self.now = now;
+        let deadline = now + req.timeout();
+        let conn = tcp.connect(now, local, remote)?;
+        match self.slots.get_mut(conn.index() as usize) {
+            Some(slot) => *slot = Slot::Client(Box::new(req), deadline, conn),
+            None => {
+                let _ = tcp.abort(conn);
+                return Err(TcpError::TableFull);
+            }
+        }
+        self.stats.client_requests += 1;
+        Ok(conn)
+    }
+
+    /// The outcome of the next finished client request.
+    pub fn poll_client_event(&mut self) -> Option<ClientEvent> {
+        self.client_events.pop_front()
     }
 
     /// Sends this worker's HTTPS connections to the session pool through `link`.
@@ -353,12 +395,23 @@ impl Apps {
                     Some(Slot::Https(h, _)) => h.conn.transport_closed(),
                     // Told to the pool by `service_remote`, after the bytes before the FIN.
                     Some(Slot::Remote(r)) => r.peer_closed = true,
+                    Some(Slot::Client(c, ..)) => c.transport_closed(),
                     _ => {}
                 }
                 self.service(tcp, conn);
             }
-            Event::Closed { conn, .. } => self.release(conn),
-            Event::Connected { .. } => {}
+            Event::Closed { conn, reason } => {
+                if let Some(Slot::Client(c, ..)) = self.slots.get_mut(conn.index() as usize) {
+                    c.fail(self.now, ClientError::closed(reason));
+                }
+                self.release(conn)
+            }
+            Event::Connected { conn } => {
+                if let Some(Slot::Client(c, ..)) = self.slots.get_mut(conn.index() as usize) {
+                    c.connected(self.now);
+                }
+                self.service(tcp, conn);
+            }
         }
     }
 
@@ -385,8 +438,22 @@ impl Apps {
                 self.stats.pool_flows -= 1;
                 self.spare_remote.push(r);
             }
+            Slot::Client(mut c, ..) => {
+                if let Some(ev) = c.take_event() {
+                    self.client_done(ev);
+                }
+            }
             Slot::Free | Slot::Echo { .. } => {}
         }
+    }
+
+    fn client_done(&mut self, ev: ClientEvent) {
+        if ev.result.is_ok() {
+            self.stats.client_ok += 1;
+        } else {
+            self.stats.client_failed += 1;
+        }
+        self.client_events.push_back(ev);
     }
 
     /// Messages from the pool: output to send, credit to read more, close or abort.
@@ -444,6 +511,14 @@ impl Apps {
                         continue;
                     }
                     *conn
+                }
+                Slot::Client(c, deadline, conn) => {
+                    if self.now <= *deadline || c.is_finished() {
+                        continue;
+                    }
+                    c.fail(self.now, ClientError::Timeout(c.timeout()));
+                    let _ = tcp.abort(*conn);
+                    continue;
                 }
                 _ => continue,
             };
@@ -523,6 +598,19 @@ impl Apps {
             Slot::Remote(r) => {
                 if let Some(link) = &mut self.pool {
                     Self::service_remote(tcp, conn, r, link, &mut self.owing);
+                }
+            }
+            Slot::Client(c, ..) => {
+                let mut io = TcpStream {
+                    tcp,
+                    conn,
+                    moved: 0,
+                };
+                if c.service(&mut io, self.now, &mut self.scratch) {
+                    let _ = tcp.close(conn);
+                }
+                if let Some(ev) = c.take_event() {
+                    self.client_done(ev);
                 }
             }
         }

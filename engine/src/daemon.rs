@@ -331,7 +331,7 @@ pub fn summary(per_queue: &[StackStats]) -> String {
 pub use xdp::run;
 
 #[cfg(feature = "xdp")]
-mod xdp {
+pub(crate) mod xdp {
     use super::*;
     use crate::config::{Config, XdpMode};
     use crate::loader::{AttachMode, XdpLoader};
@@ -341,7 +341,7 @@ mod xdp {
     use anyhow::{bail, Context};
     use std::path::PathBuf;
 
-    fn iface_mac(iface: &str) -> anyhow::Result<Mac> {
+    pub(crate) fn iface_mac(iface: &str) -> anyhow::Result<Mac> {
         let path = format!("/sys/class/net/{iface}/address");
         let text = std::fs::read_to_string(&path).map_err(|_| {
             anyhow::anyhow!("interface {iface} not found (no {path}): check the name with `ip link`, and run inside its network namespace")
@@ -362,7 +362,7 @@ mod xdp {
     }
 
     /// 32 bytes from the kernel's CSPRNG: keys ISNs, SYN cookies and hash tables.
-    fn random_secret() -> anyhow::Result<[u8; 32]> {
+    pub(crate) fn random_secret() -> anyhow::Result<[u8; 32]> {
         use std::io::Read;
         let mut s = [0u8; 32];
         std::fs::File::open("/dev/urandom")
@@ -391,7 +391,7 @@ mod xdp {
     /// Opens the AF_XDP socket of `queue`. The kernel releases a closed socket's queue
     /// asynchronously, so right after a previous daemon exited (even by SIGKILL) the bind can
     /// fail with EBUSY for some milliseconds: retry for up to 2 s before giving up.
-    fn open_port(
+    pub(crate) fn open_port(
         iface: &str,
         queue: u32,
         cfg: &crate::xsk::XskConfig,

@@ -1128,5 +1128,48 @@ pub fn describe(payload: &[u8]) -> Option<String> {
     Some(s)
 }
 
+/// What the trace needs of a DNS message: the question's name, the A records answered (for
+/// the name asked or along its CNAME chain), and [`describe`]'s line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// The question's name, lowercased.
+    pub name: String,
+    /// Addresses in A records of an answer (empty for a query or an error).
+    pub addrs: Vec<Ipv4Addr>,
+    /// The rendered line.
+    pub text: String,
+}
+
+/// [`describe`] with the name and the addresses, or `None` when `payload` is not a DNS message.
+pub fn summarize(payload: &[u8]) -> Option<Summary> {
+    let text = describe(payload)?;
+    let h = Header::parse(payload)?;
+    let mut name = String::new();
+    let mut addrs = Vec::new();
+    if h.qd >= 1 {
+        let mut pos = render_name(payload, HEADER_LEN, &mut name).ok()? + 4;
+        for _ in 1..h.qd {
+            pos = Labels::new(payload, pos).skip().ok()? + 4;
+        }
+        if h.flags & FLAG_QR != 0 && h.rcode() == 0 {
+            for _ in 0..h.an {
+                let Ok((r, next)) = record(payload, pos) else {
+                    break;
+                };
+                pos = next;
+                if r.rtype == TYPE_A && r.rdlen == 4 && addrs.len() < MAX_ADDRS {
+                    let d = &payload[r.rdata..r.rdata + 4];
+                    addrs.push(Ipv4Addr::new(d[0], d[1], d[2], d[3]));
+                }
+            }
+        }
+    }
+    Some(Summary {
+        name: name.to_ascii_lowercase(),
+        addrs,
+        text,
+    })
+}
+
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@
 //! - [`ipv4`]: validation, the routing decision (on-link or gateway), ICMP.
 //! - [`tcp`]: the TCP engine (RFC 9293).
 //! - [`dns`]: the sans-IO stub resolver (A records over UDP, cache, retries across servers).
+//! - [`client`]: the browser's side: an HTTP/1.1 request over TCP, in the clear or through TLS.
 //! - [`stack`]: ties the layers together behind `handle_frame` / `poll_transmit` / `poll_timeout`.
 //! - [`device`]: the batched frame device interface, an in-memory device with fault injection and a
 //!   pcap writer.
@@ -33,6 +34,7 @@
 pub mod app;
 pub mod arp;
 pub mod capture;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod device;

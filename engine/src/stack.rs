@@ -11,7 +11,9 @@
 
 use crate::app::{AppConfig, Apps};
 use crate::arp::{ArpConfig, Learn, Lookup, NeighborCache, NeighborEvent};
+use crate::client::{ClientConn, ClientEvent, ClientRequest};
 use crate::device::{Device, Verdict, BATCH};
+use crate::dns::{DnsError, DnsEvent, QueryId, Resolver, ResolverConfig};
 use crate::ipv4::{IcmpConfig, Routes, TokenBucket};
 use crate::stats::{DropReason, StackStats};
 use crate::tcp::{Tcp, TcpConfig};
@@ -21,7 +23,8 @@ use crate::wire::checksum;
 use crate::wire::ethernet::{self, Mac, ETHERTYPE_ARP, ETHERTYPE_IPV4};
 use crate::wire::icmp::{self, IcmpError};
 use crate::wire::ipv4::{self, Ipv4Error, Ipv4View};
-use core::net::Ipv4Addr;
+use crate::wire::udp;
+use core::net::{Ipv4Addr, SocketAddrV4};
 use std::collections::VecDeque;
 
 /// Offset of the IPv4 header in a frame.
@@ -56,6 +59,9 @@ pub struct StackConfig {
     pub apps: AppConfig,
     /// Secret keying ISNs, SYN cookies and flow hashes (random per process, same on all workers).
     pub secret: [u8; 32],
+    /// The DNS stub resolver of the client side (`None`: no name resolution; UDP to us is
+    /// answered with ICMP port unreachable).
+    pub dns: Option<ResolverConfig>,
 }
 
 impl StackConfig {
@@ -73,6 +79,7 @@ impl StackConfig {
             tcp: TcpConfig::default(),
             apps: AppConfig::default(),
             secret: [0x5a; 32],
+            dns: None,
         }
     }
 }
@@ -102,6 +109,7 @@ pub struct Stack {
     stats: StackStats,
     tcp: Tcp,
     apps: Apps,
+    dns: Option<Resolver>,
     /// Earliest instant at which `maybe_handle_timeout` looks at the timers again.
     next_timer_check: Instant,
     /// The latest time given (for the apps' deadlines).
@@ -130,6 +138,7 @@ impl Stack {
         Stack {
             tcp,
             apps,
+            dns: cfg.dns.map(|d| Resolver::new(d, cfg.secret)),
             next_timer_check: Instant::ZERO,
             now: Instant::ZERO,
             mac: cfg.mac,
@@ -423,6 +432,7 @@ impl Stack {
                 }
                 Ok(Verdict::Drop)
             }
+            ipv4::PROTO_UDP if self.dns.is_some() => self.handle_udp(now, frame, &ip),
             ipv4::PROTO_UDP => {
                 self.unreachable(
                     now,
@@ -442,6 +452,74 @@ impl Stack {
                 Err(DropReason::ProtoUnreachable)
             }
         }
+    }
+
+    /// A UDP datagram to us: a DNS answer for the resolver, or port unreachable.
+    fn handle_udp(
+        &mut self,
+        now: Instant,
+        frame: &mut [u8],
+        ip: &Ipv4View,
+    ) -> Result<Verdict, DropReason> {
+        let packet = IP..IP + ip.total_len;
+        let dgram = &frame[IP + ip.header_len..IP + ip.total_len];
+        let u = udp::parse(ip.src.octets(), ip.dst.octets(), dgram).map_err(|e| match e {
+            udp::UdpError::BadChecksum => DropReason::UdpBadChecksum,
+            _ => DropReason::UdpTruncated,
+        })?;
+        let from = SocketAddrV4::new(ip.src, u.src_port);
+        let dns = self.dns.as_mut().expect("checked by the caller");
+        if dns.owns_port(u.dst_port) {
+            #[cfg(feature = "trace")]
+            if let Some(t) = self.tracer.as_deref_mut() {
+                t.on_dns(now, crate::trace::Dir::In, from, u.payload);
+            }
+            self.stats.udp_datagrams += 1;
+            dns.handle_datagram(now, from, u.dst_port, u.payload);
+            return Ok(Verdict::Drop);
+        }
+        self.unreachable(now, &frame[packet], ip, icmp::CODE_PORT_UNREACHABLE);
+        Err(DropReason::ProtoUnreachable)
+    }
+
+    /// Starts resolving `name` (an A query through the configured servers, or the cache);
+    /// the answer comes from [`Stack::poll_dns_event`].
+    pub fn resolve(&mut self, now: Instant, name: &str) -> Result<QueryId, DnsError> {
+        self.dns
+            .as_mut()
+            .ok_or(DnsError::NoServers)?
+            .resolve(now, name)
+    }
+
+    /// The next finished name resolution.
+    pub fn poll_dns_event(&mut self) -> Option<DnsEvent> {
+        self.dns.as_mut()?.poll_event()
+    }
+
+    /// The resolver, when configured.
+    pub fn resolver(&self) -> Option<&Resolver> {
+        self.dns.as_ref()
+    }
+
+    /// Starts the client request `req` to `remote` (the routing decision picks our source
+    /// address and the next hop), through `tls` when given. Its outcome comes from
+    /// [`Stack::poll_client_event`].
+    pub fn http_request(
+        &mut self,
+        now: Instant,
+        remote: SocketAddrV4,
+        req: &ClientRequest,
+        tls: Option<crate::tls::TlsClientSession>,
+    ) -> Result<crate::tcp::ConnId, crate::tcp::TcpError> {
+        let local = self.routes.source_for(*remote.ip());
+        let conn = ClientConn::new(req, tls);
+        self.apps
+            .open_client(&mut self.tcp, now, local, remote, conn)
+    }
+
+    /// The outcome of the next finished client request.
+    pub fn poll_client_event(&mut self) -> Option<ClientEvent> {
+        self.apps.poll_client_event()
     }
 
     fn handle_icmp(
@@ -604,6 +682,30 @@ impl Stack {
                 }
                 continue;
             }
+            if let Some(d) = self.dns.as_mut().and_then(|r| {
+                r.poll_transmit(now, &mut buf[IP + ipv4::MIN_HEADER_LEN + udp::HEADER_LEN..])
+            }) {
+                let src = self.routes.source_for(*d.dst.ip());
+                let seg = IP + ipv4::MIN_HEADER_LEN;
+                let n = udp::emit(
+                    &mut buf[seg..],
+                    src.octets(),
+                    d.dst.ip().octets(),
+                    d.src_port,
+                    d.dst.port(),
+                    d.len,
+                );
+                #[cfg(feature = "trace")]
+                if let Some(t) = self.tracer.as_deref_mut() {
+                    let payload = &buf[seg + udp::HEADER_LEN..seg + n];
+                    t.on_dns(now, crate::trace::Dir::Out, d.dst, payload);
+                }
+                if let Some(len) = self.finish_ipv4(now, buf, src, *d.dst.ip(), ipv4::PROTO_UDP, n)
+                {
+                    return Some(len);
+                }
+                continue;
+            }
             if !self.tcp.may_transmit() {
                 return None;
             }
@@ -629,10 +731,14 @@ impl Stack {
         if self.gratuitous > 0 || !self.icmp_errors.is_empty() || self.neighbors.has_ready() {
             return Some(Instant::ZERO);
         }
-        match (self.neighbors.poll_timeout(), self.tcp.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.neighbors.poll_timeout(),
+            self.tcp.poll_timeout(),
+            self.dns.as_ref().and_then(|d| d.poll_timeout()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Runs the timers if any is due, looking at most once per millisecond (the timers'
@@ -653,6 +759,9 @@ impl Stack {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.neighbors.handle_timeout(now);
         self.tcp.handle_timeout(now);
+        if let Some(d) = self.dns.as_mut() {
+            d.handle_timeout(now);
+        }
         #[cfg(feature = "trace")]
         if self.tracer.is_some() {
             self.trace_states(now);

@@ -91,6 +91,10 @@ drop_reasons! {
     NoRoute => "no_route",
     /// An outgoing packet dropped: no transmit buffer.
     TxNoBuffer => "tx_no_buffer",
+    /// UDP shorter than its header, or its length field lies.
+    UdpTruncated => "udp_truncated",
+    /// UDP checksum wrong.
+    UdpBadChecksum => "udp_bad_checksum",
 }
 
 /// Counters of one stack (one worker, one queue).
@@ -114,6 +118,8 @@ pub struct StackStats {
     pub icmp_errors: u64,
     /// TCP segments handed to the TCP layer.
     pub tcp_segments: u64,
+    /// UDP datagrams handed to the DNS resolver.
+    pub udp_datagrams: u64,
     /// TCP connections open (any state but CLOSED and TIME_WAIT); filled by `Stack::snapshot`.
     pub tcp_flows: u64,
     /// TCP connections in TIME_WAIT.
@@ -240,6 +246,8 @@ impl SharedStats {
             tls_refused: v(21),
             http_responses: v(22),
             drops: core::array::from_fn(|i| v(SCALARS + i)),
+            // Not published: the client side runs one stack, read directly.
+            udp_datagrams: 0,
         }
     }
 }

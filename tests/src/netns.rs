@@ -46,11 +46,23 @@ pub const PREFIX_LEN: u8 = 24;
 pub const ENGINE_MAC: [u8; 6] = [0x02, 0x68, 0x73, 0x00, 0x00, 0x01];
 /// MAC address of the peer's veth end.
 pub const PEER_MAC: [u8; 6] = [0x02, 0x68, 0x73, 0x00, 0x00, 0x02];
+/// Routed topology ([`TopologyBuilder::routed`]): the gateway address of the peer namespace,
+/// which then routes between 198.18.0.0/24 and 198.19.0.0/24.
+pub const ROUTER_ADDR: &str = "198.18.0.254";
+/// Routed topology: the router's address on the far subnet.
+pub const ROUTER_FAR_ADDR: &str = "198.19.0.254";
+/// Routed topology: the server's address, on the far subnet ("a different subnet", seed 003).
+pub const SERVER_ADDR: &str = "198.19.0.10";
+/// Routed topology: MAC address of the router's end towards the server.
+pub const ROUTER_FAR_MAC: [u8; 6] = [0x02, 0x68, 0x73, 0x00, 0x01, 0xfe];
+/// Routed topology: MAC address of the server's veth end.
+pub const SERVER_MAC: [u8; 6] = [0x02, 0x68, 0x73, 0x00, 0x01, 0x0a];
 
 /// Name prefix of every namespace this module creates.
 const NS_PREFIX: &str = "hs-";
 const ENG_PREFIX: &str = "hs-eng-";
 const PEER_PREFIX: &str = "hs-peer-";
+const SRV_PREFIX: &str = "hs-srv-";
 /// Ids of persistent topologies (`cargo xtask netns up`) start with this letter.
 const PERSIST_MARK: char = 'd';
 /// Longest interface name (`IFNAMSIZ - 1`); `he` + id must fit.
@@ -67,6 +79,7 @@ pub struct TopologyBuilder {
     kernel_addr: bool,
     ipv6: bool,
     persist: bool,
+    routed: bool,
 }
 
 impl Default for TopologyBuilder {
@@ -76,11 +89,22 @@ impl Default for TopologyBuilder {
             kernel_addr: true,
             ipv6: false,
             persist: false,
+            routed: false,
         }
     }
 }
 
 impl TopologyBuilder {
+    /// Makes the peer namespace a router as well (ip_forward on, [`ROUTER_ADDR`] beside
+    /// [`PEER_ADDR`]) to a third namespace `hs-srv-<id>` on another subnet: veth `hr<id>`
+    /// ([`ROUTER_FAR_ADDR`]) in the peer namespace to `hs<id>` ([`SERVER_ADDR`], default route
+    /// via the router) in the server namespace. Hosts there are off-link for the engine: it
+    /// reaches them through its gateway, ARPing for the router's MAC, not theirs.
+    pub fn routed(mut self, on: bool) -> Self {
+        self.routed = on;
+        self
+    }
+
     /// Number of TX and RX queues on both veth ends (1..=64). Per-queue steering needs native
     /// XDP: generic mode reports every frame on queue 0.
     pub fn queues(mut self, queues: u32) -> Self {
@@ -137,6 +161,7 @@ impl TopologyBuilder {
             kernel_addr: self.kernel_addr,
             ipv6: self.ipv6,
             persist: self.persist,
+            routed: self.routed,
             created: true,
         };
         if topo.eng_if.len() > IFNAME_MAX {
@@ -161,6 +186,7 @@ pub struct Topology {
     kernel_addr: bool,
     ipv6: bool,
     persist: bool,
+    routed: bool,
     created: bool,
 }
 
@@ -189,7 +215,124 @@ impl Topology {
                 }
             }
         }
-        self.create_veth()
+        self.create_veth()?;
+        if self.routed {
+            self.build_far_side()?;
+        }
+        Ok(())
+    }
+
+    /// The router's second leg and the server namespace behind it.
+    fn build_far_side(&self) -> Result<()> {
+        let srv_ns = self.srv_ns();
+        let (rif, sif) = (format!("hr{}", self.id), format!("hs{}", self.id));
+        ip(["netns", "add", &srv_ns])?;
+        if !self.ipv6 {
+            for key in [
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ] {
+                run_checked("ip", ["netns", "exec", &srv_ns, "sysctl", "-qw", key])?;
+            }
+        }
+        ip([
+            "-n",
+            &self.peer_ns,
+            "link",
+            "add",
+            &rif,
+            "address",
+            &mac_string(ROUTER_FAR_MAC),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &sif,
+            "netns",
+            &srv_ns,
+            "address",
+            &mac_string(SERVER_MAC),
+        ])?;
+        let cidr = |a: &str| format!("{a}/{PREFIX_LEN}");
+        ip([
+            "-n",
+            &self.peer_ns,
+            "addr",
+            "add",
+            &cidr(ROUTER_ADDR),
+            "dev",
+            &self.peer_if,
+        ])?;
+        ip([
+            "-n",
+            &self.peer_ns,
+            "addr",
+            "add",
+            &cidr(ROUTER_FAR_ADDR),
+            "dev",
+            &rif,
+        ])?;
+        ip([
+            "-n",
+            &srv_ns,
+            "addr",
+            "add",
+            &cidr(SERVER_ADDR),
+            "dev",
+            &sif,
+        ])?;
+        for (ns, dev) in [(&self.peer_ns, &rif), (&srv_ns, &sif)] {
+            ip(["-n", ns, "link", "set", "lo", "up"])?;
+            ip(["-n", ns, "link", "set", dev, "up"])?;
+            run_checked(
+                "ip",
+                ["netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"],
+            )?;
+        }
+        ip([
+            "-n",
+            &srv_ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            ROUTER_FAR_ADDR,
+        ])?;
+        run_checked(
+            "ip",
+            [
+                "netns",
+                "exec",
+                &self.peer_ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )
+    }
+
+    /// The server namespace of a routed topology, `hs-srv-<id>`.
+    pub fn srv_ns(&self) -> String {
+        format!("{SRV_PREFIX}{}", self.id)
+    }
+
+    /// Runs a command given as separate arguments in the server namespace (routed topology).
+    pub fn run_srv_args<I, S>(&self, args: I) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        run_in(&self.srv_ns(), args)
+    }
+
+    /// Starts a command in the server namespace (routed topology) with stdout and stderr
+    /// piped. Kill (and wait for) it before the topology is dropped.
+    pub fn spawn_srv<I, S>(&self, args: I) -> Result<Child>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        spawn_in(&self.srv_ns(), args)
     }
 
     /// Creates the veth pair (names, MACs, queues, addresses, offload off, links up) in the two
@@ -432,7 +575,11 @@ impl Drop for Topology {
 /// deletes its veth end and so the pair.
 pub fn remove(id: &str) -> Result<()> {
     let mut errors = Vec::new();
-    for ns in [format!("{ENG_PREFIX}{id}"), format!("{PEER_PREFIX}{id}")] {
+    for ns in [
+        format!("{ENG_PREFIX}{id}"),
+        format!("{PEER_PREFIX}{id}"),
+        format!("{SRV_PREFIX}{id}"),
+    ] {
         if namespace_exists(&ns) {
             if let Err(e) = ip(["netns", "del", &ns]) {
                 errors.push(format!("{e:#}"));
@@ -453,6 +600,7 @@ pub fn list() -> Result<Vec<String>> {
         .filter_map(|ns| {
             ns.strip_prefix(ENG_PREFIX)
                 .or_else(|| ns.strip_prefix(PEER_PREFIX))
+                .or_else(|| ns.strip_prefix(SRV_PREFIX))
         })
         .map(str::to_owned)
         .collect();

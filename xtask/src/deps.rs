@@ -34,6 +34,8 @@ const TEST_PACKAGES: &[&str] = &[
     "wrk",
     "hping3",
     "nginx-light",
+    // The DNS server of the client-side test (tests/netns_client.rs): dnsmasq without a service.
+    "dnsmasq-base",
     // The HTTPS scan of tests/netns_tls.rs (the command is `testssl`).
     "testssl.sh",
     // nmap's TCP sequence prediction of our ISNs (tests/netns_foundation.rs).

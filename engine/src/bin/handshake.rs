@@ -35,6 +35,15 @@ enum Cmd {
     /// from its metrics endpoint. Run it in the daemon's network namespace
     /// (`ip netns exec NS handshake stats`).
     Stats(StatsArgs),
+    /// The browser's side of the story: resolve the URL's host (--dns, or an address), open a
+    /// TCP connection from --addr through the routing decision (on-link or --gateway) and ARP,
+    /// run TLS for https (verified against --cacert or the system roots), send GET, print the
+    /// body. Exit status: 0 ok, 6 DNS, 7 connect, 22 HTTP >= 400 with --fail, 28 timeout,
+    /// 35 TLS, 56 bad or cut response, 60 certificate refused, 2 setup.
+    Get(Box<GetCli>),
+    /// A load generator on the engine: --count requests to the URL, --concurrency at a time,
+    /// each on a fresh connection (TLS sessions resumed); prints rate and latency percentiles.
+    Load(Box<GetCli>),
     /// Configuration file tools.
     Config {
         /// Validate FILE and report the first error with its line.
@@ -130,6 +139,64 @@ struct RunArgs {
     /// Start with capture paused (SIGUSR1 turns it on).
     #[arg(long)]
     pcap_paused: bool,
+}
+
+/// Flags of `handshake get` and `handshake load`.
+#[derive(Args, Debug)]
+struct GetCli {
+    /// http://HOST[:PORT]/PATH or https://HOST[:PORT]/PATH.
+    #[arg(value_name = "URL")]
+    url: String,
+    /// Interface to use (in this network namespace).
+    #[arg(long, value_name = "IF")]
+    iface: String,
+    /// The engine's address with prefix (not configured on the kernel's side of IF).
+    #[arg(long, value_name = "A.B.C.D/P")]
+    addr: Ipv4Cidr,
+    /// Default gateway for destinations off --addr's subnet.
+    #[arg(long, value_name = "IP")]
+    gateway: Option<Ipv4Addr>,
+    /// DNS server (repeatable; tried in turn).
+    #[arg(long, value_name = "IP")]
+    dns: Vec<Ipv4Addr>,
+    /// A static entry NAME:ADDR, like /etc/hosts (repeatable; before DNS).
+    #[arg(long, value_name = "NAME:ADDR")]
+    resolve: Vec<String>,
+    /// CA certificates (PEM) to verify the server with [default: the system roots].
+    #[arg(long, value_name = "PEM")]
+    cacert: Option<PathBuf>,
+    /// Print the response head before the body.
+    #[arg(short = 'i', long)]
+    include: bool,
+    /// Send HEAD instead of GET.
+    #[arg(short = 'I', long)]
+    head: bool,
+    /// Exit with status 22 when the response status is 400 or above.
+    #[arg(short = 'f', long)]
+    fail: bool,
+    /// Print the story of the request (DNS, ARP, TCP, TLS, close) to standard error: text,
+    /// mermaid or json.
+    #[arg(long, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "text")]
+    trace: Option<String>,
+    /// Seconds each request may take, DNS to the last byte.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    timeout: f64,
+    /// Requests to make (each on a new connection, TLS sessions resumed); later bodies are
+    /// compared with the first.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    count: u64,
+    /// Requests in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    concurrency: u64,
+    /// XDP attach mode.
+    #[arg(long, value_enum)]
+    mode: Option<XdpMode>,
+    /// eBPF object to load (default: next to the executable).
+    #[arg(long, value_name = "PATH")]
+    bpf_object: Option<PathBuf>,
+    /// RX queue of IF to bind.
+    #[arg(long, value_name = "Q", default_value_t = 0)]
+    queue: u32,
 }
 
 /// Flags of `handshake stats`.
@@ -308,6 +375,8 @@ fn main() -> anyhow::Result<()> {
                 r => r,
             }
         }
+        Cmd::Get(a) => client(*a, false),
+        Cmd::Load(a) => client(*a, true),
         Cmd::Trace { file, format } => render_trace(&file, &format),
         Cmd::Stats(a) => stats(a),
         Cmd::Config { check, example } => {
@@ -354,6 +423,74 @@ fn render_trace(file: &std::path::Path, format: &str) -> anyhow::Result<()> {
 #[cfg(not(feature = "trace"))]
 fn render_trace(_: &std::path::Path, _: &str) -> anyhow::Result<()> {
     anyhow::bail!("this build has no trace support: build with the `trace` feature (on by default)")
+}
+
+#[cfg(all(feature = "xdp", feature = "trace"))]
+fn client(a: GetCli, load: bool) -> anyhow::Result<()> {
+    use handshake::client::run::{exit, get, GetArgs};
+    let url: handshake::client::Url = match a.url.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            std::process::exit(exit::SETUP)
+        }
+    };
+    let mut hosts = Vec::new();
+    for r in &a.resolve {
+        let parsed = r
+            .rsplit_once(':')
+            .and_then(|(n, ip)| Some((n.to_ascii_lowercase(), ip.parse::<Ipv4Addr>().ok()?)));
+        match parsed {
+            Some(h) => hosts.push(h),
+            None => anyhow::bail!("--resolve {r}: write NAME:A.B.C.D"),
+        }
+    }
+    let trace = match &a.trace {
+        Some(f) => Some(f.parse().map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    if !(a.timeout > 0.0 && a.timeout < 86_400.0) {
+        anyhow::bail!("--timeout {}: give seconds between 0 and 86400", a.timeout);
+    }
+    let args = GetArgs {
+        url,
+        iface: a.iface,
+        addr: a.addr,
+        gateway: a.gateway,
+        dns: a.dns,
+        hosts,
+        cacert: a.cacert,
+        include: a.include,
+        head: a.head,
+        fail: a.fail,
+        trace,
+        timeout: std::time::Duration::from_secs_f64(a.timeout),
+        count: a.count.max(1),
+        concurrency: a.concurrency.max(1),
+        quiet: load,
+        bpf_object: a.bpf_object,
+        mode: match a.mode.unwrap_or(XdpMode::Auto) {
+            XdpMode::Auto => handshake::loader::AttachMode::Auto,
+            XdpMode::Native => handshake::loader::AttachMode::Native,
+            XdpMode::Skb => handshake::loader::AttachMode::Skb,
+        },
+        queue: a.queue,
+    };
+    match get(&args) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::exit(exit::SETUP)
+        }
+    }
+}
+
+#[cfg(not(all(feature = "xdp", feature = "trace")))]
+fn client(_: GetCli, _: bool) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this build of handshake has no AF_XDP support: build it with `cargo xtask build` \
+         (or `cargo build --release -p handshake --features xdp`)"
+    )
 }
 
 #[cfg(feature = "xdp")]

@@ -248,6 +248,15 @@ pub enum EventKind {
         /// A HelloRetryRequest rather than a ServerHello.
         retry: bool,
     },
+    /// A DNS message of the name resolution that gave a traced connection its peer's address.
+    Dns {
+        /// Direction.
+        dir: Dir,
+        /// The DNS server, `a.b.c.d:53`.
+        server: String,
+        /// What it says, e.g. `query A www.example.test` or `answer www.example.test A 198.19.0.10 ttl 300`.
+        what: String,
+    },
     /// Another TLS record, named by content or by its place in the handshake.
     Tls {
         /// Direction.
@@ -321,6 +330,8 @@ pub struct Tracer {
     pending: Vec<StateChange>,
     events: VecDeque<TraceEvent>,
     arp_recent: VecDeque<(Instant, u32, u32, EventKind)>,
+    /// Recent DNS messages: when, the name, the addresses answered, the event.
+    dns_recent: VecDeque<(Instant, String, Vec<u32>, EventKind)>,
     stats: TraceStats,
 }
 
@@ -337,6 +348,7 @@ impl Tracer {
             pending: Vec::new(),
             events: VecDeque::with_capacity(queue.clamp(1, 1 << 16)),
             arp_recent: VecDeque::with_capacity(ARP_RECENT),
+            dns_recent: VecDeque::new(),
             stats: TraceStats::default(),
         }
     }
@@ -430,6 +442,24 @@ impl Tracer {
             self.arp_recent.pop_front();
         }
         self.arp_recent.push_back((now, s, t, kind));
+    }
+
+    /// A DNS message received from or sent to `server`. Remembered (the last [`ARP_RECENT`]) and
+    /// told as part of the story of the next traced connection to an address it answered.
+    pub fn on_dns(&mut self, now: Instant, dir: Dir, server: std::net::SocketAddrV4, msg: &[u8]) {
+        let Some(m) = crate::dns::summarize(msg) else {
+            return;
+        };
+        let kind = EventKind::Dns {
+            dir,
+            server: server.to_string(),
+            what: m.text,
+        };
+        if self.dns_recent.len() == ARP_RECENT {
+            self.dns_recent.pop_front();
+        }
+        let addrs = m.addrs.iter().map(|a| u32::from(*a)).collect();
+        self.dns_recent.push_back((now, m.name, addrs, kind));
     }
 
     /// A TCP segment (header and payload) received from or sent to the network, between `src`
@@ -549,7 +579,28 @@ impl Tracer {
                 latest[slot] = Some((*at, k.clone()));
             }
         }
-        let mut recent: Vec<(Instant, EventKind)> = latest.into_iter().flatten().collect();
+        // The name resolution that gave the peer's address: the latest answer naming it, and
+        // the queries and answers for that name before it. First in `recent`: a query is
+        // recorded before the ARP request it waits for, at the same instant.
+        let mut recent: Vec<(Instant, EventKind)> = Vec::new();
+        let answered = self.dns_recent.iter().rev().find(|(at, _, addrs, _)| {
+            now.as_micros().saturating_sub(at.as_micros()) <= ARP_WINDOW_US
+                && addrs.contains(&raddr)
+        });
+        if let Some((until, name, ..)) = answered {
+            let (until, name) = (*until, name.clone());
+            recent.extend(
+                self.dns_recent
+                    .iter()
+                    .filter(|(at, n, ..)| {
+                        *n == name
+                            && *at <= until
+                            && now.as_micros().saturating_sub(at.as_micros()) <= ARP_WINDOW_US
+                    })
+                    .map(|(at, _, _, k)| (*at, k.clone())),
+            );
+        }
+        recent.extend(latest.into_iter().flatten());
         recent.sort_by_key(|(at, _)| *at);
         for (at, k) in recent {
             self.push(at, id, k);

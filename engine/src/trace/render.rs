@@ -197,6 +197,7 @@ fn describe(kind: &EventKind) -> Option<(Option<Dir>, String)> {
             (Some(*dir), format!("{what}, {version}, {suite}"))
         }
         EventKind::Tls { dir, what, len } => (Some(*dir), format!("{what} ({len} B)")),
+        EventKind::Dns { dir, server, what } => (Some(*dir), format!("DNS {what} ({server})")),
     })
 }
 
@@ -216,7 +217,21 @@ fn mermaid(f: &FlowStory<'_>) -> String {
     let _ = writeln!(s, "sequenceDiagram");
     let _ = writeln!(s, "participant C as Client {client}");
     let _ = writeln!(s, "participant S as Server {server}");
+    if let Some(dns) = f.events.iter().find_map(|e| match &e.kind {
+        EventKind::Dns { server, .. } => Some(server),
+        _ => None,
+    }) {
+        let _ = writeln!(s, "participant D as DNS {dns}");
+    }
     for e in &f.events {
+        if let EventKind::Dns { dir, what, .. } = &e.kind {
+            let msg = mermaid_safe(what);
+            let _ = match dir {
+                Dir::Out => writeln!(s, "{us} ->> D: DNS {msg}"),
+                Dir::In => writeln!(s, "D ->> {us}: DNS {msg}"),
+            };
+            continue;
+        }
         let Some((dir, msg)) = describe(&e.kind) else {
             continue;
         };
@@ -254,7 +269,10 @@ fn text(f: &FlowStory<'_>) -> String {
             continue;
         };
         let dt = e.t_us.saturating_sub(t0) as f64 / 1000.0;
+        let dns = matches!(e.kind, EventKind::Dns { .. });
         let arrow = match dir {
+            Some(Dir::In) if dns => "dns  -> us  ",
+            Some(Dir::Out) if dns => "us   -> dns ",
             Some(Dir::In) => "peer -> us  ",
             Some(Dir::Out) => "us   -> peer",
             None => "us  (state) ",
@@ -277,6 +295,10 @@ pub fn brief(e: &TraceEvent) -> String {
         EventKind::ClientHello { dir, .. } => format!("{} ClientHello", d(dir)),
         EventKind::ServerHello { dir, .. } => format!("{} ServerHello", d(dir)),
         EventKind::Tls { dir, what, .. } => format!("{} {what}", d(dir)),
+        EventKind::Dns { dir, what, .. } => {
+            let first = what.split_whitespace().next().unwrap_or("");
+            format!("{} DNS {first}", d(dir))
+        }
     }
 }
 

@@ -1,0 +1,370 @@
+//! `handshake get` and `handshake load`: the client side on an interface (feature `xdp`).
+//!
+//! One AF_XDP socket on one queue of the interface, the XDP program steering what the engine's
+//! address owns (ARP, TCP, UDP) to it, one [`Stack`] with the DNS resolver, driven on the
+//! calling thread until the requests are done: resolve the name (or take an address literal),
+//! open each connection through the routing decision (on-link, or via `--gateway`) and ARP,
+//! run TLS when the URL is `https`, read the response, close.
+
+use super::{ClientError, ClientEvent, ClientRequest, Url};
+use crate::daemon::xdp::{iface_mac, open_port, random_secret};
+use crate::daemon::Clock;
+use crate::dns::{DnsError, ResolverConfig};
+use crate::ipv4::{Ipv4Cidr, Routes};
+use crate::loader::{AttachMode, XdpLoader};
+use crate::stack::{run_batch, Stack, StackConfig};
+use crate::time::Instant;
+use crate::tls::{TlsClient, TlsClientConfig, TlsError};
+use anyhow::Context;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Exit statuses of `handshake get` (curl's numbers where curl has one).
+pub mod exit {
+    /// A complete response (with `--fail`: a status below 400).
+    pub const OK: i32 = 0;
+    /// Setup failed (interface, XDP, arguments): the message says what to fix.
+    pub const SETUP: i32 = 2;
+    /// The name did not resolve (NXDOMAIN, no answer, DNS timeout).
+    pub const DNS: i32 = 6;
+    /// The TCP connection could not be opened (refused, unreachable, timed out).
+    pub const CONNECT: i32 = 7;
+    /// `--fail` and the status was 400 or above.
+    pub const HTTP_STATUS: i32 = 22;
+    /// The whole request did not finish within `--timeout`.
+    pub const TIMEOUT: i32 = 28;
+    /// The TLS handshake or session failed (not a certificate problem).
+    pub const TLS: i32 = 35;
+    /// The response was malformed, cut short, or the connection reset while reading it.
+    pub const RECEIVE: i32 = 56;
+    /// The server's certificate was refused (name, issuer, validity).
+    pub const CERTIFICATE: i32 = 60;
+    /// With `--count`: a later body differed from the first.
+    pub const MISMATCH: i32 = 1;
+}
+
+/// Everything `get` and `load` need.
+#[derive(Debug, Clone)]
+pub struct GetArgs {
+    /// What to get.
+    pub url: Url,
+    /// Interface (in this network namespace).
+    pub iface: String,
+    /// The engine's address and prefix (not configured on the kernel side).
+    pub addr: Ipv4Cidr,
+    /// Default gateway for off-link destinations.
+    pub gateway: Option<Ipv4Addr>,
+    /// DNS servers (port 53).
+    pub dns: Vec<Ipv4Addr>,
+    /// Static name → address entries (like /etc/hosts), before DNS.
+    pub hosts: Vec<(String, Ipv4Addr)>,
+    /// CA bundle to verify the server's certificate (default: the system roots).
+    pub cacert: Option<PathBuf>,
+    /// Print the response head before the body.
+    pub include: bool,
+    /// HEAD instead of GET.
+    pub head: bool,
+    /// Exit 22 on a status of 400 or above.
+    pub fail: bool,
+    /// Print the trace (text, mermaid or json) to standard error.
+    pub trace: Option<crate::trace::render::Format>,
+    /// Deadline of each request (DNS, connection, handshake, response).
+    pub timeout: Duration,
+    /// Requests to make, one after another unless `concurrency` > 1 (each a new connection;
+    /// TLS sessions resumed).
+    pub count: u64,
+    /// Requests in flight at once.
+    pub concurrency: u64,
+    /// Print statistics instead of the body (`handshake load`).
+    pub quiet: bool,
+    /// The XDP object (default: next to the binary).
+    pub bpf_object: Option<PathBuf>,
+    /// XDP attach mode.
+    pub mode: AttachMode,
+    /// RX queue to bind.
+    pub queue: u32,
+}
+
+/// What the requests came to.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Complete responses.
+    pub ok: u64,
+    /// Failed requests.
+    pub failed: u64,
+    /// TLS sessions resumed.
+    pub resumed: u64,
+    /// Bodies different from the first.
+    pub mismatched: u64,
+    /// Request latencies (start to complete response), microseconds.
+    pub latencies_us: Vec<u64>,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// The `p`-th percentile latency (0..=100).
+    pub fn percentile(&self, p: f64) -> Option<Duration> {
+        let mut v = self.latencies_us.clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+        Some(Duration::from_micros(v[i.min(v.len() - 1)]))
+    }
+}
+
+/// The exit status for a failed request.
+pub fn exit_code(e: &ClientError) -> i32 {
+    match e {
+        ClientError::Tcp(m) if m.contains("refused") || m.contains("no answer") => exit::CONNECT,
+        ClientError::Tcp(_) | ClientError::Http(_) => exit::RECEIVE,
+        ClientError::Timeout(_) => exit::TIMEOUT,
+        ClientError::Tls(t) if t.is_certificate() => exit::CERTIFICATE,
+        ClientError::Tls(_) => exit::TLS,
+    }
+}
+
+/// Runs `get` (or `load`): returns the exit status.
+pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
+    let routes = Routes::new(vec![args.addr], args.gateway)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("--addr / --gateway")?;
+    let tls = if args.url.tls {
+        let cfg = TlsClientConfig {
+            cacert: args.cacert.clone(),
+            ..Default::default()
+        };
+        Some(TlsClient::new(&cfg)?)
+    } else {
+        None
+    };
+    let mac = iface_mac(&args.iface)?;
+    let object = args
+        .bpf_object
+        .clone()
+        .unwrap_or_else(XdpLoader::default_object);
+    let mut prog = XdpLoader::new(object).mode(args.mode).attach(&args.iface)?;
+    prog.set_addresses(&[args.addr.addr])?;
+    prog.set_ports(&[])?;
+    // The engine owns its address: every TCP segment and UDP datagram to it is its own (the
+    // replies to its connections and DNS queries, and RST / port unreachable for the rest).
+    prog.set_flags(handshake_common::flags::ALL_TCP | handshake_common::flags::UDP)?;
+    let xsk = crate::xsk::XskConfig::default();
+    let mut port = open_port(&args.iface, args.queue, &xsk)?;
+    prog.register_socket(args.queue, port.fd())?;
+
+    let secret = random_secret()?;
+    let mut scfg = StackConfig::new(mac, routes);
+    scfg.secret = secret;
+    scfg.hash_key = u64::from_le_bytes(secret[..8].try_into().expect("8 bytes"));
+    scfg.frame_size = xsk.frame_size as usize;
+    scfg.dns = Some(ResolverConfig {
+        servers: args.dns.iter().map(|a| SocketAddrV4::new(*a, 53)).collect(),
+        hosts: args.hosts.clone(),
+        ..Default::default()
+    });
+    let mut stack = Stack::new(scfg);
+    let mut trace_events = Vec::new();
+    if args.trace.is_some() {
+        stack.set_tracer(Some(crate::trace::Tracer::new(
+            crate::trace::TraceFilter::default(),
+            1,
+            crate::trace::DEFAULT_QUEUE,
+        )));
+    }
+    let clock = Clock::start();
+    let idle =
+        |port: &mut crate::xsk::Port<crate::xsk::XskBackend>, stack: &Stack, now: Instant| {
+            let wait = stack
+                .poll_timeout()
+                .map_or(Duration::from_millis(10), |t| t.saturating_since(now))
+                .min(Duration::from_millis(10));
+            if !wait.is_zero() {
+                let _ = port.wait(wait);
+            }
+        };
+
+    // The name first (an address literal or a static entry answers at once).
+    let started = clock.now();
+    let deadline = started + args.timeout;
+    let host = args.url.host.clone();
+    let remote = match stack.resolve(started, &host) {
+        Err(e) => return Ok(dns_failed(&host, &e)),
+        Ok(_) => loop {
+            let now = clock.now();
+            let (rx, tx) = run_batch(&mut stack, &mut port, now);
+            drain_trace(&mut stack, &mut trace_events);
+            if let Some(ev) = stack.poll_dns_event() {
+                match ev.result {
+                    Ok(a) => match a.addrs.first() {
+                        Some(ip) => break SocketAddrV4::new(*ip, args.url.port),
+                        None => return Ok(dns_failed(&host, &DnsError::NoAddress)),
+                    },
+                    Err(e) => return Ok(dns_failed(&host, &e)),
+                }
+            }
+            if now > deadline {
+                return Ok(dns_failed(&host, &DnsError::Timeout));
+            }
+            if rx + tx == 0 {
+                idle(&mut port, &stack, now);
+            }
+        },
+    };
+    tracing::info!(%host, %remote, "resolved");
+
+    let mut report = Report::default();
+    let mut first_body: Option<Vec<u8>> = None;
+    let mut last_error: Option<ClientError> = None;
+    let mut in_flight: Vec<(u64, Instant)> = Vec::new();
+    let mut next = 0u64;
+    let run_start = std::time::Instant::now();
+    let mut stdout = std::io::stdout().lock();
+    let mut status = exit::OK;
+    loop {
+        let now = clock.now();
+        while next < args.count && (in_flight.len() as u64) < args.concurrency.max(1) {
+            let req = ClientRequest {
+                url: args.url.clone(),
+                head: args.head,
+                limits: Default::default(),
+                tag: next,
+                timeout: args.timeout,
+            };
+            let session = match &tls {
+                Some(t) => Some(t.connect(&args.url.host)?),
+                None => None,
+            };
+            match stack.http_request(now, remote, &req, session) {
+                Ok(_) => in_flight.push((next, now)),
+                Err(e) => anyhow::bail!("opening a connection to {remote}: {e}"),
+            }
+            next += 1;
+        }
+        let (rx, tx) = run_batch(&mut stack, &mut port, now);
+        drain_trace(&mut stack, &mut trace_events);
+        let mut got = false;
+        while let Some(ev) = stack.poll_client_event() {
+            got = true;
+            let started = in_flight
+                .iter()
+                .position(|(t, _)| *t == ev.tag)
+                .map(|i| in_flight.swap_remove(i).1);
+            let ClientEvent {
+                result, resumed, ..
+            } = ev;
+            report.resumed += u64::from(resumed == Some(true));
+            match result {
+                Ok(resp) => {
+                    report.ok += 1;
+                    if let Some(s) = started {
+                        report
+                            .latencies_us
+                            .push(now.saturating_since(s).as_micros() as u64);
+                    }
+                    if args.fail && resp.status >= 400 {
+                        status = exit::HTTP_STATUS;
+                    }
+                    match &first_body {
+                        None => {
+                            if !args.quiet {
+                                if args.include {
+                                    stdout.write_all(&resp.head)?;
+                                }
+                                stdout.write_all(&resp.body)?;
+                                stdout.flush()?;
+                            }
+                            first_body = Some(resp.body);
+                        }
+                        Some(b) if *b != resp.body => report.mismatched += 1,
+                        Some(_) => {}
+                    }
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::debug!("request failed: {e}");
+                    last_error.get_or_insert(e);
+                }
+            }
+        }
+        if next >= args.count && in_flight.is_empty() {
+            break;
+        }
+        if rx + tx == 0 && !got {
+            idle(&mut port, &stack, now);
+        }
+    }
+    report.elapsed = run_start.elapsed();
+    // Let the last close finish (FIN both ways) so that the trace tells it, for a second at most.
+    let linger = clock.now() + Duration::from_secs(1);
+    while stack.tcp().open_flows() > 0 && clock.now() < linger {
+        let now = clock.now();
+        let (rx, tx) = run_batch(&mut stack, &mut port, now);
+        drain_trace(&mut stack, &mut trace_events);
+        if rx + tx == 0 {
+            idle(&mut port, &stack, now);
+        }
+    }
+    if let Some(format) = args.trace {
+        eprint!("{}", crate::trace::render::render(&trace_events, format));
+    }
+    if let Some(d) = stack.resolver() {
+        tracing::info!(stats = ?d.stats(), "resolver");
+    }
+    if args.count > 1 || args.quiet {
+        let p = |q| {
+            report.percentile(q).map_or("-".to_string(), |d| {
+                format!("{:.3} ms", d.as_secs_f64() * 1e3)
+            })
+        };
+        eprintln!(
+            "{} requests: {} ok, {} failed, {} TLS resumed, {} bodies differ; {:.1} req/s; latency p50 {} p90 {} p99 {}",
+            args.count,
+            report.ok,
+            report.failed,
+            report.resumed,
+            report.mismatched,
+            report.ok as f64 / report.elapsed.as_secs_f64().max(1e-9),
+            p(50.0),
+            p(90.0),
+            p(99.0)
+        );
+    }
+    if let Some(e) = last_error {
+        eprintln!("handshake get {}: {e}", args.url);
+        return Ok(exit_code(&e));
+    }
+    if report.mismatched > 0 {
+        return Ok(exit::MISMATCH);
+    }
+    Ok(status)
+}
+
+fn dns_failed(host: &str, e: &DnsError) -> i32 {
+    eprintln!("handshake get: could not resolve {host}: {e}");
+    exit::DNS
+}
+
+fn drain_trace(stack: &mut Stack, into: &mut Vec<crate::trace::TraceEvent>) {
+    while let Some(e) = stack.poll_trace_event() {
+        into.push(e);
+    }
+}
+
+impl TlsError {
+    /// True for a refused server certificate (name, issuer, validity).
+    pub fn is_certificate(&self) -> bool {
+        matches!(
+            self,
+            TlsError::CertificateName { .. }
+                | TlsError::UnknownIssuer { .. }
+                | TlsError::CertificateExpired { .. }
+                | TlsError::CertificateNotYetValid { .. }
+                | TlsError::CertificateOther { .. }
+        )
+    }
+}
