@@ -137,6 +137,7 @@ http {{
     default_type text/html;
     server {{
         listen {SERVER_ADDR}:443 ssl;
+        ssl_protocols TLSv1.2 TLSv1.3;
         ssl_certificate {d}/www.pem;
         ssl_certificate_key {d}/www.key;
         root {d}/www;
@@ -192,6 +193,11 @@ http {{
 
 /// `handshake get URL` from the engine namespace of the routed topology, with `extra` flags.
 fn get(topo: &Topology, url: &str, extra: &[&str]) -> Result<(Output, f64)> {
+    get_via(topo, url, SERVER_ADDR, extra)
+}
+
+/// [`get`] with another DNS server.
+fn get_via(topo: &Topology, url: &str, dns: &str, extra: &[&str]) -> Result<(Output, f64)> {
     let bin = daemon_bin().display().to_string();
     let iface = topo.eng_if().to_string();
     let mut argv = vec![
@@ -205,7 +211,7 @@ fn get(topo: &Topology, url: &str, extra: &[&str]) -> Result<(Output, f64)> {
         "--gateway",
         ROUTER_ADDR,
         "--dns",
-        SERVER_ADDR,
+        dns,
     ];
     argv.extend_from_slice(extra);
     let t = Instant::now();
@@ -272,12 +278,15 @@ fn get_through_the_gateway_byte_exact_and_the_story_in_order() -> Result<()> {
             "state ESTABLISHED",
             "out ClientHello",
             "in ServerHello",
-            "in Encrypted*",
-            "out Finished*",
+            "in Encrypted Handshake Message (EncryptedExtensions*",
+            "out Encrypted Handshake Message (Finished)",
             "out Application Data",
             "in Application Data",
-            "out FIN*",
+            // nginx closes first (the request said `Connection: close`), close_notify and FIN.
             "in FIN*",
+            "state CLOSE-WAIT",
+            "out FIN*",
+            "state CLOSED",
         ],
     )
     .map_err(anyhow::Error::msg)?;
@@ -313,40 +322,46 @@ fn certificate_and_dns_failures_are_clear() -> Result<()> {
     let site = Site::new("fail")?;
     let (topo, _servers) = routed(&site)?;
     let ca = site.path("ca.pem");
-    let cases: [(&str, Vec<&str>, i32, &str); 5] = [
+    let cases: [(&str, &str, Vec<&str>, i32, &str); 5] = [
         (
             "https://wrong.example.test/",
+            SERVER_ADDR,
             vec!["--cacert", &ca],
             60,
             "not valid for wrong.example.test",
         ),
         (
             "https://www.example.test/",
+            SERVER_ADDR,
             vec![],
             60,
             "not signed by a trusted CA",
         ),
         (
             "https://www.example.test:8443/",
+            SERVER_ADDR,
             vec!["--cacert", &ca],
             60,
             "expired",
         ),
         (
             "https://nope.example.test/",
+            SERVER_ADDR,
             vec!["--cacert", &ca],
             6,
             "NXDOMAIN",
         ),
         (
+            // Nobody answers DNS there.
             "https://www.example.test/",
-            vec!["--cacert", &ca, "--dns", "198.19.0.99", "--timeout", "3"],
+            "198.19.0.99",
+            vec!["--cacert", &ca, "--timeout", "3"],
             6,
             "timed out",
         ),
     ];
-    for (url, extra, code, says) in cases {
-        let (o, secs) = get(&topo, url, &extra)?;
+    for (url, dns, extra, code, says) in cases {
+        let (o, secs) = get_via(&topo, url, dns, &extra)?;
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         println!(
             "{url} {extra:?}: exit {:?} in {secs:.2} s: {}",
@@ -438,6 +453,41 @@ fn engine_to_engine_ten_thousand_resumed_https_requests() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .context("resumed count")?;
     ensure!(resumed >= n - 1, "only {resumed} of {n} resumed");
+    // The load generator: 16 requests in flight, each on its own connection.
+    let o = topo.run_peer_args([
+        bin.as_str(),
+        "load",
+        &format!("https://{NAME}/"),
+        "--iface",
+        &peer_if,
+        "--addr",
+        "198.18.0.5/24",
+        "--resolve",
+        &format!("{NAME}:198.18.0.1"),
+        "--cacert",
+        &ca,
+        "--count",
+        "4000",
+        "--concurrency",
+        "16",
+    ])?;
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    ensure!(
+        o.status.success(),
+        "handshake load failed ({}):\n{err}",
+        o.status
+    );
+    ensure!(o.stdout.is_empty(), "load prints no body");
+    let line = err
+        .lines()
+        .find(|l| l.contains(" requests: "))
+        .context("no summary line")?;
+    println!("handshake load --concurrency 16 -> engine server: {line}");
+    ensure!(
+        line.starts_with("4000 requests: 4000 ok, 0 failed,"),
+        "{line}"
+    );
+    ensure!(line.contains(", 0 bodies differ"), "{line}");
     // The kernel's client beside it: Python's ssl, sequential, sessions reused, same page.
     let script = r#"
 import socket, ssl, sys, time
@@ -446,13 +496,13 @@ n, sess, resumed, t = int(sys.argv[2]), None, 0, time.time()
 for i in range(n):
     s = ctx.wrap_socket(socket.create_connection(("198.18.0.1", 443)), server_hostname=sys.argv[3], session=sess)
     resumed += s.session_reused
-    sess = s.session
     s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     data = b""
     while True:
         b = s.recv(65536)
         if not b: break
         data += b
+    sess = s.session  # after the response: TLS 1.3 tickets come after the handshake
     s.close()
     assert data.startswith(b"HTTP/1.1 200"), data[:100]
 print(f"{n} {resumed} {n / (time.time() - t):.1f}")

@@ -108,13 +108,13 @@ pub enum DnsError {
     #[error("no such domain (NXDOMAIN): check the name for typos")]
     NxDomain,
     /// No answer after every attempt.
-    #[error("DNS query timed out: check that the server given with --dns is reachable, or raise dns.timeout_ms / dns.attempts")]
+    #[error("DNS query timed out: check that the server given with --dns is reachable (or give the address with --resolve NAME:ADDR)")]
     Timeout,
     /// The name exists but has no A record.
     #[error("the name has no IPv4 address (no A record): the host may be IPv6-only")]
     NoAddress,
     /// The answer had the TC bit set; TCP fallback is not supported.
-    #[error("the DNS answer was truncated (TC) and TCP fallback is not supported: use another server with --dns, or add the name to dns.hosts")]
+    #[error("the DNS answer was truncated (TC) and TCP fallback is not supported: use another server with --dns, or give the address with --resolve NAME:ADDR")]
     Truncated,
     /// The last server answered with this RCODE (2 SERVFAIL, 5 REFUSED, ...).
     #[error("the DNS server failed to answer (rcode {0}): try another server with --dns")]
@@ -129,7 +129,7 @@ pub enum DnsError {
     #[error("too many DNS queries outstanding: collect results with poll_event, or raise dns.max_pending")]
     TooManyQueries,
     /// The name must be asked for and no server is configured.
-    #[error("no DNS server: pass --dns ADDR (or add the name to dns.hosts)")]
+    #[error("no DNS server: pass --dns ADDR (or give the address with --resolve NAME:ADDR)")]
     NoServers,
 }
 
