@@ -145,6 +145,11 @@ impl Net {
     }
 
     fn get(&mut self, url: &str, tls: Option<&TlsClient>) -> ClientEvent {
+        self.get_n(url, tls, 1).pop().unwrap()
+    }
+
+    /// `n` requests on one connection (keep-alive): their events.
+    fn get_n(&mut self, url: &str, tls: Option<&TlsClient>, n: u64) -> Vec<ClientEvent> {
         let url: Url = url.parse().unwrap();
         let ip = self.resolve(&url.host).expect("resolves");
         let req = ClientRequest {
@@ -153,6 +158,7 @@ impl Net {
             tag: 7,
             timeout: Duration::from_secs(5),
             url: url.clone(),
+            requests: n,
         };
         let session = tls.map(|t| t.connect(&url.host).unwrap());
         let now = self.pair.now;
@@ -160,17 +166,22 @@ impl Net {
             .client
             .http_request(now, SocketAddrV4::new(ip, url.port), &req, session)
             .unwrap();
+        let mut events = Vec::new();
         for _ in 0..200_000 {
             self.step();
-            if let Some(ev) = self.pair.client.poll_client_event() {
-                // Let the close finish both ways.
-                for _ in 0..200 {
-                    self.step();
+            while let Some(ev) = self.pair.client.poll_client_event() {
+                let last = ev.last;
+                events.push(ev);
+                if last {
+                    // Let the close finish both ways.
+                    for _ in 0..200 {
+                        self.step();
+                    }
+                    return events;
                 }
-                return ev;
             }
         }
-        panic!("the request never ended");
+        panic!("the requests never ended");
     }
 }
 
@@ -233,7 +244,9 @@ fn https_get_by_name_byte_exact_resumed_and_the_story_in_order() {
     assert_eq!(resp.body, page(), "byte-exact");
     assert_eq!(ev.resumed, Some(false));
     assert_eq!(ev.tag, 7);
-    assert!(ev.connected_at <= ev.handshake_at && ev.handshake_at <= ev.done_at);
+    let (connected, handshake) = (ev.connected_at.unwrap(), ev.handshake_at.unwrap());
+    assert!(ev.started_at <= connected && connected < handshake && handshake <= ev.done_at);
+    assert!(ev.last);
     assert_eq!(net.queries, 1);
     let mut events = Vec::new();
     while let Some(e) = net.pair.client.poll_trace_event() {
@@ -276,6 +289,34 @@ fn https_get_by_name_byte_exact_resumed_and_the_story_in_order() {
     assert_eq!(net.pair.server.tcp().open_flows(), 0);
     let s = net.pair.client.apps().stats();
     assert_eq!((s.client_requests, s.client_ok, s.client_failed), (2, 2, 0));
+}
+
+#[test]
+fn keep_alive_requests_share_one_connection() {
+    let pki = pki("test CA");
+    let mut net = Net::new(&pki);
+    let tls = client_tls(&pki.ca_pem);
+    for (url, tls) in [
+        ("http://www.example.test/", None),
+        ("https://www.example.test/", Some(&tls)),
+    ] {
+        let before = net.pair.server.apps().stats().clone();
+        let events = net.get_n(url, tls, 5);
+        assert_eq!(events.len(), 5, "{url}");
+        for (i, ev) in events.iter().enumerate() {
+            let r = ev.result.as_ref().expect("a response");
+            assert_eq!((r.status, r.body == page()), (200, true), "{url} #{i}");
+            assert_eq!(ev.last, i == 4, "{url} #{i}");
+            assert!(ev.started_at <= ev.done_at);
+            if i > 0 {
+                assert_eq!(ev.started_at, events[i - 1].done_at, "back to back");
+            }
+        }
+        let after = net.pair.server.apps().stats();
+        let conns =
+            (after.http.conns - before.http.conns) + (after.https.sessions - before.https.sessions);
+        assert_eq!(conns, 1, "{url}: one connection for five requests");
+    }
 }
 
 #[test]

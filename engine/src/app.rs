@@ -161,8 +161,8 @@ enum Slot {
     Http(Box<HttpConn>, Instant, ConnId),
     Https(Box<InlineHttps>, ConnId),
     Remote(Box<Remote>),
-    /// A request this side made, and its deadline.
-    Client(Box<ClientConn>, Instant, ConnId),
+    /// Requests this side makes.
+    Client(Box<ClientConn>, ConnId),
 }
 
 /// How often deadlines are checked.
@@ -249,10 +249,9 @@ impl Apps {
         req: ClientConn,
     ) -> Result<ConnId, TcpError> {
         self.now = now;
-        let deadline = now + req.timeout();
         let conn = tcp.connect(now, local, remote)?;
         match self.slots.get_mut(conn.index() as usize) {
-            Some(slot) => *slot = Slot::Client(Box::new(req), deadline, conn),
+            Some(slot) => *slot = Slot::Client(Box::new(req), conn),
             None => {
                 let _ = tcp.abort(conn);
                 return Err(TcpError::TableFull);
@@ -439,21 +438,12 @@ impl Apps {
                 self.spare_remote.push(r);
             }
             Slot::Client(mut c, ..) => {
-                if let Some(ev) = c.take_event() {
-                    self.client_done(ev);
+                while let Some(ev) = c.take_event() {
+                    client_done(&mut self.stats, &mut self.client_events, ev);
                 }
             }
             Slot::Free | Slot::Echo { .. } => {}
         }
-    }
-
-    fn client_done(&mut self, ev: ClientEvent) {
-        if ev.result.is_ok() {
-            self.stats.client_ok += 1;
-        } else {
-            self.stats.client_failed += 1;
-        }
-        self.client_events.push_back(ev);
     }
 
     /// Messages from the pool: output to send, credit to read more, close or abort.
@@ -512,8 +502,9 @@ impl Apps {
                     }
                     *conn
                 }
-                Slot::Client(c, deadline, conn) => {
-                    if self.now <= *deadline || c.is_finished() {
+                Slot::Client(c, conn) => {
+                    // Each request's deadline runs from its start.
+                    if self.now <= c.request_started() + c.timeout() || c.is_finished() {
                         continue;
                     }
                     c.fail(self.now, ClientError::Timeout(c.timeout()));
@@ -609,8 +600,8 @@ impl Apps {
                 if c.service(&mut io, self.now, &mut self.scratch) {
                     let _ = tcp.close(conn);
                 }
-                if let Some(ev) = c.take_event() {
-                    self.client_done(ev);
+                while let Some(ev) = c.take_event() {
+                    client_done(&mut self.stats, &mut self.client_events, ev);
                 }
             }
         }
@@ -679,4 +670,14 @@ impl Apps {
             link.send(ToPool::PeerClosed(conn));
         }
     }
+}
+
+/// Counts a finished client request and queues its event.
+fn client_done(stats: &mut AppStats, events: &mut VecDeque<ClientEvent>, ev: ClientEvent) {
+    if ev.result.is_ok() {
+        stats.client_ok += 1;
+    } else {
+        stats.client_failed += 1;
+    }
+    events.push_back(ev);
 }

@@ -512,7 +512,7 @@ impl Stack {
         tls: Option<crate::tls::TlsClientSession>,
     ) -> Result<crate::tcp::ConnId, crate::tcp::TcpError> {
         let local = self.routes.source_for(*remote.ip());
-        let conn = ClientConn::new(req, tls);
+        let conn = ClientConn::new(req, tls, now);
         self.apps
             .open_client(&mut self.tcp, now, local, remote, conn)
     }

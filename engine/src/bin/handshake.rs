@@ -41,8 +41,9 @@ enum Cmd {
     /// body. Exit status: 0 ok, 6 DNS, 7 connect, 22 HTTP >= 400 with --fail, 28 timeout,
     /// 35 TLS, 56 bad or cut response, 60 certificate refused, 2 setup.
     Get(Box<GetCli>),
-    /// A load generator on the engine: --count requests to the URL, --concurrency at a time,
-    /// each on a fresh connection (TLS sessions resumed); prints rate and latency percentiles.
+    /// A load generator on the engine: --count requests to the URL over --concurrency
+    /// connections at a time (--keep-alive N requests each, or --rate new connections per
+    /// second), TLS sessions resumed; prints rates and latency percentiles.
     Load(Box<GetCli>),
     /// Configuration file tools.
     Config {
@@ -185,9 +186,16 @@ struct GetCli {
     /// compared with the first.
     #[arg(long, value_name = "N", default_value_t = 1)]
     count: u64,
-    /// Requests in flight at once.
+    /// Connections open at once (closed loop: the next starts when one ends).
     #[arg(long, value_name = "N", default_value_t = 1)]
     concurrency: u64,
+    /// Requests per connection, one after another (HTTP keep-alive).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    keep_alive: u64,
+    /// Open loop: new connections per second whatever the answers (at most --concurrency
+    /// open; those due beyond it are counted as late and skipped).
+    #[arg(long, value_name = "PER_SEC", default_value_t = 0.0)]
+    rate: f64,
     /// XDP attach mode.
     #[arg(long, value_enum)]
     mode: Option<XdpMode>,
@@ -467,6 +475,12 @@ fn client(a: GetCli, load: bool) -> anyhow::Result<()> {
         timeout: std::time::Duration::from_secs_f64(a.timeout),
         count: a.count.max(1),
         concurrency: a.concurrency.max(1),
+        per_conn: a.keep_alive.max(1),
+        rate: if a.rate.is_finite() {
+            a.rate.max(0.0)
+        } else {
+            0.0
+        },
         quiet: load,
         bpf_object: a.bpf_object,
         mode: match a.mode.unwrap_or(XdpMode::Auto) {

@@ -21,6 +21,7 @@ use crate::tcp::CloseReason;
 use crate::time::Instant;
 use crate::tls::{TlsClientSession, TlsError};
 use response::{Response, ResponseError, ResponseLimits, ResponseParser};
+use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
 use thiserror::Error;
@@ -156,13 +157,17 @@ pub struct ClientEvent {
     pub result: Result<Response, ClientError>,
     /// Whether the TLS session was resumed (None: plain HTTP or no handshake).
     pub resumed: Option<bool>,
-    /// When the connection was established, the TLS handshake finished and the response was
-    /// complete (engine clock).
+    /// The connection ends after this request (its last, or a failure).
+    pub last: bool,
+    /// When the request started: the connection's opening for its first request, the previous
+    /// response's end for the next ones on a keep-alive connection (engine clock).
+    pub started_at: Instant,
+    /// When the connection was established (engine clock).
     pub connected_at: Option<Instant>,
-    /// See `connected_at`.
+    /// When the TLS handshake finished (or the connection was established, without TLS).
     pub handshake_at: Option<Instant>,
-    /// See `connected_at`.
-    pub done_at: Option<Instant>,
+    /// When the response was complete (or the request failed).
+    pub done_at: Instant,
 }
 
 /// A request to make.
@@ -174,46 +179,93 @@ pub struct ClientRequest {
     pub head: bool,
     /// Response bounds.
     pub limits: ResponseLimits,
-    /// Returned in the [`ClientEvent`].
+    /// Returned in the [`ClientEvent`]s.
     pub tag: u64,
-    /// The whole request (connection, handshake, response) must finish within this.
+    /// Each request (connection and handshake included for the first) must finish within
+    /// this.
     pub timeout: std::time::Duration,
+    /// Requests to make one after another on the connection (keep-alive; at least 1). The
+    /// last asks the server to close; a server that closes earlier ends the series.
+    pub requests: u64,
 }
 
 /// Size of the ciphertext input buffer (one maximal TLS record and a header).
 const INPUT: usize = 16 * 1024 + 512;
 
-/// The request and response of one connection, apart from its transport and TLS session.
+/// A finished request, waiting to be reported.
+#[derive(Debug)]
+struct Done {
+    result: Result<Response, ClientError>,
+    started_at: Instant,
+    done_at: Instant,
+    last: bool,
+}
+
+/// The requests and responses of one connection, apart from its transport and TLS session.
 #[derive(Debug)]
 struct Exchange {
-    request: Vec<u8>,
+    /// The request to send while more follow (`Connection: keep-alive`).
+    again: Vec<u8>,
+    /// The last request (`Connection: close`).
+    last: Vec<u8>,
+    /// Bytes of the current request sent.
     sent: usize,
+    /// Requests after the current one.
+    remaining: u64,
+    limits: ResponseLimits,
+    head: bool,
     parser: ResponseParser,
-    /// The response is complete (or failed) and close_notify was queued.
+    started_at: Instant,
+    /// The last response is complete (or the connection failed): close_notify and FIN next.
     closing: bool,
-    /// The outcome, once known.
-    result: Option<Result<Response, ClientError>>,
-    done_at: Option<Instant>,
+    done: VecDeque<Done>,
 }
 
 impl Exchange {
-    fn complete(&mut self, now: Instant, r: Result<Response, ClientError>) {
-        if self.result.is_none() && !self.closing {
-            self.result = Some(r);
-            self.done_at = Some(now);
+    fn request(&self) -> &[u8] {
+        if self.remaining > 0 {
+            &self.again
+        } else {
+            &self.last
         }
-        self.closing = true;
     }
 
-    /// Feeds response bytes; completes the request when the response is whole.
-    fn feed(&mut self, now: Instant, data: &[u8]) {
-        match self.parser.feed(data) {
-            Ok(_) if self.parser.is_done() => {
-                let r = self.parser.take();
-                self.complete(now, Ok(r));
+    /// The current request ended with `r`: the next one starts on a keep-alive connection,
+    /// else the connection closes.
+    fn complete(&mut self, now: Instant, r: Result<Response, ClientError>) {
+        if self.closing {
+            return;
+        }
+        let go_on = self.remaining > 0 && matches!(&r, Ok(resp) if !resp.close);
+        self.done.push_back(Done {
+            result: r,
+            started_at: self.started_at,
+            done_at: now,
+            last: !go_on,
+        });
+        if go_on {
+            self.remaining -= 1;
+            self.sent = 0;
+            self.parser = ResponseParser::new(self.limits, self.head);
+            self.started_at = now;
+        } else {
+            self.closing = true;
+        }
+    }
+
+    /// Feeds response bytes; completes each response as it becomes whole.
+    fn feed(&mut self, now: Instant, mut data: &[u8]) {
+        while !data.is_empty() && !self.closing {
+            match self.parser.feed(data) {
+                Ok(n) => {
+                    data = &data[n..];
+                    if self.parser.is_done() {
+                        let r = self.parser.take();
+                        self.complete(now, Ok(r));
+                    }
+                }
+                Err(e) => self.complete(now, Err(e.into())),
             }
-            Ok(_) => {}
-            Err(e) => self.complete(now, Err(e.into())),
         }
     }
 
@@ -227,7 +279,7 @@ impl Exchange {
     }
 }
 
-/// One request on one connection. See the [module docs](self).
+/// One connection's requests. See the [module docs](self).
 pub struct ClientConn {
     tls: Option<TlsClientSession>,
     x: Exchange,
@@ -248,6 +300,7 @@ impl fmt::Debug for ClientConn {
             .field("tag", &self.tag)
             .field("tls", &self.tls.is_some())
             .field("sent", &self.x.sent)
+            .field("remaining", &self.x.remaining)
             .field("eof", &self.eof)
             .field("closing", &self.x.closing)
             .finish()
@@ -255,29 +308,36 @@ impl fmt::Debug for ClientConn {
 }
 
 impl ClientConn {
-    /// A request, through `tls` when given (made for the URL's host by the caller).
-    pub fn new(req: &ClientRequest, tls: Option<TlsClientSession>) -> Self {
+    /// The requests of `req`, started at `now`, through `tls` when given (made for the URL's
+    /// host by the caller).
+    pub fn new(req: &ClientRequest, tls: Option<TlsClientSession>, now: Instant) -> Self {
         let method = if req.head { "HEAD" } else { "GET" };
         let host = if req.url.port == if req.url.tls { 443 } else { 80 } {
             req.url.host.clone()
         } else {
             format!("{}:{}", req.url.host, req.url.port)
         };
-        let request = format!(
-            "{method} {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: handshake/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-            req.url.path,
-            env!("CARGO_PKG_VERSION")
-        )
-        .into_bytes();
+        let request = |connection: &str| {
+            format!(
+                "{method} {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: handshake/{}\r\nAccept: */*\r\nConnection: {connection}\r\n\r\n",
+                req.url.path,
+                env!("CARGO_PKG_VERSION")
+            )
+            .into_bytes()
+        };
         ClientConn {
             tls,
             x: Exchange {
-                request,
+                again: request("keep-alive"),
+                last: request("close"),
                 sent: 0,
+                remaining: req.requests.max(1) - 1,
+                limits: req.limits,
+                head: req.head,
                 parser: ResponseParser::new(req.limits, req.head),
+                started_at: now,
                 closing: false,
-                result: None,
-                done_at: None,
+                done: VecDeque::new(),
             },
             input: vec![0; INPUT].into_boxed_slice(),
             in_off: 0,
@@ -308,26 +368,34 @@ impl ClientConn {
         self.eof = true;
     }
 
-    /// True once the outcome is known.
+    /// True once the last request has its outcome (the connection may still be closing).
     pub fn is_finished(&self) -> bool {
-        self.x.result.is_some() || self.x.closing
+        self.x.closing
     }
 
-    /// Ends the request with `err` unless it already has an outcome.
+    /// When the current request started (its deadline runs from there).
+    pub fn request_started(&self) -> Instant {
+        self.x.started_at
+    }
+
+    /// Ends the current request with `err` (and the connection with it) unless it is over.
     pub fn fail(&mut self, now: Instant, err: ClientError) {
+        self.x.remaining = 0;
         self.x.complete(now, Err(err));
     }
 
-    /// The event to report (once the outcome is known; the connection may still be closing).
+    /// The next finished request to report.
     pub fn take_event(&mut self) -> Option<ClientEvent> {
-        let result = self.x.result.take()?;
+        let d = self.x.done.pop_front()?;
         Some(ClientEvent {
             tag: self.tag,
-            result,
+            result: d.result,
             resumed: self.tls.as_ref().and_then(|t| t.info()).map(|i| i.resumed),
+            last: d.last,
+            started_at: d.started_at,
             connected_at: self.connected_at,
             handshake_at: self.handshake_at,
-            done_at: self.x.done_at,
+            done_at: d.done_at,
         })
     }
 
@@ -356,12 +424,13 @@ impl ClientConn {
         scratch: &mut [u8],
     ) -> bool {
         let x = &mut self.x;
-        if x.sent < x.request.len() {
-            x.sent += io.send(&x.request[x.sent..]);
-        }
-        while !x.closing {
+        loop {
+            if x.sent < x.request().len() {
+                let n = io.send(&x.request()[x.sent..]);
+                x.sent += n;
+            }
             let n = io.recv(scratch);
-            if n == 0 {
+            if n == 0 || x.closing {
                 break;
             }
             x.feed(now, &scratch[..n]);
@@ -437,14 +506,14 @@ impl ClientConn {
                 continue;
             }
             self.handshake_at.get_or_insert(now);
-            if x.sent < x.request.len() {
-                let n = tls.write_plaintext(&x.request[x.sent..]);
-                x.sent += n;
-                progress |= n > 0;
-            }
-            while !x.closing {
+            loop {
+                if x.sent < x.request().len() {
+                    let n = tls.write_plaintext(&x.request()[x.sent..]);
+                    x.sent += n;
+                    progress |= n > 0;
+                }
                 let n = tls.read_plaintext(scratch);
-                if n == 0 {
+                if n == 0 || x.closing {
                     break;
                 }
                 progress = true;

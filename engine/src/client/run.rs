@@ -6,7 +6,7 @@
 //! open each connection through the routing decision (on-link, or via `--gateway`) and ARP,
 //! run TLS when the URL is `https`, read the response, close.
 
-use super::{ClientError, ClientEvent, ClientRequest, Url};
+use super::{ClientError, ClientRequest, Url};
 use crate::daemon::xdp::{iface_mac, open_port, random_secret};
 use crate::daemon::Clock;
 use crate::dns::{DnsError, ResolverConfig};
@@ -75,8 +75,14 @@ pub struct GetArgs {
     /// Requests to make, one after another unless `concurrency` > 1 (each a new connection;
     /// TLS sessions resumed).
     pub count: u64,
-    /// Requests in flight at once.
+    /// Connections open at once (closed loop: a new one as soon as one ends).
     pub concurrency: u64,
+    /// Requests per connection (keep-alive; 1: a new connection per request).
+    pub per_conn: u64,
+    /// Open loop: new connections per second, whatever the answers (0: closed loop). Never
+    /// more than `concurrency` open: a connection due while that many are open is counted as
+    /// late and skipped.
+    pub rate: f64,
     /// Print statistics instead of the body (`handshake load`).
     pub quiet: bool,
     /// The XDP object (default: next to the binary).
@@ -94,10 +100,14 @@ pub struct Report {
     pub ok: u64,
     /// Failed requests.
     pub failed: u64,
-    /// TLS sessions resumed.
+    /// Connections whose TLS session was resumed.
     pub resumed: u64,
     /// Bodies different from the first.
     pub mismatched: u64,
+    /// Connections opened.
+    pub connections: u64,
+    /// Open loop: connections due while `concurrency` were open (skipped).
+    pub late: u64,
     /// Request latencies (start to complete response), microseconds.
     pub latencies_us: Vec<u64>,
     /// Wall time of the whole run.
@@ -220,52 +230,74 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
     let mut report = Report::default();
     let mut first_body: Option<Vec<u8>> = None;
     let mut last_error: Option<ClientError> = None;
-    let mut in_flight: Vec<(u64, Instant)> = Vec::new();
-    let mut next = 0u64;
+    let mut open_conns = 0u64;
+    let mut assigned = 0u64;
+    let mut finished = 0u64;
     let run_start = std::time::Instant::now();
+    let loop_start = clock.now();
     let mut stdout = std::io::stdout().lock();
     let mut status = exit::OK;
+    let per_conn = args.per_conn.max(1);
+    let cap = args.concurrency.max(1);
     loop {
         let now = clock.now();
-        while next < args.count && (in_flight.len() as u64) < args.concurrency.max(1) {
+        // New connections: as many as may be open (closed loop), or as they fall due (open
+        // loop), until every request is assigned.
+        loop {
+            if assigned >= args.count {
+                break;
+            }
+            if args.rate > 0.0 {
+                let due = (now.saturating_since(loop_start).as_secs_f64() * args.rate) as u64;
+                if report.connections + report.late > due {
+                    break;
+                }
+                if open_conns >= cap {
+                    report.late += 1;
+                    assigned += per_conn.min(args.count - assigned);
+                    finished += per_conn.min(args.count - finished);
+                    continue;
+                }
+            } else if open_conns >= cap {
+                break;
+            }
+            let n = per_conn.min(args.count - assigned);
             let req = ClientRequest {
                 url: args.url.clone(),
                 head: args.head,
                 limits: Default::default(),
-                tag: next,
+                tag: report.connections,
                 timeout: args.timeout,
+                requests: n,
             };
             let session = match &tls {
                 Some(t) => Some(t.connect(&args.url.host)?),
                 None => None,
             };
-            match stack.http_request(now, remote, &req, session) {
-                Ok(_) => in_flight.push((next, now)),
-                Err(e) => anyhow::bail!("opening a connection to {remote}: {e}"),
-            }
-            next += 1;
+            stack
+                .http_request(now, remote, &req, session)
+                .with_context(|| format!("opening a connection to {remote}"))?;
+            assigned += n;
+            open_conns += 1;
+            report.connections += 1;
         }
         let (rx, tx) = run_batch(&mut stack, &mut port, now);
         drain_trace(&mut stack, &mut trace_events);
         let mut got = false;
         while let Some(ev) = stack.poll_client_event() {
             got = true;
-            let started = in_flight
-                .iter()
-                .position(|(t, _)| *t == ev.tag)
-                .map(|i| in_flight.swap_remove(i).1);
-            let ClientEvent {
-                result, resumed, ..
-            } = ev;
-            report.resumed += u64::from(resumed == Some(true));
-            match result {
+            finished += 1;
+            if ev.last {
+                open_conns -= 1;
+            }
+            // Per connection (its requests share the session).
+            report.resumed += u64::from(ev.last && ev.resumed == Some(true));
+            match ev.result {
                 Ok(resp) => {
                     report.ok += 1;
-                    if let Some(s) = started {
-                        report
-                            .latencies_us
-                            .push(now.saturating_since(s).as_micros() as u64);
-                    }
+                    report
+                        .latencies_us
+                        .push(ev.done_at.saturating_since(ev.started_at).as_micros() as u64);
                     if args.fail && resp.status >= 400 {
                         status = exit::HTTP_STATUS;
                     }
@@ -291,7 +323,9 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
                 }
             }
         }
-        if next >= args.count && in_flight.is_empty() {
+        if assigned >= args.count && open_conns == 0 {
+            // Requests of connections that ended early were never answered.
+            report.failed += args.count.saturating_sub(finished);
             break;
         }
         if rx + tx == 0 && !got {
@@ -321,17 +355,21 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
                 format!("{:.3} ms", d.as_secs_f64() * 1e3)
             })
         };
+        let secs = report.elapsed.as_secs_f64().max(1e-9);
         eprintln!(
-            "{} requests: {} ok, {} failed, {} TLS resumed, {} bodies differ; {:.1} req/s; latency p50 {} p90 {} p99 {}",
+            "{} requests: {} ok, {} failed, {} bodies differ; {:.1} req/s; latency p50 {} p90 {} p99 {}; {} connections ({:.1}/s), {} TLS-resumed, {} late",
             args.count,
             report.ok,
             report.failed,
-            report.resumed,
             report.mismatched,
-            report.ok as f64 / report.elapsed.as_secs_f64().max(1e-9),
+            report.ok as f64 / secs,
             p(50.0),
             p(90.0),
-            p(99.0)
+            p(99.0),
+            report.connections,
+            report.connections as f64 / secs,
+            report.resumed,
+            report.late,
         );
     }
     if let Some(e) = last_error {
