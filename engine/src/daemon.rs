@@ -351,7 +351,7 @@ pub(crate) mod xdp {
             .with_context(|| format!("reading the MAC address of {iface}"))
     }
 
-    fn iface_queues(iface: &str) -> usize {
+    pub(crate) fn iface_queues(iface: &str) -> usize {
         std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
             .map(|d| {
                 d.filter_map(Result::ok)

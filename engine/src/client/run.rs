@@ -7,7 +7,7 @@
 //! run TLS when the URL is `https`, read the response, close.
 
 use super::{ClientError, ClientRequest, Url};
-use crate::daemon::xdp::{iface_mac, open_port, random_secret};
+use crate::daemon::xdp::{iface_mac, iface_queues, open_port, random_secret};
 use crate::daemon::Clock;
 use crate::dns::{DnsError, ResolverConfig};
 use crate::ipv4::{Ipv4Cidr, Routes};
@@ -178,6 +178,9 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
         ..Default::default()
     });
     let mut stack = Stack::new(scfg);
+    if let Some(s) = steering(&args.iface, args.queue, args.addr.addr) {
+        stack.tcp_mut().set_steering(Some(s));
+    }
     let mut trace_events = Vec::new();
     if args.trace.is_some() {
         stack.set_tracer(Some(crate::trace::Tracer::new(
@@ -380,6 +383,41 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
         return Ok(exit::MISMATCH);
     }
     Ok(status)
+}
+
+/// On a multi-queue NIC, the ports whose replies its RSS steers to `queue` (read with
+/// `ethtool -x`); `None` on one queue, or with a warning when the NIC does not tell.
+fn steering(iface: &str, queue: u32, addr: Ipv4Addr) -> Option<crate::tcp::rss::RssSteering> {
+    let queues = iface_queues(iface);
+    if queues <= 1 {
+        return None;
+    }
+    let out = std::process::Command::new("ethtool")
+        .args(["-x", iface])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    match out.map(|t| crate::tcp::rss::RssSteering::from_ethtool(&t, queue)) {
+        Some(Ok(s)) => {
+            tracing::info!(
+                iface,
+                queue,
+                "ephemeral ports chosen for the NIC's RSS to steer replies to this queue"
+            );
+            Some(s)
+        }
+        other => {
+            let why = match other {
+                Some(Err(e)) => e.to_string(),
+                _ => "`ethtool -x` tells no RSS key or table".into(),
+            };
+            eprintln!(
+                "warning: {iface} has {queues} queues and its RSS cannot be read ({why}); replies may land on another queue than {queue}: steer them with `ethtool -N {iface} flow-type tcp4 dst-ip {addr} action {queue}` (and udp4 for DNS)"
+            );
+            None
+        }
+    }
 }
 
 fn dns_failed(host: &str, e: &DnsError) -> i32 {

@@ -25,6 +25,7 @@ mod cc;
 pub mod config;
 mod conn;
 pub(crate) mod hash;
+pub mod rss;
 mod seq;
 mod table;
 mod wheel;
@@ -349,6 +350,8 @@ pub struct Tcp {
     rst_refill: Instant,
     last_cookie: Option<Instant>,
     port_seq: u32,
+    /// Ephemeral ports only where the NIC steers the replies to this worker's queue.
+    steering: Option<rss::RssSteering>,
     /// Connections whose state changes are reported to the trace ([`Tcp::set_trace_filter`]).
     #[cfg(feature = "trace")]
     trace: Option<crate::trace::TraceFilter>,
@@ -418,6 +421,7 @@ impl Tcp {
             rst_refill: Instant::ZERO,
             last_cookie: None,
             port_seq: 0,
+            steering: None,
             #[cfg(feature = "trace")]
             trace: None,
             #[cfg(feature = "trace")]
@@ -471,7 +475,14 @@ impl Tcp {
         self.listeners.iter_mut().find(|l| l.port == port)
     }
 
-    /// Opens a connection from `local` (an ephemeral port is chosen) to `remote`.
+    /// From now on, [`Tcp::connect`] chooses only ephemeral ports whose replies the NIC steers
+    /// to this worker's queue (`None`: any port).
+    pub fn set_steering(&mut self, steering: Option<rss::RssSteering>) {
+        self.steering = steering;
+    }
+
+    /// Opens a connection from `local` (an ephemeral port is chosen: with steering, one whose
+    /// replies land on this worker's queue) to `remote`.
     pub fn connect(
         &mut self,
         now: Instant,
@@ -499,6 +510,11 @@ impl Tcp {
                 (first + (offset.wrapping_add(self.port_seq).wrapping_add(i)) % count) as u16;
             if port == 0 || self.listeners.iter().any(|l| l.port == port) {
                 continue;
+            }
+            if let Some(s) = &self.steering {
+                if !s.replies_here(local, port, remote) {
+                    continue;
+                }
             }
             let key = FlowKey {
                 laddr,
