@@ -3,7 +3,7 @@
 //! Run with `cargo xtask test` (root; builds the daemon and the eBPF object first).
 
 use anyhow::{ensure, Context as _, Result};
-use handshake_tests::daemon::{final_per_queue, Daemon};
+use handshake_tests::daemon::{final_per_queue, final_stats, Daemon};
 use handshake_tests::netns::{mac_string, Topology, ENGINE_ADDR, KERNEL_ADDR};
 
 use handshake_tests::netns::output_text as text;
@@ -313,30 +313,64 @@ fn sigterm_closes_1000_open_connections_with_fin() -> Result<()> {
 
 /// Issue 6's security posture: our ISNs (RFC 6528: a keyed hash of the 4-tuple plus a clock)
 /// are unpredictable by nmap's sequence prediction (`nmap -O`, a bounded run of a few hundred
-/// probes from the peer namespace): it must rate them "Good luck!" (its top class). The figure
-/// is printed.
+/// probes from the peer namespace): it must rate them "Good luck!" (its top class). Then the
+/// same against a daemon that answers every SYN with a SYN cookie (`tcp.syn_cookies =
+/// "always"`), so that the sequence numbers nmap rates are cookies (the daemon's count of
+/// cookies sent is checked): they must be just as unpredictable. Both figures are printed.
 #[test]
 fn nmap_cannot_predict_our_sequence_numbers() -> Result<()> {
     let topo = Topology::builder().up()?;
-    let _d = Daemon::start(&topo, &["--addr", "198.18.0.1/24", "--http", "80"])?;
-    let o = topo.run_peer_args([
-        "timeout",
-        "120",
-        "nmap",
-        "-O",
-        "-v",
-        "-Pn",
-        "-n",
-        "-p",
-        "80,81",
-        "198.18.0.1",
-    ])?;
-    let out = text(&o);
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("TCP Sequence Prediction:"))
-        .with_context(|| format!("no sequence prediction in nmap's output:\n{out}"))?;
-    println!("{line}");
-    ensure!(line.contains("(Good luck!)"), "{line}");
+    let nmap = || -> Result<String> {
+        let o = topo.run_peer_args([
+            "timeout",
+            "120",
+            "nmap",
+            "-O",
+            "-v",
+            "-Pn",
+            "-n",
+            "-p",
+            "80,81",
+            "198.18.0.1",
+        ])?;
+        let out = text(&o);
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("TCP Sequence Prediction:"))
+            .with_context(|| format!("no sequence prediction in nmap's output:\n{out}"))?;
+        Ok(line.to_owned())
+    };
+
+    let d = Daemon::start(&topo, &["--addr", "198.18.0.1/24", "--http", "80"])?;
+    let line = nmap()?;
+    println!("ISNs: {line}");
+    ensure!(line.contains("(Good luck!)"), "ISNs: {line}");
+    drop(d);
+
+    let cfg = std::env::temp_dir().join(format!("hs-nmap-cookies-{}.toml", std::process::id()));
+    std::fs::write(&cfg, "[tcp]\nsyn_cookies = \"always\"\n")?;
+    let started = Daemon::start(
+        &topo,
+        &[
+            "--config",
+            cfg.to_str().context("utf-8 temp path")?,
+            "--addr",
+            "198.18.0.1/24",
+            "--http",
+            "80",
+        ],
+    );
+    let _ = std::fs::remove_file(&cfg);
+    let mut d = started?;
+    let line = nmap()?;
+    let lines = d.stop_with("TERM")?;
+    let cookies: u64 = final_stats(&lines)?.iter().map(|q| q.cookies_sent).sum();
+    println!("SYN cookies (syn_cookies = always, {cookies} cookies sent): {line}");
+    ensure!(
+        cookies >= 6,
+        "nmap's SYNs were not answered with cookies ({cookies} sent):\n{}",
+        lines.join("\n")
+    );
+    ensure!(line.contains("(Good luck!)"), "SYN cookies: {line}");
     Ok(())
 }

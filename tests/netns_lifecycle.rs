@@ -1,5 +1,6 @@
 //! Privileged lifecycle and security-posture tests (issue 6): the engine's link going down and
-//! up, its veth deleted and created again (a new ifindex), a certificate reload under HTTPS
+//! up, its veth deleted and created again (a new ifindex), a second daemon on the same
+//! interface (refused, with advice), a certificate reload under HTTPS
 //! load (inline TLS and the pool), the capabilities the daemon keeps after setup (none), and
 //! secrets never reaching its logs or trace at the most verbose settings. Each test builds its
 //! own topology and daemon, changes links only inside its own namespaces, and prints its
@@ -351,6 +352,71 @@ fn veth_recreated_the_daemon_exits_75_and_a_restart_serves() -> Result<()> {
         exited.as_secs_f64(),
         ready.as_secs_f64(),
         took.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A second daemon started on the interface a first one serves: the XDP attach is busy (EBUSY:
+/// the first daemon's bpf_link holds it). The second retries for a bounded time (20 attempts
+/// 100 ms apart), then must exit non-zero within 5 s with a message that names the interface
+/// and says what to do; the first must keep serving (ping and HTTP, then 200 pings and 50
+/// fresh connections) and stop cleanly.
+#[test]
+fn second_daemon_on_a_busy_interface_exits_with_advice_first_keeps_serving() -> Result<()> {
+    let topo = Topology::up()?;
+    let args = [
+        "--addr",
+        "198.18.0.1/24",
+        "--http",
+        "80",
+        "--stats-interval",
+        "0",
+    ];
+    let a = Daemon::start(&topo, &args)?;
+    until_serving(&topo, Instant::now(), Duration::from_secs(3))?;
+    let t = Instant::now();
+    let mut b = Daemon::launch(&topo, &args)?;
+    let (status, lines) = b.wait_exit(Duration::from_secs(5))?;
+    let took = t.elapsed();
+    let all = lines.join("\n");
+    ensure!(
+        !status.success(),
+        "the second daemon exited successfully:\n{all}"
+    );
+    ensure!(
+        !lines.iter().any(|l| l.starts_with("ready")),
+        "the second daemon became ready:\n{all}"
+    );
+    let error = lines
+        .iter()
+        .find(|l| l.starts_with("Error:"))
+        .with_context(|| format!("no `Error:` line:\n{all}"))?;
+    let iface = topo.eng_if();
+    for want in [
+        format!("interface {iface} already has an XDP program attached"),
+        format!("another handshake daemon is probably serving {iface}"),
+        "Stop it first".to_owned(),
+        "another --iface".to_owned(),
+    ] {
+        ensure!(error.contains(&want), "{want:?} missing from:\n{all}");
+    }
+    ensure!(took < Duration::from_secs(5), "took {took:?}");
+    // The first daemon is untouched: it still serves, fully, and stops cleanly.
+    let back = until_serving(&topo, Instant::now(), Duration::from_secs(2))?;
+    serves_fully(&topo)?;
+    let a_lines = stop_clean(a)?;
+    ensure!(
+        !a_lines
+            .iter()
+            .any(|l| l.contains("panicked") || l.contains("ERROR")),
+        "{}",
+        a_lines.join("\n")
+    );
+    println!(
+        "second daemon on {iface}: exited ({status}) {:.2} s after it started; first daemon \
+         served {:.3} s later, then 200/200 pings and 50/50 fresh GETs\n  {error}",
+        took.as_secs_f64(),
+        back.as_secs_f64()
     );
     Ok(())
 }

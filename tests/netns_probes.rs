@@ -15,7 +15,8 @@
 //! the engine's exact answer and the RFC text that justifies it (and an allowed entry that no
 //! longer differs fails too: the list must stay true), if the engine sent anything absurd
 //! (tiny segments for a tiny MSS, a reply storm), or if the daemon stopped answering.
-//! Run with `cargo xtask test` (root), or alone:
+//! The table is also written as Markdown to `target/probes.md` (a copy from a real run is
+//! `docs/probes.md`). Run with `cargo xtask test` (root), or alone:
 //! `cargo test -p handshake-tests --features netns --test netns_probes -- --nocapture`.
 
 use anyhow::{bail, ensure, Context, Result};
@@ -148,6 +149,62 @@ struct Row {
     same: bool,
     engine: String,
     linux: String,
+    desc: String,
+}
+
+/// A table cell: `|` escaped, as GitHub's tables want it (inside code spans too).
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|")
+}
+
+/// The probe table as a Markdown document (`target/probes.md`; a copy from a real run is
+/// committed as `docs/probes.md`).
+fn markdown(rows: &BTreeMap<String, Row>, seconds: f64) -> String {
+    let sh = |cmd: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let same = rows.values().filter(|r| r.same).count();
+    let mut md = format!(
+        "# Differential probes: the engine against the Linux kernel\n\n\
+         Written by `tests/netns_probes.rs` from a real run ({}, Linux {}, {seconds:.0} s):\n\
+         `cargo test -p handshake-tests --features netns --test netns_probes -- --test-threads=1 --nocapture`\n\
+         (root, the release daemon built by `cargo xtask build`); each run writes `target/probes.md`.\n\n\
+         The same crafted segments (scapy, `tests/probes/diff_probes.py`) go from the peer namespace \
+         to the engine (198.18.0.1, AF_XDP) and to a Linux listener on 198.18.0.3 in the same \
+         topology; the replies are normalised (flags, relative seq/ack, data, FIN, SYN options, \
+         ICMP, or `-` for silence; steps separated by `|`) and compared. **{} probes: {same} \
+         answered exactly as Linux, {} documented differences** (each with the RFC text that \
+         justifies it; the test fails on any other difference).\n\n\
+         | Probe | What it sends | Engine | Linux | Verdict |\n|---|---|---|---|---|\n",
+        sh("date -u +%Y-%m-%d"),
+        sh("uname -r"),
+        rows.len(),
+        rows.len() - same,
+    );
+    for (name, r) in rows {
+        let verdict = if r.same {
+            "same".to_owned()
+        } else if let Some(a) = ALLOWED.iter().find(|a| a.probe == name) {
+            format!(
+                "documented: {}",
+                a.why.split_whitespace().collect::<Vec<_>>().join(" ")
+            )
+        } else {
+            "**undocumented difference**".to_owned()
+        };
+        md.push_str(&format!(
+            "| `{name}` | {} | `{}` | `{}` | {} |\n",
+            cell(&r.desc),
+            cell(&r.engine),
+            cell(&r.linux),
+            cell(&verdict)
+        ));
+    }
+    md
 }
 
 #[test]
@@ -206,13 +263,14 @@ fn engine_answers_like_linux_or_as_documented() -> Result<()> {
     for l in out.lines() {
         let f: Vec<&str> = l.split('\t').collect();
         match f.as_slice() {
-            ["@probe", name, same, engine, linux] => {
+            ["@probe", name, same, engine, linux, desc] => {
                 rows.insert(
                     name.to_string(),
                     Row {
                         same: *same == "same",
                         engine: engine.to_string(),
                         linux: linux.to_string(),
+                        desc: desc.to_string(),
                     },
                 );
             }
@@ -232,6 +290,12 @@ fn engine_answers_like_linux_or_as_documented() -> Result<()> {
             _ => {}
         }
     }
+
+    // The table as a document, whatever the verdict below.
+    let md_path = handshake_tests::daemon::target_dir().join("probes.md");
+    std::fs::write(&md_path, markdown(&rows, started.elapsed().as_secs_f64()))
+        .with_context(|| format!("writing {}", md_path.display()))?;
+    eprintln!("(Markdown: {})", md_path.display());
 
     // Enough probes, and every one ran on both sides.
     ensure!(rows.len() >= 40, "only {} probes ran", rows.len());

@@ -403,7 +403,7 @@ pub(crate) mod xdp {
                 Err(e) if is_ebusy(&e) => {
                     if std::time::Instant::now() > deadline {
                         return Err(e).with_context(|| format!(
-                            "AF_XDP socket on {iface} queue {queue} still busy after 2 s: is another handshake daemon (or AF_XDP program) using this queue?"
+                            "AF_XDP socket on {iface} queue {queue} still busy after 2 s: another handshake daemon (or AF_XDP program) probably holds this queue. Stop it first (`pgrep -a handshake` lists the daemons), or give this daemon another --iface"
                         ));
                     }
                     std::thread::sleep(Duration::from_millis(20));

@@ -96,14 +96,21 @@ pub enum LoaderError {
     },
     /// Another XDP program stays attached to the interface.
     #[error(
-        "interface {iface} already has an XDP program attached (still busy after {attempts} attempts): \
-         stop the other handshake daemon, or remove it with `ip link set dev {iface} xdp off`"
+        "interface {iface} already has an XDP program attached (still busy after {attempts} attempts \
+         over {:.1} s): another handshake daemon is probably serving {iface} (`ip link show dev \
+         {iface}` names the program: `handshake_xdp` is ours). Stop it first (`systemctl stop \
+         handshake`, or SIGTERM to the process `pgrep -a handshake` lists; its program goes with \
+         it), or give this daemon another --iface. Another tool's program, attached without a \
+         link, is removed with `ip link set dev {iface} xdp off`",
+        .waited.as_secs_f64()
     )]
     Busy {
         /// The interface.
         iface: String,
         /// How many times we tried.
         attempts: u32,
+        /// How long we waited between the first attempt and the last.
+        waited: Duration,
     },
     /// Attaching failed for another reason.
     #[error("cannot attach XDP to {iface} in {mode} mode: {}; try skb mode", chain(source.as_ref()))]
@@ -401,6 +408,7 @@ impl XdpLoader {
                         return Err(LoaderError::Busy {
                             iface: iface.to_owned(),
                             attempts: attempt,
+                            waited: self.busy_wait * (attempt - 1),
                         });
                     }
                     _ => {

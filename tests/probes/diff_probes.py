@@ -1077,7 +1077,10 @@ def main():
         row["same"] = row["engine_canon"] == row["linux_canon"] and "ERROR" not in row["engine_canon"]
         results.append(row)
         # Machine-readable lines for tests/netns_probes.rs (tab-separated).
-        print("@probe\t%s\t%s\t%s\t%s" % (name, "same" if row["same"] else "diff", row["engine_canon"], row["linux_canon"]))
+        print(
+            "@probe\t%s\t%s\t%s\t%s\t%s"
+            % (name, "same" if row["same"] else "diff", row["engine_canon"], row["linux_canon"], " ".join(desc.split()))
+        )
         for tg in ("engine", "linux"):
             if isinstance(row[tg], list):
                 for i, st in enumerate(row[tg]):

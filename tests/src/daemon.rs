@@ -53,12 +53,43 @@ impl Daemon {
         Self::spawn(topo, prefix, &daemon_bin(), args)
     }
 
+    /// Starts the daemon like [`Daemon::start`] but returns at once, without waiting for its
+    /// "ready" line: for a daemon expected to fail ([`Daemon::wait_exit`]).
+    pub fn launch(topo: &Topology, args: &[&str]) -> Result<Daemon> {
+        Self::spawn_unready(topo, &[], &daemon_bin(), args)
+    }
+
     /// [`Daemon::start`] with another binary.
     pub fn start_with(topo: &Topology, bin: &std::path::Path, args: &[&str]) -> Result<Daemon> {
         Self::spawn(topo, &[], bin, args)
     }
 
     fn spawn(
+        topo: &Topology,
+        prefix: &[&str],
+        bin: &std::path::Path,
+        args: &[&str],
+    ) -> Result<Daemon> {
+        let mut d = Self::spawn_unready(topo, prefix, bin, args)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if d.lines().iter().any(|l| l.starts_with("ready")) {
+                return Ok(d);
+            }
+            if let Some(status) = d.child.as_mut().expect("child").try_wait()? {
+                bail!(
+                    "daemon exited ({status}) before it was ready:\n{}",
+                    d.lines().join("\n")
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("daemon not ready after 10 s:\n{}", d.lines().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn spawn_unready(
         topo: &Topology,
         prefix: &[&str],
         bin: &std::path::Path,
@@ -100,26 +131,10 @@ impl Daemon {
                 }
             });
         }
-        let mut d = Daemon {
+        Ok(Daemon {
             child: Some(child),
             output,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if d.lines().iter().any(|l| l.starts_with("ready")) {
-                return Ok(d);
-            }
-            if let Some(status) = d.child.as_mut().expect("child").try_wait()? {
-                bail!(
-                    "daemon exited ({status}) before it was ready:\n{}",
-                    d.lines().join("\n")
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("daemon not ready after 10 s:\n{}", d.lines().join("\n"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     }
 
     /// Everything the daemon printed so far (stdout and stderr).

@@ -43,6 +43,9 @@ pub fn ebpf(profile: Profile) -> Result<PathBuf> {
     cmd.current_dir(&ebpf_dir)
         // bpf-linker is found on PATH; make sure cargo's bin directory is on it.
         .env("PATH", path_with_cargo_bin())
+        // ebpf/ is a workspace of its own (nightly, bpfel): its own target directory, where
+        // the copy below looks, even when CARGO_TARGET_DIR points the main workspace elsewhere.
+        .env("CARGO_TARGET_DIR", ebpf_dir.join("target"))
         .args([
             "+nightly",
             "build",

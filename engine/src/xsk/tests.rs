@@ -697,6 +697,9 @@ struct Outcome {
     originated: u64,
     sink_replies: u64,
     sink_originated: u64,
+    /// UMEM frames of the port, and how many were not back in the fill ring or free at the end.
+    frames: u32,
+    frames_leaked: u32,
 }
 
 /// Per-id counters for the sink: each id must be seen at most (and, for originated packets,
@@ -825,10 +828,11 @@ fn run(s: &Scenario) -> Outcome {
     assert_eq!(corrupt, 0, "the stack got corrupt frames");
     assert_consistent(&port);
     // Everything is back: the fill ring holds its target, the rest is free.
-    assert_eq!(
-        port.ledger().count(Location::Fill) + port.ledger().count(Location::Free),
-        s.cfg.frame_count
-    );
+    let back = port.ledger().count(Location::Fill) + port.ledger().count(Location::Free);
+    out.frames = s.cfg.frame_count;
+    out.frames_leaked = out.frames.saturating_sub(back);
+    assert_eq!(back, out.frames, "frames back in the fill ring or free");
+    assert_eq!(out.frames_leaked, 0);
     out.port = *port.stats();
     out.kernel = *port.backend().stats();
     let k = &out.kernel;
@@ -883,6 +887,31 @@ fn sim_mixed_traffic_copy_mode() {
     assert_eq!(o.port.tx_wakeups, o.kernel.tx_kicks);
 }
 
+/// One line of figures for a 10^7-packet run (`cargo xtask test` prints them: the release
+/// stage runs these with `--nocapture`).
+#[cfg(not(debug_assertions))]
+fn report(name: &str, started: std::time::Instant, o: &Outcome) {
+    let k = &o.kernel;
+    println!(
+        "{name}: {} packets in {:.1} s; delivered {}, kernel drops {} (no fill {}, RX ring full \
+         {}), replies {} ({} dropped on a full TX ring), originated {}, invalid descriptors \
+         {} RX / {} completion; frames leaked {} of {}",
+        k.injected,
+        started.elapsed().as_secs_f64(),
+        k.rx_delivered,
+        k.rx_no_fill + k.rx_ring_full + k.rx_too_long,
+        k.rx_no_fill,
+        k.rx_ring_full,
+        o.replied,
+        o.port.tx_ring_full_drops,
+        o.originated,
+        o.port.invalid_rx_descs,
+        o.port.invalid_comp_descs,
+        o.frames_leaked,
+        o.frames,
+    );
+}
+
 fn fill_starved(packets: u64) -> Outcome {
     // Few frames, big bursts, slow completions: frames pile up on the TX side and the fill ring
     // runs dry.
@@ -914,7 +943,9 @@ fn sim_fill_starved_1m() {
 #[test]
 #[cfg(not(debug_assertions))]
 fn sim_fill_starved_10m() {
-    fill_starved(10_000_000);
+    let t = std::time::Instant::now();
+    let o = fill_starved(10_000_000);
+    report("sim_fill_starved_10m", t, &o);
 }
 
 fn slow_rx(packets: u64) -> Outcome {
@@ -938,7 +969,9 @@ fn sim_slow_rx_consumer_1m() {
 #[test]
 #[cfg(not(debug_assertions))]
 fn sim_slow_rx_consumer_10m() {
-    slow_rx(10_000_000);
+    let t = std::time::Instant::now();
+    let o = slow_rx(10_000_000);
+    report("sim_slow_rx_consumer_10m", t, &o);
 }
 
 fn tx_backlog(packets: u64) -> Outcome {
@@ -965,7 +998,9 @@ fn sim_tx_full_completion_backlog_1m() {
 #[test]
 #[cfg(not(debug_assertions))]
 fn sim_tx_full_completion_backlog_10m() {
-    tx_backlog(10_000_000);
+    let t = std::time::Instant::now();
+    let o = tx_backlog(10_000_000);
+    report("sim_tx_full_completion_backlog_10m", t, &o);
 }
 
 fn invalid_descs(packets: u64) -> Outcome {
@@ -989,7 +1024,9 @@ fn sim_invalid_descriptors_1m() {
 #[test]
 #[cfg(not(debug_assertions))]
 fn sim_invalid_descriptors_10m() {
-    invalid_descs(10_000_000);
+    let t = std::time::Instant::now();
+    let o = invalid_descs(10_000_000);
+    report("sim_invalid_descriptors_10m", t, &o);
 }
 
 #[test]
