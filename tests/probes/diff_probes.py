@@ -481,6 +481,18 @@ def wscale_15_window_limit(t):
     c.autoack = False
     frames = [c.seg("PA", payload=b"b" * 1460, seq=c.seq + 1460 * i) for i in range(20)]
     s3 = c.xchg("flight 2, not acked", frames, wait=1.0, advance=29200)
+    # What is compared is the bound the window sets (1 << 14 bytes past the acknowledged
+    # 14601, i.e. 30985; 1 << 15 would allow 47369), not how the sender fills its last
+    # segment: Linux sends 11 full segments (up to 30661) in some runs and adds the 324-byte
+    # tail that fills the window exactly (30985) in others (seen 1 in 3 and 2 in 3 on this
+    # machine), the engine always sends the 11 full segments. Both are within the bound.
+    data = [x for x in s3.segs if x["len"] and "R" not in x["flags"]]
+    if data:
+        lo = min(x["seq"] for x in data)
+        hi = max(x["seq"] + x["len"] for x in data)
+        within = "d=%d..(at most %d)" % (lo, lo + (1 << 14))
+        if hi <= lo + (1 << 14):
+            s3.canon = s3.canon.replace("d=%d..%d" % (lo, hi), within)
     return [s1, s2, s3]
 
 
