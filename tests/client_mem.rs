@@ -300,7 +300,7 @@ fn keep_alive_requests_share_one_connection() {
         ("http://www.example.test/", None),
         ("https://www.example.test/", Some(&tls)),
     ] {
-        let before = net.pair.server.apps().stats().clone();
+        let before = *net.pair.server.apps().stats();
         let events = net.get_n(url, tls, 5);
         assert_eq!(events.len(), 5, "{url}");
         for (i, ev) in events.iter().enumerate() {

@@ -541,7 +541,7 @@ fn engine_to_engine_ten_thousand_resumed_https_requests() -> Result<()> {
             .context("late count")?;
         let ok: u64 = line
             .split(", ")
-            .nth(0)
+            .next()
             .and_then(|p| p.rsplit(' ').nth(1))
             .and_then(|v| v.parse().ok())
             .context("ok count")?;
