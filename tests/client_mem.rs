@@ -257,19 +257,8 @@ fn https_get_by_name_byte_exact_resumed_and_the_story_in_order() {
     handshake::trace::render::check_order(
         &events,
         &[
-            "out DNS query",
-            "out ARP who-has",
-            "in ARP is-at",
-            "in DNS answer",
-            "flow active=true",
-            "state SYN-SENT",
-            "out SYN",
-            "in SYN,ACK",
-            // The third segment of the handshake carries the ClientHello (the request is
-            // ready when the SYN-ACK arrives).
-            "state ESTABLISHED",
-            "out ClientHello",
-            "in ServerHello",
+            handshake_tests::CLIENT_STORY_TO_SERVER_HELLO,
+            &[
             "out Application Data",
             "in Application Data",
             // The server closes first (the request said `Connection: close`).
@@ -277,7 +266,9 @@ fn https_get_by_name_byte_exact_resumed_and_the_story_in_order() {
             "state CLOSE-WAIT",
             "out FIN*",
             "state CLOSED",
-        ],
+            ],
+        ]
+        .concat(),
     )
     .unwrap();
     // The second connection: the name from the cache, the TLS session resumed.

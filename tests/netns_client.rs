@@ -118,7 +118,7 @@ impl Drop for Servers {
 
 fn start_servers(topo: &Topology, site: &Site) -> Result<Servers> {
     let d = site.dir.display();
-    std::fs::create_dir_all(site.dir.join("tmp"))?;
+    let temp = handshake_tests::nginx_temp_paths(&site.dir)?;
     let conf = format!(
         "daemon off;
 master_process off;
@@ -129,12 +129,7 @@ error_log {d}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
-    client_body_temp_path {d}/tmp/body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    default_type text/html;
+{temp}    default_type text/html;
     server {{
         listen {SERVER_ADDR}:443 ssl;
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -265,24 +260,15 @@ fn get_through_the_gateway_byte_exact_and_the_story_in_order() -> Result<()> {
     check_order(
         &events,
         &[
-            "out DNS query",
-            "out ARP who-has",
-            "in ARP is-at",
-            "in DNS answer",
-            "flow active=true",
-            "state SYN-SENT",
-            "out SYN",
-            "in SYN,ACK",
-            // The third segment of the handshake carries the ClientHello (the request is
-            // ready when the SYN-ACK arrives).
-            "state ESTABLISHED",
-            "out ClientHello",
-            "in ServerHello",
+            handshake_tests::CLIENT_STORY_TO_SERVER_HELLO,
+            &[
             "in Encrypted Handshake Message (EncryptedExtensions*",
             "out Encrypted Handshake Message (Finished)",
             "out Application Data",
             "in Application Data",
-        ],
+            ],
+        ]
+        .concat(),
     )
     .map_err(anyhow::Error::msg)?;
     // The close: nginx (the request said `Connection: close`) and we finish at the same moment,

@@ -196,6 +196,13 @@ struct GetCli {
     /// open; those due beyond it are counted as late and skipped).
     #[arg(long, value_name = "PER_SEC", default_value_t = 0.0)]
     rate: f64,
+    /// Stop starting connections after SECS (those open finish); --count still bounds them.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Every response body must equal FILE's bytes (a difference counts and fails the run; no
+    /// body is printed).
+    #[arg(long, value_name = "FILE")]
+    expect: Option<PathBuf>,
     /// XDP attach mode.
     #[arg(long, value_enum)]
     mode: Option<XdpMode>,

@@ -16,7 +16,7 @@ pub mod response;
 #[cfg(all(feature = "xdp", feature = "trace"))]
 pub mod run;
 
-use crate::https::Transport;
+use crate::https::{CipherInput, Transport};
 use crate::tcp::CloseReason;
 use crate::time::Instant;
 use crate::tls::{TlsClientSession, TlsError};
@@ -189,8 +189,6 @@ pub struct ClientRequest {
     pub requests: u64,
 }
 
-/// Size of the ciphertext input buffer (one maximal TLS record and a header).
-const INPUT: usize = 16 * 1024 + 512;
 
 /// A finished request, waiting to be reported.
 #[derive(Debug)]
@@ -283,9 +281,7 @@ impl Exchange {
 pub struct ClientConn {
     tls: Option<TlsClientSession>,
     x: Exchange,
-    input: Box<[u8]>,
-    in_off: usize,
-    in_len: usize,
+    input: CipherInput,
     /// The server finished sending (TCP FIN).
     eof: bool,
     tag: u64,
@@ -339,9 +335,7 @@ impl ClientConn {
                 closing: false,
                 done: VecDeque::new(),
             },
-            input: vec![0; INPUT].into_boxed_slice(),
-            in_off: 0,
-            in_len: 0,
+            input: CipherInput::default(),
             eof: false,
             tag: req.tag,
             timeout: req.timeout,
@@ -452,46 +446,21 @@ impl ClientConn {
         };
         let x = &mut self.x;
         loop {
-            let mut progress = false;
-            // Ciphertext out, as far as the transport has room.
-            while tls.has_ciphertext() {
-                let cap = io.send_capacity().min(scratch.len());
-                if cap == 0 {
-                    break;
-                }
-                let n = tls.poll_ciphertext(&mut scratch[..cap]);
-                if n == 0 {
-                    break;
-                }
-                let sent = io.send(&scratch[..n]);
-                debug_assert_eq!(sent, n, "the transport's capacity was checked");
-                progress = true;
-            }
+            let mut progress = CipherInput::send(tls, io, scratch);
             if tls.is_dead() || x.closing {
                 // Only the alert or close_notify remained to send.
                 return !tls.has_ciphertext();
             }
-            // Ciphertext in, one buffer at a time.
-            if self.in_off == self.in_len && !self.eof {
-                self.in_off = 0;
-                self.in_len = io.recv(&mut self.input);
-            }
-            if self.in_off < self.in_len {
-                match tls.handle_ciphertext(&self.input[self.in_off..self.in_len]) {
-                    Ok(n) => {
-                        self.in_off += n;
-                        progress |= n > 0;
-                    }
-                    Err(e) => {
-                        // The session queued its alert: it goes out on the next pass.
-                        self.in_off = self.in_len;
-                        x.complete(now, Err(e.into()));
-                        continue;
-                    }
+            match self.input.receive(tls, io, self.eof) {
+                Ok(took) => progress |= took,
+                Err(e) => {
+                    // The session queued its alert: it goes out on the next pass.
+                    x.complete(now, Err(e.into()));
+                    continue;
                 }
             }
             if tls.is_handshaking() {
-                if self.eof && self.in_off == self.in_len {
+                if self.eof && self.input.drained() {
                     x.complete(
                         now,
                         Err(ClientError::Tcp(
@@ -519,7 +488,7 @@ impl ClientConn {
                 progress = true;
                 x.feed(now, &scratch[..n]);
             }
-            if tls.peer_closed() || (self.eof && self.in_off == self.in_len) {
+            if tls.peer_closed() || (self.eof && self.input.drained()) {
                 x.end_of_stream(now);
             }
             if x.closing {

@@ -85,6 +85,10 @@ pub struct GetArgs {
     pub rate: f64,
     /// Print statistics instead of the body (`handshake load`).
     pub quiet: bool,
+    /// Stop starting connections after this long (the count still bounds them).
+    pub duration: Option<Duration>,
+    /// The body every response must have (else the first one's is the reference).
+    pub expect: Option<Vec<u8>>,
     /// The XDP object (default: next to the binary).
     pub bpf_object: Option<PathBuf>,
     /// XDP attach mode.
@@ -96,6 +100,8 @@ pub struct GetArgs {
 /// What the requests came to.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// Requests started (on connections opened).
+    pub started: u64,
     /// Complete responses.
     pub ok: u64,
     /// Failed requests.
@@ -143,14 +149,19 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
     let routes = Routes::new(vec![args.addr], args.gateway)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("--addr / --gateway")?;
-    let tls = if args.url.tls {
+    // One TLS client (and so one session store) per connection slot, as many as may be open at
+    // once (up to 64): a store keeps a few single-use TLS 1.3 tickets per server, which
+    // connections opened together would otherwise compete for.
+    let tls: Vec<TlsClient> = if args.url.tls {
         let cfg = TlsClientConfig {
             cacert: args.cacert.clone(),
             ..Default::default()
         };
-        Some(TlsClient::new(&cfg)?)
+        (0..args.concurrency.clamp(1, 64))
+            .map(|_| TlsClient::new(&cfg))
+            .collect::<Result<_, _>>()?
     } else {
-        None
+        Vec::new()
     };
     let mac = iface_mac(&args.iface)?;
     let object = args
@@ -203,7 +214,7 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
 
     // The first TLS session is made before anything is timed: its first use initialises the
     // crypto library (about 20 ms here), which would otherwise delay the first SYN.
-    let mut first_session = match &tls {
+    let mut first_session = match tls.first() {
         Some(t) => Some(t.connect(&args.url.host)?),
         None => None,
     };
@@ -237,11 +248,11 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
     tracing::info!(%host, %remote, "resolved");
 
     let mut report = Report::default();
-    let mut first_body: Option<Vec<u8>> = None;
+    // With --expect every body is compared with the file; without, with the first one.
+    let mut first_body: Option<Vec<u8>> = args.expect.clone();
     let mut last_error: Option<ClientError> = None;
     let mut open_conns = 0u64;
     let mut assigned = 0u64;
-    let mut finished = 0u64;
     let run_start = std::time::Instant::now();
     let loop_start = clock.now();
     let mut stdout = std::io::stdout().lock();
@@ -252,6 +263,13 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
         let now = clock.now();
         // New connections: as many as may be open (closed loop), or as they fall due (open
         // loop), until every request is assigned.
+        if args
+            .duration
+            .is_some_and(|d| now.saturating_since(loop_start) >= d)
+        {
+            // Time is up: no new connections; those open finish their requests.
+            assigned = args.count;
+        }
         loop {
             if assigned >= args.count {
                 break;
@@ -264,7 +282,6 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
                 if open_conns >= cap {
                     report.late += 1;
                     assigned += per_conn.min(args.count - assigned);
-                    finished += per_conn.min(args.count - finished);
                     continue;
                 }
             } else if open_conns >= cap {
@@ -279,7 +296,8 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
                 timeout: args.timeout,
                 requests: n,
             };
-            let session = match (first_session.take(), &tls) {
+            let slot = (report.connections as usize) % tls.len().max(1);
+            let session = match (first_session.take(), tls.get(slot)) {
                 (Some(s), _) => Some(s),
                 (None, Some(t)) => Some(t.connect(&args.url.host)?),
                 (None, None) => None,
@@ -288,6 +306,7 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
                 .http_request(now, remote, &req, session)
                 .with_context(|| format!("opening a connection to {remote}"))?;
             assigned += n;
+            report.started += n;
             open_conns += 1;
             report.connections += 1;
         }
@@ -296,7 +315,6 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
         let mut got = false;
         while let Some(ev) = stack.poll_client_event() {
             got = true;
-            finished += 1;
             if ev.last {
                 open_conns -= 1;
             }
@@ -327,15 +345,14 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
                     }
                 }
                 Err(e) => {
-                    report.failed += 1;
                     tracing::debug!("request failed: {e}");
                     last_error.get_or_insert(e);
                 }
             }
         }
         if assigned >= args.count && open_conns == 0 {
-            // Requests of connections that ended early were never answered.
-            report.failed += args.count.saturating_sub(finished);
+            // Failed: with an error, or never answered (their connection ended early).
+            report.failed = report.started - report.ok;
             break;
         }
         if rx + tx == 0 && !got {
@@ -360,7 +377,7 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
         tracing::info!(stats = ?d.stats(), "resolver");
     }
     tracing::info!(stats = ?port.stats(), "AF_XDP port");
-    if args.count > 1 || args.quiet {
+    if report.started > 1 || args.quiet {
         let p = |q| {
             report.percentile(q).map_or("-".to_string(), |d| {
                 format!("{:.3} ms", d.as_secs_f64() * 1e3)
@@ -369,7 +386,7 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
         let secs = report.elapsed.as_secs_f64().max(1e-9);
         eprintln!(
             "{} requests: {} ok, {} failed, {} bodies differ; {:.1} req/s; latency p50 {} p90 {} p99 {}; {} connections ({:.1}/s), {} TLS-resumed, {} late",
-            args.count,
+            report.started,
             report.ok,
             report.failed,
             report.mismatched,

@@ -14,7 +14,7 @@ pub mod pool;
 
 use crate::http::{ByteStream, Handler, HttpConn, HttpStats, Limits};
 use crate::time::Instant;
-use crate::tls::{TlsSession, TlsVersion};
+use crate::tls::{CipherSession, TlsError, TlsSession, TlsVersion};
 use std::time::Duration;
 
 /// Where ciphertext comes from and goes to.
@@ -84,13 +84,105 @@ impl Default for Timeouts {
 /// Size of the ciphertext input buffer of a connection (one maximal TLS record and a header).
 const INPUT: usize = 16 * 1024 + 512;
 
+/// Ciphertext between a transport and a TLS session (server or client), both ways.
+///
+/// In: one buffer, read from the transport only once the session has taken all of the previous
+/// read (so a session that stops taking ciphertext closes the transport's window). Out: as far
+/// as the transport has room.
+pub struct CipherInput {
+    buf: Box<[u8]>,
+    off: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for CipherInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CipherInput")
+            .field("pending", &(self.len - self.off))
+            .finish()
+    }
+}
+
+impl Default for CipherInput {
+    fn default() -> Self {
+        CipherInput {
+            buf: vec![0; INPUT].into_boxed_slice(),
+            off: 0,
+            len: 0,
+        }
+    }
+}
+
+impl CipherInput {
+    /// Forgets what is buffered (the state is reused for a new connection).
+    pub fn reset(&mut self) {
+        self.off = 0;
+        self.len = 0;
+    }
+
+    /// True when the session has taken everything read from the transport.
+    pub fn drained(&self) -> bool {
+        self.off == self.len
+    }
+
+    /// Moves ciphertext from `tls` to `io` as far as `io` has room (through `scratch`);
+    /// returns true when some moved.
+    pub fn send<S: CipherSession + ?Sized, T: Transport + ?Sized>(
+        tls: &mut S,
+        io: &mut T,
+        scratch: &mut [u8],
+    ) -> bool {
+        let mut moved = false;
+        while tls.has_ciphertext() {
+            let cap = io.send_capacity().min(scratch.len());
+            if cap == 0 {
+                break;
+            }
+            let n = tls.poll_ciphertext(&mut scratch[..cap]);
+            if n == 0 {
+                break;
+            }
+            let sent = io.send(&scratch[..n]);
+            debug_assert_eq!(sent, n, "the transport's capacity was checked");
+            moved = true;
+        }
+        moved
+    }
+
+    /// Reads from `io` when drained (unless the transport's peer finished: `eof`), then feeds
+    /// `tls`. Returns whether the session took bytes, or its error (the buffered bytes are then
+    /// dropped; the session has queued its alert).
+    pub fn receive<S: CipherSession + ?Sized, T: Transport + ?Sized>(
+        &mut self,
+        tls: &mut S,
+        io: &mut T,
+        eof: bool,
+    ) -> Result<bool, TlsError> {
+        if self.drained() && !eof {
+            self.off = 0;
+            self.len = io.recv(&mut self.buf);
+        }
+        if self.drained() {
+            return Ok(false);
+        }
+        match tls.handle_ciphertext(&self.buf[self.off..self.len]) {
+            Ok(n) => {
+                self.off += n;
+                Ok(n > 0)
+            }
+            Err(e) => {
+                self.off = self.len;
+                Err(e)
+            }
+        }
+    }
+}
+
 /// One HTTPS connection: a TLS session with the HTTP responder on its plaintext side.
 pub struct HttpsConn {
     tls: Option<TlsSession>,
     http: HttpConn,
-    input: Box<[u8]>,
-    in_off: usize,
-    in_len: usize,
+    input: CipherInput,
     /// The responder finished and close_notify was queued.
     closing: bool,
     /// The transport's peer finished sending.
@@ -118,9 +210,7 @@ impl Default for HttpsConn {
         HttpsConn {
             tls: None,
             http: HttpConn::default(),
-            input: vec![0; INPUT].into_boxed_slice(),
-            in_off: 0,
-            in_len: 0,
+            input: CipherInput::default(),
             closing: false,
             eof: false,
             counted_handshake: false,
@@ -154,8 +244,7 @@ impl HttpsConn {
     pub fn start(&mut self, tls: TlsSession, limits: Limits, now: Instant) {
         self.tls = Some(tls);
         self.http.reset(limits);
-        self.in_off = 0;
-        self.in_len = 0;
+        self.input.reset();
         self.closing = false;
         self.eof = false;
         self.counted_handshake = false;
@@ -212,45 +301,20 @@ impl HttpsConn {
             return true;
         };
         loop {
-            let mut progress = false;
-            // Ciphertext out, as far as the transport has room.
-            while tls.has_ciphertext() {
-                let cap = io.send_capacity().min(scratch.len());
-                if cap == 0 {
-                    break;
-                }
-                let n = tls.poll_ciphertext(&mut scratch[..cap]);
-                if n == 0 {
-                    break;
-                }
-                let sent = io.send(&scratch[..n]);
-                debug_assert_eq!(sent, n, "the transport's capacity was checked");
-                progress = true;
-            }
+            let mut progress = CipherInput::send(tls, io, scratch);
             if tls.is_dead() || self.closing {
                 // Only the alert or close_notify remained to send.
                 return !tls.has_ciphertext();
             }
-            // Ciphertext in, one buffer at a time.
-            if self.in_off == self.in_len && !self.eof {
-                self.in_off = 0;
-                self.in_len = io.recv(&mut self.input);
-            }
-            if self.in_off < self.in_len {
-                match tls.handle_ciphertext(&self.input[self.in_off..self.in_len]) {
-                    Ok(n) => {
-                        self.in_off += n;
-                        progress |= n > 0;
-                    }
-                    Err(_) => {
-                        stats.tls_errors += 1;
-                        self.in_off = self.in_len;
-                        continue;
-                    }
+            match self.input.receive(tls, io, self.eof) {
+                Ok(took) => progress |= took,
+                Err(_) => {
+                    stats.tls_errors += 1;
+                    continue;
                 }
             }
             if tls.is_handshaking() {
-                if self.eof && self.in_off == self.in_len {
+                if self.eof && self.input.drained() {
                     // The peer gave up mid-handshake (e.g. a truncated ClientHello, then FIN):
                     // nothing more can happen. Counted as bad input.
                     stats.tls_errors += 1;
@@ -285,7 +349,7 @@ impl HttpsConn {
                 self.closing = true;
                 progress = true;
             }
-            if self.eof && self.in_off == self.in_len && !tls.has_ciphertext() && !self.closing {
+            if self.eof && self.input.drained() && !tls.has_ciphertext() && !self.closing {
                 // The transport is closed and nothing is left to answer.
                 return true;
             }

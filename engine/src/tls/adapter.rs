@@ -656,6 +656,18 @@ fn plain_name(presented: &str) -> String {
 /// written once for [`TlsSession`] and [`TlsClientSession`].
 macro_rules! byte_interface {
     ($session:ident) => {
+        impl crate::tls::CipherSession for $session {
+            fn handle_ciphertext(&mut self, data: &[u8]) -> Result<usize, TlsError> {
+                self.io.handle_ciphertext(data)
+            }
+            fn poll_ciphertext(&mut self, buf: &mut [u8]) -> usize {
+                self.io.poll_ciphertext(buf)
+            }
+            fn has_ciphertext(&self) -> bool {
+                self.io.has_ciphertext()
+            }
+        }
+
         impl $session {
             /// Feeds received ciphertext. Returns the bytes consumed: fewer than `data.len()`
             /// when rustls's received-plaintext buffer is full (read plaintext, then call again

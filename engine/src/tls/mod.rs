@@ -311,6 +311,17 @@ pub enum TlsError {
     },
 }
 
+/// The ciphertext side of a TLS session, server or client: what moves bytes between a session
+/// and its transport ([`crate::https::CipherInput`]).
+pub trait CipherSession {
+    /// See [`TlsSession::handle_ciphertext`].
+    fn handle_ciphertext(&mut self, data: &[u8]) -> Result<usize, TlsError>;
+    /// See [`TlsSession::poll_ciphertext`].
+    fn poll_ciphertext(&mut self, buf: &mut [u8]) -> usize;
+    /// See [`TlsSession::has_ciphertext`].
+    fn has_ciphertext(&self) -> bool;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

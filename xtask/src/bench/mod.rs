@@ -47,6 +47,8 @@ const LOAD_CORE: usize = 1;
 /// Kernel peer's address (the kernel's own address on the engine's veth).
 const KERNEL_ADDR: &str = netns::KERNEL_ADDR;
 const ENGINE_ADDR: &str = netns::ENGINE_ADDR;
+/// The engine client's address on the peer's veth (`handshake load` as the load generator).
+const ENGINE_CLIENT_ADDR: &str = "198.18.0.5/24";
 /// The certificate's DNS name (and both addresses as IP names).
 const CERT_NAME: &str = "bench.handshake.test";
 /// wrk connections (one thread).
@@ -102,10 +104,12 @@ enum Case {
     HttpsKa,
     HttpsFull,
     HttpsResumed,
+    /// HTTPS resumed, with the engine's own client (`handshake load`) as the load generator.
+    HttpsResumedEngineClient,
     Bulk,
 }
 
-const CASES: [Case; 8] = [
+const CASES: [Case; 9] = [
     Case::Icmp,
     Case::Arp,
     Case::TcpConn,
@@ -113,6 +117,7 @@ const CASES: [Case; 8] = [
     Case::HttpsKa,
     Case::HttpsFull,
     Case::HttpsResumed,
+    Case::HttpsResumedEngineClient,
     Case::Bulk,
 ];
 
@@ -125,7 +130,7 @@ struct Metric {
     peer: &'static str,
 }
 
-const METRICS: [Metric; 10] = [
+const METRICS: [Metric; 11] = [
     Metric {
         key: "icmp_echo",
         label: "ICMP echo (ping -f, 32 in flight)",
@@ -185,6 +190,13 @@ const METRICS: [Metric; 10] = [
     Metric {
         key: "https_resumed",
         label: "HTTPS resumed handshake + GET",
+        unit: "conn/s",
+        higher_better: true,
+        peer: "nginx (1 worker)",
+    },
+    Metric {
+        key: "https_resumed_engine_client",
+        label: "HTTPS resumed + GET, load from handshake load",
         unit: "conn/s",
         higher_better: true,
         peer: "nginx (1 worker)",
@@ -472,6 +484,7 @@ fn case_key(case: Case) -> &'static str {
         Case::HttpsKa => "https_keepalive",
         Case::HttpsFull => "https_full",
         Case::HttpsResumed => "https_resumed",
+        Case::HttpsResumedEngineClient => "https_resumed_engine_client",
         Case::Bulk => "bulk",
     }
 }
@@ -524,7 +537,7 @@ fn certificate(cert: &Path, key: &Path) -> Result<()> {
 
 fn nginx_config(conf: &Path, www: &Path, cert: &Path, key: &Path) -> Result<()> {
     let dir = conf.parent().expect("a directory");
-    fs::create_dir_all(dir.join("tmp"))?;
+    let temp = handshake_tests::nginx_temp_paths(dir)?;
     let d = dir.display();
     let mask = format!("{:b}", 1u32 << SERVER_CORE);
     let text = format!(
@@ -539,12 +552,7 @@ error_log {d}/error.log warn;
 events {{ worker_connections 4096; multi_accept on; }}
 http {{
     access_log off;
-    client_body_temp_path {d}/tmp/body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    default_type text/html;
+{temp}    default_type text/html;
     server_tokens off;
     etag off;
     sendfile on;
@@ -917,7 +925,11 @@ fn addr(side: Side) -> &'static str {
 fn verify(env: &Env, side: Side, case: Case) -> Result<String> {
     let a = addr(side);
     match case {
-        Case::HttpKa | Case::HttpsKa | Case::HttpsFull | Case::HttpsResumed => {
+        Case::HttpKa
+        | Case::HttpsKa
+        | Case::HttpsFull
+        | Case::HttpsResumed
+        | Case::HttpsResumedEngineClient => {
             let url = if case == Case::HttpKa {
                 format!("http://{a}/")
             } else {
@@ -1171,6 +1183,51 @@ fn measure(env: &Env, side: Side, case: Case) -> Result<Vec<(&'static str, f64)>
                 bail!("{resumed} HTTPS connections to {target} resumed although the client had no session");
             }
             Ok(vec![(case_key(case), ops / kv["secs"])])
+        }
+        Case::HttpsResumedEngineClient => {
+            // The engine's client owns 198.18.0.5 on the peer's veth for the measurement (its
+            // XDP program goes when it exits); the peer kernel keeps 198.18.0.2.
+            let cert = env.cert.display().to_string();
+            let body = env.body_file.display().to_string();
+            let daemon = env.daemon.display().to_string();
+            let resolve = format!("{CERT_NAME}:{a}");
+            let url = format!("https://{CERT_NAME}/");
+            let argv = s(&[
+                &daemon,
+                "load",
+                &url,
+                "--iface",
+                env.topo.peer_if(),
+                "--addr",
+                ENGINE_CLIENT_ADDR,
+                "--resolve",
+                &resolve,
+                "--cacert",
+                &cert,
+                "--expect",
+                &body,
+                "--concurrency",
+                &clients,
+                "--count",
+                "100000000",
+                "--duration",
+                &secs_s,
+                "--timeout",
+                "5",
+            ]);
+            let out = load(env, &argv, limit)?;
+            let l = parse::handshake_load(&out)?;
+            if l.failed > 0 || l.differ > 0 || l.ok == 0 {
+                bail!("handshake load against {a}: {out}");
+            }
+            if l.resumed < 0.9 * l.connections {
+                bail!(
+                    "only {} of {} connections to {a} resumed: {out}",
+                    l.resumed,
+                    l.connections
+                );
+            }
+            Ok(vec![(case_key(case), l.rate)])
         }
         Case::Bulk => {
             let out = load(

@@ -154,9 +154,97 @@ pub fn key_values(text: &str) -> Result<HashMap<String, f64>> {
     Ok(map)
 }
 
+/// What `handshake load` reports on its summary line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Load {
+    /// Requests started.
+    pub started: f64,
+    /// Complete responses.
+    pub ok: f64,
+    /// Failed requests.
+    pub failed: f64,
+    /// Bodies unlike the expected one.
+    pub differ: f64,
+    /// Complete responses per second.
+    pub rate: f64,
+    /// Connections opened.
+    pub connections: f64,
+    /// Connections whose TLS session was resumed.
+    pub resumed: f64,
+    /// Open loop: connections skipped.
+    pub late: f64,
+}
+
+/// `handshake load`'s summary: `N requests: A ok, B failed, C bodies differ; R req/s; latency
+/// …; K connections (x/s), M TLS-resumed, L late`.
+pub fn handshake_load(text: &str) -> Result<Load> {
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains(" requests: ") && l.contains(" TLS-resumed, "))
+        .with_context(|| format!("no `handshake load` summary line in:\n{text}"))?;
+    let num = |after: &str, what: &str| -> Result<f64> {
+        let tail = &line[line
+            .find(after)
+            .with_context(|| format!("no {what:?} in {line:?}"))?
+            + after.len()..];
+        let v: String = tail
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        v.parse()
+            .with_context(|| format!("{what} in {line:?} is not a number"))
+    };
+    let before = |word: &str| -> Result<f64> {
+        let end = line
+            .find(word)
+            .with_context(|| format!("no {word:?} in {line:?}"))?;
+        let v = line[..end]
+            .trim_end()
+            .rsplit(|c: char| c == ' ' || c == '(')
+            .next()
+            .unwrap_or("");
+        v.parse()
+            .with_context(|| format!("the number before {word:?} in {line:?}"))
+    };
+    Ok(Load {
+        started: num("", "requests")?,
+        ok: before(" ok,")?,
+        failed: before(" failed,")?,
+        differ: before(" bodies differ")?,
+        rate: before(" req/s")?,
+        connections: before(" connections (")?,
+        resumed: before(" TLS-resumed")?,
+        late: before(" late")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handshake_load_summary() {
+        let out = "2026-12-04T15:52:30.653940Z  INFO handshake::client::run: resolver stats=…
+4000 requests: 4000 ok, 0 failed, 0 bodies differ; 3291.7 req/s; latency p50 4.515 ms p90 5.336 ms p99 8.587 ms; 4000 connections (3291.7/s), 2114 TLS-resumed, 0 late
+";
+        let l = handshake_load(out).unwrap();
+        assert_eq!(
+            l,
+            Load {
+                started: 4000.0,
+                ok: 4000.0,
+                failed: 0.0,
+                differ: 0.0,
+                rate: 3291.7,
+                connections: 4000.0,
+                resumed: 2114.0,
+                late: 0.0,
+            }
+        );
+        assert!(handshake_load("nothing").is_err());
+    }
 
     /// Captured from a run (target/bench/raw/): wrk against the engine over veth.
     const WRK_HTTP: &str = "Running 5s test @ http://198.18.0.1/
