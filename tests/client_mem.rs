@@ -259,13 +259,13 @@ fn https_get_by_name_byte_exact_resumed_and_the_story_in_order() {
         &[
             handshake_tests::CLIENT_STORY_TO_SERVER_HELLO,
             &[
-            "out Application Data",
-            "in Application Data",
-            // The server closes first (the request said `Connection: close`).
-            "in FIN*",
-            "state CLOSE-WAIT",
-            "out FIN*",
-            "state CLOSED",
+                "out Application Data",
+                "in Application Data",
+                // The server closes first (the request said `Connection: close`).
+                "in FIN*",
+                "state CLOSE-WAIT",
+                "out FIN*",
+                "state CLOSED",
             ],
         ]
         .concat(),

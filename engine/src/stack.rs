@@ -62,6 +62,10 @@ pub struct StackConfig {
     /// The DNS stub resolver of the client side (`None`: no name resolution; UDP to us is
     /// answered with ICMP port unreachable).
     pub dns: Option<ResolverConfig>,
+    /// Secret of the resolver's query IDs and source ports (default: `secret`). Give a fresh
+    /// one per process when `secret` is kept across processes (as the client keeps its TCP
+    /// secret), so that query IDs never repeat from one run to the next.
+    pub dns_secret: Option<[u8; 32]>,
 }
 
 impl StackConfig {
@@ -80,6 +84,7 @@ impl StackConfig {
             apps: AppConfig::default(),
             secret: [0x5a; 32],
             dns: None,
+            dns_secret: None,
         }
     }
 }
@@ -138,7 +143,9 @@ impl Stack {
         Stack {
             tcp,
             apps,
-            dns: cfg.dns.map(|d| Resolver::new(d, cfg.secret)),
+            dns: cfg
+                .dns
+                .map(|d| Resolver::new(d, cfg.dns_secret.unwrap_or(cfg.secret))),
             next_timer_check: Instant::ZERO,
             now: Instant::ZERO,
             mac: cfg.mac,

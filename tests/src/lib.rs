@@ -39,4 +39,3 @@ pub fn nginx_temp_paths(dir: &std::path::Path) -> std::io::Result<String> {
         .map(|k| format!("    {k}_temp_path {d}/tmp/{k};\n"))
         .collect())
 }
-

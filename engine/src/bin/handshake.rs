@@ -488,6 +488,17 @@ fn client(a: GetCli, load: bool) -> anyhow::Result<()> {
         } else {
             0.0
         },
+        duration: match a.duration {
+            Some(d) if d > 0.0 && d < 86_400.0 => Some(std::time::Duration::from_secs_f64(d)),
+            Some(d) => anyhow::bail!("--duration {d}: give seconds between 0 and 86400"),
+            None => None,
+        },
+        expect: match &a.expect {
+            Some(p) => Some(
+                std::fs::read(p).with_context(|| format!("reading --expect {}", p.display()))?,
+            ),
+            None => None,
+        },
         quiet: load,
         bpf_object: a.bpf_object,
         mode: match a.mode.unwrap_or(XdpMode::Auto) {

@@ -189,7 +189,6 @@ pub struct ClientRequest {
     pub requests: u64,
 }
 
-
 /// A finished request, waiting to be reported.
 #[derive(Debug)]
 struct Done {

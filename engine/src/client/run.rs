@@ -8,7 +8,6 @@
 
 use super::{ClientError, ClientRequest, Url};
 use crate::daemon::xdp::{iface_mac, iface_queues, open_port, random_secret};
-use crate::daemon::Clock;
 use crate::dns::{DnsError, ResolverConfig};
 use crate::ipv4::{Ipv4Cidr, Routes};
 use crate::loader::{AttachMode, XdpLoader};
@@ -178,10 +177,14 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
     let mut port = open_port(&args.iface, args.queue, &xsk)?;
     prog.register_socket(args.queue, port.fd())?;
 
-    let secret = random_secret()?;
+    let random = random_secret()?;
     let mut scfg = StackConfig::new(mac, routes);
-    scfg.secret = secret;
-    scfg.hash_key = u64::from_le_bytes(secret[..8].try_into().expect("8 bytes"));
+    scfg.secret = client_secret().unwrap_or_else(|e| {
+        eprintln!("warning: {e:#}; a fresh TCP secret for this run: a server still holding an earlier run's connection in TIME-WAIT may then answer a SYN late");
+        random
+    });
+    scfg.dns_secret = Some(random);
+    scfg.hash_key = u64::from_le_bytes(random[..8].try_into().expect("8 bytes"));
     scfg.frame_size = xsk.frame_size as usize;
     scfg.dns = Some(ResolverConfig {
         servers: args.dns.iter().map(|a| SocketAddrV4::new(*a, 53)).collect(),
@@ -200,7 +203,7 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
             crate::trace::DEFAULT_QUEUE,
         )));
     }
-    let clock = Clock::start();
+    let clock = BootClock::start();
     let idle =
         |port: &mut crate::xsk::Port<crate::xsk::XskBackend>, stack: &Stack, now: Instant| {
             let wait = stack
@@ -408,6 +411,70 @@ pub fn get(args: &GetArgs) -> anyhow::Result<i32> {
         return Ok(exit::MISMATCH);
     }
     Ok(status)
+}
+
+/// Where the client keeps its TCP secret until the machine reboots.
+const CLIENT_SECRET: &str = "/run/handshake/client.secret";
+
+/// The client's TCP secret (ISNs, timestamp offsets, port choice), the same for every `get`
+/// and `load` run until the machine reboots, as the kernel's boot-time secret: with
+/// [`BootClock`], the ISNs and timestamps of a 4-tuple keep growing from one run to the next,
+/// so that a server still holding an earlier run's connection on that 4-tuple in TIME-WAIT
+/// takes the new SYN (RFC 6191) instead of answering it with an ACK that costs the client a
+/// 1 s retransmission. Kept in [`CLIENT_SECRET`] (mode 0600, in a 0700 directory).
+fn client_secret() -> anyhow::Result<[u8; 32]> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let path = std::path::Path::new(CLIENT_SECRET);
+    if let Ok(b) = std::fs::read(path) {
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if let (Ok(s), 0) = (<[u8; 32]>::try_from(b.as_slice()), mode & 0o077) {
+            return Ok(s);
+        }
+    }
+    let dir = path.parent().expect("a directory");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let s = random_secret()?;
+    let tmp = dir.join(format!(".client.secret.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(&s)?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {CLIENT_SECRET}"))?;
+    Ok(s)
+}
+
+/// The engine's clock for the client: microseconds since the machine booted (from
+/// `/proc/uptime` once, then the monotonic clock), so that sequence numbers and timestamps
+/// derived from it keep growing from one run to the next (see [`client_secret`]).
+#[derive(Clone, Copy, Debug)]
+struct BootClock {
+    start: std::time::Instant,
+    base_us: u64,
+}
+
+impl BootClock {
+    fn start() -> Self {
+        let base_us = std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0, |s| (s * 1e6) as u64);
+        BootClock {
+            start: std::time::Instant::now(),
+            base_us,
+        }
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.base_us + self.start.elapsed().as_micros() as u64)
+    }
 }
 
 /// On a multi-queue NIC, the ports whose replies its RSS steers to `queue` (read with

@@ -1217,7 +1217,7 @@ fn measure(env: &Env, side: Side, case: Case) -> Result<Vec<(&'static str, f64)>
             ]);
             let out = load(env, &argv, limit)?;
             let l = parse::handshake_load(&out)?;
-            if l.failed > 0 || l.differ > 0 || l.ok == 0 {
+            if l.failed > 0.0 || l.differ > 0.0 || l.ok == 0.0 {
                 bail!("handshake load against {a}: {out}");
             }
             if l.resumed < 0.9 * l.connections {
