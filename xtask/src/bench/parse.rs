@@ -202,7 +202,7 @@ pub fn handshake_load(text: &str) -> Result<Load> {
             .with_context(|| format!("no {word:?} in {line:?}"))?;
         let v = line[..end]
             .trim_end()
-            .rsplit(|c: char| c == ' ' || c == '(')
+            .rsplit([' ', '('])
             .next()
             .unwrap_or("");
         v.parse()
