@@ -197,8 +197,9 @@ pub fn handshake_load(text: &str) -> Result<Load> {
             .with_context(|| format!("{what} in {line:?} is not a number"))
     };
     let before = |word: &str| -> Result<f64> {
+        // The last one: " late" is also the start of " latency".
         let end = line
-            .find(word)
+            .rfind(word)
             .with_context(|| format!("no {word:?} in {line:?}"))?;
         let v = line[..end]
             .trim_end()
