@@ -3,7 +3,7 @@
 //! the layers behind them).
 //!
 //! Input encodings (the seed corpus in `corpus/<target>/` is written by
-//! `tests/fuzz_corpus.rs`, which must follow them):
+//! `examples/gen_corpus.rs` and, from real captures, `capture_seeds.py`; both follow them):
 //!
 //! - `frame`: one Ethernet frame, raw.
 //! - `stack`: records `[ctl: u8][len: u16 BE][frame: len bytes]`. `ctl & 0x3f` picks the virtual
