@@ -640,8 +640,8 @@ impl<C: Conn> Pump<C> {
     }
 }
 
-/// A name webpki reports a certificate presents, `DnsName("a.test")` or `IpAddress(192.0.2.1)`,
-/// as the user wrote it: `a.test`, `192.0.2.1` (other kinds as they are).
+/// A name webpki reports a certificate presents, `DnsName("a.test")` or `IpAddress(198.18.0.1)`,
+/// as the user wrote it: `a.test`, `198.18.0.1` (other kinds as they are).
 fn plain_name(presented: &str) -> String {
     let dns = presented
         .strip_prefix("DnsName(\"")
@@ -826,7 +826,7 @@ impl TlsClient {
     /// A new session to `server_name`, its ClientHello already queued for
     /// [`TlsClientSession::poll_ciphertext`] (resuming a stored session for that name, if any).
     /// A DNS name is sent as SNI and checked against the certificate; an IP address literal
-    /// (`192.0.2.1`, `2001:db8::1`) is checked against the certificate's IP addresses and sends
+    /// (`198.18.0.1`, `2001:db8::1`) is checked against the certificate's IP addresses and sends
     /// no SNI.
     pub fn connect(&self, server_name: &str) -> Result<TlsClientSession, TlsError> {
         let name = ServerName::try_from(server_name.to_string()).map_err(|_| {

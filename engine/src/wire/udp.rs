@@ -99,14 +99,14 @@ pub fn emit(
 mod tests {
     use super::*;
 
-    const SRC: [u8; 4] = [192, 168, 1, 100];
-    const DST: [u8; 4] = [8, 8, 8, 8];
+    const SRC: [u8; 4] = [198, 18, 0, 2];
+    const DST: [u8; 4] = [198, 19, 0, 53];
 
-    /// A DNS query (id 0x1234, RD, `example.com` A IN) from 192.168.1.100:53827 to 8.8.8.8:53, as
-    /// it appears on the wire; checksum 0x796d computed independently (RFC 1071 over the
+    /// A DNS query (id 0x1234, RD, `example.com` A IN) from 198.18.0.2:53827 to 198.19.0.53:53 (the
+    /// test range), as it appears on the wire; checksum 0xbf2c computed independently (RFC 1071 over the
     /// pseudo-header, by a separate script).
     const QUERY: [u8; 37] = [
-        0xd2, 0x43, 0x00, 0x35, 0x00, 0x25, 0x79, 0x6d, 0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0x00,
+        0xd2, 0x43, 0x00, 0x35, 0x00, 0x25, 0xbf, 0x2c, 0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0x00,
         0x00, 0x00, 0x00, 0x00, 0x00, 0x07, 0x65, 0x78, 0x61, 0x6d, 0x70, 0x6c, 0x65, 0x03, 0x63,
         0x6f, 0x6d, 0x00, 0x00, 0x01, 0x00, 0x01,
     ];
@@ -130,7 +130,7 @@ mod tests {
         let h = etherparse::UdpHeader::from_slice(&buf[..n]).unwrap().0;
         assert_eq!(
             h.calc_checksum_ipv4_raw(SRC, DST, &buf[8..n]).unwrap(),
-            0x796d
+            0xbf2c
         );
     }
 
@@ -147,7 +147,10 @@ mod tests {
         b[20] ^= 0x20; // payload changed: checksum no longer verifies
         assert_eq!(parse(SRC, DST, &b), Err(UdpError::BadChecksum));
         // Another destination changes the pseudo-header.
-        assert_eq!(parse(SRC, [8, 8, 4, 4], &QUERY), Err(UdpError::BadChecksum));
+        assert_eq!(
+            parse(SRC, [198, 19, 0, 54], &QUERY),
+            Err(UdpError::BadChecksum)
+        );
         // Ethernet padding after the datagram is not part of it.
         let mut padded = QUERY.to_vec();
         padded.extend_from_slice(&[0xee; 9]);
