@@ -6,6 +6,12 @@
 //! `cargo bench -p handshake-benches --bench profile --no-run`, then
 //! `valgrind --tool=callgrind --toggle-collect='*server_step*' target/release/deps/profile-* [ours|smoltcp|ours-traced] [n] [rounds]`.
 //!
+//! Each phase of the life steps through a function of its own (`server_step_syn`,
+//! `server_step_request`, `server_step_fin`, `server_step_last_ack`): `callgrind_annotate
+//! --inclusive=yes` splits the cost by phase, and `--toggle-collect='*server_step_fin*'` profiles
+//! one phase alone. `ours-idle N` / `smoltcp-idle N` count `N` steps with nothing received (the
+//! fixed cost of a step).
+//!
 //! `ours-traced` installs a connection trace whose filter (`port 40000`, limit 1) matches the
 //! first client port: the first connection is traced, every later one on that port matches the
 //! filter but is over the limit, the other ports do not match. What the trace costs the
@@ -29,13 +35,47 @@ fn server_step<S: Server>(s: &mut S, now_us: u64) {
     s.step(now_us)
 }
 
+// One function per phase of the connection life, so that callgrind splits the cost by phase
+// (`callgrind_annotate --inclusive=yes`): SYN, ACK + request, FIN, last ACK.
+#[inline(never)]
+fn server_step_syn<S: Server>(s: &mut S, now_us: u64) {
+    // A distinct body, so that the four are not folded into one function.
+    std::hint::black_box(1u8);
+    s.step(now_us)
+}
+#[inline(never)]
+fn server_step_request<S: Server>(s: &mut S, now_us: u64) {
+    // A distinct body, so that the four are not folded into one function.
+    std::hint::black_box(2u8);
+    s.step(now_us)
+}
+#[inline(never)]
+fn server_step_fin<S: Server>(s: &mut S, now_us: u64) {
+    // A distinct body, so that the four are not folded into one function.
+    std::hint::black_box(3u8);
+    s.step(now_us)
+}
+#[inline(never)]
+fn server_step_last_ack<S: Server>(s: &mut S, now_us: u64) {
+    // A distinct body, so that the four are not folded into one function.
+    std::hint::black_box(4u8);
+    s.step(now_us)
+}
+
 impl<S: Server> Server for Prof<S> {
     const NAME: &'static str = S::NAME;
     fn dev(&mut self) -> &mut Frames {
         self.0.dev()
     }
     fn step(&mut self, now_us: u64) {
-        server_step(&mut self.0, now_us)
+        use std::sync::atomic::Ordering;
+        match harness::client::PHASE.load(Ordering::Relaxed) {
+            0 => server_step_syn(&mut self.0, now_us),
+            1 => server_step_request(&mut self.0, now_us),
+            2 => server_step_fin(&mut self.0, now_us),
+            3 => server_step_last_ack(&mut self.0, now_us),
+            _ => server_step(&mut self.0, now_us),
+        }
     }
 }
 
@@ -80,6 +120,18 @@ fn main() {
     let rounds = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
     match which {
         "smoltcp" => run(Smol::new(n, SmolApp::Echo), n, rounds),
+        "ours-idle" | "smoltcp-idle" => {
+            // Steps with nothing received: the fixed cost of a step, `n` times.
+            let mut clock = Clock::new();
+            if which == "ours-idle" {
+                let mut s = Prof(Ours::new(None));
+                (0..n).for_each(|_| clock.step(&mut s));
+            } else {
+                let mut s = Prof(Smol::new(1, SmolApp::Echo));
+                (0..n).for_each(|_| clock.step(&mut s));
+            }
+            println!("{which}: {n} empty steps");
+        }
         #[cfg(feature = "trace")]
         "ours-traced" => {
             use handshake::trace::{Tracer, DEFAULT_QUEUE};

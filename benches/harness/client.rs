@@ -7,6 +7,14 @@ use super::servers::{Server, BULK_PORT, ECHO_PORT};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// Which part of [`ConnLife::round`] runs (0 handshake, 1 echo, 2 close, 3 last ACK), for the
+/// instruction profile's per-phase split (`benches/profile.rs`).
+pub static PHASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn phase(p: usize) {
+    PHASE.store(p, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// First client port.
 const BASE_PORT: u16 = 40000;
 /// Virtual time per server step, in microseconds.
@@ -219,17 +227,21 @@ impl ConnLife {
             self.server_fin[i] = None;
             s.dev().inject(self.syn[i].bytes());
         }
+        phase(0);
         self.exchange(s, clock, "the handshake", |c, i| c.isn[i] != 0);
+        phase(1);
         for i in 0..n {
             let a = self.isn[i].wrapping_add(1);
             s.dev().inject(self.req[i].with_ack(a));
         }
         self.exchange(s, clock, "the echo", |c, i| c.echoed[i] >= 100);
+        phase(2);
         for i in 0..n {
             let a = self.isn[i].wrapping_add(101);
             s.dev().inject(self.fin[i].with_ack(a));
         }
         self.exchange(s, clock, "the close", |c, i| c.server_fin[i].is_some());
+        phase(3);
         for i in 0..n {
             let a = self.server_fin[i].unwrap_or(0).wrapping_add(1);
             s.dev().inject(self.last[i].with_ack(a));
