@@ -103,6 +103,7 @@ fn add(a: FaultStats, b: FaultStats) -> FaultStats {
 /// fault injectors). Returns the frames delivered.
 fn step(p: &mut StackPair) -> usize {
     p.now += STEP;
+    p.server_dev.set_clock(p.now);
     run_batch(&mut p.server, &mut p.server_dev, p.now);
     while p.server.poll_neighbor_event().is_some() {}
     let mut moved = p.to_client.carry(&mut p.server_dev, &mut p.client_dev);
@@ -120,6 +121,13 @@ fn download(size: usize, tcp: &TcpConfig, faults: Faults) -> Outcome {
     let server = stack(1, "198.18.0.1/24", tcp, Some(Arc::clone(&page)));
     let client = stack(2, "198.18.0.2/24", tcp, None);
     let mut p = StackPair::new(server, client, faults.clone());
+    if let Some(path) = std::env::var_os("HS_PCAP") {
+        // What the server's device receives and sends, on the virtual clock (investigations).
+        let f = std::fs::File::create(path).expect("HS_PCAP: a writable path");
+        p.server_dev = handshake::device::mem::MemDevice::new(2048)
+            .with_pcap(Box::new(std::io::BufWriter::new(f)))
+            .expect("pcap header written");
+    }
     let start = p.now;
     let conn = p
         .client
@@ -444,4 +452,31 @@ fn same_seed_same_transfer() {
         (c.took, c.faults),
         "another seed, another run"
     );
+}
+
+/// One cell of the matrix with its recovery counters, for investigating TCP's loss recovery:
+/// `HS_CELL=<loss per mille>:<buffer KiB>[:<MiB>] cargo test -p handshake-tests --test faults
+/// one_cell -- --nocapture` (the seed is the matrix's for that cell; without `HS_CELL` it runs
+/// 1% at 256 KiB). `HS_DEBUG=1` also prints every idle wait for a timer.
+#[test]
+fn one_cell() {
+    let spec = std::env::var("HS_CELL").unwrap_or_else(|_| "10:256".into());
+    let mut it = spec
+        .split(':')
+        .map(|s| s.parse::<usize>().expect("HS_CELL=loss:kib[:mib]"));
+    let (l, kib) = (it.next().unwrap_or(10) as u32, it.next().unwrap_or(256));
+    let mib = it.next().unwrap_or(MATRIX_SIZE / MIB);
+    let i = MATRIX_LOSS.iter().position(|&x| x == l).unwrap_or(0);
+    let j = MATRIX_BUF
+        .iter()
+        .position(|&b| b == kib * 1024)
+        .unwrap_or(0);
+    let cfg = TcpConfig {
+        send_buf: kib * 1024,
+        recv_buf: kib * 1024,
+        ..TcpConfig::default()
+    };
+    let o = download(mib * MIB, &cfg, loss(l, 0x4d00 + (i * 16 + j) as u64));
+    assert_eq!(o.bytes, mib * MIB);
+    print(&format!("{}% loss, {kib} KiB buffers", l as f64 / 10.0), &o);
 }

@@ -429,6 +429,19 @@ while True:
 print('got', n, h.hexdigest(), 'in', round(time.time() - t, 3), 's')
 "#;
 
+/// Python's `http.server` with a congestion control set on its listening socket:
+/// `python3 -c KERNEL_SERVER <cc> <port> <root>` (on 198.18.0.3).
+const KERNEL_SERVER: &str = r#"
+import functools, http.server, socket, sys
+cc, port, root = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+class Server(http.server.ThreadingHTTPServer):
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
+        super().server_bind()
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=root)
+Server(("198.18.0.3", port), handler).serve_forever()
+"#;
+
 /// Kills (and reaps) a child process when dropped.
 struct Reap(std::process::Child);
 
@@ -501,33 +514,36 @@ fn hundred_mib_under_nftables_loss_engine_and_kernel() -> Result<()> {
         &topo,
         &["--addr", "198.18.0.1/24", "--http", "80", "--root", &root],
     )?;
-    let kernel = Reap(topo.spawn_eng([
-        "python3",
-        "-m",
-        "http.server",
-        "--bind",
-        "198.18.0.3",
-        "--directory",
-        &root,
-        "8080",
-    ])?);
+    // Two kernel servers, one per congestion control, set on the listening socket (root may
+    // pick any algorithm the kernel has; the connections inherit it): CUBIC, the engine's
+    // default, and BBR, this machine's default, which does not cut its window on loss.
+    let mut kernels = Vec::new();
+    for (cc, port) in [("cubic", "8080"), ("bbr", "8081")] {
+        kernels.push((
+            cc,
+            port,
+            Reap(topo.spawn_eng(["python3", "-c", KERNEL_SERVER, cc, port, &root])?),
+        ));
+    }
     let limit: f64 = std::env::var("HS_LOSS_LIMIT_S")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60.0);
     let limit_s = limit.to_string();
-    // Wait for the kernel server.
+    // Wait for the kernel servers.
     let t = Instant::now();
-    while !text(
-        &topo.run_peer("curl -s -m 1 -o /dev/null -w %{http_code} http://198.18.0.3:8080/")?,
-    )
-    .starts_with("200")
-    {
-        ensure!(
-            t.elapsed() < Duration::from_secs(10),
-            "kernel HTTP server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    for (_, port, _) in &kernels {
+        while !text(&topo.run_peer(&format!(
+            "curl -s -m 1 -o /dev/null -w %{{http_code}} http://198.18.0.3:{port}/"
+        ))?)
+        .starts_with("200")
+        {
+            ensure!(
+                t.elapsed() < Duration::from_secs(10),
+                "kernel HTTP server on {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     let mut rows = Vec::new();
     for (loss, mib) in cells {
@@ -540,11 +556,28 @@ fn hundred_mib_under_nftables_loss_engine_and_kernel() -> Result<()> {
         let o = topo.run_peer_args(["sh", "-c", "printf '%s' \"$0\" | nft -f -", &script])?;
         ensure!(o.status.success(), "nft: {}", text(&o));
         let mut row = format!("{loss:>3}% loss, {mib:>3} MiB:");
-        for (who, url) in [
-            ("engine", format!("http://198.18.0.1/{mib}mib.bin")),
-            ("kernel", format!("http://198.18.0.3:8080/{mib}mib.bin")),
-        ] {
+        let chaos_drops = || -> Result<u64> {
+            let listing = text(&topo.run_peer("nft list table inet chaos")?);
+            Ok(listing
+                .split("counter packets ")
+                .skip(1)
+                .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+                .sum())
+        };
+        let mut sides = vec![(
+            "engine".to_string(),
+            format!("http://198.18.0.1/{mib}mib.bin"),
+        )];
+        for (cc, port, _) in &kernels {
+            sides.push((
+                format!("kernel {cc}"),
+                format!("http://198.18.0.3:{port}/{mib}mib.bin"),
+            ));
+        }
+        for (who, url) in sides {
+            let before = chaos_drops()?;
             let out = topo.py(DOWNLOAD, &[&url, &limit_s])?;
+            let dropped = chaos_drops()? - before;
             let w: Vec<&str> = out.split_whitespace().collect();
             let fig = match w[..] {
                 ["got", n, h, "in", s, "s"] => {
@@ -553,18 +586,16 @@ fn hundred_mib_under_nftables_loss_engine_and_kernel() -> Result<()> {
                         "{who} at {loss}% loss: {n} bytes, SHA-256 {h} (want {size}, {want})"
                     );
                     let secs: f64 = s.parse()?;
-                    format!("{who} {:.1} MB/s ({secs:.1} s)", size as f64 / secs / 1e6)
+                    format!(
+                        "{who} {:.1} MB/s ({secs:.2} s, {dropped} packets dropped)",
+                        size as f64 / secs / 1e6
+                    )
                 }
                 _ => anyhow::bail!("{who} at {loss}% loss did not finish in {limit} s: {out}"),
             };
             row += &format!("  {fig}");
         }
-        let listing = text(&topo.run_peer("nft list table inet chaos")?);
-        let dropped: u64 = listing
-            .split("counter packets ")
-            .skip(1)
-            .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
-            .sum();
+        let dropped = chaos_drops()?;
         row += &format!("  (nftables dropped {dropped} packets)");
         // The loss happened: at least half of what the rule should take from the engine's
         // segments alone (one per 1448 bytes).
@@ -607,6 +638,6 @@ fn hundred_mib_under_nftables_loss_engine_and_kernel() -> Result<()> {
         "downloads under nftables loss, engine vs kernel (same rule, same run):\n{}\nengine retransmits {retransmits}",
         rows.join("\n")
     );
-    drop(kernel);
+    drop(kernels);
     Ok(())
 }

@@ -1558,8 +1558,16 @@ impl Conn {
             self.rtt_at = Some(env.now);
             self.rtt_seq = end;
         }
-        if seq::gt(end, self.snd_max) {
+        let new_data = seq::gt(end, self.snd_max);
+        if new_data {
             self.snd_max = end;
+        }
+        if new_data && self.pto && !self.in_recovery {
+            // RFC 8985 §7.2: the probe timeout restarts after new data is sent, and with it
+            // its length (2·SRTT, without the delayed-ACK allowance of a single segment once
+            // more than one is in flight).
+            self.arm_pto_or_rto(env.cfg, env.now);
+            return;
         }
         self.arm_rtx(env.cfg, env.now);
     }

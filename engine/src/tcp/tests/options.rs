@@ -575,12 +575,16 @@ fn test_time_wait_old_timestamp_not_reused() {
 
 /// Established with SACK, peer MSS 100 and window 4096, Nagle off; 4 KiB send buffer.
 fn sack_established(cc: Congestion) -> (T, ConnId) {
-    let cf = TcpConfig {
+    sack_established_with(TcpConfig {
         sack: true,
         send_buf: 4096,
         congestion: cc,
         ..cfg()
-    };
+    })
+}
+
+/// [`sack_established`] with the configuration `cf`.
+fn sack_established_with(cf: TcpConfig) -> (T, ConnId) {
     let mut t = tcp_listen_with(cf);
     send!(
         t,
@@ -706,6 +710,36 @@ fn test_tail_loss_probe_resends_last_segment_after_two_srtt() {
     recv_nothing!(t, time 202);
     recv!(t, time 203, data_seg(&data, 100));
     assert_eq!(t.tcp.stats().rto_fired, 1);
+}
+
+/// RFC 8985 §7.2: the probe timeout restarts when new data is sent. A single segment in
+/// flight waits 2·SRTT plus the peer's delayed-ACK time (40 ms) before its probe; once a
+/// second one is sent, the probe comes 2·SRTT after it (the 2 ms floor), not at the 40 ms
+/// armed for the first.
+#[test]
+fn test_probe_timeout_restarts_after_new_data() {
+    let (mut t, c) = sack_established_with(TcpConfig {
+        sack: true,
+        send_buf: 4096,
+        delayed_ack_ms: 40,
+        ..cfg()
+    });
+    let data: Vec<u8> = (0..200u32).map(|i| (i * 3) as u8).collect();
+    t.tcp.send(c, &data[..100]).unwrap();
+    let mut buf = [0u8; 2048];
+    t.recv(&mut buf).unwrap();
+    recv_nothing!(t, time 10);
+    t.tcp.send(c, &data[100..]).unwrap();
+    let last = TcpRepr {
+        flags: ACK | PSH,
+        ..data_seg(&data, 100)
+    };
+    recv!(t, time 10, last);
+    recv_nothing!(t, time 11);
+    recv!(t, time 12, last);
+    recv_nothing!(t, time 100);
+    assert_eq!(t.tcp.stats().tail_loss_probes, 1);
+    assert_eq!(t.tcp.stats().retransmits, 1);
 }
 
 /// Bulk send to a peer with MSS 1460 over a 1500-byte MTU, through the 1480-byte room the stack
