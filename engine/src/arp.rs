@@ -12,6 +12,7 @@
 
 use crate::time::Instant;
 use crate::wire::Mac;
+use core::cell::Cell;
 use core::hash::{BuildHasher, Hasher};
 use core::net::Ipv4Addr;
 use core::time::Duration;
@@ -201,6 +202,10 @@ pub struct NeighborCache {
     /// (every segment to the same gateway or peer) skips the hash table. Cleared by every
     /// method that changes entries (`learn`, `handle_event`, `handle_timeout`).
     hot: Option<(Ipv4Addr, Mac, Instant)>,
+    /// The earliest `probe_at` of the entries, once computed; `None` when it must be computed
+    /// again (a probe was scheduled, moved or cancelled, or an entry went away). The workers ask
+    /// for the next deadline every time they go idle: without it that is a scan of the table.
+    next_probe: Cell<Option<Option<Instant>>>,
 }
 
 impl NeighborCache {
@@ -231,6 +236,7 @@ impl NeighborCache {
             parked_count: 0,
             stats: ArpStats::default(),
             hot: None,
+            next_probe: Cell::new(None),
             cfg,
         }
     }
@@ -258,6 +264,7 @@ impl NeighborCache {
         if let Some(e) = self.entries.get_mut(&ip) {
             if e.probe_at.is_none() {
                 e.probe_at = Some(now);
+                self.next_probe.set(None);
                 e.probes = 0;
                 if self.requests.len() < self.requests.capacity() {
                     self.requests.push_back(ip);
@@ -316,6 +323,7 @@ impl NeighborCache {
                     self.stats.cache_full += 1;
                     return Lookup::Unreachable;
                 }
+                self.next_probe.set(None);
                 self.entries.insert(
                     ip,
                     Entry {
@@ -340,6 +348,7 @@ impl NeighborCache {
         match victim {
             Some(ip) => {
                 self.entries.remove(&ip);
+                self.next_probe.set(None);
                 true
             }
             None => false,
@@ -401,6 +410,7 @@ impl NeighborCache {
         e.mac = mac;
         e.state = State::Reachable(until);
         e.probe_at = None;
+        self.next_probe.set(None);
         e.probes = 0;
         if news {
             self.learned(ip, mac)
@@ -448,6 +458,7 @@ impl NeighborCache {
                 e.mac = mac;
                 e.state = State::Reachable(until);
                 e.probe_at = None;
+                self.next_probe.set(None);
                 e.probes = 0;
             }
             None => {
@@ -473,6 +484,7 @@ impl NeighborCache {
             probe_at: None,
             probes: 0,
         };
+        self.next_probe.set(None);
         self.entries.insert(ip, entry);
         true
     }
@@ -506,6 +518,7 @@ impl NeighborCache {
                 .retry_ms
                 .saturating_mul(1 << (e.probes - 1).min(10));
             e.probe_at = Some(now + Duration::from_millis(backoff));
+            self.next_probe.set(None);
             let dst = if e.state == State::Incomplete {
                 Mac::BROADCAST
             } else {
@@ -521,12 +534,18 @@ impl NeighborCache {
         if !self.requests.is_empty() {
             return Some(Instant::ZERO);
         }
-        self.entries.values().filter_map(|e| e.probe_at).min()
+        if let Some(next) = self.next_probe.get() {
+            return next;
+        }
+        let next = self.entries.values().filter_map(|e| e.probe_at).min();
+        self.next_probe.set(Some(next));
+        next
     }
 
     /// Runs retries, gives up on silent addresses and forgets old entries.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.hot = None;
+        self.next_probe.set(None);
         let max = self.cfg.max_probes;
         let mut give_up: [Ipv4Addr; 16] = [Ipv4Addr::UNSPECIFIED; 16];
         let mut n = 0;
@@ -563,11 +582,13 @@ impl NeighborCache {
         }
         for ip in &give_up[..n] {
             self.entries.remove(ip);
+            self.next_probe.set(None);
             self.stats.failed += 1;
             self.drop_pending(*ip);
         }
         for ip in &forget[..f] {
             self.entries.remove(ip);
+            self.next_probe.set(None);
         }
         if !self.expected.is_empty() {
             self.expected.retain(|_, t| *t > now);
@@ -694,6 +715,44 @@ mod tests {
 
     fn t(ms: u64) -> Instant {
         Instant::from_millis(ms)
+    }
+
+    /// The remembered next deadline always equals a scan of the entries, through requests,
+    /// retries, answers, a give-up and other workers' news, for two addresses at once.
+    #[test]
+    fn poll_timeout_is_always_the_earliest_probe() {
+        let mut c = cache();
+        let exact = |c: &NeighborCache| {
+            if !c.requests.is_empty() {
+                return Some(Instant::ZERO);
+            }
+            c.entries.values().filter_map(|e| e.probe_at).min()
+        };
+        let mut seen = Vec::new();
+        for ms in 0..4_000u64 {
+            let now = t(ms);
+            match ms {
+                0 => assert_eq!(c.lookup(now, PEER), Lookup::Miss),
+                3 => assert_eq!(c.lookup(now, GW), Lookup::Miss),
+                1_401 => assert!(c.learn(now, GW, MAC_B, Learn::Reply)),
+                1_500 => c.handle_event(now, NeighborEvent::Learned(PEER, MAC_A)),
+                _ => {}
+            }
+            // Asked after every change (as a worker going idle would), so that a remembered
+            // deadline must follow each one.
+            assert_eq!(c.poll_timeout(), exact(&c), "at {ms} ms");
+            if exact(&c).is_some_and(|w| w <= now) {
+                c.handle_timeout(now);
+                assert_eq!(c.poll_timeout(), exact(&c), "after the timers at {ms} ms");
+            }
+            while c.poll_request(now).is_some() {
+                assert_eq!(c.poll_timeout(), exact(&c), "after a request at {ms} ms");
+            }
+            seen.push(c.poll_timeout());
+        }
+        // Both addresses were probed, then both resolved: no deadline is left.
+        assert!(seen.iter().filter(|d| d.is_some()).count() > 900);
+        assert_eq!(c.poll_timeout(), None);
     }
 
     #[test]
