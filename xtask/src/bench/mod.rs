@@ -100,6 +100,9 @@ enum Case {
     Icmp,
     Arp,
     TcpConn,
+    /// A TCP connection per HTTP request (connect, GET, the page, close), with the engine's
+    /// own client as the load generator (the kernel client's threads are the TCP case's limit).
+    HttpConnEngineClient,
     HttpKa,
     HttpsKa,
     HttpsFull,
@@ -109,10 +112,11 @@ enum Case {
     Bulk,
 }
 
-const CASES: [Case; 9] = [
+const CASES: [Case; 10] = [
     Case::Icmp,
     Case::Arp,
     Case::TcpConn,
+    Case::HttpConnEngineClient,
     Case::HttpKa,
     Case::HttpsKa,
     Case::HttpsFull,
@@ -130,7 +134,7 @@ struct Metric {
     peer: &'static str,
 }
 
-const METRICS: [Metric; 11] = [
+const METRICS: [Metric; 12] = [
     Metric {
         key: "icmp_echo",
         label: "ICMP echo (ping -f, 32 in flight)",
@@ -148,6 +152,13 @@ const METRICS: [Metric; 11] = [
     Metric {
         key: "tcp_conn",
         label: "TCP connect, 64 B echo, close",
+        unit: "conn/s",
+        higher_better: true,
+        peer: "Linux + sbs-peer (epoll)",
+    },
+    Metric {
+        key: "http_conn_engine_client",
+        label: "HTTP connection per GET, load from handshake load",
         unit: "conn/s",
         higher_better: true,
         peer: "Linux + sbs-peer (epoll)",
@@ -480,6 +491,7 @@ fn case_key(case: Case) -> &'static str {
         Case::Icmp => "icmp_echo",
         Case::Arp => "arp",
         Case::TcpConn => "tcp_conn",
+        Case::HttpConnEngineClient => "http_conn_engine_client",
         Case::HttpKa => "http_keepalive",
         Case::HttpsKa => "https_keepalive",
         Case::HttpsFull => "https_full",
@@ -926,11 +938,12 @@ fn verify(env: &Env, side: Side, case: Case) -> Result<String> {
     let a = addr(side);
     match case {
         Case::HttpKa
+        | Case::HttpConnEngineClient
         | Case::HttpsKa
         | Case::HttpsFull
         | Case::HttpsResumed
         | Case::HttpsResumedEngineClient => {
-            let url = if case == Case::HttpKa {
+            let url = if matches!(case, Case::HttpKa | Case::HttpConnEngineClient) {
                 format!("http://{a}/")
             } else {
                 format!("https://{a}/")
@@ -1183,6 +1196,45 @@ fn measure(env: &Env, side: Side, case: Case) -> Result<Vec<(&'static str, f64)>
                 bail!("{resumed} HTTPS connections to {target} resumed although the client had no session");
             }
             Ok(vec![(case_key(case), ops / kv["secs"])])
+        }
+        Case::HttpConnEngineClient => {
+            // As below: the engine's client owns 198.18.0.5 on the peer's veth. One GET per
+            // connection (no --keep-alive), every body compared with the file.
+            let body = env.body_file.display().to_string();
+            let daemon = env.daemon.display().to_string();
+            let url = format!("http://{a}/");
+            let argv = s(&[
+                &daemon,
+                "load",
+                &url,
+                "--iface",
+                env.topo.peer_if(),
+                "--addr",
+                ENGINE_CLIENT_ADDR,
+                "--expect",
+                &body,
+                "--concurrency",
+                &clients,
+                "--count",
+                "100000000",
+                "--duration",
+                &secs_s,
+                "--timeout",
+                "5",
+            ]);
+            let out = load(env, &argv, limit)?;
+            let l = parse::handshake_load(&out)?;
+            if l.failed > 0.0 || l.differ > 0.0 || l.ok == 0.0 {
+                bail!("handshake load against {a}: {out}");
+            }
+            if l.connections < l.ok {
+                bail!(
+                    "{} requests over {} connections to {a}: not one connection per request: {out}",
+                    l.ok,
+                    l.connections
+                );
+            }
+            Ok(vec![(case_key(case), l.rate)])
         }
         Case::HttpsResumedEngineClient => {
             // The engine's client owns 198.18.0.5 on the peer's veth for the measurement (its
