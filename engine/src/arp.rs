@@ -3,7 +3,7 @@
 //!
 //! One cache lives in each worker's stack. Workers keep their caches consistent by exchanging what
 //! they learn: every entry learned from the wire is also reported by [`NeighborCache::poll_event`],
-//! which the daemon forwards to the other workers' [`NeighborCache::learn_shared`] (a reply may
+//! which the daemon forwards to the other workers' [`NeighborCache::handle_event`] (a reply may
 //! arrive on another queue than the one that asked).
 //!
 //! Hijack resistance: an existing, fresh entry is never overwritten by an unsolicited packet

@@ -4,7 +4,7 @@
 //!   be (ARP reply, ICMP echo reply: zero copy), else consumed.
 //! - [`Stack::poll_transmit`]: fills a free transmit buffer with the next frame to send.
 //! - [`Stack::poll_timeout`] / [`Stack::handle_timeout`]: timers (ARP retries, TCP).
-//! - [`Stack::poll_neighbor_event`] / [`Stack::handle_neighbor`]: keeps the neighbour caches of
+//! - [`Stack::poll_neighbor_event`] / [`Stack::handle_neighbor_event`]: keeps the neighbour caches of
 //!   all workers consistent.
 //!
 //! [`run_batch`] drives a stack over any [`Device`].

@@ -166,6 +166,17 @@ pub fn run() -> Result<()> {
             ]))
         },
     );
+    stage(
+        &mut stages,
+        "rustdoc (-D warnings: no broken or private intra-doc links)",
+        || {
+            util::run(util::cargo().env("RUSTDOCFLAGS", "-D warnings").args([
+                "doc",
+                "--no-deps",
+                "--workspace",
+            ]))
+        },
+    );
     stage(&mut stages, "rustfmt", || {
         util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
         util::run(

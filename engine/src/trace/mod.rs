@@ -444,7 +444,7 @@ impl Tracer {
         self.arp_recent.push_back((now, s, t, kind));
     }
 
-    /// A DNS message received from or sent to `server`. Remembered (the last [`ARP_RECENT`]) and
+    /// A DNS message received from or sent to `server`. Remembered (the last 16, as ARP exchanges are) and
     /// told as part of the story of the next traced connection to an address it answered.
     pub fn on_dns(&mut self, now: Instant, dir: Dir, server: std::net::SocketAddrV4, msg: &[u8]) {
         let Some(m) = crate::dns::summarize(msg) else {
