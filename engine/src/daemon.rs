@@ -53,6 +53,9 @@ pub struct Worker {
     pub metrics: Arc<QueueSlot>,
     /// How often the counters are published (never per packet).
     pub publish_every: Duration,
+    /// How long to keep polling after the last work before sleeping (see
+    /// [`crate::config::Config::idle_spin_us`]).
+    pub idle_spin: Duration,
     /// Set to stop the loop.
     pub stop: Arc<AtomicBool>,
     /// After `stop`: how long to keep serving while peers close the connections shut down.
@@ -130,14 +133,24 @@ impl Worker {
         mut shell: impl FnMut(&D, &mut ShellCounters),
     ) {
         let mut last_publish = Instant::ZERO;
+        // The worker's last work: it spins for `idle_spin` after it before sleeping (a wake-up
+        // that finds nothing, a timer's, sleeps again at once).
+        let mut last_work: Option<Instant> = None;
         while !self.stop.load(Ordering::Relaxed) {
             let now = clock.now();
             let busy = self.turn(dev, now);
+            if busy {
+                last_work = Some(now);
+            }
             if now.saturating_since(last_publish) >= self.publish_every {
                 self.publish(dev, &mut shell);
                 last_publish = now;
             }
             if !busy && self.inbox.is_empty() && !self.stack.apps().awaiting_pool() {
+                if last_work.is_some_and(|t| now.saturating_since(t) < self.idle_spin) {
+                    std::hint::spin_loop();
+                    continue;
+                }
                 let wait = match self.stack.poll_timeout() {
                     Some(t) => t.saturating_since(now).min(MAX_IDLE),
                     None => MAX_IDLE,
@@ -723,6 +736,7 @@ pub(crate) mod xdp {
                 shared: Arc::clone(&shared[q]),
                 metrics: Arc::clone(&registry.queues[q]),
                 publish_every,
+                idle_spin: Duration::from_micros(cfg.idle_spin_us),
                 stop: Arc::clone(&stop),
                 stop_timeout: Duration::from_millis(cfg.shutdown_timeout_ms),
                 abandon: Arc::clone(&abandon),
@@ -1013,9 +1027,63 @@ mod tests {
             trace: None,
             metrics: Arc::new(QueueSlot::default()),
             publish_every: Duration::from_millis(100),
+            idle_spin: Duration::ZERO,
             stop: Arc::new(AtomicBool::new(false)),
             stop_timeout: Duration::ZERO,
             abandon: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// After its last work (a ping answered), a worker sleeps at once, or with an idle spin
+    /// keeps polling for that long first; a wake-up that finds nothing sleeps again at once.
+    #[test]
+    fn idle_spin_polls_after_work_before_sleeping() {
+        let mut ping = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+            .ipv4([198, 18, 0, 2], [198, 18, 0, 1], 64)
+            .icmpv4_echo_request(7, 1)
+            .write(&mut ping, b"spin")
+            .unwrap();
+        for spin in [Duration::ZERO, Duration::from_millis(100)] {
+            let (inbox, peers) = neighbor_mesh(1).pop().expect("one worker");
+            let mut w = worker(0, inbox, peers);
+            w.idle_spin = spin;
+            let stop = Arc::clone(&w.stop);
+            let mut dev = MemDevice::new(2048);
+            dev.inject(&ping);
+            let start = std::time::Instant::now();
+            let mut sleeps = Vec::new();
+            w.run(
+                &mut dev,
+                Clock::start(),
+                |d: &mut MemDevice, _| {
+                    sleeps.push((start.elapsed(), d.take_all().len()));
+                    if sleeps.len() == 2 {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                },
+                |_, _| {},
+            );
+            assert_eq!(sleeps.len(), 2, "{sleeps:?}");
+            assert_eq!(
+                sleeps[0].1, 1,
+                "the echo reply was sent before the first sleep"
+            );
+            let (first, second) = (sleeps[0].0, sleeps[1].0);
+            if spin.is_zero() {
+                assert!(first < Duration::from_millis(100), "slept after {first:?}");
+            } else {
+                assert!(
+                    first >= spin,
+                    "slept after {first:?}, before the {spin:?} spin"
+                );
+            }
+            // Nothing came in meanwhile: straight back to sleep.
+            assert!(
+                second - first < Duration::from_millis(50),
+                "slept again {:?} after waking with nothing to do",
+                second - first
+            );
         }
     }
 

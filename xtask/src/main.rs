@@ -131,6 +131,10 @@ enum Cmd {
         /// poll(2): lower latency, a whole core burnt).
         #[arg(long)]
         busy_poll: bool,
+        /// Run the engine with --idle-spin-us N (its worker polls N µs after its last work
+        /// before sleeping in poll(2)).
+        #[arg(long, value_name = "US")]
+        idle_spin_us: Option<u64>,
         /// Threads of the TCP and TLS connection-rate clients (connections in flight).
         #[arg(long, default_value_t = bench::CLIENT_THREADS)]
         clients: u32,
@@ -173,6 +177,7 @@ fn main() -> Result<()> {
             no_profile,
             no_rps,
             busy_poll,
+            idle_spin_us,
             clients,
         } => bench::run(bench::Opts {
             quick,
@@ -181,6 +186,7 @@ fn main() -> Result<()> {
             profile: !no_profile,
             rps: !no_rps,
             busy_poll,
+            idle_spin_us,
             clients,
         }),
     }

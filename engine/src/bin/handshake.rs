@@ -83,6 +83,10 @@ struct RunArgs {
     /// Spin on the rings instead of sleeping in poll(2).
     #[arg(long)]
     busy_poll: bool,
+    /// Keep polling the rings this many microseconds after the last work before sleeping in
+    /// poll(2) (0: sleep at once; default 50).
+    #[arg(long, value_name = "US")]
+    idle_spin_us: Option<u64>,
     /// eBPF object to load (default: next to the executable, see the README).
     #[arg(long, value_name = "PATH")]
     bpf_object: Option<PathBuf>,
@@ -301,6 +305,9 @@ impl RunArgs {
             c.mode = v;
         }
         c.busy_poll |= self.busy_poll;
+        if let Some(v) = self.idle_spin_us {
+            c.idle_spin_us = v;
+        }
         if self.bpf_object.is_some() {
             c.bpf_object = self.bpf_object;
         }

@@ -85,6 +85,8 @@ pub struct Opts {
     pub rps: bool,
     /// Run the engine with --busy-poll (its worker spins instead of sleeping in poll(2)).
     pub busy_poll: bool,
+    /// Run the engine with --idle-spin-us (`None`: the daemon's default).
+    pub idle_spin_us: Option<u64>,
     /// Threads of the TCP and TLS connection clients.
     pub clients: u32,
 }
@@ -244,6 +246,7 @@ struct Env {
     secs: f64,
     deadline: Instant,
     busy_poll: bool,
+    idle_spin_us: Option<u64>,
     clients: u32,
 }
 
@@ -328,6 +331,7 @@ pub fn run(opts: Opts) -> Result<()> {
         secs,
         deadline: started + budget,
         busy_poll: opts.busy_poll,
+        idle_spin_us: opts.idle_spin_us,
         clients: opts.clients.clamp(1, 256),
     };
     println!(
@@ -411,6 +415,7 @@ pub fn run(opts: Opts) -> Result<()> {
         kernel_rps: opts.rps,
         connection_clients: opts.clients,
         engine_busy_poll: opts.busy_poll,
+        engine_idle_spin_us: opts.idle_spin_us,
         load_core: LOAD_CORE,
         machine: machine(),
         loadavg_start,
@@ -789,6 +794,10 @@ fn start_side(env: &Env, side: Side, queues: u32) -> Result<Vec<Server>> {
             let mut argv = argv;
             if env.busy_poll {
                 argv.push("--busy-poll".into());
+            }
+            if let Some(us) = env.idle_spin_us {
+                argv.push("--idle-spin-us".into());
+                argv.push(us.to_string());
             }
             let mut d = Server::spawn(&env.topo, "the engine daemon", argv)?;
             d.wait_line("ready", Duration::from_secs(10))?;
@@ -1516,6 +1525,8 @@ struct Report {
     connection_clients: u32,
     /// Whether the engine ran with --busy-poll.
     engine_busy_poll: bool,
+    /// The engine's --idle-spin-us, when given.
+    engine_idle_spin_us: Option<u64>,
     load_core: usize,
     machine: String,
     loadavg_start: String,
