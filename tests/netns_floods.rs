@@ -356,11 +356,16 @@ fn icmp_echo_flood_is_rate_limited() -> Result<()> {
     Ok(())
 }
 
-/// 10,000 IPv4 fragments (first, middle and last pieces of 2,500 datagrams: UDP and ICMP) to
-/// 198.18.0.1: the engine does not reassemble, so every one must be dropped and counted
-/// `ipv4_fragment`, memory must not grow, and it must still serve.
+/// 10,000 IPv4 fragments (first, middle and last pieces of 2,500 datagrams of 256 random
+/// bytes: UDP and ICMP) to 198.18.0.1, then 5,000 first fragments of datagrams that never
+/// complete. Exact: every fragment of the first part is taken and every datagram reassembled;
+/// each UDP one gets port unreachable (or is over the ICMP error rate) and counts
+/// `proto_unreachable`; each ICMP one is refused by its checksum (as many as the script finds
+/// broken) or ignored or answered. Of the second part the reassembly holds exactly its 64
+/// datagrams (64 bytes each) and refuses the other 4,936 `table_full`;
+/// memory must not grow, and the engine must still serve.
 #[test]
-fn fragment_flood_is_dropped_and_counted() -> Result<()> {
+fn fragment_flood_is_reassembled_within_bounds() -> Result<()> {
     let topo = Topology::builder().kernel_address(false).up()?;
     let d = Daemon::start(
         &topo,
@@ -381,40 +386,106 @@ fn fragment_flood_is_dropped_and_counted() -> Result<()> {
 import sys, random, time
 from scapy.all import Ether, IP, Raw, sendp, conf
 conf.verb = 0
-iface, mac = sys.argv[1], sys.argv[2]
+iface, mac, part = sys.argv[1], sys.argv[2], sys.argv[3]
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    s = sum(int.from_bytes(b[i:i+2], 'big') for i in range(0, len(b), 2))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return s
 rng = random.Random(6)
 pkts = []
-for i in range(2500):
-    proto = 17 if i % 2 else 1
-    base = Ether(dst=mac)/IP(src='198.18.0.2', dst='198.18.0.1', id=i, proto=proto)
-    pay = bytes(rng.getrandbits(8) for _ in range(64))
-    # offsets in 8-byte units: first (MF, 0), two middles (MF), last (no MF)
-    pkts.append(base.copy()); pkts[-1][IP].flags = 'MF'; pkts[-1][IP].frag = 0; pkts[-1] = pkts[-1]/Raw(pay)
-    for k in (1, 2):
-        p = base.copy()/Raw(pay); p[IP].flags = 'MF'; p[IP].frag = 8 * k; pkts.append(p)
-    p = base.copy()/Raw(pay); p[IP].frag = 24; pkts.append(p)
+icmp_ok = icmp_echo = 0
+if part == 'whole':
+    for i in range(2500):
+        proto = 17 if i % 2 else 1
+        base = Ether(dst=mac)/IP(src='198.18.0.2', dst='198.18.0.1', id=i, proto=proto)
+        pay = bytes(rng.getrandbits(8) for _ in range(256))
+        if proto == 1 and csum(pay) == 0xffff:
+            icmp_ok += 1
+            icmp_echo += pay[0] == 8
+        for k in range(4):
+            p = base.copy()/Raw(pay[64 * k:64 * (k + 1)]); p[IP].frag = 8 * k
+            if k < 3: p[IP].flags = 'MF'
+            pkts.append(p)
+else:
+    for i in range(5000):
+        p = Ether(dst=mac)/IP(src='198.18.0.2', dst='198.18.0.1', id=10000 + i, proto=17, flags='MF')/Raw(bytes(64))
+        pkts.append(p)
 t = time.time()
 sendp(pkts, iface=iface)
-print('sent', len(pkts), 'in', round(time.time() - t, 2), 's')
+print('sent', len(pkts), 'in', round(time.time() - t, 2), 's; icmp_valid', icmp_ok, 'icmp_echo', icmp_echo)
 "#;
     let mac = mac_string(topo.eng_mac());
-    let out = topo.py(script, &[topo.peer_if(), &mac])?;
+    let out = topo.py(script, &[topo.peer_if(), &mac, "whole"])?;
     std::thread::sleep(Duration::from_millis(300));
     let m1 = metrics(&topo)?;
-    let frag = m1.drops("ipv4_fragment") - m0.drops("ipv4_fragment");
-    let rx = m1.sum("handshake_rx_packets_total", &[]) - m0.sum("handshake_rx_packets_total", &[]);
-    let tx = m1.sum("handshake_tx_packets_total", &[]) - m0.sum("handshake_tx_packets_total", &[]);
+    let delta = |name: &str| m1.sum(name, &[]) - m0.sum(name, &[]);
+    let drops = |r: &str| m1.drops(r) - m0.drops(r);
+    let word = |w: &str| -> Result<u64> {
+        let v = out
+            .split_whitespace()
+            .skip_while(|x| *x != w)
+            .nth(1)
+            .with_context(|| format!("no {w} in {out:?}"))?;
+        Ok(v.parse()?)
+    };
+    let (icmp_valid, icmp_echo) = (word("icmp_valid")?, word("icmp_echo")?);
+    eprintln!(
+        "fragment flood, whole datagrams: {} ; fragments {}, reassembled {}, proto_unreachable {}, icmp_bad_checksum {}, icmp_ignored {}, echo replies {}, ICMP errors {} (+{} over the rate), tx {}",
+        out.trim(),
+        delta("handshake_ipv4_fragments_total"),
+        delta("handshake_ipv4_reassembled_total"),
+        drops("proto_unreachable"),
+        drops("icmp_bad_checksum"),
+        drops("icmp_ignored"),
+        delta("handshake_icmp_echo_replies_total"),
+        delta("handshake_icmp_errors_total"),
+        drops("icmp_error_rate_limited"),
+        delta("handshake_tx_packets_total"),
+    );
+    ensure!(out.contains("sent 10000 "), "{out}");
+    // Exact: veth does not lose frames at scapy's rate.
+    ensure!(delta("handshake_ipv4_fragments_total") == 10_000);
+    ensure!(delta("handshake_ipv4_reassembled_total") == 2_500);
+    ensure!(
+        drops("proto_unreachable") == 1_250,
+        "every UDP datagram: port unreachable"
+    );
+    ensure!(
+        delta("handshake_icmp_errors_total") + drops("icmp_error_rate_limited") == 1_250,
+        "every UDP datagram answered or over the ICMP error rate"
+    );
+    ensure!(drops("icmp_bad_checksum") == 1_250 - icmp_valid);
+    ensure!(
+        drops("icmp_ignored") + delta("handshake_icmp_echo_replies_total") == icmp_valid
+            && delta("handshake_icmp_echo_replies_total") <= icmp_echo
+    );
+    ensure!(m1.sum("handshake_ipv4_reassembly_datagrams", &[]) == 0);
+    ensure!(m1.sum("handshake_ipv4_reassembly_bytes", &[]) == 0);
+    ensure!(
+        delta("handshake_tx_packets_total")
+            == delta("handshake_icmp_errors_total") + delta("handshake_icmp_echo_replies_total"),
+        "the engine sent only the ICMP answers"
+    );
+    // Datagrams that never complete: the table holds 64, the rest is refused and counted.
+    let out = topo.py(script, &[topo.peer_if(), &mac, "incomplete"])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let m2 = metrics(&topo)?;
+    let full = m2.drops("ipv4_frag_table_full") - m1.drops("ipv4_frag_table_full");
+    let held = m2.sum("handshake_ipv4_reassembly_datagrams", &[]);
+    let bytes = m2.sum("handshake_ipv4_reassembly_bytes", &[]);
     curl_ok(&topo)?;
     let rss1 = rss_kb(&d)?;
     eprintln!(
-        "fragment flood: {} ; engine rx {rx}, dropped ipv4_fragment {frag}, tx {tx}; RSS {rss0} -> {rss1} kB",
+        "fragment flood, incomplete datagrams: {} ; held {held} datagrams of {bytes} bytes, refused table_full {full}; RSS {rss0} -> {rss1} kB",
         out.trim()
     );
-    ensure!(out.contains("sent 10000 "), "{out}");
-    // Exact: veth does not lose frames at scapy's rate, and nothing else is sent meanwhile
-    // (the peer's ARP entry is fresh, IPv6 is off).
-    ensure!(frag == 10_000, "{frag} fragments counted of the 10000 sent");
-    ensure!(tx == 0, "the engine answered {tx} frames to fragments");
+    ensure!(out.contains("sent 5000 "), "{out}");
+    ensure!(
+        held == 64 && bytes == 64 * 64,
+        "held {held} datagrams, {bytes} bytes"
+    );
+    ensure!(full == 5_000 - 64, "{full} refused");
     ensure!(
         rss1 * 10 < rss0 * 11,
         "RSS grew 10% or more: {rss0} -> {rss1} kB"

@@ -356,20 +356,24 @@ fn malformed_frames_are_dropped_and_counted_by_reason() {
             DropReason::Ipv4TtlZero,
         ),
         (
-            "IPv4 first fragment (MF)",
+            "IPv4 fragment (MF) of 15 bytes, not a multiple of 8",
             with(&good_ping, &|v| {
                 v[20] = 0x20;
+                v.truncate(v.len() - 1);
+                let total = (v.len() - 14) as u16;
+                v[16..18].copy_from_slice(&total.to_be_bytes());
                 fix_ip(v)
             }),
-            DropReason::Ipv4Fragment,
+            DropReason::Ipv4FragMalformed,
         ),
         (
-            "IPv4 later fragment (offset)",
+            "IPv4 fragment past 65,535 bytes",
             with(&good_ping, &|v| {
-                v[21] = 0x10;
+                v[20] = 0x1f;
+                v[21] = 0xff;
                 fix_ip(v)
             }),
-            DropReason::Ipv4Fragment,
+            DropReason::Ipv4FragMalformed,
         ),
         (
             "IPv4 to another address",
@@ -846,4 +850,180 @@ fn echo_larger_than_the_buffers_completes() {
         }
     }
     assert!(echoed == data, "echo differs");
+}
+
+/// The IPv4 fragments of `datagram` (an IPv4 payload of `protocol`), `size` payload bytes
+/// each (a multiple of 8), from the peer to us, with identification `ident`.
+fn fragments(datagram: &[u8], protocol: u8, ident: u16, size: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < datagram.len() {
+        let n = size.min(datagram.len() - off);
+        let more = off + n < datagram.len();
+        let mut f = Vec::new();
+        f.extend_from_slice(&OUR_MAC.0);
+        f.extend_from_slice(&PEER_MAC.0);
+        f.extend_from_slice(&[0x08, 0x00]);
+        let flags = (off / 8) as u16 | if more { 0x2000 } else { 0 };
+        f.extend_from_slice(&[0x45, 0]);
+        f.extend_from_slice(&((20 + n) as u16).to_be_bytes());
+        f.extend_from_slice(&ident.to_be_bytes());
+        f.extend_from_slice(&flags.to_be_bytes());
+        f.extend_from_slice(&[64, protocol, 0, 0]);
+        f.extend_from_slice(&PEER);
+        f.extend_from_slice(&US);
+        let c = handshake::wire::checksum::checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&datagram[off..off + n]);
+        out.push(f);
+        off += n;
+    }
+    out
+}
+
+/// An ICMP echo request with `payload` (its IPv4 payload, checksum filled in).
+fn echo_request(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut m = vec![8, 0, 0, 0];
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(payload);
+    let c = handshake::wire::checksum::checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// A 3,000-byte ping in three fragments, last one first: reassembled, answered with the same
+/// identifier, sequence and payload in fragments of one identification that fit the 1,500-byte
+/// MTU (1,480 + 1,480 + 48 payload bytes, MF on all but the last, valid checksums), which put
+/// together are exactly the echo reply.
+#[test]
+fn a_fragmented_ping_is_reassembled_and_answered_in_fragments() {
+    let mut st = stack();
+    let mut dev = MemDevice::new(2048);
+    let t = Instant::from_secs(1);
+    // Learn the peer's MAC first: the reply is not turned around in place.
+    exchange(&mut st, &mut dev, t, &[arp_request(PEER_MAC, PEER, US)]);
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let request = echo_request(0x5151, 9, &payload);
+    let mut frags = fragments(&request, 1, 0x0707, 1480);
+    assert_eq!(frags.len(), 3);
+    frags.reverse();
+    let out = exchange(&mut st, &mut dev, t, &frags);
+    assert_eq!(out.len(), 3, "three fragments back");
+    let mut reply = vec![0u8; request.len()];
+    let mut idents = Vec::new();
+    for (k, f) in out.iter().enumerate() {
+        assert_eq!(&f[0..6], &PEER_MAC.0);
+        assert_eq!(&f[12..14], &[0x08, 0x00]);
+        let ip = &f[14..34];
+        assert!(
+            handshake::wire::checksum::verify(ip),
+            "fragment {k}: IPv4 checksum"
+        );
+        assert_eq!((&ip[12..16], &ip[16..20]), (&US[..], &PEER[..]));
+        assert_eq!(ip[9], 1);
+        let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+        assert_eq!(total, f.len() - 14);
+        assert!(total <= 1500);
+        let field = u16::from_be_bytes([ip[6], ip[7]]);
+        let (more, off) = (field & 0x2000 != 0, (field & 0x1fff) as usize * 8);
+        assert_eq!(field & 0x4000, 0, "no DF on a fragment");
+        assert_eq!(more, k < 2, "fragment {k}: MF");
+        assert_eq!(off, 1480 * k);
+        idents.push(u16::from_be_bytes([ip[4], ip[5]]));
+        reply[off..off + total - 20].copy_from_slice(&f[34..]);
+    }
+    assert!(
+        idents.iter().all(|&i| i == idents[0]),
+        "one identification: {idents:?}"
+    );
+    assert_eq!(reply[0], 0, "echo reply");
+    assert_eq!(&reply[4..8], &request[4..8], "identifier and sequence");
+    assert_eq!(&reply[8..], &payload[..]);
+    assert!(
+        handshake::wire::checksum::verify(&reply),
+        "ICMP checksum of the whole reply"
+    );
+    assert_eq!(st.stats().icmp_echo_replies, 1);
+    assert_eq!(st.stats().total_drops(), 0, "{:?}", st.stats());
+    let r = st.reassembly();
+    assert_eq!((r.stats().fragments, r.stats().reassembled), (3, 1));
+    assert_eq!((r.in_progress(), r.held_bytes()), (0, 0));
+}
+
+/// A datagram whose last fragment never comes: after the reassembly timeout (30 s) it is
+/// dropped and the sender gets ICMP time exceeded, fragment reassembly (type 11, code 1),
+/// quoting the first fragment's header and 8 bytes; an overlapping fragment discards its
+/// datagram and a duplicate is ignored, each counted.
+#[test]
+fn an_incomplete_datagram_times_out_with_icmp_time_exceeded() {
+    let mut st = stack();
+    let mut dev = MemDevice::new(2048);
+    let t0 = Instant::from_secs(1);
+    exchange(&mut st, &mut dev, t0, &[arp_request(PEER_MAC, PEER, US)]);
+    let request = echo_request(1, 1, &[7u8; 2000]);
+    let frags = fragments(&request, 1, 0x0101, 1480);
+    let out = exchange(&mut st, &mut dev, t0, &frags[..1]);
+    assert!(out.is_empty());
+    assert_eq!(st.reassembly().in_progress(), 1);
+    assert_eq!(
+        st.poll_timeout(),
+        Some(t0 + std::time::Duration::from_secs(30))
+    );
+    let out = exchange(
+        &mut st,
+        &mut dev,
+        t0 + std::time::Duration::from_millis(29_999),
+        &[],
+    );
+    assert!(out.is_empty());
+    let out = exchange(
+        &mut st,
+        &mut dev,
+        t0 + std::time::Duration::from_secs(30),
+        &[],
+    );
+    // Besides it, the peer's ARP entry, 30 s old, is refreshed.
+    let ip: Vec<&Vec<u8>> = out.iter().filter(|f| f[12..14] == [0x08, 0x00]).collect();
+    assert_eq!(ip.len(), 1, "one ICMP error: {out:02x?}");
+    assert!(out
+        .iter()
+        .all(|f| f[12..14] == [0x08, 0x00] || f[12..14] == [0x08, 0x06]));
+    let f = ip[0];
+    assert_eq!(&f[0..6], &PEER_MAC.0);
+    assert_eq!((&f[26..30], &f[30..34]), (&US[..], &PEER[..]));
+    let icmp = &f[34..];
+    assert_eq!(
+        (icmp[0], icmp[1]),
+        (11, 1),
+        "time exceeded, fragment reassembly"
+    );
+    assert!(handshake::wire::checksum::verify(icmp));
+    assert_eq!(
+        &icmp[8..],
+        &frags[0][14..14 + 28],
+        "the first fragment's header and 8 bytes"
+    );
+    assert_eq!(st.stats().drops_of(DropReason::Ipv4FragTimeout), 1);
+    assert_eq!(st.reassembly().in_progress(), 0);
+    // A duplicate is ignored, an overlap discards.
+    let t1 = t0 + std::time::Duration::from_secs(31);
+    let ipv4_out = |out: &[Vec<u8>]| out.iter().filter(|f| f[12..14] == [0x08, 0x00]).count();
+    let out = exchange(&mut st, &mut dev, t1, &[frags[0].clone(), frags[0].clone()]);
+    assert_eq!(ipv4_out(&out), 0, "{out:02x?}");
+    assert_eq!(st.stats().drops_of(DropReason::Ipv4FragDuplicate), 1);
+    let mut overlap = fragments(&request[8..], 1, 0x0101, 1480).remove(0);
+    // The same identification, offset 8: it overlaps the first fragment.
+    overlap[20..22].copy_from_slice(&(1u16 | 0x2000).to_be_bytes());
+    overlap[24] = 0;
+    overlap[25] = 0;
+    let c = handshake::wire::checksum::checksum(&overlap[14..34]);
+    overlap[24..26].copy_from_slice(&c.to_be_bytes());
+    let out = exchange(&mut st, &mut dev, t1, &[overlap]);
+    assert_eq!(ipv4_out(&out), 0, "{out:02x?}");
+    assert_eq!(st.stats().drops_of(DropReason::Ipv4FragOverlap), 1);
+    assert_eq!(
+        (st.reassembly().in_progress(), st.reassembly().held_bytes()),
+        (0, 0)
+    );
 }

@@ -5,7 +5,7 @@
 //!
 //! - ARP (request or reply) whose target protocol address is one of ours (`HS_ADDRS`);
 //! - IPv4 to one of our addresses that is
-//!   - a fragment (the engine counts and drops them),
+//!   - a fragment (the engine reassembles it: a later fragment has no ports to look at),
 //!   - ICMP,
 //!   - TCP to a listening port (`HS_PORTS`) or to the engine's ephemeral range (`HS_CONFIG`), or
 //!     any TCP when flag `ALL_TCP` is set,
@@ -160,7 +160,7 @@ fn classify_ipv4(ctx: &XdpContext) -> Result<Owner, Malformed> {
     if !is_our_address(dst) {
         return Ok(Owner::Kernel);
     }
-    // A fragment has no (or only part of a) transport header: the engine counts and drops it.
+    // A fragment has no (or only part of a) transport header: the engine reassembles it.
     if u16::from_be_bytes([ip[6], ip[7]]) & IP_MF_OFFSET != 0 {
         return Ok(Owner::Engine);
     }

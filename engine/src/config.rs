@@ -94,6 +94,8 @@ pub struct Config {
     pub arp: ArpConfig,
     /// ICMP policy.
     pub icmp: IcmpConfig,
+    /// IPv4 reassembly of fragments addressed to us.
+    pub reassembly: crate::reassembly::ReassemblyConfig,
     /// TCP.
     pub tcp: TcpConfig,
     /// The connection trace (`--trace`).
@@ -238,6 +240,7 @@ impl Default for Config {
             xsk: XskConfig::default(),
             arp: ArpConfig::default(),
             icmp: IcmpConfig::default(),
+            reassembly: crate::reassembly::ReassemblyConfig::default(),
             tcp: TcpConfig::default(),
             trace: TraceConfig::default(),
             metrics: MetricsConfig::default(),

@@ -710,6 +710,7 @@ pub(crate) mod xdp {
             scfg.mtu = cfg.mtu;
             scfg.arp = cfg.arp.clone();
             scfg.icmp = cfg.icmp.clone();
+            scfg.reassembly = cfg.reassembly.clone();
             scfg.hash_key = key;
             scfg.frame_size = cfg.xsk.frame_size as usize;
             scfg.gratuitous_arp = q == 0;

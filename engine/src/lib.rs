@@ -45,6 +45,7 @@ pub mod ipv4;
 #[cfg(feature = "xdp")]
 pub mod loader;
 pub mod metrics;
+pub mod reassembly;
 pub mod stack;
 pub mod stats;
 pub mod tcp;

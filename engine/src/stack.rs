@@ -15,6 +15,7 @@ use crate::client::{ClientConn, ClientEvent, ClientRequest};
 use crate::device::{Device, Verdict, BATCH};
 use crate::dns::{DnsError, DnsEvent, QueryId, Resolver, ResolverConfig};
 use crate::ipv4::{IcmpConfig, Routes, TokenBucket};
+use crate::reassembly::{FragDrop, FragKey, Reassembler, ReassemblyConfig};
 use crate::stats::{DropReason, StackStats};
 use crate::tcp::{Tcp, TcpConfig};
 use crate::time::Instant;
@@ -66,6 +67,8 @@ pub struct StackConfig {
     /// one per process when `secret` is kept across processes (as the client keeps its TCP
     /// secret), so that query IDs never repeat from one run to the next.
     pub dns_secret: Option<[u8; 32]>,
+    /// IPv4 reassembly (its limits; `max_datagrams = 0` drops every fragment).
+    pub reassembly: ReassemblyConfig,
 }
 
 impl StackConfig {
@@ -85,6 +88,7 @@ impl StackConfig {
             secret: [0x5a; 32],
             dns: None,
             dns_secret: None,
+            reassembly: ReassemblyConfig::default(),
         }
     }
 }
@@ -94,9 +98,21 @@ impl StackConfig {
 struct IcmpErrorOut {
     dst: Ipv4Addr,
     src: Ipv4Addr,
+    ty: u8,
     code: u8,
     len: usize,
     quote: [u8; QUOTE],
+}
+
+/// A datagram being sent in fragments (its payload in `Stack::frag_buf`).
+#[derive(Clone, Copy, Debug)]
+struct FragOut {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: u8,
+    ident: u16,
+    /// Payload bytes sent so far.
+    sent: usize,
 }
 
 /// The per-worker stack.
@@ -108,6 +124,12 @@ pub struct Stack {
     echo_limit: Option<TokenBucket>,
     error_limit: Option<TokenBucket>,
     icmp_errors: VecDeque<IcmpErrorOut>,
+    /// IPv4 reassembly of fragments addressed to us.
+    reasm: Reassembler,
+    /// A reply too large for one frame (the echo reply to a reassembled ping), sent in
+    /// fragments by `next_frame`; its bytes are in `frag_buf`.
+    frag_out: Option<FragOut>,
+    frag_buf: Vec<u8>,
     /// Gratuitous ARPs still to send (index into our addresses).
     gratuitous: usize,
     ident: u16,
@@ -155,6 +177,9 @@ impl Stack {
             error_limit: (cfg.icmp.error_rate > 0)
                 .then(|| TokenBucket::new(cfg.icmp.error_rate, cfg.icmp.error_burst)),
             icmp_errors: VecDeque::with_capacity(ICMP_QUEUE),
+            reasm: Reassembler::new(cfg.reassembly),
+            frag_out: None,
+            frag_buf: Vec::new(),
             gratuitous,
             ident: (cfg.hash_key >> 48) as u16,
             stats: StackStats::default(),
@@ -402,7 +427,7 @@ impl Stack {
             return Err(DropReason::Ipv4BadSource);
         }
         if ip.fragment {
-            return Err(DropReason::Ipv4Fragment);
+            return self.handle_fragment(now, frame, &ip);
         }
         let l4 = IP + ip.header_len..IP + ip.total_len;
         match ip.protocol {
@@ -459,6 +484,151 @@ impl Stack {
                 Err(DropReason::ProtoUnreachable)
             }
         }
+    }
+
+    /// A fragment addressed to us: held until its datagram is whole, which is then handled as
+    /// if it had come in one frame.
+    fn handle_fragment(
+        &mut self,
+        now: Instant,
+        frame: &[u8],
+        ip: &Ipv4View,
+    ) -> Result<Verdict, DropReason> {
+        if !self.reasm.enabled() {
+            return Err(DropReason::Ipv4Fragment);
+        }
+        let key = FragKey {
+            src: ip.src,
+            dst: ip.dst,
+            protocol: ip.protocol,
+            ident: ip.ident,
+        };
+        let header = &frame[IP..IP + ip.header_len];
+        let payload = &frame[IP + ip.header_len..IP + ip.total_len];
+        let slot = self
+            .reasm
+            .handle(now, key, ip.frag_offset, ip.more_fragments, payload, header)
+            .map_err(|e| match e {
+                FragDrop::Malformed => DropReason::Ipv4FragMalformed,
+                FragDrop::Overlap => DropReason::Ipv4FragOverlap,
+                FragDrop::Duplicate => DropReason::Ipv4FragDuplicate,
+                FragDrop::TableFull => DropReason::Ipv4FragTableFull,
+                FragDrop::Memory => DropReason::Ipv4FragMemory,
+            })?;
+        // Held: the frame goes back, the datagram waits for the rest.
+        let Some(slot) = slot else {
+            return Ok(Verdict::Drop);
+        };
+        let (key, head, head_len, data) = self.reasm.take(slot);
+        let r = self.handle_reassembled(now, key, &head[..head_len], &data);
+        self.reasm.give_back(slot, data);
+        r.map(|()| Verdict::Drop)
+    }
+
+    /// A reassembled datagram: `data` is its payload, `head` the first fragment's IPv4 header
+    /// and 8 bytes of payload (what an ICMP error quotes).
+    fn handle_reassembled(
+        &mut self,
+        now: Instant,
+        key: FragKey,
+        head: &[u8],
+        data: &[u8],
+    ) -> Result<(), DropReason> {
+        let header_len = usize::from(head[0] & 0xf) * 4;
+        // The view an ICMP error about this datagram needs (addresses and the quoted header).
+        let view = Ipv4View {
+            header_len,
+            total_len: head.len(),
+            ttl: head[8],
+            protocol: key.protocol,
+            src: key.src,
+            dst: key.dst,
+            fragment: false,
+            more_fragments: false,
+            frag_offset: 0,
+            ident: key.ident,
+        };
+        match key.protocol {
+            ipv4::PROTO_ICMP => {
+                let (ty, _code) = icmp::parse(data).map_err(|e| match e {
+                    IcmpError::Truncated => DropReason::IcmpTruncated,
+                    IcmpError::BadChecksum => DropReason::IcmpBadChecksum,
+                })?;
+                if ty != icmp::ECHO_REQUEST {
+                    return Err(DropReason::IcmpIgnored);
+                }
+                if self.frag_out.is_some() {
+                    return Err(DropReason::Ipv4FragReplyBusy);
+                }
+                if let Some(limit) = &mut self.echo_limit {
+                    if !limit.allow(now) {
+                        return Err(DropReason::IcmpRateLimited);
+                    }
+                }
+                self.frag_buf.clear();
+                self.frag_buf.extend_from_slice(data);
+                icmp::echo_reply_in_place(&mut self.frag_buf);
+                self.ident = self.ident.wrapping_add(1);
+                self.frag_out = Some(FragOut {
+                    src: key.dst,
+                    dst: key.src,
+                    protocol: ipv4::PROTO_ICMP,
+                    ident: self.ident,
+                    sent: 0,
+                });
+                self.stats.icmp_echo_replies += 1;
+                Ok(())
+            }
+            ipv4::PROTO_TCP => {
+                if data.len() < 20 {
+                    return Err(DropReason::TcpTruncated);
+                }
+                if !checksum::verify_transport(
+                    key.src.octets(),
+                    key.dst.octets(),
+                    ipv4::PROTO_TCP,
+                    data,
+                ) {
+                    return Err(DropReason::TcpBadChecksum);
+                }
+                self.stats.tcp_segments += 1;
+                self.tcp.handle_segment(now, key.src, key.dst, data);
+                Ok(())
+            }
+            ipv4::PROTO_UDP if self.dns.is_some() => {
+                let u =
+                    udp::parse(key.src.octets(), key.dst.octets(), data).map_err(|e| match e {
+                        udp::UdpError::BadChecksum => DropReason::UdpBadChecksum,
+                        _ => DropReason::UdpTruncated,
+                    })?;
+                if let Some(dns) = self.dns.as_mut().filter(|d| d.owns_port(u.dst_port)) {
+                    self.stats.udp_datagrams += 1;
+                    dns.handle_datagram(
+                        now,
+                        SocketAddrV4::new(key.src, u.src_port),
+                        u.dst_port,
+                        u.payload,
+                    );
+                    return Ok(());
+                }
+                self.unreachable(now, head, &view, icmp::CODE_PORT_UNREACHABLE);
+                Err(DropReason::ProtoUnreachable)
+            }
+            // No UDP service without the resolver: port unreachable, as for a whole datagram.
+            ipv4::PROTO_UDP => {
+                self.unreachable(now, head, &view, icmp::CODE_PORT_UNREACHABLE);
+                Err(DropReason::ProtoUnreachable)
+            }
+            _ => {
+                self.unreachable(now, head, &view, icmp::CODE_PROTO_UNREACHABLE);
+                Err(DropReason::ProtoUnreachable)
+            }
+        }
+    }
+
+    /// The IPv4 reassembly (its counters and what it holds).
+    pub fn reassembly(&self) -> &Reassembler {
+        &self.reasm
     }
 
     /// A UDP datagram to us: a DNS answer for the resolver, or port unreachable.
@@ -573,6 +743,7 @@ impl Stack {
         self.icmp_errors.push_back(IcmpErrorOut {
             dst: ip.src,
             src: ip.dst,
+            ty: icmp::DEST_UNREACHABLE,
             code,
             len: n,
             quote,
@@ -591,12 +762,47 @@ impl Stack {
         protocol: u8,
         payload_len: usize,
     ) -> Option<usize> {
+        self.ident = self.ident.wrapping_add(1);
+        let ident = self.ident;
+        self.finish_ipv4_with(
+            now,
+            buf,
+            src,
+            dst,
+            protocol,
+            payload_len,
+            ident,
+            ipv4::DONT_FRAGMENT,
+        )
+    }
+
+    /// [`Stack::finish_ipv4`] with the identification and the flags/offset field given (the
+    /// fragments of one datagram share its identification).
+    #[allow(clippy::too_many_arguments)]
+    fn finish_ipv4_with(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        protocol: u8,
+        payload_len: usize,
+        ident: u16,
+        flags: u16,
+    ) -> Option<usize> {
         let Some(hop) = self.routes.next_hop(dst) else {
             self.stats.drop(DropReason::NoRoute);
             return None;
         };
-        self.ident = self.ident.wrapping_add(1);
-        ipv4::emit(&mut buf[IP..], src, dst, protocol, payload_len, self.ident);
+        ipv4::emit_with(
+            &mut buf[IP..],
+            src,
+            dst,
+            protocol,
+            payload_len,
+            ident,
+            flags,
+        );
         let len = IP + ipv4::MIN_HEADER_LEN + payload_len;
         match self.neighbors.lookup(now, hop) {
             Lookup::Hit(mac) => {
@@ -680,9 +886,32 @@ impl Stack {
                 self.trace_arp(now, crate::trace::Dir::Out, &arp);
                 return Some(arp.emit_frame(buf, dst));
             }
+            if let Some(f) = self.frag_out {
+                // The next fragment of a reply too large for one frame: as much as the MTU
+                // takes, in multiples of 8 but for the last.
+                let total = self.frag_buf.len();
+                let room = (self.mtu - ipv4::MIN_HEADER_LEN) / 8 * 8;
+                let n = (total - f.sent)
+                    .min(room)
+                    .min(buf.len() - IP - ipv4::MIN_HEADER_LEN);
+                let more = f.sent + n < total;
+                let at = IP + ipv4::MIN_HEADER_LEN;
+                buf[at..at + n].copy_from_slice(&self.frag_buf[f.sent..f.sent + n]);
+                self.frag_out = more.then_some(FragOut {
+                    sent: f.sent + n,
+                    ..f
+                });
+                let flags = ipv4::fragment_field(f.sent, more);
+                if let Some(len) =
+                    self.finish_ipv4_with(now, buf, f.src, f.dst, f.protocol, n, f.ident, flags)
+                {
+                    return Some(len);
+                }
+                continue;
+            }
             if let Some(e) = self.icmp_errors.pop_front() {
                 let payload = &mut buf[IP + ipv4::MIN_HEADER_LEN..];
-                let n = icmp::emit_unreachable(payload, e.code, &e.quote[..e.len]);
+                let n = icmp::emit_error(payload, e.ty, e.code, &e.quote[..e.len]);
                 self.stats.icmp_errors += 1;
                 if let Some(len) = self.finish_ipv4(now, buf, e.src, e.dst, ipv4::PROTO_ICMP, n) {
                     return Some(len);
@@ -735,12 +964,17 @@ impl Stack {
 
     /// When the stack next needs [`Stack::handle_timeout`] (or has frames to send at once).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.gratuitous > 0 || !self.icmp_errors.is_empty() || self.neighbors.has_ready() {
+        if self.gratuitous > 0
+            || !self.icmp_errors.is_empty()
+            || self.neighbors.has_ready()
+            || self.frag_out.is_some()
+        {
             return Some(Instant::ZERO);
         }
         [
             self.neighbors.poll_timeout(),
             self.tcp.poll_timeout(),
+            self.reasm.poll_timeout(),
             self.dns.as_ref().and_then(|d| d.poll_timeout()),
         ]
         .into_iter()
@@ -766,6 +1000,31 @@ impl Stack {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.neighbors.handle_timeout(now);
         self.tcp.handle_timeout(now);
+        // Datagrams not whole in time: ICMP time exceeded to the sender when the first
+        // fragment had come (RFC 792, RFC 1122 §3.3.2), rate-limited like the other errors.
+        let (queue, limit, stats) = (
+            &mut self.icmp_errors,
+            &mut self.error_limit,
+            &mut self.stats,
+        );
+        self.reasm.handle_timeout(now, |e| {
+            stats.drop(DropReason::Ipv4FragTimeout);
+            let Some(limit) = limit.as_mut() else { return };
+            if queue.len() >= ICMP_QUEUE || !limit.allow(now) {
+                stats.drop(DropReason::IcmpErrorRateLimited);
+                return;
+            }
+            let mut quote = [0u8; QUOTE];
+            quote[..e.head_len].copy_from_slice(&e.head[..e.head_len]);
+            queue.push_back(IcmpErrorOut {
+                dst: e.key.src,
+                src: e.key.dst,
+                ty: icmp::TIME_EXCEEDED,
+                code: icmp::CODE_REASSEMBLY_TIME_EXCEEDED,
+                len: e.head_len,
+                quote,
+            });
+        });
         if let Some(d) = self.dns.as_mut() {
             d.handle_timeout(now);
         }

@@ -63,8 +63,26 @@ drop_reasons! {
     Ipv4BadChecksum => "ipv4_bad_checksum",
     /// IPv4 TTL of zero.
     Ipv4TtlZero => "ipv4_ttl_zero",
-    /// IPv4 fragment (no reassembly).
+    /// IPv4 fragment while reassembly is off (`reassembly.max_datagrams = 0`).
     Ipv4Fragment => "ipv4_fragment",
+    /// IPv4 fragment that is empty, not a multiple of 8 bytes but for the last, or beyond the
+    /// datagram's end or 65,535 bytes (its datagram is discarded).
+    Ipv4FragMalformed => "ipv4_frag_malformed",
+    /// IPv4 fragment overlapping data of its datagram received before (the datagram is
+    /// discarded).
+    Ipv4FragOverlap => "ipv4_frag_overlap",
+    /// IPv4 fragment received twice (ignored).
+    Ipv4FragDuplicate => "ipv4_frag_duplicate",
+    /// IPv4 fragment of a new datagram while `reassembly.max_datagrams` are in progress.
+    Ipv4FragTableFull => "ipv4_frag_table_full",
+    /// IPv4 fragment beyond `reassembly.max_bytes` held, or beyond 64 pieces (the datagram is
+    /// discarded).
+    Ipv4FragMemory => "ipv4_frag_memory",
+    /// IPv4 datagram not whole within `reassembly.timeout_ms` (counted once per datagram).
+    Ipv4FragTimeout => "ipv4_frag_timeout",
+    /// Reassembled echo request while the reply to the previous one is still going out in
+    /// fragments.
+    Ipv4FragReplyBusy => "ipv4_frag_reply_busy",
     /// IPv4 destination not one of our addresses.
     Ipv4NotForUs => "ipv4_not_for_us",
     /// IPv4 source that cannot be answered (multicast, broadcast, zero, ours).
@@ -98,7 +116,7 @@ drop_reasons! {
 }
 
 /// Counters of one stack (one worker, one queue).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct StackStats {
     /// Frames received.
     pub rx_packets: u64,
@@ -150,6 +168,38 @@ pub struct StackStats {
     pub http_responses: u64,
     /// Drops by reason, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
+}
+
+impl Default for StackStats {
+    fn default() -> Self {
+        StackStats {
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+            arp_replies: 0,
+            arp_requests: 0,
+            icmp_echo_replies: 0,
+            icmp_errors: 0,
+            tcp_segments: 0,
+            udp_datagrams: 0,
+            tcp_flows: 0,
+            tcp_time_wait: 0,
+            syn_cookies_sent: 0,
+            syn_cookies_validated: 0,
+            challenge_acks: 0,
+            tcp_retransmits: 0,
+            tcp_rsts_sent: 0,
+            tls_sessions: 0,
+            tls_handshakes: 0,
+            tls_resumed: 0,
+            tls_errors: 0,
+            tls_timeouts: 0,
+            tls_refused: 0,
+            http_responses: 0,
+            drops: [0; DropReason::COUNT],
+        }
+    }
 }
 
 impl StackStats {

@@ -205,6 +205,22 @@ pub const QUEUE_FAMILIES: &[Family] = &[
         "ICMP echo replies sent.",
     ),
     counter(
+        "handshake_ipv4_fragments_total",
+        "IPv4 fragments taken into a datagram being reassembled.",
+    ),
+    counter(
+        "handshake_ipv4_reassembled_total",
+        "IPv4 datagrams reassembled from fragments.",
+    ),
+    gauge(
+        "handshake_ipv4_reassembly_datagrams",
+        "IPv4 datagrams being reassembled.",
+    ),
+    gauge(
+        "handshake_ipv4_reassembly_bytes",
+        "Payload bytes held by the IPv4 reassembly.",
+    ),
+    counter(
         "handshake_icmp_errors_total",
         "ICMP errors built (port/protocol unreachable).",
     ),
@@ -608,6 +624,14 @@ pub fn collect(stack: &Stack, shell: &ShellCounters, out: &mut QueueValues) {
     w.one("handshake_arp_failed_total", n.stats().failed);
     w.one("handshake_arp_cache_entries", n.len() as u64);
     w.one("handshake_icmp_echo_replies_total", s.icmp_echo_replies);
+    let r = stack.reassembly();
+    w.one("handshake_ipv4_fragments_total", r.stats().fragments);
+    w.one("handshake_ipv4_reassembled_total", r.stats().reassembled);
+    w.one(
+        "handshake_ipv4_reassembly_datagrams",
+        r.in_progress() as u64,
+    );
+    w.one("handshake_ipv4_reassembly_bytes", r.held_bytes() as u64);
     w.one("handshake_icmp_errors_total", s.icmp_errors);
     w.one("handshake_tcp_segments_received_total", t.segments_in);
     w.one("handshake_tcp_segments_sent_total", t.segments_out);

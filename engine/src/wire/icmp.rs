@@ -51,7 +51,16 @@ pub fn echo_reply_in_place(m: &mut [u8]) {
 /// Writes a destination-unreachable message quoting `original` (the offending IPv4 header plus at
 /// least 8 bytes of its payload, RFC 792) at the start of `m`; returns its length.
 pub fn emit_unreachable(m: &mut [u8], code: u8, original: &[u8]) -> usize {
-    m[0] = DEST_UNREACHABLE;
+    emit_error(m, DEST_UNREACHABLE, code, original)
+}
+
+/// Code of time exceeded: fragment reassembly time exceeded (RFC 792).
+pub const CODE_REASSEMBLY_TIME_EXCEEDED: u8 = 1;
+
+/// Writes an ICMP error of type `ty` quoting `original` (as [`emit_unreachable`]) at the start
+/// of `m`; returns its length.
+pub fn emit_error(m: &mut [u8], ty: u8, code: u8, original: &[u8]) -> usize {
+    m[0] = ty;
     m[1] = code;
     m[2..8].copy_from_slice(&[0; 6]);
     m[HEADER_LEN..HEADER_LEN + original.len()].copy_from_slice(original);

@@ -46,6 +46,10 @@ pub struct Ipv4View {
     pub dst: Ipv4Addr,
     /// True when this is a fragment (MF set or a non-zero fragment offset).
     pub fragment: bool,
+    /// The more-fragments flag.
+    pub more_fragments: bool,
+    /// Fragment offset in bytes (the field × 8).
+    pub frag_offset: usize,
     /// Identification field.
     pub ident: u16,
 }
@@ -87,9 +91,19 @@ impl Ipv4View {
             // MF (0x2000) or a fragment offset (low 13 bits); DF (0x4000) and the reserved bit
             // do not make a fragment.
             fragment: frag & 0x3fff != 0,
+            more_fragments: frag & 0x2000 != 0,
+            frag_offset: (frag & 0x1fff) as usize * 8,
             ident: u16::from_be_bytes([h[4], h[5]]),
         })
     }
+}
+
+/// The flags/offset field of a whole datagram we send: DF set.
+pub const DONT_FRAGMENT: u16 = 0x4000;
+
+/// The flags/offset field of a fragment at `offset` bytes (a multiple of 8), MF when `more`.
+pub fn fragment_field(offset: usize, more: bool) -> u16 {
+    ((offset / 8) as u16 & 0x1fff) | if more { 0x2000 } else { 0 }
 }
 
 /// Writes a 20-byte IPv4 header (no options, DF set) with its checksum at the start of `p`.
@@ -102,12 +116,26 @@ pub fn emit(
     payload_len: usize,
     ident: u16,
 ) {
+    emit_with(p, src, dst, protocol, payload_len, ident, DONT_FRAGMENT)
+}
+
+/// [`emit`] with the flags/offset field `flags` (see [`fragment_field`]).
+#[inline]
+pub fn emit_with(
+    p: &mut [u8],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: u8,
+    payload_len: usize,
+    ident: u16,
+    flags: u16,
+) {
     let total = (MIN_HEADER_LEN + payload_len) as u16;
     p[0] = 0x45;
     p[1] = 0;
     p[2..4].copy_from_slice(&total.to_be_bytes());
     p[4..6].copy_from_slice(&ident.to_be_bytes());
-    p[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // DF
+    p[6..8].copy_from_slice(&flags.to_be_bytes());
     p[8] = DEFAULT_TTL;
     p[9] = protocol;
     p[10..12].copy_from_slice(&[0, 0]);
