@@ -1027,3 +1027,23 @@ fn an_incomplete_datagram_times_out_with_icmp_time_exceeded() {
         (0, 0)
     );
 }
+
+/// On a 576-byte MTU the reply's fragments carry 552 bytes each (the MTU less the header,
+/// rounded down to 8), so a 3,000-byte ping is answered in 6 of them.
+#[test]
+fn fragmented_replies_follow_the_mtu() {
+    let routes = Routes::new(vec!["198.18.0.1/24".parse().unwrap()], None).unwrap();
+    let mut cfg = StackConfig::new(OUR_MAC, routes);
+    cfg.gratuitous_arp = false;
+    cfg.mtu = 576;
+    let mut st = Stack::new(cfg);
+    let mut dev = MemDevice::new(2048);
+    let t = Instant::from_secs(1);
+    exchange(&mut st, &mut dev, t, &[arp_request(PEER_MAC, PEER, US)]);
+    let payload = vec![0x5au8; 2992];
+    let request = echo_request(3, 4, &payload);
+    let out = exchange(&mut st, &mut dev, t, &fragments(&request, 1, 0x0202, 552));
+    let sizes: Vec<usize> = out.iter().map(|f| f.len() - 34).collect();
+    assert_eq!(sizes, [552, 552, 552, 552, 552, 240], "{sizes:?}");
+    assert!(out.iter().all(|f| f.len() - 14 <= 576));
+}

@@ -890,10 +890,15 @@ impl Stack {
                 // The next fragment of a reply too large for one frame: as much as the MTU
                 // takes, in multiples of 8 but for the last.
                 let total = self.frag_buf.len();
-                let room = (self.mtu - ipv4::MIN_HEADER_LEN) / 8 * 8;
-                let n = (total - f.sent)
-                    .min(room)
-                    .min(buf.len() - IP - ipv4::MIN_HEADER_LEN);
+                // `buf` is already capped at the MTU; one too small for even 8 bytes (never
+                // with real frame sizes) cannot carry the reply.
+                let room = buf.len().saturating_sub(IP + ipv4::MIN_HEADER_LEN) / 8 * 8;
+                if room == 0 {
+                    self.frag_out = None;
+                    self.stats.drop(DropReason::Ipv4FragReplyBusy);
+                    continue;
+                }
+                let n = (total - f.sent).min(room);
                 let more = f.sent + n < total;
                 let at = IP + ipv4::MIN_HEADER_LEN;
                 buf[at..at + n].copy_from_slice(&self.frag_buf[f.sent..f.sent + n]);
