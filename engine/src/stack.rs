@@ -104,6 +104,16 @@ struct IcmpErrorOut {
     quote: [u8; QUOTE],
 }
 
+/// What [`Stack::next_other_frame`] did.
+enum Other {
+    /// A frame of this length is in the buffer.
+    Frame(usize),
+    /// An item was consumed without a frame (parked for ARP, or dropped): look again.
+    Again,
+    /// Nothing but TCP may have a frame.
+    Nothing,
+}
+
 /// A datagram being sent in fragments (its payload in `Stack::frag_buf`).
 #[derive(Clone, Copy, Debug)]
 struct FragOut {
@@ -843,109 +853,14 @@ impl Stack {
         // Each pass either returns a frame or consumes one queued item; a packet parked for ARP
         // queues a request, which the next pass sends.
         loop {
-            if self.neighbors.has_ready() {
-                if let Some(n) = self.neighbors.poll_ready(buf) {
-                    #[cfg(feature = "trace")]
-                    if let Some(t) = self.tracer.as_deref_mut() {
-                        t.on_frame(now, crate::trace::Dir::Out, &buf[..n], &self.routes);
-                    }
-                    return Some(n);
+            // ARP, gratuitous ARP, a fragmented reply, ICMP errors, DNS: rare, out of line, so
+            // that the TCP path below stays small.
+            if self.other_pending() {
+                match self.next_other_frame(now, buf) {
+                    Other::Frame(n) => return Some(n),
+                    Other::Again => continue,
+                    Other::Nothing => {}
                 }
-            }
-            if self.gratuitous > 0 {
-                self.gratuitous -= 1;
-                let me = self.routes.addrs()[self.gratuitous].addr;
-                self.stats.arp_requests += 1;
-                let arp = ArpRepr {
-                    op: OP_REQUEST,
-                    sender_mac: self.mac,
-                    sender_ip: me,
-                    target_mac: Mac::ZERO,
-                    target_ip: me,
-                };
-                #[cfg(feature = "trace")]
-                self.trace_arp(now, crate::trace::Dir::Out, &arp);
-                return Some(arp.emit_frame(buf, Mac::BROADCAST));
-            }
-            if let Some((ip, dst)) = self
-                .neighbors
-                .has_requests()
-                .then(|| self.neighbors.poll_request(now))
-                .flatten()
-            {
-                self.stats.arp_requests += 1;
-                let src = self.routes.source_for(ip);
-                let arp = ArpRepr {
-                    op: OP_REQUEST,
-                    sender_mac: self.mac,
-                    sender_ip: src,
-                    target_mac: Mac::ZERO,
-                    target_ip: ip,
-                };
-                #[cfg(feature = "trace")]
-                self.trace_arp(now, crate::trace::Dir::Out, &arp);
-                return Some(arp.emit_frame(buf, dst));
-            }
-            if let Some(f) = self.frag_out {
-                // The next fragment of a reply too large for one frame: as much as the MTU
-                // takes, in multiples of 8 but for the last.
-                let total = self.frag_buf.len();
-                // `buf` is already capped at the MTU; one too small for even 8 bytes (never
-                // with real frame sizes) cannot carry the reply.
-                let room = buf.len().saturating_sub(IP + ipv4::MIN_HEADER_LEN) / 8 * 8;
-                if room == 0 {
-                    self.frag_out = None;
-                    self.stats.drop(DropReason::Ipv4FragReplyBusy);
-                    continue;
-                }
-                let n = (total - f.sent).min(room);
-                let more = f.sent + n < total;
-                let at = IP + ipv4::MIN_HEADER_LEN;
-                buf[at..at + n].copy_from_slice(&self.frag_buf[f.sent..f.sent + n]);
-                self.frag_out = more.then_some(FragOut {
-                    sent: f.sent + n,
-                    ..f
-                });
-                let flags = ipv4::fragment_field(f.sent, more);
-                if let Some(len) =
-                    self.finish_ipv4_with(now, buf, f.src, f.dst, f.protocol, n, f.ident, flags)
-                {
-                    return Some(len);
-                }
-                continue;
-            }
-            if let Some(e) = self.icmp_errors.pop_front() {
-                let payload = &mut buf[IP + ipv4::MIN_HEADER_LEN..];
-                let n = icmp::emit_error(payload, e.ty, e.code, &e.quote[..e.len]);
-                self.stats.icmp_errors += 1;
-                if let Some(len) = self.finish_ipv4(now, buf, e.src, e.dst, ipv4::PROTO_ICMP, n) {
-                    return Some(len);
-                }
-                continue;
-            }
-            if let Some(d) = self.dns.as_mut().and_then(|r| {
-                r.poll_transmit(now, &mut buf[IP + ipv4::MIN_HEADER_LEN + udp::HEADER_LEN..])
-            }) {
-                let src = self.routes.source_for(*d.dst.ip());
-                let seg = IP + ipv4::MIN_HEADER_LEN;
-                let n = udp::emit(
-                    &mut buf[seg..],
-                    src.octets(),
-                    d.dst.ip().octets(),
-                    d.src_port,
-                    d.dst.port(),
-                    d.len,
-                );
-                #[cfg(feature = "trace")]
-                if let Some(t) = self.tracer.as_deref_mut() {
-                    let payload = &buf[seg + udp::HEADER_LEN..seg + n];
-                    t.on_dns(now, crate::trace::Dir::Out, d.dst, payload);
-                }
-                if let Some(len) = self.finish_ipv4(now, buf, src, *d.dst.ip(), ipv4::PROTO_UDP, n)
-                {
-                    return Some(len);
-                }
-                continue;
             }
             if !self.tcp.may_transmit() {
                 return None;
@@ -965,6 +880,129 @@ impl Stack {
             }
             return None;
         }
+    }
+
+    /// Something other than TCP may have a frame to send (cheap, conservative).
+    #[inline]
+    fn other_pending(&self) -> bool {
+        self.neighbors.has_ready()
+            || self.gratuitous > 0
+            || self.neighbors.has_requests()
+            || self.frag_out.is_some()
+            || !self.icmp_errors.is_empty()
+            || self.dns.is_some()
+    }
+
+    /// The next frame that is not TCP's, in [`Stack::next_frame`]'s order: a released parked
+    /// packet, a gratuitous ARP, an ARP request, the next fragment of a large reply, an ICMP
+    /// error, a DNS query.
+    #[cold]
+    #[inline(never)]
+    fn next_other_frame(&mut self, now: Instant, buf: &mut [u8]) -> Other {
+        if self.neighbors.has_ready() {
+            if let Some(n) = self.neighbors.poll_ready(buf) {
+                #[cfg(feature = "trace")]
+                if let Some(t) = self.tracer.as_deref_mut() {
+                    t.on_frame(now, crate::trace::Dir::Out, &buf[..n], &self.routes);
+                }
+                return Other::Frame(n);
+            }
+        }
+        if self.gratuitous > 0 {
+            self.gratuitous -= 1;
+            let me = self.routes.addrs()[self.gratuitous].addr;
+            self.stats.arp_requests += 1;
+            let arp = ArpRepr {
+                op: OP_REQUEST,
+                sender_mac: self.mac,
+                sender_ip: me,
+                target_mac: Mac::ZERO,
+                target_ip: me,
+            };
+            #[cfg(feature = "trace")]
+            self.trace_arp(now, crate::trace::Dir::Out, &arp);
+            return Other::Frame(arp.emit_frame(buf, Mac::BROADCAST));
+        }
+        if let Some((ip, dst)) = self
+            .neighbors
+            .has_requests()
+            .then(|| self.neighbors.poll_request(now))
+            .flatten()
+        {
+            self.stats.arp_requests += 1;
+            let src = self.routes.source_for(ip);
+            let arp = ArpRepr {
+                op: OP_REQUEST,
+                sender_mac: self.mac,
+                sender_ip: src,
+                target_mac: Mac::ZERO,
+                target_ip: ip,
+            };
+            #[cfg(feature = "trace")]
+            self.trace_arp(now, crate::trace::Dir::Out, &arp);
+            return Other::Frame(arp.emit_frame(buf, dst));
+        }
+        if let Some(f) = self.frag_out {
+            // The next fragment of a reply too large for one frame: as much as the MTU
+            // takes, in multiples of 8 but for the last.
+            let total = self.frag_buf.len();
+            // `buf` is already capped at the MTU; one too small for even 8 bytes (never
+            // with real frame sizes) cannot carry the reply.
+            let room = buf.len().saturating_sub(IP + ipv4::MIN_HEADER_LEN) / 8 * 8;
+            if room == 0 {
+                self.frag_out = None;
+                self.stats.drop(DropReason::Ipv4FragReplyBusy);
+                return Other::Again;
+            }
+            let n = (total - f.sent).min(room);
+            let more = f.sent + n < total;
+            let at = IP + ipv4::MIN_HEADER_LEN;
+            buf[at..at + n].copy_from_slice(&self.frag_buf[f.sent..f.sent + n]);
+            self.frag_out = more.then_some(FragOut {
+                sent: f.sent + n,
+                ..f
+            });
+            let flags = ipv4::fragment_field(f.sent, more);
+            if let Some(len) =
+                self.finish_ipv4_with(now, buf, f.src, f.dst, f.protocol, n, f.ident, flags)
+            {
+                return Other::Frame(len);
+            }
+            return Other::Again;
+        }
+        if let Some(e) = self.icmp_errors.pop_front() {
+            let payload = &mut buf[IP + ipv4::MIN_HEADER_LEN..];
+            let n = icmp::emit_error(payload, e.ty, e.code, &e.quote[..e.len]);
+            self.stats.icmp_errors += 1;
+            if let Some(len) = self.finish_ipv4(now, buf, e.src, e.dst, ipv4::PROTO_ICMP, n) {
+                return Other::Frame(len);
+            }
+            return Other::Again;
+        }
+        if let Some(d) = self.dns.as_mut().and_then(|r| {
+            r.poll_transmit(now, &mut buf[IP + ipv4::MIN_HEADER_LEN + udp::HEADER_LEN..])
+        }) {
+            let src = self.routes.source_for(*d.dst.ip());
+            let seg = IP + ipv4::MIN_HEADER_LEN;
+            let n = udp::emit(
+                &mut buf[seg..],
+                src.octets(),
+                d.dst.ip().octets(),
+                d.src_port,
+                d.dst.port(),
+                d.len,
+            );
+            #[cfg(feature = "trace")]
+            if let Some(t) = self.tracer.as_deref_mut() {
+                let payload = &buf[seg + udp::HEADER_LEN..seg + n];
+                t.on_dns(now, crate::trace::Dir::Out, d.dst, payload);
+            }
+            if let Some(len) = self.finish_ipv4(now, buf, src, *d.dst.ip(), ipv4::PROTO_UDP, n) {
+                return Other::Frame(len);
+            }
+            return Other::Again;
+        }
+        Other::Nothing
     }
 
     /// When the stack next needs [`Stack::handle_timeout`] (or has frames to send at once).
