@@ -439,58 +439,56 @@ impl Stack {
         if ip.fragment {
             return self.handle_fragment(now, frame, &ip);
         }
-        let l4 = IP + ip.header_len..IP + ip.total_len;
+        if ip.protocol == ipv4::PROTO_ICMP {
+            return self.handle_icmp(now, frame, &ip);
+        }
+        let packet = &frame[IP..IP + ip.total_len];
+        self.handle_l4(now, &ip, packet, &packet[ip.header_len..])
+    }
+
+    /// A whole datagram to us that is not ICMP (received in one frame, or reassembled): `l4`
+    /// is its payload, `packet` its IPv4 header and at least the first 8 bytes of the payload
+    /// (what an ICMP error quotes).
+    #[inline(always)]
+    fn handle_l4(
+        &mut self,
+        now: Instant,
+        ip: &Ipv4View,
+        packet: &[u8],
+        l4: &[u8],
+    ) -> Result<Verdict, DropReason> {
         match ip.protocol {
-            ipv4::PROTO_ICMP => self.handle_icmp(now, frame, &ip),
             ipv4::PROTO_TCP => {
-                let seg = &frame[l4];
-                if seg.len() < 20 {
+                if l4.len() < 20 {
                     return Err(DropReason::TcpTruncated);
                 }
                 if !checksum::verify_transport(
                     ip.src.octets(),
                     ip.dst.octets(),
                     ipv4::PROTO_TCP,
-                    seg,
+                    l4,
                 ) {
                     return Err(DropReason::TcpBadChecksum);
                 }
                 self.stats.tcp_segments += 1;
                 #[cfg(feature = "trace")]
                 if let Some(t) = self.tracer.as_deref_mut() {
-                    t.on_tcp(
-                        now,
-                        crate::trace::Dir::In,
-                        ip.src,
-                        ip.dst,
-                        seg,
-                        &self.routes,
-                    );
+                    t.on_tcp(now, crate::trace::Dir::In, ip.src, ip.dst, l4, &self.routes);
                 }
-                self.tcp.handle_segment(now, ip.src, ip.dst, seg);
+                self.tcp.handle_segment(now, ip.src, ip.dst, l4);
                 #[cfg(feature = "trace")]
                 if self.tracer.is_some() {
                     self.trace_states(now);
                 }
                 Ok(Verdict::Drop)
             }
-            ipv4::PROTO_UDP if self.dns.is_some() => self.handle_udp(now, frame, &ip),
+            ipv4::PROTO_UDP if self.dns.is_some() => self.handle_udp(now, ip, packet, l4),
             ipv4::PROTO_UDP => {
-                self.unreachable(
-                    now,
-                    &frame[IP..IP + ip.total_len],
-                    &ip,
-                    icmp::CODE_PORT_UNREACHABLE,
-                );
+                self.unreachable(now, packet, ip, icmp::CODE_PORT_UNREACHABLE);
                 Err(DropReason::ProtoUnreachable)
             }
             _ => {
-                self.unreachable(
-                    now,
-                    &frame[IP..IP + ip.total_len],
-                    &ip,
-                    icmp::CODE_PROTO_UNREACHABLE,
-                );
+                self.unreachable(now, packet, ip, icmp::CODE_PROTO_UNREACHABLE);
                 Err(DropReason::ProtoUnreachable)
             }
         }
@@ -560,21 +558,10 @@ impl Stack {
         };
         match key.protocol {
             ipv4::PROTO_ICMP => {
-                let (ty, _code) = icmp::parse(data).map_err(|e| match e {
-                    IcmpError::Truncated => DropReason::IcmpTruncated,
-                    IcmpError::BadChecksum => DropReason::IcmpBadChecksum,
-                })?;
-                if ty != icmp::ECHO_REQUEST {
-                    return Err(DropReason::IcmpIgnored);
-                }
                 if self.frag_out.is_some() {
                     return Err(DropReason::Ipv4FragReplyBusy);
                 }
-                if let Some(limit) = &mut self.echo_limit {
-                    if !limit.allow(now) {
-                        return Err(DropReason::IcmpRateLimited);
-                    }
-                }
+                self.accept_echo(now, data)?;
                 self.frag_buf.clear();
                 self.frag_buf.extend_from_slice(data);
                 icmp::echo_reply_in_place(&mut self.frag_buf);
@@ -589,50 +576,7 @@ impl Stack {
                 self.stats.icmp_echo_replies += 1;
                 Ok(())
             }
-            ipv4::PROTO_TCP => {
-                if data.len() < 20 {
-                    return Err(DropReason::TcpTruncated);
-                }
-                if !checksum::verify_transport(
-                    key.src.octets(),
-                    key.dst.octets(),
-                    ipv4::PROTO_TCP,
-                    data,
-                ) {
-                    return Err(DropReason::TcpBadChecksum);
-                }
-                self.stats.tcp_segments += 1;
-                self.tcp.handle_segment(now, key.src, key.dst, data);
-                Ok(())
-            }
-            ipv4::PROTO_UDP if self.dns.is_some() => {
-                let u =
-                    udp::parse(key.src.octets(), key.dst.octets(), data).map_err(|e| match e {
-                        udp::UdpError::BadChecksum => DropReason::UdpBadChecksum,
-                        _ => DropReason::UdpTruncated,
-                    })?;
-                if let Some(dns) = self.dns.as_mut().filter(|d| d.owns_port(u.dst_port)) {
-                    self.stats.udp_datagrams += 1;
-                    dns.handle_datagram(
-                        now,
-                        SocketAddrV4::new(key.src, u.src_port),
-                        u.dst_port,
-                        u.payload,
-                    );
-                    return Ok(());
-                }
-                self.unreachable(now, head, &view, icmp::CODE_PORT_UNREACHABLE);
-                Err(DropReason::ProtoUnreachable)
-            }
-            // No UDP service without the resolver: port unreachable, as for a whole datagram.
-            ipv4::PROTO_UDP => {
-                self.unreachable(now, head, &view, icmp::CODE_PORT_UNREACHABLE);
-                Err(DropReason::ProtoUnreachable)
-            }
-            _ => {
-                self.unreachable(now, head, &view, icmp::CODE_PROTO_UNREACHABLE);
-                Err(DropReason::ProtoUnreachable)
-            }
+            _ => self.handle_l4(now, &view, head, data).map(|_| ()),
         }
     }
 
@@ -645,11 +589,10 @@ impl Stack {
     fn handle_udp(
         &mut self,
         now: Instant,
-        frame: &mut [u8],
         ip: &Ipv4View,
+        packet: &[u8],
+        dgram: &[u8],
     ) -> Result<Verdict, DropReason> {
-        let packet = IP..IP + ip.total_len;
-        let dgram = &frame[IP + ip.header_len..IP + ip.total_len];
         let u = udp::parse(ip.src.octets(), ip.dst.octets(), dgram).map_err(|e| match e {
             udp::UdpError::BadChecksum => DropReason::UdpBadChecksum,
             _ => DropReason::UdpTruncated,
@@ -665,7 +608,7 @@ impl Stack {
             dns.handle_datagram(now, from, u.dst_port, u.payload);
             return Ok(Verdict::Drop);
         }
-        self.unreachable(now, &frame[packet], ip, icmp::CODE_PORT_UNREACHABLE);
+        self.unreachable(now, packet, ip, icmp::CODE_PORT_UNREACHABLE);
         Err(DropReason::ProtoUnreachable)
     }
 
@@ -717,7 +660,20 @@ impl Stack {
     ) -> Result<Verdict, DropReason> {
         let start = IP + ip.header_len;
         let end = IP + ip.total_len;
-        let (ty, _code) = icmp::parse(&frame[start..end]).map_err(|e| match e {
+        self.accept_echo(now, &frame[start..end])?;
+        // Reply in place: same buffer, addresses turned around, type 8 → 0, checksums updated
+        // incrementally. Ethernet padding beyond the IPv4 total length is not sent back.
+        icmp::echo_reply_in_place(&mut frame[start..end]);
+        ipv4::reply_in_place(&mut frame[IP..start]);
+        ethernet::reply_in_place(frame, self.mac);
+        self.stats.icmp_echo_replies += 1;
+        Ok(Verdict::Transmit(end))
+    }
+
+    /// Checks an ICMP message to us: an echo request with a valid checksum, within the echo
+    /// rate (which it then uses up).
+    fn accept_echo(&mut self, now: Instant, m: &[u8]) -> Result<(), DropReason> {
+        let (ty, _code) = icmp::parse(m).map_err(|e| match e {
             IcmpError::Truncated => DropReason::IcmpTruncated,
             IcmpError::BadChecksum => DropReason::IcmpBadChecksum,
         })?;
@@ -729,13 +685,7 @@ impl Stack {
                 return Err(DropReason::IcmpRateLimited);
             }
         }
-        // Reply in place: same buffer, addresses turned around, type 8 → 0, checksums updated
-        // incrementally. Ethernet padding beyond the IPv4 total length is not sent back.
-        icmp::echo_reply_in_place(&mut frame[start..end]);
-        ipv4::reply_in_place(&mut frame[IP..start]);
-        ethernet::reply_in_place(frame, self.mac);
-        self.stats.icmp_echo_replies += 1;
-        Ok(Verdict::Transmit(end))
+        Ok(())
     }
 
     /// Queues an ICMP destination unreachable about `packet` (its IPv4 header and payload).

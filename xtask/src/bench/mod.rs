@@ -934,6 +934,48 @@ fn curl_args(env: &Env, url: &str, fail: bool) -> Vec<String> {
     v
 }
 
+/// Runs `handshake load` (the engine's own client) as the load generator for `url`: it owns
+/// 198.18.0.5 on the peer's veth for the measurement (its XDP program goes when it exits; the
+/// peer kernel keeps 198.18.0.2), `clients` connections at a time for `secs` seconds, every body
+/// compared with the file. Fails on any failed request or differing body.
+fn engine_client_load(
+    env: &Env,
+    url: &str,
+    extra: &[&str],
+    clients: &str,
+    secs: &str,
+    limit: Duration,
+) -> Result<parse::Load> {
+    let body = env.body_file.display().to_string();
+    let daemon = env.daemon.display().to_string();
+    let mut argv = s(&[
+        &daemon,
+        "load",
+        url,
+        "--iface",
+        env.topo.peer_if(),
+        "--addr",
+        ENGINE_CLIENT_ADDR,
+        "--expect",
+        &body,
+        "--concurrency",
+        clients,
+        "--count",
+        "100000000",
+        "--duration",
+        secs,
+        "--timeout",
+        "5",
+    ]);
+    argv.extend(s(extra));
+    let out = load(env, &argv, limit)?;
+    let l = parse::handshake_load(&out)?;
+    if l.failed > 0.0 || l.differ > 0.0 || l.ok == 0.0 {
+        bail!("handshake load {url}: {out}");
+    }
+    Ok(l)
+}
+
 fn addr(side: Side) -> &'static str {
     match side {
         Side::Engine => ENGINE_ADDR,
@@ -1207,38 +1249,12 @@ fn measure(env: &Env, side: Side, case: Case) -> Result<Vec<(&'static str, f64)>
             Ok(vec![(case_key(case), ops / kv["secs"])])
         }
         Case::HttpConnEngineClient => {
-            // As below: the engine's client owns 198.18.0.5 on the peer's veth. One GET per
-            // connection (no --keep-alive), every body compared with the file.
-            let body = env.body_file.display().to_string();
-            let daemon = env.daemon.display().to_string();
-            let url = format!("http://{a}/");
-            let argv = s(&[
-                &daemon,
-                "load",
-                &url,
-                "--iface",
-                env.topo.peer_if(),
-                "--addr",
-                ENGINE_CLIENT_ADDR,
-                "--expect",
-                &body,
-                "--concurrency",
-                &clients,
-                "--count",
-                "100000000",
-                "--duration",
-                &secs_s,
-                "--timeout",
-                "5",
-            ]);
-            let out = load(env, &argv, limit)?;
-            let l = parse::handshake_load(&out)?;
-            if l.failed > 0.0 || l.differ > 0.0 || l.ok == 0.0 {
-                bail!("handshake load against {a}: {out}");
-            }
+            // One GET per connection (no --keep-alive).
+            let l =
+                engine_client_load(env, &format!("http://{a}/"), &[], &clients, &secs_s, limit)?;
             if l.connections < l.ok {
                 bail!(
-                    "{} requests over {} connections to {a}: not one connection per request: {out}",
+                    "{} requests over {} connections to {a}: not one connection per request",
                     l.ok,
                     l.connections
                 );
@@ -1246,44 +1262,14 @@ fn measure(env: &Env, side: Side, case: Case) -> Result<Vec<(&'static str, f64)>
             Ok(vec![(case_key(case), l.rate)])
         }
         Case::HttpsResumedEngineClient => {
-            // The engine's client owns 198.18.0.5 on the peer's veth for the measurement (its
-            // XDP program goes when it exits); the peer kernel keeps 198.18.0.2.
             let cert = env.cert.display().to_string();
-            let body = env.body_file.display().to_string();
-            let daemon = env.daemon.display().to_string();
             let resolve = format!("{CERT_NAME}:{a}");
             let url = format!("https://{CERT_NAME}/");
-            let argv = s(&[
-                &daemon,
-                "load",
-                &url,
-                "--iface",
-                env.topo.peer_if(),
-                "--addr",
-                ENGINE_CLIENT_ADDR,
-                "--resolve",
-                &resolve,
-                "--cacert",
-                &cert,
-                "--expect",
-                &body,
-                "--concurrency",
-                &clients,
-                "--count",
-                "100000000",
-                "--duration",
-                &secs_s,
-                "--timeout",
-                "5",
-            ]);
-            let out = load(env, &argv, limit)?;
-            let l = parse::handshake_load(&out)?;
-            if l.failed > 0.0 || l.differ > 0.0 || l.ok == 0.0 {
-                bail!("handshake load against {a}: {out}");
-            }
+            let extra = ["--resolve", &resolve, "--cacert", &cert];
+            let l = engine_client_load(env, &url, &extra, &clients, &secs_s, limit)?;
             if l.resumed < 0.9 * l.connections {
                 bail!(
-                    "only {} of {} connections to {a} resumed: {out}",
+                    "only {} of {} connections to {a} resumed",
                     l.resumed,
                     l.connections
                 );
