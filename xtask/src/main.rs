@@ -141,8 +141,19 @@ enum Cmd {
     },
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+/// Prints the error chain on one line and exits 1, without the backtrace `anyhow` would add
+/// under `RUST_BACKTRACE`: a CI log keeps only its tail, and the stage summary must be in it.
+fn main() -> std::process::ExitCode {
+    match dispatch(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Deps => deps::ensure(deps::Need::ALL),
         Cmd::BuildEbpf { debug } => {

@@ -107,7 +107,7 @@ pub fn run() -> Result<()> {
         &mut stages,
         "rootless tests (cargo test --workspace)",
         || {
-            util::run(util::cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
+            util::run_tests(util::cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
             // The criterion benches must at least compile.
             util::run(util::cargo().args(["test", "--workspace", "--benches", "--no-run"]))
         },
@@ -131,7 +131,7 @@ pub fn run() -> Result<()> {
         );
     } else {
         stage(&mut stages, "privileged tests (netns, XDP)", || {
-            util::run(
+            util::run_tests(
                 util::cargo()
                     .env("HANDSHAKE_BPF_OBJECT", build::object_path())
                     .args([
