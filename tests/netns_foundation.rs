@@ -75,7 +75,7 @@ fn fragmented_pings_are_reassembled_and_answered() -> Result<()> {
     let d = Daemon::start(&topo, &["--addr", "198.18.0.1/24"])?;
     for size in [4000, 20000] {
         let o = topo.run_peer(&format!(
-            "ping -q -c 200 -i 0.005 -W 2 -s {size} {ENGINE_ADDR}"
+            "ping -q -c 200 -i 0.005 -l 3 -W 2 -s {size} {ENGINE_ADDR}"
         ))?;
         let out = text(&o);
         let (sent, got) = ping_counts(&out);

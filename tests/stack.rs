@@ -1047,3 +1047,56 @@ fn fragmented_replies_follow_the_mtu() {
     assert_eq!(sizes, [552, 552, 552, 552, 552, 240], "{sizes:?}");
     assert!(out.iter().all(|f| f.len() - 14 <= 576));
 }
+
+/// Several large pings in one batch (a `ping -l`, or pings from two peers): every reply goes
+/// out whole, in order, up to `reassembly.max_replies` (4) queued; one more in the same batch
+/// is dropped and counted `ipv4_frag_reply_busy`. Their buffers are reused afterwards.
+#[test]
+fn large_pings_in_one_batch_are_all_answered_up_to_the_reply_queue() {
+    let mut st = stack();
+    let mut dev = MemDevice::new(2048);
+    let t = Instant::from_secs(1);
+    exchange(&mut st, &mut dev, t, &[arp_request(PEER_MAC, PEER, US)]);
+    let request = |seq: u16| {
+        let payload: Vec<u8> = (0..3000u32)
+            .map(|i| (i * 7 + u32::from(seq)) as u8)
+            .collect();
+        echo_request(0x4242, seq, &payload)
+    };
+    // Four requests of three fragments each in one batch: four replies of three.
+    let batch: Vec<Vec<u8>> = (0..4u16)
+        .flat_map(|seq| fragments(&request(seq), 1, 0x1000 + seq, 1480))
+        .collect();
+    let out = exchange(&mut st, &mut dev, t, &batch);
+    assert_eq!(out.len(), 12, "four replies of three fragments");
+    for (k, reply) in out.chunks(3).enumerate() {
+        let mut whole = vec![0u8; request(0).len()];
+        for f in reply {
+            let field = u16::from_be_bytes([f[20], f[21]]);
+            let off = (field & 0x1fff) as usize * 8;
+            whole[off..off + f.len() - 34].copy_from_slice(&f[34..]);
+        }
+        let want = request(k as u16);
+        assert_eq!(whole[0], 0, "reply {k}: echo reply");
+        assert_eq!(
+            &whole[4..],
+            &want[4..],
+            "reply {k}: identifier, sequence, payload"
+        );
+        assert!(
+            handshake::wire::checksum::verify(&whole),
+            "reply {k}: checksum"
+        );
+    }
+    assert_eq!(st.stats().icmp_echo_replies, 4);
+    assert_eq!(st.stats().total_drops(), 0, "{:?}", st.stats());
+    // Five in one batch: the fifth finds the queue full.
+    let batch: Vec<Vec<u8>> = (10..15u16)
+        .flat_map(|seq| fragments(&request(seq), 1, 0x2000 + seq, 1480))
+        .collect();
+    let out = exchange(&mut st, &mut dev, t, &batch);
+    assert_eq!(out.len(), 12, "four replies of three fragments");
+    assert_eq!(st.stats().icmp_echo_replies, 8);
+    assert_eq!(st.stats().drops_of(DropReason::Ipv4FragReplyBusy), 1);
+    assert_eq!(st.stats().total_drops(), 1, "{:?}", st.stats());
+}

@@ -38,6 +38,10 @@ pub struct ReassemblyConfig {
     pub max_bytes: usize,
     /// Milliseconds a datagram may take to arrive whole (RFC 791 suggests 15 s; Linux uses 30).
     pub timeout_ms: u64,
+    /// Replies too large for one frame (echo replies to reassembled pings) queued for sending
+    /// in fragments at once per worker; beyond, a request is dropped and counted
+    /// `ipv4_frag_reply_busy`. Each holds up to 64 KiB, allocated once and reused.
+    pub max_replies: usize,
 }
 
 impl Default for ReassemblyConfig {
@@ -46,6 +50,7 @@ impl Default for ReassemblyConfig {
             max_datagrams: 64,
             max_bytes: 1 << 20,
             timeout_ms: 30_000,
+            max_replies: 4,
         }
     }
 }

@@ -114,8 +114,8 @@ enum Other {
     Nothing,
 }
 
-/// A datagram being sent in fragments (its payload in `Stack::frag_buf`).
-#[derive(Clone, Copy, Debug)]
+/// A datagram being sent in fragments.
+#[derive(Debug)]
 struct FragOut {
     src: Ipv4Addr,
     dst: Ipv4Addr,
@@ -123,6 +123,8 @@ struct FragOut {
     ident: u16,
     /// Payload bytes sent so far.
     sent: usize,
+    /// The payload (a buffer from `Stack::frag_spare`, returned there once sent).
+    data: Vec<u8>,
 }
 
 /// The per-worker stack.
@@ -136,10 +138,12 @@ pub struct Stack {
     icmp_errors: VecDeque<IcmpErrorOut>,
     /// IPv4 reassembly of fragments addressed to us.
     reasm: Reassembler,
-    /// A reply too large for one frame (the echo reply to a reassembled ping), sent in
-    /// fragments by `next_frame`; its bytes are in `frag_buf`.
-    frag_out: Option<FragOut>,
-    frag_buf: Vec<u8>,
+    /// Replies too large for one frame (echo replies to reassembled pings), sent in fragments
+    /// by `next_frame`, the first one first; at most `reassembly.max_replies`.
+    frag_out: VecDeque<FragOut>,
+    /// Payload buffers of sent replies, for the next ones (no allocation once warm).
+    frag_spare: Vec<Vec<u8>>,
+    max_frag_replies: usize,
     /// Gratuitous ARPs still to send (index into our addresses).
     gratuitous: usize,
     ident: u16,
@@ -159,6 +163,7 @@ pub struct Stack {
 impl Stack {
     /// A stack with `cfg`.
     pub fn new(cfg: StackConfig) -> Self {
+        let max_frag_replies = cfg.reassembly.max_replies;
         let gratuitous = if cfg.gratuitous_arp {
             cfg.routes.addrs().len()
         } else {
@@ -188,8 +193,9 @@ impl Stack {
                 .then(|| TokenBucket::new(cfg.icmp.error_rate, cfg.icmp.error_burst)),
             icmp_errors: VecDeque::with_capacity(ICMP_QUEUE),
             reasm: Reassembler::new(cfg.reassembly),
-            frag_out: None,
-            frag_buf: Vec::new(),
+            frag_out: VecDeque::new(),
+            frag_spare: Vec::new(),
+            max_frag_replies,
             gratuitous,
             ident: (cfg.hash_key >> 48) as u16,
             stats: StackStats::default(),
@@ -558,20 +564,22 @@ impl Stack {
         };
         match key.protocol {
             ipv4::PROTO_ICMP => {
-                if self.frag_out.is_some() {
+                if self.frag_out.len() >= self.max_frag_replies {
                     return Err(DropReason::Ipv4FragReplyBusy);
                 }
                 self.accept_echo(now, data)?;
-                self.frag_buf.clear();
-                self.frag_buf.extend_from_slice(data);
-                icmp::echo_reply_in_place(&mut self.frag_buf);
+                let mut reply = self.frag_spare.pop().unwrap_or_default();
+                reply.clear();
+                reply.extend_from_slice(data);
+                icmp::echo_reply_in_place(&mut reply);
                 self.ident = self.ident.wrapping_add(1);
-                self.frag_out = Some(FragOut {
+                self.frag_out.push_back(FragOut {
                     src: key.dst,
                     dst: key.src,
                     protocol: ipv4::PROTO_ICMP,
                     ident: self.ident,
                     sent: 0,
+                    data: reply,
                 });
                 self.stats.icmp_echo_replies += 1;
                 Ok(())
@@ -838,7 +846,7 @@ impl Stack {
         self.neighbors.has_ready()
             || self.gratuitous > 0
             || self.neighbors.has_requests()
-            || self.frag_out.is_some()
+            || !self.frag_out.is_empty()
             || !self.icmp_errors.is_empty()
             || self.dns.is_some()
     }
@@ -892,29 +900,34 @@ impl Stack {
             self.trace_arp(now, crate::trace::Dir::Out, &arp);
             return Other::Frame(arp.emit_frame(buf, dst));
         }
-        if let Some(f) = self.frag_out {
+        if let Some(f) = self.frag_out.front_mut() {
             // The next fragment of a reply too large for one frame: as much as the MTU
             // takes, in multiples of 8 but for the last.
-            let total = self.frag_buf.len();
+            let total = f.data.len();
             // `buf` is already capped at the MTU; one too small for even 8 bytes (never
             // with real frame sizes) cannot carry the reply.
             let room = buf.len().saturating_sub(IP + ipv4::MIN_HEADER_LEN) / 8 * 8;
             if room == 0 {
-                self.frag_out = None;
+                if let Some(f) = self.frag_out.pop_front() {
+                    self.frag_spare.push(f.data);
+                }
                 self.stats.drop(DropReason::Ipv4FragReplyBusy);
                 return Other::Again;
             }
-            let n = (total - f.sent).min(room);
-            let more = f.sent + n < total;
+            let offset = f.sent;
+            let n = (total - offset).min(room);
+            let more = offset + n < total;
             let at = IP + ipv4::MIN_HEADER_LEN;
-            buf[at..at + n].copy_from_slice(&self.frag_buf[f.sent..f.sent + n]);
-            self.frag_out = more.then_some(FragOut {
-                sent: f.sent + n,
-                ..f
-            });
-            let flags = ipv4::fragment_field(f.sent, more);
-            if let Some(len) =
-                self.finish_ipv4_with(now, buf, f.src, f.dst, f.protocol, n, f.ident, flags)
+            buf[at..at + n].copy_from_slice(&f.data[offset..offset + n]);
+            f.sent += n;
+            let (src, dst, protocol, ident) = (f.src, f.dst, f.protocol, f.ident);
+            if !more {
+                if let Some(f) = self.frag_out.pop_front() {
+                    self.frag_spare.push(f.data);
+                }
+            }
+            let flags = ipv4::fragment_field(offset, more);
+            if let Some(len) = self.finish_ipv4_with(now, buf, src, dst, protocol, n, ident, flags)
             {
                 return Other::Frame(len);
             }
@@ -960,7 +973,7 @@ impl Stack {
         if self.gratuitous > 0
             || !self.icmp_errors.is_empty()
             || self.neighbors.has_ready()
-            || self.frag_out.is_some()
+            || !self.frag_out.is_empty()
         {
             return Some(Instant::ZERO);
         }
