@@ -164,6 +164,7 @@ fn limits_table_bytes_and_pieces() {
         max_datagrams: 2,
         max_bytes: 3000,
         timeout_ms: 1000,
+        ..ReassemblyConfig::default()
     });
     assert_eq!(
         r.handle(t(0), key(1), 0, true, &data[..1001], &HEADER),
@@ -252,6 +253,7 @@ fn random_fragments_keep_every_bound() {
         max_datagrams: 8,
         max_bytes: 40_000,
         timeout_ms: 5,
+        ..ReassemblyConfig::default()
     };
     let mut r = Reassembler::new(cfg.clone());
     let mut rng = SplitMix64::new(77);
