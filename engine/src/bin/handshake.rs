@@ -90,6 +90,9 @@ struct RunArgs {
     /// eBPF object to load (default: next to the executable, see the README).
     #[arg(long, value_name = "PATH")]
     bpf_object: Option<PathBuf>,
+    /// TCP congestion control [default: cubic; bbr for lossy paths].
+    #[arg(long, value_enum)]
+    congestion: Option<handshake::tcp::Congestion>,
     /// TCP echo service on PORT.
     #[arg(long, value_name = "PORT")]
     echo: Option<u16>,
@@ -310,6 +313,9 @@ impl RunArgs {
         }
         if self.bpf_object.is_some() {
             c.bpf_object = self.bpf_object;
+        }
+        if let Some(v) = self.congestion {
+            c.tcp.congestion = v;
         }
         if self.echo.is_some() {
             c.echo = self.echo;

@@ -1,7 +1,9 @@
 //! Congestion control: slow start and congestion avoidance with NewReno (RFC 5681) or CUBIC
 //! (RFC 9438). Loss recovery itself (fast retransmit, NewReno partial ACKs, RFC 6582) is driven
-//! by the connection; this module owns `cwnd` and `ssthresh`.
+//! by the connection; this module owns `cwnd` and `ssthresh`. With BBR ([`super::bbr`]) the
+//! window comes from a model of the path instead, and loss does not shrink it.
 
+use super::bbr::{AckSample, Bbr};
 use super::config::Congestion;
 use crate::time::Instant;
 
@@ -9,7 +11,7 @@ use crate::time::Instant;
 const BETA: f64 = 0.7;
 /// CUBIC's scaling constant (RFC 9438 §5).
 const C: f64 = 0.4;
-const MAX_CWND: u32 = 1 << 30;
+pub(crate) const MAX_CWND: u32 = 1 << 30;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Cc {
@@ -31,6 +33,10 @@ pub(crate) struct Cc {
     w_est: f64,
     /// CUBIC: fractional window, segments.
     cwnd_f: f64,
+    /// The initial window, bytes (BBR grows past its target until this much is delivered).
+    initial: u32,
+    /// BBR's model (unused by the others).
+    pub(crate) bbr: Bbr,
 }
 
 impl Cc {
@@ -48,6 +54,30 @@ impl Cc {
             epoch: None,
             w_est: 0.0,
             cwnd_f: 0.0,
+            initial: initial.max(1).saturating_mul(mss),
+            bbr: Bbr::default(),
+        }
+    }
+
+    /// True with BBR: the connection reports every acknowledgment to [`Cc::on_delivery`].
+    #[inline]
+    pub(crate) fn is_bbr(&self) -> bool {
+        self.algo == Congestion::Bbr
+    }
+
+    /// BBR: an acknowledgment (cumulative or SACK, in recovery or not) updates the model and
+    /// sets the window.
+    pub(crate) fn on_delivery(&mut self, s: &AckSample) {
+        if self.is_bbr() {
+            self.cwnd = self.bbr.on_ack(s, self.cwnd, self.mss, self.initial);
+        }
+    }
+
+    /// SACK loss recovery (RFC 6675 §5) starts or ends: the window is `ssthresh` (BBR keeps
+    /// its own).
+    pub(crate) fn sack_recovery_window(&mut self) {
+        if !self.is_bbr() {
+            self.cwnd = self.ssthresh;
         }
     }
 
@@ -55,12 +85,16 @@ impl Cc {
     pub(crate) fn set_mss(&mut self, mss: u32) {
         let mss = mss.max(1);
         let segs = (self.cwnd / self.mss).max(1);
+        self.initial = (self.initial / self.mss).max(1).saturating_mul(mss);
         self.mss = mss;
         self.cwnd = segs.saturating_mul(mss).min(MAX_CWND);
     }
 
     /// New data acknowledged outside recovery.
     pub(crate) fn on_ack(&mut self, now: Instant, acked: u32, srtt_us: u32) {
+        if self.is_bbr() {
+            return;
+        }
         if self.cwnd < self.ssthresh {
             // Slow start, with appropriate byte counting (L = 2·SMSS, RFC 3465).
             self.cwnd = self
@@ -70,6 +104,7 @@ impl Cc {
             return;
         }
         match self.algo {
+            Congestion::Bbr => {}
             Congestion::NewReno => {
                 self.acc = self.acc.saturating_add(acked);
                 if self.acc >= self.cwnd {
@@ -120,6 +155,7 @@ impl Cc {
     /// data in flight; the caller inflates `cwnd` for recovery.
     pub(crate) fn on_loss(&mut self, flight: u32) {
         match self.algo {
+            Congestion::Bbr => {}
             Congestion::NewReno => {
                 self.ssthresh = (flight / 2).max(2 * self.mss);
             }
@@ -140,23 +176,35 @@ impl Cc {
 
     /// A retransmission timeout: loss as above, then one segment (RFC 5681 §3.1).
     pub(crate) fn on_rto(&mut self, flight: u32) {
+        if self.is_bbr() {
+            self.bbr.on_rto(self.cwnd, flight);
+        }
         self.on_loss(flight);
         self.cwnd = self.mss;
     }
 
     /// Fast recovery entered: `cwnd = ssthresh + 3·SMSS` (RFC 5681 §3.2 step 4).
     pub(crate) fn enter_recovery(&mut self) {
+        if self.is_bbr() {
+            return;
+        }
         self.cwnd = self.ssthresh.saturating_add(3 * self.mss);
     }
 
     /// A further duplicate ACK in recovery: inflate by one segment.
     pub(crate) fn inflate(&mut self) {
+        if self.is_bbr() {
+            return;
+        }
         self.cwnd = self.cwnd.saturating_add(self.mss).min(MAX_CWND);
     }
 
     /// A partial ACK in recovery (RFC 6582 §3.2 step 5): deflate by the amount acknowledged,
     /// add back one segment if at least one was acknowledged.
     pub(crate) fn partial_ack(&mut self, acked: u32) {
+        if self.is_bbr() {
+            return;
+        }
         self.cwnd = self.cwnd.saturating_sub(acked);
         if acked >= self.mss {
             self.cwnd = self.cwnd.saturating_add(self.mss);
@@ -166,6 +214,9 @@ impl Cc {
 
     /// Full ACK ending recovery (RFC 6582 §3.2 step 3, option 1).
     pub(crate) fn exit_recovery(&mut self, flight: u32) {
+        if self.is_bbr() {
+            return;
+        }
         self.cwnd = self
             .ssthresh
             .min(flight.max(self.mss) + self.mss)

@@ -3,14 +3,20 @@
 use serde::Deserialize;
 
 /// Congestion control algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Congestion {
     /// CUBIC (RFC 9438), the default as in Linux.
     #[default]
     Cubic,
     /// NewReno (RFC 5681, RFC 6582).
+    #[value(name = "newreno")]
     NewReno,
+    /// BBR version 1, without pacing (see the `bbr` module): a window of two bandwidth-delay
+    /// products that loss does not shrink. For lossy paths.
+    Bbr,
 }
 
 /// When to answer a SYN with a SYN cookie (RFC 4987) instead of keeping state.

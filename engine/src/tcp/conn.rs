@@ -767,6 +767,9 @@ impl Conn {
         let ack = seg.ack;
         let wnd = (seg.window as u32) << self.snd_shift;
         let new_sack = self.sack_ok && seg.options.sack_len > 0 && self.absorb_sack(seg);
+        // For BBR: data newly acknowledged, and an RTT sample in microseconds.
+        let mut delivered = 0u32;
+        let mut rtt_us = None;
         if seq::gt(ack, self.snd_una) {
             let mut acked = ack.wrapping_sub(self.snd_una) as usize;
             if !self.syn_acked {
@@ -774,6 +777,7 @@ impl Conn {
                 acked -= 1;
             }
             let data = acked.min(self.tx.len());
+            delivered = data as u32;
             self.tx.discard(data);
             if acked > data && self.fin_queued {
                 self.fin_acked = true;
@@ -800,8 +804,10 @@ impl Conn {
             if let Some(t) = self.rtt_at {
                 if seq::ge(ack, self.rtt_seq) {
                     self.rtt_at = None;
+                    let r = now.as_micros().saturating_sub(t.as_micros());
+                    rtt_us = Some(r);
                     if !sampled {
-                        self.rtt_sample(env.cfg, now.as_micros().saturating_sub(t.as_micros()));
+                        self.rtt_sample(env.cfg, r);
                     }
                 }
             }
@@ -811,7 +817,7 @@ impl Conn {
                     self.in_recovery = false;
                     if self.sack_ok {
                         // RFC 6675: the window was kept at ssthresh through recovery.
-                        self.cc.cwnd = self.cc.ssthresh;
+                        self.cc.sack_recovery_window();
                     } else {
                         let flight = self.snd_max.wrapping_sub(self.snd_una);
                         self.cc.exit_recovery(flight);
@@ -876,6 +882,9 @@ impl Conn {
                 // The recovery probe waits for 2·SRTT of silence: this ACK restarts it.
                 self.arm_pto_or_rto(env.cfg, now);
             }
+        }
+        if self.cc.is_bbr() && (delivered > 0 || new_sack) {
+            self.bbr_delivery(now, delivered, rtt_us);
         }
         // Lost retransmissions: data sent after the latest retransmission has been SACKed while
         // retransmitted holes are still missing, so those were lost again; they go once more
@@ -962,7 +971,7 @@ impl Conn {
         if self.sack_ok {
             // RFC 6675 §5 step 4.2: cwnd = ssthresh, no inflation; the pipe counts what is
             // still in the network.
-            self.cc.cwnd = self.cc.ssthresh;
+            self.cc.sack_recovery_window();
         } else {
             self.cc.enter_recovery();
         }
@@ -1102,6 +1111,28 @@ impl Conn {
             a = seq::max(a, r);
         }
         pipe
+    }
+
+    /// Reports an acknowledgment to BBR's model: what it delivered, what is still in flight,
+    /// and whether the sender is short of data (everything queued is sent and the window has
+    /// room), which makes the round's rate a lower bound only.
+    #[inline(never)]
+    fn bbr_delivery(&mut self, now: Instant, acked: u32, rtt_us: Option<u64>) {
+        let inflight = if self.sack_ok {
+            self.pipe()
+        } else {
+            self.snd_max.wrapping_sub(self.snd_una)
+        };
+        let sent = self.snd_nxt.wrapping_sub(self.snd_una) as usize;
+        let app_limited = sent >= self.tx.len() && inflight < self.cc.cwnd;
+        self.cc.on_delivery(&super::bbr::AckSample {
+            now,
+            acked,
+            sacked: self.sacked_bytes(),
+            inflight,
+            rtt_us,
+            app_limited,
+        });
     }
 
     fn sacked_bytes(&self) -> u32 {

@@ -13,13 +13,14 @@
 //!   closed ports get a rate-limited RST.
 //! - Options: MSS (clamped by the MTU), window scale, timestamps with PAWS and RTT samples
 //!   (RFC 7323), SACK both ways (RFC 2018, a simplified RFC 6675 scoreboard for retransmits).
-//! - RFC 6298 RTO with Karn's rule and backoff; NewReno (RFC 5681, RFC 6582) or CUBIC
-//!   (RFC 9438); delayed ACK, Nagle, SWS avoidance, zero-window persist, keepalive.
+//! - RFC 6298 RTO with Karn's rule and backoff; NewReno (RFC 5681, RFC 6582), CUBIC
+//!   (RFC 9438) or BBR v1 without pacing; delayed ACK, Nagle, SWS avoidance, zero-window persist, keepalive.
 //!
 //! The application sees [`Event`]s: `Accepted`, `Connected`, `Readable`, `Writable`,
 //! `PeerClosed` and finally `Closed` (once per connection the application knows of, when it
 //! enters TIME_WAIT or is deleted, whichever comes first).
 
+mod bbr;
 mod buf;
 mod cc;
 pub mod config;

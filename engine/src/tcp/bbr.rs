@@ -1,0 +1,471 @@
+//! BBR congestion control, version 1 (draft-cardwell-iccrg-bbr-congestion-control-00), without
+//! pacing: a model of the path (bottleneck bandwidth, minimum round-trip time) sets the
+//! congestion window to a multiple of the bandwidth-delay product, and loss does not shrink it.
+//! Under random loss (a lossy radio link, a policer's early drops) a loss-based algorithm cuts
+//! its window at every loss and never fills the path; BBR keeps sending at the rate it measures.
+//!
+//! What this engine has of BBR, and what it leaves out:
+//! - **Delivery rate**: one sample per round trip, the bytes delivered (cumulatively acknowledged
+//!   plus SACKed) over the round's duration. A round ends when everything in flight at its start
+//!   has been delivered. The bottleneck bandwidth is the maximum of the last [`BW_ROUNDS`] rounds'
+//!   samples. A round in which the sender ran out of data (application-limited) counts only if it
+//!   raises the estimate, and does not age the others out.
+//! - **Minimum RTT**: from the timed segment (microseconds, Karn's rule), over a 10 s window.
+//! - **States**: Startup (window gain 2/ln 2 until the bandwidth grew less than 25% in three
+//!   rounds), Drain (gain 1 until the flight is down to one BDP), ProbeBW (gain 2), ProbeRTT
+//!   (4 segments for 200 ms and a round when the minimum RTT is 10 s old).
+//! - **Loss**: fast recovery keeps the window (the scoreboard's pipe decides what goes out); a
+//!   retransmission timeout drops it to one segment and restores the previous window once
+//!   everything that was in flight has been delivered.
+//! - **Not here**: pacing (the engine sends a window's worth as fast as the ring takes it), so
+//!   ProbeBW's pacing-gain cycle has no equivalent; the 2·BDP window probes for bandwidth by
+//!   itself. Long-term (policer) bandwidth sampling is left out as well.
+
+use crate::time::Instant;
+
+/// Rounds the bandwidth filter remembers (BBR's `BtlBwFilterLen`).
+pub(crate) const BW_ROUNDS: usize = 10;
+/// The minimum RTT's lifetime before ProbeRTT (BBR's `MinRTTFilterLen`), microseconds.
+const MIN_RTT_WINDOW_US: u64 = 10_000_000;
+/// Time spent at the small window in ProbeRTT (BBR's `ProbeRTTDuration`), microseconds.
+const PROBE_RTT_US: u64 = 200_000;
+/// Startup's window gain, 2/ln 2, in 1/1000.
+const HIGH_GAIN_MILLI: u64 = 2885;
+/// ProbeBW's window gain, in 1/1000.
+const PROBE_BW_GAIN_MILLI: u64 = 2000;
+/// The smallest window, in segments (BBR's `MinPipeCwnd`).
+const MIN_PIPE_SEGS: u32 = 4;
+/// Segments added to the target window for delayed and aggregated ACKs.
+const ACK_ALLOWANCE_SEGS: u64 = 3;
+
+/// BBR's state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Mode {
+    /// Exponential growth until the bandwidth stops growing.
+    #[default]
+    Startup,
+    /// Down to one BDP in flight: the queue Startup built drains.
+    Drain,
+    /// Steady state: a window of two BDPs.
+    ProbeBw,
+    /// A small window for a while, to see the path's RTT without our queue.
+    ProbeRtt,
+}
+
+/// What one acknowledgment tells the model.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AckSample {
+    /// Its arrival time.
+    pub now: Instant,
+    /// Data bytes newly cumulatively acknowledged.
+    pub acked: u32,
+    /// SACKed bytes above the cumulative acknowledgment now.
+    pub sacked: u32,
+    /// Bytes in flight after it.
+    pub inflight: u32,
+    /// An RTT sample from the timed segment, microseconds.
+    pub rtt_us: Option<u64>,
+    /// The sender has no more data to send: what it delivers says less than the path can.
+    pub app_limited: bool,
+}
+
+/// BBR's model and state (kept inline in the connection: no allocation).
+#[derive(Debug, Clone)]
+pub(crate) struct Bbr {
+    pub(crate) mode: Mode,
+    /// Per-round delivery rate maxima, bytes per second, the current round's slot at
+    /// `round % BW_ROUNDS`.
+    bw: [u64; BW_ROUNDS],
+    /// The bottleneck bandwidth estimate (the maximum of `bw`), bytes per second.
+    pub(crate) btl_bw: u64,
+    /// Round trips counted.
+    pub(crate) round: u64,
+    /// Cumulatively acknowledged data bytes, all time.
+    acked_total: u64,
+    /// `acked_total` plus SACKed bytes at the last acknowledgment.
+    delivered: u64,
+    /// The current round: its start, what was delivered then, and the delivery count that
+    /// ends it.
+    round_start: Instant,
+    round_start_delivered: u64,
+    round_end_delivered: u64,
+    round_app_limited: bool,
+    /// Minimum RTT, microseconds (`u64::MAX`: none yet), and when it was measured.
+    pub(crate) min_rtt_us: u64,
+    min_rtt_at: Instant,
+    /// Startup's plateau detection.
+    full_bw: u64,
+    full_bw_rounds: u8,
+    pub(crate) filled_pipe: bool,
+    /// ProbeRTT: when it may end (`None`: the flight is not down to its window yet), and the
+    /// round it must also see out.
+    probe_rtt_done: Option<Instant>,
+    probe_rtt_round: u64,
+    /// The window before ProbeRTT or a retransmission timeout, restored after.
+    prior_cwnd: u32,
+    /// After a timeout: the delivery count at which `prior_cwnd` comes back (0: none).
+    restore_at: u64,
+}
+
+impl Default for Bbr {
+    fn default() -> Self {
+        Bbr {
+            mode: Mode::Startup,
+            bw: [0; BW_ROUNDS],
+            btl_bw: 0,
+            round: 0,
+            acked_total: 0,
+            delivered: 0,
+            round_start: Instant::ZERO,
+            round_start_delivered: 0,
+            round_end_delivered: 0,
+            round_app_limited: false,
+            min_rtt_us: u64::MAX,
+            min_rtt_at: Instant::ZERO,
+            full_bw: 0,
+            full_bw_rounds: 0,
+            filled_pipe: false,
+            probe_rtt_done: None,
+            probe_rtt_round: 0,
+            prior_cwnd: 0,
+            restore_at: 0,
+        }
+    }
+}
+
+impl Bbr {
+    /// One bandwidth-delay product, bytes (`None` before the first RTT and rate samples).
+    pub(crate) fn bdp(&self) -> Option<u64> {
+        if self.btl_bw == 0 || self.min_rtt_us == u64::MAX {
+            return None;
+        }
+        Some(self.btl_bw.saturating_mul(self.min_rtt_us) / 1_000_000)
+    }
+
+    /// Updates the model from an acknowledgment and returns the new congestion window.
+    pub(crate) fn on_ack(&mut self, s: &AckSample, cwnd: u32, mss: u32, initial: u32) -> u32 {
+        self.acked_total += u64::from(s.acked);
+        // SACKed bytes count as delivered when they arrive; the cumulative ACK that covers
+        // them later only moves them from one term to the other.
+        self.delivered = self.delivered.max(self.acked_total + u64::from(s.sacked));
+        self.round_app_limited |= s.app_limited;
+        if let Some(rtt) = s.rtt_us {
+            self.update_min_rtt(s.now, rtt);
+        }
+        if self.delivered >= self.round_end_delivered {
+            self.end_round(s);
+        }
+        self.update_mode(s, mss);
+        self.window(s, cwnd, mss, initial)
+    }
+
+    fn update_min_rtt(&mut self, now: Instant, rtt: u64) {
+        let expired = now.as_micros() > self.min_rtt_at.as_micros() + MIN_RTT_WINDOW_US;
+        if rtt <= self.min_rtt_us || expired {
+            self.min_rtt_us = rtt.max(1);
+            self.min_rtt_at = now;
+            if expired && self.mode != Mode::ProbeRtt && self.round > 0 {
+                // The old minimum lapsed: the window shrinks for a while so that a fresh one
+                // can be seen without our own queue in it.
+                self.enter_probe_rtt();
+            }
+        }
+    }
+
+    fn end_round(&mut self, s: &AckSample) {
+        let took = s
+            .now
+            .as_micros()
+            .saturating_sub(self.round_start.as_micros());
+        let got = self.delivered - self.round_start_delivered;
+        if self.round > 0 && took > 0 && got > 0 {
+            let rate = got.saturating_mul(1_000_000) / took;
+            let slot = (self.round % BW_ROUNDS as u64) as usize;
+            // A round that used the path replaces the sample of BW_ROUNDS rounds ago (so the
+            // estimate follows the path down); an application-limited one may only raise it.
+            if !self.round_app_limited {
+                self.bw[slot] = rate;
+            } else {
+                self.bw[slot] = self.bw[slot].max(rate);
+            }
+            self.btl_bw = self.bw.iter().copied().max().unwrap_or(0);
+            if !self.round_app_limited && !self.filled_pipe {
+                // Startup ends when three rounds in a row grew the bandwidth by under 25%.
+                if self.btl_bw >= self.full_bw.saturating_add(self.full_bw / 4) {
+                    self.full_bw = self.btl_bw;
+                    self.full_bw_rounds = 0;
+                } else {
+                    self.full_bw_rounds += 1;
+                    if self.full_bw_rounds >= 3 {
+                        self.filled_pipe = true;
+                    }
+                }
+            }
+        }
+        self.round += 1;
+        self.round_start = s.now;
+        self.round_start_delivered = self.delivered;
+        self.round_end_delivered = self.delivered + u64::from(s.inflight).max(1);
+        self.round_app_limited = s.app_limited;
+    }
+
+    fn update_mode(&mut self, s: &AckSample, mss: u32) {
+        match self.mode {
+            Mode::Startup if self.filled_pipe => self.mode = Mode::Drain,
+            Mode::Drain if self.bdp().is_some_and(|b| u64::from(s.inflight) <= b) => {
+                self.mode = Mode::ProbeBw
+            }
+            Mode::ProbeRtt => match self.probe_rtt_done {
+                None if s.inflight <= MIN_PIPE_SEGS * mss => {
+                    self.probe_rtt_done = Some(s.now.add_micros(PROBE_RTT_US));
+                    self.probe_rtt_round = self.round + 1;
+                }
+                Some(done) if s.now >= done && self.round >= self.probe_rtt_round => {
+                    // The minimum RTT just measured (or confirmed) is good for another window.
+                    self.min_rtt_at = s.now;
+                    self.probe_rtt_done = None;
+                    self.mode = if self.filled_pipe {
+                        Mode::ProbeBw
+                    } else {
+                        Mode::Startup
+                    };
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn enter_probe_rtt(&mut self) {
+        self.mode = Mode::ProbeRtt;
+        self.probe_rtt_done = None;
+    }
+
+    /// BBR's window: the gain times one BDP plus an ACK allowance; grows by what was delivered
+    /// until it gets there (or without a bound before the pipe is full).
+    fn window(&mut self, s: &AckSample, cwnd: u32, mss: u32, initial: u32) -> u32 {
+        let floor = MIN_PIPE_SEGS * mss;
+        if self.mode == Mode::ProbeRtt {
+            self.prior_cwnd = self.prior_cwnd.max(cwnd);
+            return cwnd.min(floor).max(floor);
+        }
+        if self.prior_cwnd > 0 && self.restore_at == 0 {
+            // Back from ProbeRTT.
+            let restored = cwnd.max(self.prior_cwnd);
+            self.prior_cwnd = 0;
+            return restored;
+        }
+        let mut cwnd = cwnd;
+        if self.restore_at != 0 && self.delivered >= self.restore_at {
+            // Everything in flight at the timeout has been delivered.
+            cwnd = cwnd.max(self.prior_cwnd);
+            self.restore_at = 0;
+            self.prior_cwnd = 0;
+        }
+        let gain = match self.mode {
+            Mode::Startup => HIGH_GAIN_MILLI,
+            Mode::Drain => 1000,
+            Mode::ProbeBw | Mode::ProbeRtt => PROBE_BW_GAIN_MILLI,
+        };
+        // Drain aims at one BDP exactly (without pacing, the window is what drains the
+        // queue); the others allow for ACKs that come delayed or aggregated.
+        let allowance = if self.mode == Mode::Drain {
+            0
+        } else {
+            ACK_ALLOWANCE_SEGS * u64::from(mss)
+        };
+        let target = self.bdp().map(|b| {
+            (b.saturating_mul(gain) / 1000 + allowance).min(u64::from(super::cc::MAX_CWND)) as u32
+        });
+        let grown = cwnd.saturating_add(s.acked);
+        let cwnd = match target {
+            Some(t) if self.filled_pipe => grown.min(t),
+            Some(t) if cwnd < t => grown,
+            Some(_) if self.delivered < u64::from(initial) => grown,
+            Some(_) => cwnd,
+            None => grown,
+        };
+        cwnd.clamp(floor, super::cc::MAX_CWND)
+    }
+
+    /// A retransmission timeout with `flight` bytes outstanding: one segment until what was in
+    /// flight has been delivered, then the window from before.
+    pub(crate) fn on_rto(&mut self, cwnd: u32, flight: u32) {
+        self.prior_cwnd = self.prior_cwnd.max(cwnd);
+        self.restore_at = self.delivered + u64::from(flight).max(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSS: u32 = 1000;
+
+    /// A path of `bw` bytes per second and `rtt_us` round trip: each call acknowledges one
+    /// round's worth of a window of `cwnd` (at most the BDP's worth is delivered per round,
+    /// the rest queues) and returns the new window.
+    struct Path {
+        now: Instant,
+        bw: u64,
+        rtt_us: u64,
+    }
+
+    impl Path {
+        /// One round with a window of `cwnd`: the whole window is delivered, in one base RTT
+        /// if it fits the BDP, else in the time the bottleneck takes (the rest queued).
+        fn round(&mut self, b: &mut Bbr, cwnd: u32, app_limited: bool) -> u32 {
+            let rtt = self.rtt_us.max(u64::from(cwnd) * 1_000_000 / self.bw);
+            self.now = self.now.add_micros(rtt);
+            ack(b, self.now, cwnd, cwnd, Some(rtt), app_limited)
+        }
+    }
+
+    fn ack(
+        b: &mut Bbr,
+        now: Instant,
+        acked: u32,
+        cwnd: u32,
+        rtt_us: Option<u64>,
+        app_limited: bool,
+    ) -> u32 {
+        b.on_ack(
+            &AckSample {
+                now,
+                acked,
+                sacked: 0,
+                inflight: cwnd,
+                rtt_us,
+                app_limited,
+            },
+            cwnd,
+            MSS,
+            10 * MSS,
+        )
+    }
+
+    #[test]
+    fn startup_grows_then_settles_at_two_bdp() {
+        // 10 MB/s, 10 ms: a BDP of 100,000 bytes.
+        let mut p = Path {
+            now: Instant::from_secs(1),
+            bw: 10_000_000,
+            rtt_us: 10_000,
+        };
+        let mut b = Bbr::default();
+        let mut cwnd = 10 * MSS;
+        let mut rounds = 0;
+        while b.mode == Mode::Startup && rounds < 40 {
+            cwnd = p.round(&mut b, cwnd, false);
+            rounds += 1;
+        }
+        assert!(
+            b.filled_pipe,
+            "startup found the plateau in {rounds} rounds"
+        );
+        assert!(rounds < 20, "{rounds} rounds");
+        assert_eq!(b.min_rtt_us, 10_000);
+        let bw_err = b.btl_bw.abs_diff(10_000_000);
+        assert!(bw_err < 1_000_000, "bandwidth {}", b.btl_bw);
+        for _ in 0..20 {
+            cwnd = p.round(&mut b, cwnd, false);
+        }
+        assert_eq!(b.mode, Mode::ProbeBw);
+        // 2 BDP + 3 segments of allowance, give or take the estimate's error.
+        assert!(
+            (190_000..=215_000).contains(&cwnd),
+            "steady window {cwnd} for a BDP of 100,000"
+        );
+    }
+
+    #[test]
+    fn loss_does_not_shrink_the_window_a_timeout_does_until_delivered() {
+        let mut p = Path {
+            now: Instant::from_secs(1),
+            bw: 10_000_000,
+            rtt_us: 10_000,
+        };
+        let mut b = Bbr::default();
+        let mut cwnd = 10 * MSS;
+        for _ in 0..40 {
+            cwnd = p.round(&mut b, cwnd, false);
+        }
+        let steady = cwnd;
+        assert!(steady > 150_000, "{steady}");
+        // Fast recovery: the window is the model's, loss or not (the connection keeps it).
+        // A timeout with 150,000 bytes out: one segment until they are all delivered.
+        b.on_rto(cwnd, 150_000);
+        let mut now = p.now;
+        now = now.add_micros(10_000);
+        // The retransmission fills the hole: the ACK covers 100,000 of them, not all yet.
+        let w = ack(&mut b, now, 100_000, MSS, None, false);
+        assert!(w < steady, "restored early: {w}");
+        assert!(w >= 100_000, "grows by what is delivered: {w}");
+        now = now.add_micros(10_000);
+        let w = ack(&mut b, now, 50_000, w, None, false);
+        assert_eq!(w, steady, "the window from before the timeout");
+    }
+
+    #[test]
+    fn app_limited_rounds_keep_the_estimate() {
+        let mut p = Path {
+            now: Instant::from_secs(1),
+            bw: 10_000_000,
+            rtt_us: 10_000,
+        };
+        let mut b = Bbr::default();
+        let mut cwnd = 10 * MSS;
+        for _ in 0..40 {
+            cwnd = p.round(&mut b, cwnd, false);
+        }
+        let bw = b.btl_bw;
+        // Thirty rounds in which the application sends little: the rate samples are low, but
+        // they neither lower the estimate nor age the real ones out.
+        for _ in 0..30 {
+            p.round(&mut b, 5 * MSS, true);
+        }
+        assert_eq!(b.btl_bw, bw);
+        // Rounds that use the path do age them: after ten rounds at half the rate the
+        // estimate follows.
+        p.bw /= 2;
+        for _ in 0..12 {
+            cwnd = p.round(&mut b, cwnd, false);
+        }
+        assert!(
+            b.btl_bw < bw * 6 / 10,
+            "estimate {} after the path halved from {bw}",
+            b.btl_bw
+        );
+    }
+
+    #[test]
+    fn probe_rtt_after_ten_seconds_then_back() {
+        let mut p = Path {
+            now: Instant::from_secs(1),
+            bw: 10_000_000,
+            rtt_us: 10_000,
+        };
+        let mut b = Bbr::default();
+        let mut cwnd = 10 * MSS;
+        for _ in 0..40 {
+            cwnd = p.round(&mut b, cwnd, false);
+        }
+        let steady = cwnd;
+        // The standing queue of a 2-BDP window keeps every sample above the minimum: after
+        // 10 s it lapses and ProbeRTT takes the window down to 4 segments.
+        let mut saw_probe = false;
+        for _ in 0..1000 {
+            cwnd = p.round(&mut b, cwnd, false);
+            if b.mode == Mode::ProbeRtt {
+                saw_probe = true;
+                assert!(cwnd <= MIN_PIPE_SEGS * MSS, "ProbeRTT window {cwnd}");
+            } else if saw_probe {
+                break;
+            }
+        }
+        assert!(saw_probe, "no ProbeRTT in 1000 rounds");
+        assert_eq!(b.mode, Mode::ProbeBw);
+        assert!(cwnd >= steady, "window {cwnd} after ProbeRTT, was {steady}");
+        assert_eq!(b.min_rtt_us, 10_000, "the minimum seen in ProbeRTT");
+    }
+}
