@@ -104,6 +104,7 @@ fn add(a: FaultStats, b: FaultStats) -> FaultStats {
 fn step(p: &mut StackPair) -> usize {
     p.now += STEP;
     p.server_dev.set_clock(p.now);
+    p.client_dev.set_clock(p.now);
     run_batch(&mut p.server, &mut p.server_dev, p.now);
     while p.server.poll_neighbor_event().is_some() {}
     let mut moved = p.to_client.carry(&mut p.server_dev, &mut p.client_dev);
@@ -125,6 +126,13 @@ fn download(size: usize, tcp: &TcpConfig, faults: Faults) -> Outcome {
         // What the server's device receives and sends, on the virtual clock (investigations).
         let f = std::fs::File::create(path).expect("HS_PCAP: a writable path");
         p.server_dev = handshake::device::mem::MemDevice::new(2048)
+            .with_pcap(Box::new(std::io::BufWriter::new(f)))
+            .expect("pcap header written");
+    }
+    if let Some(path) = std::env::var_os("HS_PCAP_CLIENT") {
+        // The same for the client's device.
+        let f = std::fs::File::create(path).expect("HS_PCAP_CLIENT: a writable path");
+        p.client_dev = handshake::device::mem::MemDevice::new(2048)
             .with_pcap(Box::new(std::io::BufWriter::new(f)))
             .expect("pcap header written");
     }
@@ -521,7 +529,8 @@ fn same_seed_same_transfer() {
 /// One cell of the matrix with its recovery counters, for investigating TCP's loss recovery:
 /// `HS_CELL=<loss per mille>:<buffer KiB>[:<MiB>] cargo test -p handshake-tests --test faults
 /// one_cell -- --nocapture` (the seed is the matrix's for that cell; without `HS_CELL` it runs
-/// 1% at 256 KiB); `HS_CC=bbr|newreno|cubic` picks the congestion control (default CUBIC). `HS_DEBUG=1` also prints every idle wait for a timer.
+/// 1% at 256 KiB); `HS_CC=bbr|newreno|cubic` picks the congestion control (default CUBIC),
+/// `HS_PCAP_CLIENT=file` captures the client's frames as `HS_PCAP` the server's. `HS_DEBUG=1` also prints every idle wait for a timer.
 #[test]
 fn one_cell() {
     let spec = std::env::var("HS_CELL").unwrap_or_else(|_| "10:256".into());

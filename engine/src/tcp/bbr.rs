@@ -20,6 +20,11 @@
 //! - **Not here**: pacing (the engine sends a window's worth as fast as the ring takes it), so
 //!   ProbeBW's pacing-gain cycle has no equivalent; the 2·BDP window probes for bandwidth by
 //!   itself. Long-term (policer) bandwidth sampling is left out as well.
+//! - **Small peer windows under heavy loss**: BBR keeps the peer's receive window full, so a
+//!   peer with a window of a few segments advertises a zero window after nearly every flight;
+//!   each lost window update then costs a persist timeout (at least the minimum RTO). CUBIC,
+//!   whose window drops below the peer's after a loss, meets this far less often
+//!   (`tests/snapshots/loss_matrix_bbr.txt`, 16 KiB column).
 
 use crate::time::Instant;
 
