@@ -377,6 +377,31 @@ fn hundred_mib_all_faults_byte_exact() {
     assert!(f.dropped > 0 && f.reordered > 0 && f.duplicated > 0 && f.corrupted > 0);
 }
 
+/// BBR through every fault at once (its recovery and its model fed reordered, duplicated and
+/// corrupted frames as well as losses), with the 100 MiB transfers' 256 KiB buffers: byte-exact.
+#[test]
+fn hundred_mib_all_faults_bbr_byte_exact() {
+    let cfg = TcpConfig {
+        congestion: Congestion::Bbr,
+        ..bulk_cfg()
+    };
+    let o = download(
+        100 * MIB,
+        &cfg,
+        Faults {
+            seed: 0x0502,
+            drop: 20,
+            reorder: 20,
+            duplicate: 10,
+            corrupt: 5,
+        },
+    );
+    print("all faults, BBR", &o);
+    assert_eq!(o.bytes, 100 * MIB);
+    let f = o.faults;
+    assert!(f.dropped > 0 && f.reordered > 0 && f.duplicated > 0 && f.corrupted > 0);
+}
+
 /// Loss (per mille) × buffer size (send and receive, both sides): each cell an 8 MiB download.
 const MATRIX_LOSS: [u32; 5] = [0, 1, 10, 50, 100];
 const MATRIX_BUF: [usize; 4] = [16 * 1024, 64 * 1024, 256 * 1024, 1024 * 1024];

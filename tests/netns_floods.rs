@@ -41,6 +41,30 @@ fn metrics(topo: &Topology) -> Result<Metrics> {
     Ok(Metrics(String::from_utf8(o.stdout)?))
 }
 
+/// The metrics once the engine has settled after a burst of traffic sent before the call:
+/// scraped every 300 ms (three publish periods) until its packet and fragment counters stay
+/// the same from one scrape to the next (at most 6 s), so that exact checks do not read
+/// figures a busy worker has not published yet.
+fn settled_metrics(topo: &Topology) -> Result<Metrics> {
+    let key = |m: &Metrics| {
+        (
+            m.sum("handshake_rx_packets_total", &[]),
+            m.sum("handshake_tx_packets_total", &[]),
+            m.sum("handshake_ipv4_fragments_total", &[]),
+        )
+    };
+    let mut last = metrics(topo)?;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(300));
+        let m = metrics(topo)?;
+        if key(&m) == key(&last) {
+            return Ok(m);
+        }
+        last = m;
+    }
+    Ok(last)
+}
+
 impl Metrics {
     /// Sum over every sample of `name` whose labels include all of `labels` (`k="v"` each).
     fn sum(&self, name: &str, labels: &[&str]) -> u64 {
@@ -417,8 +441,7 @@ print('sent', len(pkts), 'in', round(time.time() - t, 2), 's; icmp_valid', icmp_
 "#;
     let mac = mac_string(topo.eng_mac());
     let out = topo.py(script, &[topo.peer_if(), &mac, "whole"])?;
-    std::thread::sleep(Duration::from_millis(300));
-    let m1 = metrics(&topo)?;
+    let m1 = settled_metrics(&topo)?;
     let delta = |name: &str| m1.sum(name, &[]) - m0.sum(name, &[]);
     let drops = |r: &str| m1.drops(r) - m0.drops(r);
     let word = |w: &str| -> Result<u64> {
@@ -474,8 +497,7 @@ print('sent', len(pkts), 'in', round(time.time() - t, 2), 's; icmp_valid', icmp_
     ensure!(delta("handshake_arp_requests_total") <= 1);
     // Datagrams that never complete: the table holds 64, the rest is refused and counted.
     let out = topo.py(script, &[topo.peer_if(), &mac, "incomplete"])?;
-    std::thread::sleep(Duration::from_millis(300));
-    let m2 = metrics(&topo)?;
+    let m2 = settled_metrics(&topo)?;
     let full = m2.drops("ipv4_frag_table_full") - m1.drops("ipv4_frag_table_full");
     let held = m2.sum("handshake_ipv4_reassembly_datagrams", &[]);
     let bytes = m2.sum("handshake_ipv4_reassembly_bytes", &[]);

@@ -45,7 +45,18 @@ fn out(o: &std::process::Output) -> String {
 fn delta(xdp: &XdpProgram, f: impl FnOnce()) -> [u64; counter::COUNT as usize] {
     let before = xdp.counters();
     f();
-    let after = xdp.counters();
+    // The receiving veth runs XDP from its NAPI poll, which the kernel may defer to
+    // ksoftirqd: read until the counters stay the same for 50 ms (at most 2 s), so that a frame
+    // still being processed counts (and a check for none sees it).
+    let mut after = xdp.counters();
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = xdp.counters();
+        if now == after {
+            break;
+        }
+        after = now;
+    }
     std::array::from_fn(|i| after[i] - before[i])
 }
 

@@ -461,9 +461,13 @@ fn interop_cfg() -> TcpConfig {
 }
 
 fn server_ours_client_smol(seed: u64, f: Faults) -> (Ours, u64) {
+    server_ours_client_smol_with(seed, f, interop_cfg())
+}
+
+fn server_ours_client_smol_with(seed: u64, f: Faults, cfg: TcpConfig) -> (Ours, u64) {
     let mut rng = Rng(seed);
     let (up, down) = (rng.bytes(SIZE), rng.bytes(SIZE));
-    let mut ours = Ours::new(interop_cfg(), OURS, down.clone(), seed as u8);
+    let mut ours = Ours::new(cfg, OURS, down.clone(), seed as u8);
     ours.tcp.listen(PORT).unwrap();
     let mut smol = Smol::new(up.clone(), seed);
     smol.connect_to = Some((OURS, PORT));
@@ -522,6 +526,42 @@ fn interop_our_client_smoltcp_server_faulty() {
         assert!(ours.tcp.stats().retransmits > 0);
         assert!(ours.bad_checksums > 0);
     }
+}
+
+/// BBR on our side, smoltcp as the client, both ways with every fault: byte-exact.
+#[test]
+fn interop_our_bbr_server_smoltcp_client_faulty() {
+    let cfg = TcpConfig {
+        congestion: Congestion::Bbr,
+        ..interop_cfg()
+    };
+    for seed in [0x5eed_0013u64, 0x5eed_0014] {
+        let (ours, _ms) = server_ours_client_smol_with(seed, FAULTY, cfg.clone());
+        assert!(ours.tcp.stats().retransmits > 0);
+        assert!(ours.bad_checksums > 0);
+    }
+}
+
+/// BBR on both sides with every fault, and with small buffers that close the window often.
+#[test]
+fn ours_to_ours_faulty_bbr() {
+    let cfg = TcpConfig {
+        congestion: Congestion::Bbr,
+        ..interop_cfg()
+    };
+    ours_both(0x5eed_0015, FAULTY, cfg.clone());
+    ours_both(
+        0x5eed_0016,
+        Faults {
+            loss: 20,
+            ..Faults::default()
+        },
+        TcpConfig {
+            send_buf: 3000,
+            recv_buf: 2000,
+            ..cfg
+        },
+    );
 }
 
 fn ours_both(seed: u64, f: Faults, cfg: TcpConfig) -> (Ours, Ours, u64) {
