@@ -555,7 +555,8 @@ fn same_seed_same_transfer() {
 /// `HS_CELL=<loss per mille>:<buffer KiB>[:<MiB>] cargo test -p handshake-tests --test faults
 /// one_cell -- --nocapture` (the seed is the matrix's for that cell; without `HS_CELL` it runs
 /// 1% at 256 KiB); `HS_CC=bbr|newreno|cubic` picks the congestion control (default CUBIC),
-/// `HS_PCAP_CLIENT=file` captures the client's frames as `HS_PCAP` the server's. `HS_DEBUG=1` also prints every idle wait for a timer.
+/// `HS_PCAP_CLIENT=file` captures the client's frames as `HS_PCAP` the server's, `HS_SEED=n`
+/// another seed. `HS_DEBUG=1` also prints every idle wait for a timer.
 #[test]
 fn one_cell() {
     let spec = std::env::var("HS_CELL").unwrap_or_else(|_| "10:256".into());
@@ -580,7 +581,11 @@ fn one_cell() {
         congestion,
         ..TcpConfig::default()
     };
-    let o = download(mib * MIB, &cfg, loss(l, 0x4d00 + (i * 16 + j) as u64));
+    let seed = std::env::var("HS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x4d00 + (i * 16 + j) as u64);
+    let o = download(mib * MIB, &cfg, loss(l, seed));
     assert_eq!(o.bytes, mib * MIB);
     print(
         &format!(

@@ -1224,7 +1224,12 @@ impl Conn {
             {
                 env.stats.drops_ooo += 1;
             }
+            // Acknowledged at once, in the order the segments came, each ACK with this
+            // segment's block first (RFC 5681 §4.2, RFC 2018 §4): one ACK for a whole batch
+            // could name only three of the ranges it made, and the sender would take the
+            // others for lost and send them again.
             self.ack_now = true;
+            self.ack_flush = true;
             self.quickacks = QUICKACKS;
         }
     }
@@ -1503,6 +1508,33 @@ impl Conn {
         self.unacked_bytes = 0;
         self.last_ack_sent = self.rcv_nxt;
         (self.ack_seq(), self.rcv_nxt, window, ts)
+    }
+
+    /// A pure ACK with SACK blocks (out-of-order data held), the block of the latest segment
+    /// first: (seq, ack, window, options). Marks the ACK as sent.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn take_sack_ack(
+        &mut self,
+        cfg: &TcpConfig,
+        now: Instant,
+    ) -> (u32, u32, u16, TcpOptions) {
+        let (seqn, ack, window, ts) = self.take_pure_ack(cfg, now);
+        let mut o = TcpOptions {
+            timestamps: ts,
+            ..TcpOptions::NONE
+        };
+        let mut blocks = [(0u32, 0u32); 4];
+        let max = if self.ts_ok { 3 } else { 4 };
+        let n = self.asm.sack_blocks(&mut blocks[..max]);
+        for (i, b) in blocks[..n].iter().enumerate() {
+            o.sack[i] = SackBlock {
+                left: b.0,
+                right: b.1,
+            };
+        }
+        o.sack_len = n as u8;
+        (seqn, ack, window, o)
     }
 
     /// The header of a segment carrying SACK blocks (out-of-order data held); returns its
@@ -1860,7 +1892,13 @@ impl Conn {
         if !seq::lt(s, self.snd_max) || off > tx_len {
             return None;
         }
-        let mut len = (tx_len - off).min(self.mss);
+        // Never past what was sent: data the application queued since is new data, sent (and
+        // counted in SND.MAX) by the ordinary path. A "retransmission" reaching past SND.MAX
+        // would put bytes on the wire that SND.MAX does not cover, and the peer's ACK of them
+        // would then be refused as acknowledging unsent data, forever.
+        let mut len = (tx_len - off)
+            .min(self.mss)
+            .min(self.snd_max.wrapping_sub(s) as usize);
         if let Some(l) = limit {
             len = len.min(l.wrapping_sub(s) as usize);
         }

@@ -1217,16 +1217,15 @@ impl Tcp {
         self.after(now, idx, old, d);
     }
 
-    /// An ACK for every second full segment now, in the order the segments came (RFC 5681
-    /// §4.2), not one for a whole batch: a batch of 64 segments would otherwise get a single
-    /// stretch ACK, and losing it would cost the sender a whole flight's feedback. Not with
-    /// SACK blocks to report (then `Conn::emit` writes them) or data of ours waiting to carry
-    /// it.
+    /// An ACK for every second full segment and for every out-of-order one now, in the order
+    /// the segments came (RFC 5681 §4.2), not one for a whole batch: a batch of 64 segments
+    /// would otherwise get a single stretch ACK, and losing it would cost the sender a whole
+    /// flight's feedback; with holes, each ACK names the latest segment's block first (RFC 2018
+    /// §4). Not with data of ours waiting to carry it.
     fn flush_ack(&mut self, now: Instant, idx: u32) {
         let c = &mut self.conns[idx as usize];
         c.ack_flush = false;
-        if !c.asm.is_empty()
-            || c.wants_output_data()
+        if c.wants_output_data()
             || !matches!(
                 c.state,
                 State::Established | State::FinWait1 | State::FinWait2
@@ -1235,7 +1234,16 @@ impl Tcp {
         {
             return;
         }
-        let (seq, ack, window, ts) = c.take_pure_ack(&self.cfg, now);
+        let (seq, ack, window, options) = if c.asm.is_empty() || !c.sack_ok {
+            let (seq, ack, window, ts) = c.take_pure_ack(&self.cfg, now);
+            let options = TcpOptions {
+                timestamps: ts,
+                ..TcpOptions::NONE
+            };
+            (seq, ack, window, options)
+        } else {
+            c.take_sack_ack(&self.cfg, now)
+        };
         let k = c.key;
         self.push_ctl(Ctl {
             src: Ipv4Addr::from(k.laddr),
@@ -1246,10 +1254,7 @@ impl Tcp {
             ack,
             flags: flags::ACK,
             window,
-            options: TcpOptions {
-                timestamps: ts,
-                ..TcpOptions::NONE
-            },
+            options,
         });
     }
 

@@ -372,16 +372,27 @@ fn test_sack_blocks_reported_most_recent_first() {
     );
     send!(t, seg(30, b"d"));
     send!(t, seg(40, b"e"));
-    // With timestamps, three blocks fit: the latest first, then the lowest ones.
+    // One ACK per out-of-order segment, in order, each with its own block first (with
+    // timestamps three blocks fit: then the lowest ones): a single ACK for both would name
+    // only one of the two new ranges.
     recv!(
         t,
-        [TcpRepr {
-            seq: LOCAL_SEQ + 1,
-            ack: REMOTE_SEQ + 1,
-            window: 32768,
-            options: sack(&[(40, 41), (10, 14), (20, 22)]),
-            ..RECV_TEMPL
-        }]
+        [
+            TcpRepr {
+                seq: LOCAL_SEQ + 1,
+                ack: REMOTE_SEQ + 1,
+                window: 32768,
+                options: sack(&[(30, 31), (10, 14), (20, 22)]),
+                ..RECV_TEMPL
+            },
+            TcpRepr {
+                seq: LOCAL_SEQ + 1,
+                ack: REMOTE_SEQ + 1,
+                window: 32768,
+                options: sack(&[(40, 41), (10, 14), (20, 22)]),
+                ..RECV_TEMPL
+            }
+        ]
     );
     // Filling the first hole: the cumulative ACK moves, the rest are still SACKed.
     send!(t, seg(0, b"aaaaaaaaaa"));

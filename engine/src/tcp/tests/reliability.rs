@@ -66,6 +66,113 @@ fn test_established_rto_retransmit_with_backoff() {
     recv_nothing!(t, time 10_000);
 }
 
+/// Data queued after a short segment went out and resent with it after a timeout (go-back
+/// from SND.UNA) counts as sent: SND.MAX covers it, so the peer's ACK of all eight bytes is
+/// taken. (The partial-ACK path below had that bug; this one did not.)
+#[test]
+fn test_rto_retransmission_does_not_reach_past_what_was_sent() {
+    let (mut t, c) = tcp_established();
+    t.tcp.send(c, b"abc").unwrap();
+    let abc = TcpRepr {
+        flags: ACK | PSH,
+        seq: LOCAL_SEQ + 1,
+        ack: REMOTE_SEQ + 1,
+        payload: b"abc",
+        ..RECV_TEMPL
+    };
+    recv!(t, [abc]);
+    // Nagle holds the small second write while "abc" is unacknowledged; the timeout resends
+    // from SND.UNA with it (go-back), as new data past SND.MAX.
+    t.tcp.send(c, b"defgh").unwrap();
+    recv_nothing!(t, time 199);
+    recv!(
+        t,
+        time 200,
+        TcpRepr {
+            payload: b"abcdefgh",
+            ..abc
+        }
+    );
+    send!(
+        t,
+        time 220,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 9,
+            ..SEND_TEMPL
+        }
+    );
+    let conn = &t.tcp.conns[c.index() as usize];
+    assert_eq!(
+        conn.snd_una,
+        LOCAL_SEQ + 9,
+        "the ACK of all eight bytes is taken"
+    );
+    recv_nothing!(t, time 10_000);
+}
+
+/// A retransmission never reaches past SND.MAX: when the hole at SND.UNA is a short tail
+/// segment and the application has queued more data since, the partial ACK's retransmission
+/// carries the tail alone, and the queued data goes as new data (counted in SND.MAX). It used to
+/// take the queued bytes along uncounted; the peer's ACK of them was then refused as
+/// acknowledging unsent data and the transfer stalled for good (seen at 10% loss with 16 KiB
+/// buffers).
+#[test]
+fn test_partial_ack_retransmission_stops_at_snd_max() {
+    let cf = TcpConfig {
+        send_buf: 4096,
+        congestion: Congestion::NewReno,
+        ..cfg()
+    };
+    let (mut t, c) = established_with(cf, 100, 4096);
+    t.tcp.set_nodelay(c, true).unwrap();
+    let data: Vec<u8> = (0..450u32).map(|i| i as u8).collect();
+    t.tcp.send(c, &data).unwrap();
+    let mut buf = [0u8; 2048];
+    for _ in 0..5 {
+        assert!(t.recv(&mut buf).is_some());
+    }
+    recv_nothing!(t);
+    let ack = |n: u32| TcpRepr {
+        seq: REMOTE_SEQ + 1,
+        ack: LOCAL_SEQ + 1 + n,
+        window: 4096,
+        ..SEND_TEMPL
+    };
+    // 0..100 arrived, 100..200 lost: three duplicates start recovery (recover = 450).
+    send!(t, ack(100));
+    for _ in 0..3 {
+        send!(t, ack(100));
+    }
+    let s = t.recv(&mut buf).expect("fast retransmit");
+    assert_eq!((s.seq, s.payload.len()), (LOCAL_SEQ + 101, 100));
+    recv_nothing!(t);
+    // The application queues 300 more bytes; then a partial ACK up to the 50-byte tail.
+    let more: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+    t.tcp.send(c, &more).unwrap();
+    send!(t, ack(400));
+    let mut sent = Vec::new();
+    while let Some(s) = t.recv(&mut buf) {
+        sent.push((s.seq.wrapping_sub(LOCAL_SEQ + 1), s.payload.len()));
+    }
+    assert_eq!(
+        sent[0],
+        (400, 50),
+        "the tail alone is retransmitted: {sent:?}"
+    );
+    let conn = &t.tcp.conns[c.index() as usize];
+    let highest = sent.iter().map(|&(o, n)| o + n as u32).max().unwrap_or(0);
+    assert!(
+        conn.snd_max.wrapping_sub(LOCAL_SEQ + 1) >= highest,
+        "SND.MAX covers every byte sent: {sent:?}, SND.MAX at {}",
+        conn.snd_max.wrapping_sub(LOCAL_SEQ + 1)
+    );
+    // The peer acknowledges everything sent: taken.
+    send!(t, ack(highest));
+    let conn = &t.tcp.conns[c.index() as usize];
+    assert_eq!(conn.snd_una, LOCAL_SEQ + 1 + highest);
+}
+
 #[test]
 fn test_established_retries_exhausted_closes_with_timeout() {
     let (mut t, c) = tcp_listen_with(TcpConfig {
