@@ -35,8 +35,10 @@ pub(crate) struct Cc {
     cwnd_f: f64,
     /// The initial window, bytes (BBR grows past its target until this much is delivered).
     initial: u32,
-    /// BBR's model (unused by the others).
-    pub(crate) bbr: Bbr,
+    /// BBR's model, with BBR only: boxed so that the other algorithms' connections do not
+    /// carry (and reset) its 200 bytes; the box stays with the connection slot
+    /// ([`Cc::reuse_bbr`]), so it is allocated once per slot, not per connection.
+    pub(crate) bbr: Option<Box<Bbr>>,
 }
 
 impl Cc {
@@ -55,7 +57,17 @@ impl Cc {
             w_est: 0.0,
             cwnd_f: 0.0,
             initial: initial.max(1).saturating_mul(mss),
-            bbr: Bbr::default(),
+            bbr: None,
+        }
+    }
+
+    /// With BBR, a fresh model in `spare` (the slot's box from its previous connection) or a
+    /// new box the first time.
+    pub(crate) fn reuse_bbr(&mut self, spare: Option<Box<Bbr>>) {
+        if self.is_bbr() {
+            let mut b = spare.unwrap_or_default();
+            *b = Bbr::default();
+            self.bbr = Some(b);
         }
     }
 
@@ -68,8 +80,8 @@ impl Cc {
     /// BBR: an acknowledgment (cumulative or SACK, in recovery or not) updates the model and
     /// sets the window.
     pub(crate) fn on_delivery(&mut self, s: &AckSample) {
-        if self.is_bbr() {
-            self.cwnd = self.bbr.on_ack(s, self.cwnd, self.mss, self.initial);
+        if let Some(b) = &mut self.bbr {
+            self.cwnd = b.on_ack(s, self.cwnd, self.mss, self.initial);
         }
     }
 
@@ -176,8 +188,8 @@ impl Cc {
 
     /// A retransmission timeout: loss as above, then one segment (RFC 5681 §3.1).
     pub(crate) fn on_rto(&mut self, flight: u32) {
-        if self.is_bbr() {
-            self.bbr.on_rto(self.cwnd, flight);
+        if let Some(b) = &mut self.bbr {
+            b.on_rto(self.cwnd, flight);
         }
         self.on_loss(flight);
         self.cwnd = self.mss;

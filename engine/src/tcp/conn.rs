@@ -279,12 +279,14 @@ impl Conn {
     /// the caller).
     pub(crate) fn reset(&mut self, cfg: &TcpConfig, now: Instant) {
         let (id, wheel_at) = (self.id, self.wheel_at);
+        let bbr = self.cc.bbr.take();
         *self = Conn::default();
         self.id = id;
         // The timer wheel may still hold an entry for this slot (see `Tcp::sync_timer`).
         self.wheel_at = wheel_at;
         self.mss = cfg.effective_mss() as usize;
         self.cc = Cc::new(cfg.congestion, self.mss as u32, cfg.initial_cwnd);
+        self.cc.reuse_bbr(bbr);
         self.rto_us = cfg.rto_initial_ms * 1000;
         self.last_rx = now;
         self.chal_start = now;
