@@ -4,7 +4,7 @@
 //! reads, closes and virtual time.
 //!
 //! Encoding: `[cfg][peer isn: u32][peer mss: u16][peer ws: u8]` then ops, each `[op]` + operands
-//! (see `step`). Peer payload bytes are a function of their sequence offset, the application's
+//! (see `step`); the peer ISN modulo 3 also picks the congestion control (CUBIC, NewReno, BBR). Peer payload bytes are a function of their sequence offset, the application's
 //! bytes a function of their stream offset, so the checks are exact:
 //! - `recv` returns exactly the peer's stream, in order, never more than was sent;
 //! - every payload the engine sends is the application's stream at that offset, within what
@@ -13,7 +13,7 @@
 //! - the per-state flow counters always add up to the table size.
 #![no_main]
 
-use handshake::tcp::{ConnId, Event, State, Tcp, TcpConfig};
+use handshake::tcp::{Congestion, ConnId, Event, State, Tcp, TcpConfig};
 use handshake::wire::checksum;
 use handshake::wire::tcp::{flags, SackBlock, TcpOptions, TcpRepr, Timestamps};
 use handshake::Instant;
@@ -260,7 +260,15 @@ impl H {
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let c = input.u8();
+    let peer_isn = input.u32();
     let cfg = TcpConfig {
+        // The congestion control from the peer's ISN (arbitrary anyway): the encoding stays
+        // as it was, and every algorithm's recovery meets the fuzzed ACKs.
+        congestion: match peer_isn % 3 {
+            0 => Congestion::Cubic,
+            1 => Congestion::NewReno,
+            _ => Congestion::Bbr,
+        },
         max_flows: MAX_FLOWS,
         window_scale: c & 1 != 0,
         sack: c & 2 != 0,
@@ -273,7 +281,6 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut tcp = Tcp::new(cfg, [0x42; 32]);
     tcp.listen(LPORT).expect("listen");
-    let peer_isn = input.u32();
     let mss = input.u16();
     let ws = input.u8();
     let mut h = H {
