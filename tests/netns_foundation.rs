@@ -117,7 +117,18 @@ fn kernel_keeps_what_the_engine_does_not_own() -> Result<()> {
         "-c",
         "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('198.18.0.3', 8080)); s.listen(1)\nc,_=s.accept(); c.sendall(b'kernel-here'); c.close()",
     ])?;
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Wait until it listens (at most 5 s), not a fixed time.
+    let t = std::time::Instant::now();
+    while text(&topo.run_eng("ss -Htln 'sport = :8080'")?)
+        .trim()
+        .is_empty()
+    {
+        ensure!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "the kernel listener on 198.18.0.3:8080 did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let o = topo.run_peer(&format!("ping -c 3 -i 0.2 -W 2 {KERNEL_ADDR}"))?;
     ensure!(
         o.status.success(),
