@@ -349,14 +349,27 @@ mod tests {
         )
     }
 
-    #[test]
-    fn startup_grows_then_settles_at_two_bdp() {
-        // 10 MB/s, 10 ms: a BDP of 100,000 bytes.
-        let mut p = Path {
+    /// A path of 10 MB/s and 10 ms (a BDP of 100,000 bytes), fresh.
+    fn path() -> Path {
+        Path {
             now: Instant::from_secs(1),
             bw: 10_000_000,
             rtt_us: 10_000,
-        };
+        }
+    }
+
+    /// [`path`] after 40 rounds from the initial window: the model in ProbeBW, and its window.
+    fn steady() -> (Path, Bbr, u32) {
+        let (mut p, mut b, mut cwnd) = (path(), Bbr::default(), 10 * MSS);
+        for _ in 0..40 {
+            cwnd = p.round(&mut b, cwnd, false);
+        }
+        (p, b, cwnd)
+    }
+
+    #[test]
+    fn startup_grows_then_settles_at_two_bdp() {
+        let mut p = path();
         let mut b = Bbr::default();
         let mut cwnd = 10 * MSS;
         let mut rounds = 0;
@@ -385,23 +398,13 @@ mod tests {
 
     #[test]
     fn loss_does_not_shrink_the_window_a_timeout_does_until_delivered() {
-        let mut p = Path {
-            now: Instant::from_secs(1),
-            bw: 10_000_000,
-            rtt_us: 10_000,
-        };
-        let mut b = Bbr::default();
-        let mut cwnd = 10 * MSS;
-        for _ in 0..40 {
-            cwnd = p.round(&mut b, cwnd, false);
-        }
+        let (p, mut b, cwnd) = steady();
         let steady = cwnd;
         assert!(steady > 150_000, "{steady}");
         // Fast recovery: the window is the model's, loss or not (the connection keeps it).
         // A timeout with 150,000 bytes out: one segment until they are all delivered.
         b.on_rto(cwnd, 150_000);
-        let mut now = p.now;
-        now = now.add_micros(10_000);
+        let mut now = p.now.add_micros(10_000);
         // The retransmission fills the hole: the ACK covers 100,000 of them, not all yet.
         let w = ack(&mut b, now, 100_000, MSS, None, false);
         assert!(w < steady, "restored early: {w}");
@@ -413,16 +416,7 @@ mod tests {
 
     #[test]
     fn app_limited_rounds_keep_the_estimate() {
-        let mut p = Path {
-            now: Instant::from_secs(1),
-            bw: 10_000_000,
-            rtt_us: 10_000,
-        };
-        let mut b = Bbr::default();
-        let mut cwnd = 10 * MSS;
-        for _ in 0..40 {
-            cwnd = p.round(&mut b, cwnd, false);
-        }
+        let (mut p, mut b, mut cwnd) = steady();
         let bw = b.btl_bw;
         // Thirty rounds in which the application sends little: the rate samples are low, but
         // they neither lower the estimate nor age the real ones out.
@@ -445,16 +439,7 @@ mod tests {
 
     #[test]
     fn probe_rtt_after_ten_seconds_then_back() {
-        let mut p = Path {
-            now: Instant::from_secs(1),
-            bw: 10_000_000,
-            rtt_us: 10_000,
-        };
-        let mut b = Bbr::default();
-        let mut cwnd = 10 * MSS;
-        for _ in 0..40 {
-            cwnd = p.round(&mut b, cwnd, false);
-        }
+        let (mut p, mut b, mut cwnd) = steady();
         let steady = cwnd;
         // The standing queue of a 2-BDP window keeps every sample above the minimum: after
         // 10 s it lapses and ProbeRTT takes the window down to 4 segments.

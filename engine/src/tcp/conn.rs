@@ -1522,6 +1522,12 @@ impl Conn {
         now: Instant,
     ) -> (u32, u32, u16, TcpOptions) {
         let (seqn, ack, window, ts) = self.take_pure_ack(cfg, now);
+        (seqn, ack, window, self.sack_options(ts))
+    }
+
+    /// Timestamps `ts` and the SACK blocks of the out-of-order data held, the most recent
+    /// first (three with timestamps, else four).
+    fn sack_options(&self, ts: Option<Timestamps>) -> TcpOptions {
         let mut o = TcpOptions {
             timestamps: ts,
             ..TcpOptions::NONE
@@ -1536,7 +1542,7 @@ impl Conn {
             };
         }
         o.sack_len = n as u8;
-        (seqn, ack, window, o)
+        o
     }
 
     /// The header of a segment carrying SACK blocks (out-of-order data held); returns its
@@ -1552,22 +1558,7 @@ impl Conn {
         len: usize,
         ts: Option<Timestamps>,
     ) -> Option<usize> {
-        let mut o = TcpOptions {
-            timestamps: ts,
-            ..TcpOptions::NONE
-        };
-        {
-            let mut blocks = [(0u32, 0u32); 4];
-            let max = if self.ts_ok { 3 } else { 4 };
-            let n = self.asm.sack_blocks(&mut blocks[..max]);
-            for (i, b) in blocks[..n].iter().enumerate() {
-                o.sack[i] = SackBlock {
-                    left: b.0,
-                    right: b.1,
-                };
-            }
-            o.sack_len = n as u8;
-        }
+        let o = self.sack_options(ts);
         let window = self.advertise(env.cfg);
         let repr = TcpRepr {
             src_port: self.key.lport,
