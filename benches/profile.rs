@@ -110,6 +110,50 @@ fn run_with<S: Server>(s: S, n: usize, rounds: u64, mut after_round: impl FnMut(
     );
 }
 
+/// `rounds` transfers of 1 MiB (the criterion `tcp_bulk` exchange: MSS 1460, the client ACKs every
+/// second segment) from our HTTP app, or from smoltcp's app sending the same response bytes.
+fn bulk(ours: bool, rounds: u64) {
+    use harness::client::Bulk;
+    const MSS: u16 = 1460;
+    let body: Vec<u8> = (0..1usize << 20).map(|i| (i % 251) as u8).collect();
+    // Our response (head + body), learned once, untimed: smoltcp's app sends the same bytes.
+    let mut s = Ours::new(Some(body.clone()));
+    let mut clock = Clock::new();
+    s.dev().inject(&frames::arp_request());
+    clock.step(&mut s);
+    s.dev().discard();
+    let mut c = Bulk::new(None, MSS);
+    c.round(&mut s, &mut clock).expect("the learning transfer");
+    let response = c.collect.take().unwrap_or_default();
+    fn go<S: Server>(s: S, len: usize, rounds: u64) {
+        let mut s = Prof(s);
+        let mut clock = Clock::new();
+        s.dev().inject(&frames::arp_request());
+        clock.step(&mut s);
+        s.dev().discard();
+        let mut c = Bulk::new(Some(len), MSS);
+        // Warm-up transfer outside `server_step`, as in `run_with`.
+        c.round(&mut s.0, &mut clock).expect("warm-up transfer");
+        let warm = clock.server;
+        for _ in 0..rounds {
+            c.round(&mut s, &mut clock).expect("transfer");
+        }
+        println!(
+            "{}: {rounds} transfers of {len} B, {} server segments, {} client ACKs, {:.0} µs of server steps per transfer",
+            S::NAME,
+            c.segments_out,
+            c.acks,
+            (clock.server - warm).as_micros() as f64 / rounds.max(1) as f64
+        );
+    }
+    let len = response.len();
+    if ours {
+        go(Ours::new(Some(body)), len, rounds);
+    } else {
+        go(Smol::new(1, SmolApp::Respond { response }), len, rounds);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -120,6 +164,7 @@ fn main() {
     let rounds = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
     match which {
         "smoltcp" => run(Smol::new(n, SmolApp::Echo), n, rounds),
+        "ours-bulk" | "smoltcp-bulk" => bulk(which == "ours-bulk", rounds),
         "ours-idle" | "smoltcp-idle" => {
             // Steps with nothing received: the fixed cost of a step, `n` times.
             let mut clock = Clock::new();
