@@ -15,7 +15,7 @@
 //! `UPDATE_SNAPSHOTS=1 cargo test -p handshake-tests --test faults loss_matrix` and review the
 //! diff like code.
 
-use handshake::device::mem::{FaultStats, Faults, SplitMix64};
+use handshake::device::mem::{Bottleneck, FaultStats, Faults, MemLink, SplitMix64};
 use handshake::device::pair::StackPair;
 use handshake::http::{Page, StaticPage};
 use handshake::ipv4::Routes;
@@ -80,6 +80,8 @@ struct Outcome {
     server_tcp: TcpStats,
     /// Frames each stack dropped (checksums, validation).
     drops: u64,
+    /// Most frames the server sent in one step (a burst).
+    max_burst: usize,
 }
 
 impl Outcome {
@@ -96,32 +98,54 @@ fn add(a: FaultStats, b: FaultStats) -> FaultStats {
         duplicated: a.duplicated + b.duplicated,
         reordered: a.reordered + b.reordered,
         corrupted: a.corrupted + b.corrupted,
+        queue_dropped: a.queue_dropped + b.queue_dropped,
     }
 }
 
 /// One step of the simulated link: both stacks run a batch at `now`, frames cross (through the
-/// fault injectors). Returns the frames delivered.
-fn step(p: &mut StackPair) -> usize {
+/// fault injectors). Returns the frames delivered and the frames the server sent.
+fn step(p: &mut StackPair) -> (usize, usize) {
     p.now += STEP;
     p.server_dev.set_clock(p.now);
     p.client_dev.set_clock(p.now);
     run_batch(&mut p.server, &mut p.server_dev, p.now);
     while p.server.poll_neighbor_event().is_some() {}
-    let mut moved = p.to_client.carry(&mut p.server_dev, &mut p.client_dev);
+    let sent = p.server_dev.tx_pending();
+    let mut moved = p
+        .to_client
+        .carry_at(p.now, &mut p.server_dev, &mut p.client_dev);
     run_batch(&mut p.client, &mut p.client_dev, p.now);
     while p.client.poll_neighbor_event().is_some() {}
-    moved += p.to_server.carry(&mut p.client_dev, &mut p.server_dev);
-    moved
+    moved += p
+        .to_server
+        .carry_at(p.now, &mut p.client_dev, &mut p.server_dev);
+    (moved, sent)
 }
 
 /// Downloads the page (`size` bytes) from a server stack to a client stack, both with `tcp`,
 /// over links with `faults` (the reverse link's seed is the next one). Checks every byte and
 /// panics on a stall (no progress for 10 simulated minutes).
 fn download(size: usize, tcp: &TcpConfig, faults: Faults) -> Outcome {
+    download_via(size, tcp, faults, None)
+}
+
+/// [`download`] with the server-to-client link through `path`'s bottleneck, and the
+/// client-to-server link delayed as much (ACKs are not rate-limited).
+fn download_via(size: usize, tcp: &TcpConfig, faults: Faults, path: Option<Bottleneck>) -> Outcome {
     let page = body(size);
     let server = stack(1, "198.18.0.1/24", tcp, Some(Arc::clone(&page)));
     let client = stack(2, "198.18.0.2/24", tcp, None);
     let mut p = StackPair::new(server, client, faults.clone());
+    if let Some(b) = path {
+        let down = std::mem::replace(&mut p.to_client, MemLink::new(Faults::default()));
+        p.to_client = down.with_bottleneck(b);
+        let up = std::mem::replace(&mut p.to_server, MemLink::new(Faults::default()));
+        p.to_server = up.with_bottleneck(Bottleneck {
+            rate: u64::MAX / 4,
+            queue: usize::MAX / 4,
+            delay: b.delay,
+        });
+    }
     if let Some(path) = std::env::var_os("HS_PCAP") {
         // What the server's device receives and sends, on the virtual clock (investigations).
         let f = std::fs::File::create(path).expect("HS_PCAP: a writable path");
@@ -149,9 +173,11 @@ fn download(size: usize, tcp: &TcpConfig, faults: Faults) -> Outcome {
     let mut got = 0usize;
     let mut buf = vec![0u8; 256 * 1024];
     let mut steps = 0u64;
+    let mut max_burst = 0;
     let mut last_progress = p.now;
     while got < size {
-        let moved = step(&mut p);
+        let (moved, burst) = step(&mut p);
+        max_burst = max_burst.max(burst);
         steps += 1;
         let tcp = p.client.tcp_mut();
         if sent < req.len() {
@@ -203,10 +229,15 @@ fn download(size: usize, tcp: &TcpConfig, faults: Faults) -> Outcome {
             p.to_server.flush(&mut p.server_dev);
             p.to_client.flush(&mut p.client_dev);
             if p.server_dev.rx_pending() == 0 && p.client_dev.rx_pending() == 0 {
-                let next = [p.server.poll_timeout(), p.client.poll_timeout()]
-                    .into_iter()
-                    .flatten()
-                    .min();
+                let next = [
+                    p.server.poll_timeout(),
+                    p.client.poll_timeout(),
+                    p.to_server.next_arrival(),
+                    p.to_client.next_arrival(),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
                 if let Some(t) = next {
                     let t =
                         Instant::from_micros(t.as_micros().saturating_sub(STEP.as_micros() as u64));
@@ -235,13 +266,14 @@ fn download(size: usize, tcp: &TcpConfig, faults: Faults) -> Outcome {
         faults: add(p.to_server.stats(), p.to_client.stats()),
         server_tcp: p.server.tcp().stats().clone(),
         drops: p.server.stats().total_drops() + p.client.stats().total_drops(),
+        max_burst,
     }
 }
 
 fn print(name: &str, o: &Outcome) {
     let f = o.faults;
     eprintln!(
-        "{name}: {} MiB byte-exact in {:.3} s simulated ({} steps): goodput {:.1} MB/s; frames {} dropped {} duplicated {} reordered {} corrupted {}; server retransmits {} (fast {}, RTO {}, TLP {}, recovery probes {}, reorder timeouts {}, lost retransmits {}); frames refused by the stacks {}",
+        "{name}: {} MiB byte-exact in {:.3} s simulated ({} steps): goodput {:.1} MB/s; frames {} dropped {} duplicated {} reordered {} corrupted {} queue-dropped {}; server retransmits {} (fast {}, RTO {}, TLP {}, recovery probes {}, reorder timeouts {}, lost retransmits {}); frames refused by the stacks {}; largest burst {} frames",
         o.bytes / MIB,
         o.took.as_secs_f64(),
         o.steps,
@@ -251,6 +283,7 @@ fn print(name: &str, o: &Outcome) {
         f.duplicated,
         f.reordered,
         f.corrupted,
+        f.queue_dropped,
         o.server_tcp.retransmits,
         o.server_tcp.fast_retransmits,
         o.server_tcp.rto_fired,
@@ -259,6 +292,7 @@ fn print(name: &str, o: &Outcome) {
         o.server_tcp.reorder_timeouts,
         o.server_tcp.lost_retransmits,
         o.drops,
+        o.max_burst,
     );
 }
 
@@ -594,4 +628,133 @@ fn one_cell() {
         ),
         &o,
     );
+}
+
+// ---- a bottleneck with a shallow queue ------------------------------------------------------
+
+/// The bottleneck of [`through_bottleneck`]: 40 MB/s (320 Mbit/s) of frames from the server to
+/// the client, 5 ms each way (10 ms round trip: a bandwidth-delay product of 400 KB), and a
+/// queue of `queue` bytes.
+fn bottleneck(queue: usize) -> Bottleneck {
+    Bottleneck {
+        rate: 40_000_000,
+        queue,
+        delay: Duration::from_millis(5),
+    }
+}
+
+/// 16 MiB from the server through [`bottleneck`] with 2 MiB buffers (the window is not the
+/// limit), no random loss: every loss is the queue's.
+fn through_bottleneck(congestion: Congestion, pacing: bool, queue: usize) -> Outcome {
+    let cfg = TcpConfig {
+        send_buf: 2 * MIB,
+        recv_buf: 2 * MIB,
+        congestion,
+        pacing,
+        ..TcpConfig::default()
+    };
+    let o = download_via(16 * MIB, &cfg, loss(0, 0xb077), Some(bottleneck(queue)));
+    assert_eq!(o.bytes, 16 * MIB);
+    print(
+        &format!(
+            "bottleneck 40 MB/s, 10 ms, queue {} KB, {congestion:?}, pacing {pacing}",
+            queue / 1000
+        ),
+        &o,
+    );
+    o
+}
+
+/// The bottleneck table: for each queue size, paced BBR, unpaced BBR and CUBIC through
+/// [`bottleneck`]. Deterministic, compared exactly with `tests/snapshots/bottleneck.txt`.
+#[test]
+fn bottleneck_paced_bbr_snapshot_and_ahead_of_unpaced() {
+    const QUEUES: [usize; 3] = [50_000, 100_000, 400_000];
+    let runs: Vec<[Outcome; 3]> = QUEUES
+        .iter()
+        .map(|&q| {
+            [
+                through_bottleneck(Congestion::Bbr, true, q),
+                through_bottleneck(Congestion::Bbr, false, q),
+                through_bottleneck(Congestion::Cubic, false, q),
+            ]
+        })
+        .collect();
+    let mut table = String::from(
+        "# Goodput (MB/s of body per simulated second), frames the queue dropped, server\n\
+         # retransmissions and the largest burst (frames in one 100 us step) of 16 MiB from the\n\
+         # server through a 40 MB/s bottleneck with 5 ms each way (a BDP of 400 KB), 2 MiB\n\
+         # buffers, no random loss. Regenerate: UPDATE_SNAPSHOTS=1 cargo test -p handshake-tests\n\
+         # --test faults bottleneck\n\
+         queue     algorithm          goodput   dropped  resent  burst\n",
+    );
+    for (q, r) in QUEUES.iter().zip(&runs) {
+        for (name, o) in ["BBR, paced", "BBR, not paced", "CUBIC"].iter().zip(r) {
+            table += &format!(
+                "{:>4} KB   {name:<16} {:>9.3} {:>9} {:>7} {:>6}\n",
+                q / 1000,
+                o.goodput() as f64 / 1e6,
+                o.faults.queue_dropped,
+                o.server_tcp.retransmits,
+                o.max_burst
+            );
+        }
+    }
+    eprintln!("{table}");
+    check_snapshot("bottleneck.txt", &table);
+    // The link carries 40 MB/s of frames: 1448 bytes of body per 1514-byte frame.
+    let link = 40e6 * 1448.0 / 1514.0;
+    for (q, [paced, unpaced, cubic]) in QUEUES.iter().zip(&runs) {
+        let (p, u, c) = (
+            paced.goodput() as f64,
+            unpaced.goodput() as f64,
+            cubic.goodput() as f64,
+        );
+        // Pacing is what makes BBR usable through a queue shallower than its window: ahead
+        // everywhere, by half or more when the queue holds a quarter of a BDP or less, and
+        // with fewer frames dropped.
+        let ahead = if *q <= 100_000 { 1.5 } else { 1.1 };
+        assert!(p >= ahead * u, "queue {q}: paced {p} unpaced {u}\n{table}");
+        assert!(
+            paced.faults.queue_dropped < unpaced.faults.queue_dropped,
+            "queue {q}\n{table}"
+        );
+        assert!(p >= 0.6 * link, "queue {q}: paced {p} of {link}\n{table}");
+        assert!(p >= 0.95 * c, "queue {q}: paced {p} CUBIC {c}\n{table}");
+        assert_eq!(paced.server_tcp.rto_fired, 0, "queue {q}\n{table}");
+        // Paced, the sender's bursts stay far below a batch (64 frames), unpaced they do not.
+        assert!(
+            paced.max_burst * 2 <= unpaced.max_burst,
+            "queue {q}\n{table}"
+        );
+        // Every hole of a window is tracked (the scoreboard and the receiver's out-of-order
+        // ranges): what is resent is what the queue dropped, not more.
+        for o in [paced, cubic] {
+            assert!(
+                o.server_tcp.retransmits <= o.faults.queue_dropped * 3 / 2 + 10,
+                "queue {q}: {} resent for {} dropped\n{table}",
+                o.server_tcp.retransmits,
+                o.faults.queue_dropped
+            );
+        }
+    }
+}
+
+/// One run through [`bottleneck`] with its counters, for investigations:
+/// `HS_QUEUE=<bytes> HS_CC=bbr|cubic|newreno HS_PACING=0|1 cargo test -p handshake-tests --test
+/// faults bottleneck_cell -- --nocapture` (default: 100,000 bytes, paced BBR).
+#[test]
+fn bottleneck_cell() {
+    let q = std::env::var("HS_QUEUE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let congestion = match std::env::var("HS_CC").as_deref() {
+        Ok("cubic") => Congestion::Cubic,
+        Ok("newreno") => Congestion::NewReno,
+        _ => Congestion::Bbr,
+    };
+    let pacing = std::env::var("HS_PACING").map_or(true, |v| v != "0");
+    let o = through_bottleneck(congestion, pacing, q);
+    assert_eq!(o.bytes, 16 * MIB);
 }

@@ -993,6 +993,8 @@ impl Stack {
     /// which is too much work to repeat for every batch.
     pub fn maybe_handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        // Pacing gaps are finer than the timers' millisecond.
+        self.tcp.handle_pacing(now);
         if now < self.next_timer_check {
             return;
         }

@@ -64,6 +64,50 @@ pub struct FaultStats {
     pub reordered: u64,
     /// Frames corrupted.
     pub corrupted: u64,
+    /// Frames a [`Bottleneck`]'s full queue dropped (tail drop).
+    pub queue_dropped: u64,
+}
+
+/// A bottleneck on a [`MemLink`]: frames leave at `rate` bytes per second through a drop-tail
+/// queue of `queue` bytes, and arrive `delay` after they left. Congestion control meets a real
+/// queue this way: a sender faster than `rate` fills the queue (the round trip grows) and then
+/// loses frames, as at a router's port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bottleneck {
+    /// Service rate, bytes per second (whole frames: Ethernet header included).
+    pub rate: u64,
+    /// Bytes the queue holds beyond the frame being sent; a frame that does not fit is dropped.
+    pub queue: usize,
+    /// One-way propagation delay.
+    pub delay: std::time::Duration,
+}
+
+/// The queue and wire of a [`Bottleneck`].
+#[derive(Debug)]
+struct Shaper {
+    spec: Bottleneck,
+    /// When the queue will have sent everything it holds, nanoseconds of virtual time.
+    busy_until_ns: u64,
+    /// Frames on their way, in arrival order: (arrival in nanoseconds, frame).
+    line: VecDeque<(u64, Vec<u8>)>,
+}
+
+impl Shaper {
+    /// Queues `frame` at `now_ns`; false when the queue is full (dropped).
+    fn enqueue(&mut self, now_ns: u64, frame: &[u8]) -> bool {
+        let rate = self.spec.rate.max(1) as u128;
+        let backlog_ns = self.busy_until_ns.saturating_sub(now_ns) as u128;
+        let backlog = (backlog_ns * rate / 1_000_000_000) as usize;
+        if backlog > self.spec.queue {
+            return false;
+        }
+        let start = self.busy_until_ns.max(now_ns);
+        let serialize = (frame.len() as u128 * 1_000_000_000).div_ceil(rate) as u64;
+        self.busy_until_ns = start + serialize;
+        let arrival = self.busy_until_ns + self.spec.delay.as_nanos() as u64;
+        self.line.push_back((arrival, frame.to_vec()));
+        true
+    }
 }
 
 /// A frame buffer and the length of the frame in it.
@@ -253,6 +297,7 @@ pub struct MemLink {
     rng: SplitMix64,
     held: Option<Vec<u8>>,
     stats: FaultStats,
+    shaper: Option<Shaper>,
 }
 
 impl MemLink {
@@ -263,7 +308,58 @@ impl MemLink {
             faults,
             held: None,
             stats: FaultStats::default(),
+            shaper: None,
         }
+    }
+
+    /// The same link through `b`: frames that pass the fault injector queue at the bottleneck
+    /// (move them with [`MemLink::carry_at`], which knows the time).
+    pub fn with_bottleneck(mut self, b: Bottleneck) -> Self {
+        self.shaper = Some(Shaper {
+            spec: b,
+            busy_until_ns: 0,
+            line: VecDeque::new(),
+        });
+        self
+    }
+
+    /// Frames queued at the bottleneck or on the wire behind it.
+    pub fn in_flight(&self) -> usize {
+        self.shaper.as_ref().map_or(0, |s| s.line.len())
+    }
+
+    /// When the next frame behind the bottleneck arrives.
+    pub fn next_arrival(&self) -> Option<Instant> {
+        let s = self.shaper.as_ref()?;
+        s.line
+            .front()
+            .map(|&(at, _)| Instant::from_micros(at.div_ceil(1000)))
+    }
+
+    /// At `now`: moves every frame `from` sent through the fault injector into the
+    /// bottleneck's queue (or straight into `to` without one), then delivers to `to` the frames
+    /// that have arrived by `now`. Returns frames delivered.
+    pub fn carry_at(&mut self, now: Instant, from: &mut MemDevice, to: &mut MemDevice) -> usize {
+        let Some(mut sh) = self.shaper.take() else {
+            return self.carry(from, to);
+        };
+        let now_ns = now.as_micros() * 1000;
+        let mut dropped = 0;
+        self.carry_to(from, &mut |f| {
+            if !sh.enqueue(now_ns, f) {
+                dropped += 1;
+            }
+        });
+        self.stats.queue_dropped += dropped;
+        let mut delivered = 0;
+        while sh.line.front().is_some_and(|&(at, _)| at <= now_ns) {
+            if let Some((_, f)) = sh.line.pop_front() {
+                to.inject(&f);
+                delivered += 1;
+            }
+        }
+        self.shaper = Some(sh);
+        delivered
     }
 
     /// What the injector did so far.
@@ -273,6 +369,11 @@ impl MemLink {
 
     /// Moves every frame `from` sent into `to`'s receive queue. Returns frames delivered.
     pub fn carry(&mut self, from: &mut MemDevice, to: &mut MemDevice) -> usize {
+        self.carry_to(from, &mut |f| to.inject(f))
+    }
+
+    /// Passes every frame `from` sent through the fault injector to `deliver`.
+    fn carry_to(&mut self, from: &mut MemDevice, deliver: &mut dyn FnMut(&[u8])) -> usize {
         let mut delivered = 0;
         while let Some(f) = from.tx.pop_front() {
             self.stats.offered += 1;
@@ -295,15 +396,15 @@ impl MemLink {
                 continue;
             }
             let dup = self.rng.chance(self.faults.duplicate);
-            to.inject(&buf[..bytes_len]);
+            deliver(&buf[..bytes_len]);
             delivered += 1;
             if dup {
-                to.inject(&buf[..bytes_len]);
+                deliver(&buf[..bytes_len]);
                 self.stats.duplicated += 1;
                 delivered += 1;
             }
             if let Some(h) = self.held.take() {
-                to.inject(&h);
+                deliver(&h);
                 delivered += 1;
             }
             from.free.push(buf);

@@ -49,10 +49,10 @@ impl StackPair {
         run_batch(&mut self.server, &mut self.server_dev, self.now);
         while self.server.poll_neighbor_event().is_some() {}
         self.to_client
-            .carry(&mut self.server_dev, &mut self.client_dev);
+            .carry_at(self.now, &mut self.server_dev, &mut self.client_dev);
         run_batch(&mut self.client, &mut self.client_dev, self.now);
         while self.client.poll_neighbor_event().is_some() {}
         self.to_server
-            .carry(&mut self.client_dev, &mut self.server_dev);
+            .carry_at(self.now, &mut self.client_dev, &mut self.server_dev);
     }
 }

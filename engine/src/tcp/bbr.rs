@@ -1,25 +1,38 @@
-//! BBR congestion control, version 1 (draft-cardwell-iccrg-bbr-congestion-control-00), without
-//! pacing: a model of the path (bottleneck bandwidth, minimum round-trip time) sets the
-//! congestion window to a multiple of the bandwidth-delay product, and loss does not shrink it.
-//! Under random loss (a lossy radio link, a policer's early drops) a loss-based algorithm cuts
-//! its window at every loss and never fills the path; BBR keeps sending at the rate it measures.
+//! BBR congestion control, version 1 (draft-cardwell-iccrg-bbr-congestion-control-00), with
+//! pacing: a model of the path (bottleneck bandwidth, minimum round-trip time) sets the sending
+//! rate to a gain times the bottleneck bandwidth and the congestion window to a multiple of the
+//! bandwidth-delay product; loss shrinks neither. Under random loss (a lossy radio link, a
+//! policer's early drops) a loss-based algorithm cuts its window at every loss and never fills
+//! the path; BBR keeps sending at the rate it measures.
 //!
 //! What this engine has of BBR, and what it leaves out:
 //! - **Delivery rate**: one sample per round trip, the bytes delivered (cumulatively acknowledged
-//!   plus SACKed) over the round's duration. A round ends when everything in flight at its start
-//!   has been delivered. The bottleneck bandwidth is the maximum of the last [`BW_ROUNDS`] rounds'
+//!   plus SACKed) over the round's duration. A round ends when data sent after it began is
+//!   acknowledged (the cumulative ACK passes what had been sent at its start), as Linux counts
+//!   rounds: with ACKs processed a batch at a time, a count of bytes in flight would end a round
+//!   at the first ACK after a batch that acknowledged everything. The bottleneck bandwidth is the maximum of the last [`BW_ROUNDS`] rounds'
 //!   samples. A round in which the sender ran out of data (application-limited) counts only if it
 //!   raises the estimate, and does not age the others out.
 //! - **Minimum RTT**: from the timed segment (microseconds, Karn's rule), over a 10 s window.
-//! - **States**: Startup (window gain 2/ln 2 until the bandwidth grew less than 25% in three
-//!   rounds), Drain (gain 1 until the flight is down to one BDP), ProbeBW (gain 2), ProbeRTT
-//!   (4 segments for 200 ms and a round when the minimum RTT is 10 s old).
-//! - **Loss**: fast recovery keeps the window (the scoreboard's pipe decides what goes out); a
-//!   retransmission timeout drops it to one segment and restores the previous window once
+//! - **States**: Startup (pacing and window gain 2/ln 2 until the bandwidth grew less than 25% in
+//!   three rounds), Drain (pacing gain ln 2/2 until the flight is down to one BDP), ProbeBW
+//!   (window gain 2; pacing gains cycling 5/4, 3/4, then six times 1, one phase per minimum RTT),
+//!   ProbeRTT (4 segments for 200 ms and a round when the minimum RTT is 10 s old).
+//! - **Pacing** ([`Bbr::pacing_rate`]): the connection spaces its data segments at the pacing
+//!   rate, with at most [`PACING_BURST_US`] of credit so that a segment due between two batches
+//!   does not lower the average rate; held-back connections wait on a list of their own, not
+//!   on the timer wheel, whose millisecond tick is too coarse for gaps of microseconds. Before the first bandwidth sample
+//!   the rate is the initial window per smoothed RTT times Startup's gain; before any RTT sample
+//!   nothing is paced. `TcpConfig::pacing` turns it off (the window alone then limits BBR, as in
+//!   the engine's first version).
+//! - **Loss**: fast recovery starts with packet conservation, as Linux's BBR: for its first
+//!   round the window is what is in flight plus what each ACK delivers, so nothing beyond what
+//!   left the network goes into it (a queue that overflowed drains, the retransmissions are not
+//!   lost again); after that round the window grows back toward its target, and the window from
+//!   before comes back when recovery ends. Loss itself never lowers the target. A
+//!   retransmission timeout drops the window to one segment and restores the previous one once
 //!   everything that was in flight has been delivered.
-//! - **Not here**: pacing (the engine sends a window's worth as fast as the ring takes it), so
-//!   ProbeBW's pacing-gain cycle has no equivalent; the 2·BDP window probes for bandwidth by
-//!   itself. Long-term (policer) bandwidth sampling is left out as well.
+//! - **Not here**: long-term (policer) bandwidth sampling.
 //! - **Small peer windows under heavy loss**: BBR keeps the peer's receive window full, so a
 //!   peer with a window of a few segments advertises a zero window after nearly every flight;
 //!   each lost window update then costs a persist timeout (at least the minimum RTO). CUBIC,
@@ -42,6 +55,15 @@ const PROBE_BW_GAIN_MILLI: u64 = 2000;
 const MIN_PIPE_SEGS: u32 = 4;
 /// Segments added to the target window for delayed and aggregated ACKs.
 const ACK_ALLOWANCE_SEGS: u64 = 3;
+/// Drain's pacing gain, ln 2/2 (the inverse of Startup's), in 1/1000.
+const DRAIN_PACING_GAIN_MILLI: u64 = 347;
+/// ProbeBW's pacing gains, one phase per minimum RTT: probe for more, drain what the probe
+/// queued, then cruise.
+const PROBE_BW_PACING_MILLI: [u64; 8] = [1250, 750, 1000, 1000, 1000, 1000, 1000, 1000];
+/// Credit a paced connection may bank, microseconds: a segment due between two batches goes at
+/// the next one without lowering the average rate, and after a pause at most this much goes at
+/// once.
+pub(crate) const PACING_BURST_US: u64 = 250;
 
 /// BBR's state machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,6 +90,10 @@ pub(crate) struct AckSample {
     pub sacked: u32,
     /// Bytes in flight after it.
     pub inflight: u32,
+    /// The cumulative acknowledgment (SND.UNA after it).
+    pub ack: u32,
+    /// The highest sequence number sent so far (SND.MAX).
+    pub snd_max: u32,
     /// An RTT sample from the timed segment, microseconds.
     pub rtt_us: Option<u64>,
     /// The sender has no more data to send: what it delivers says less than the path can.
@@ -93,7 +119,9 @@ pub(crate) struct Bbr {
     /// ends it.
     round_start: Instant,
     round_start_delivered: u64,
-    round_end_delivered: u64,
+    /// The highest sequence number sent when the round began: an ACK beyond it ends the round
+    /// (`None`: before the first).
+    round_end_seq: Option<u32>,
     round_app_limited: bool,
     /// Minimum RTT, microseconds (`u64::MAX`: none yet), and when it was measured.
     pub(crate) min_rtt_us: u64,
@@ -110,6 +138,14 @@ pub(crate) struct Bbr {
     prior_cwnd: u32,
     /// After a timeout: the delivery count at which `prior_cwnd` comes back (0: none).
     restore_at: u64,
+    /// ProbeBW: the phase of [`PROBE_BW_PACING_MILLI`] and when it began.
+    cycle: usize,
+    cycle_start: Instant,
+    /// In loss recovery: the window before it (restored after).
+    recovery_prior: Option<u32>,
+    /// The end of recovery's first round trip (one minimum RTT after it began), packet
+    /// conservation until then (`None`: not conserving).
+    conserve_until: Option<Instant>,
 }
 
 impl Default for Bbr {
@@ -123,7 +159,7 @@ impl Default for Bbr {
             delivered: 0,
             round_start: Instant::ZERO,
             round_start_delivered: 0,
-            round_end_delivered: 0,
+            round_end_seq: None,
             round_app_limited: false,
             min_rtt_us: u64::MAX,
             min_rtt_at: Instant::ZERO,
@@ -134,6 +170,10 @@ impl Default for Bbr {
             probe_rtt_round: 0,
             prior_cwnd: 0,
             restore_at: 0,
+            cycle: 0,
+            cycle_start: Instant::ZERO,
+            recovery_prior: None,
+            conserve_until: None,
         }
     }
 }
@@ -147,6 +187,57 @@ impl Bbr {
         Some(self.btl_bw.saturating_mul(self.min_rtt_us) / 1_000_000)
     }
 
+    /// The rate to pace data at, bytes per second: the mode's pacing gain times the bottleneck
+    /// bandwidth; before the first bandwidth sample, `cwnd` per `srtt_us` times Startup's gain;
+    /// `None` (do not pace) before any RTT sample.
+    pub(crate) fn pacing_rate(&self, cwnd: u32, srtt_us: u64) -> Option<u64> {
+        if self.btl_bw == 0 {
+            if srtt_us == 0 {
+                return None;
+            }
+            let rate = u64::from(cwnd).saturating_mul(1_000_000) / srtt_us;
+            return Some((rate.saturating_mul(HIGH_GAIN_MILLI) / 1000).max(1));
+        }
+        let gain = match self.mode {
+            Mode::Startup => HIGH_GAIN_MILLI,
+            Mode::Drain => DRAIN_PACING_GAIN_MILLI,
+            Mode::ProbeBw => PROBE_BW_PACING_MILLI[self.cycle],
+            Mode::ProbeRtt => 1000,
+        };
+        Some((self.btl_bw.saturating_mul(gain) / 1000).max(1))
+    }
+
+    /// ProbeBW's gain cycle: the next phase after a minimum RTT; the probing phase also waits
+    /// until the flight reached 5/4 of a BDP (at most two minimum RTTs), the draining one ends
+    /// early once the flight is down to one BDP.
+    fn advance_cycle(&mut self, s: &AckSample) {
+        let elapsed = s
+            .now
+            .as_micros()
+            .saturating_sub(self.cycle_start.as_micros());
+        let min_rtt = self.min_rtt_us;
+        let bdp = self.bdp().unwrap_or(0);
+        let inflight = u64::from(s.inflight);
+        let next = match self.cycle {
+            0 => elapsed > min_rtt && (inflight >= bdp * 5 / 4 || elapsed > 2 * min_rtt),
+            1 => elapsed > min_rtt || inflight <= bdp,
+            _ => elapsed > min_rtt,
+        };
+        if next {
+            self.cycle = (self.cycle + 1) % PROBE_BW_PACING_MILLI.len();
+            self.cycle_start = s.now;
+        }
+    }
+
+    /// Enters ProbeBW at a phase that is not the draining one (the draft picks it at random;
+    /// here it follows from the round count, so that simulations stay deterministic).
+    fn enter_probe_bw(&mut self, now: Instant) {
+        self.mode = Mode::ProbeBw;
+        const START: [usize; 7] = [0, 2, 3, 4, 5, 6, 7];
+        self.cycle = START[(self.round % START.len() as u64) as usize];
+        self.cycle_start = now;
+    }
+
     /// Updates the model from an acknowledgment and returns the new congestion window.
     pub(crate) fn on_ack(&mut self, s: &AckSample, cwnd: u32, mss: u32, initial: u32) -> u32 {
         self.acked_total += u64::from(s.acked);
@@ -157,8 +248,12 @@ impl Bbr {
         if let Some(rtt) = s.rtt_us {
             self.update_min_rtt(s.now, rtt);
         }
-        if self.delivered >= self.round_end_delivered {
+        if self
+            .round_end_seq
+            .is_none_or(|end| super::seq::gt(s.ack, end))
+        {
             self.end_round(s);
+            self.round_end_seq = Some(s.snd_max);
         }
         self.update_mode(s, mss);
         self.window(s, cwnd, mss, initial)
@@ -210,7 +305,6 @@ impl Bbr {
         self.round += 1;
         self.round_start = s.now;
         self.round_start_delivered = self.delivered;
-        self.round_end_delivered = self.delivered + u64::from(s.inflight).max(1);
         self.round_app_limited = s.app_limited;
     }
 
@@ -218,8 +312,9 @@ impl Bbr {
         match self.mode {
             Mode::Startup if self.filled_pipe => self.mode = Mode::Drain,
             Mode::Drain if self.bdp().is_some_and(|b| u64::from(s.inflight) <= b) => {
-                self.mode = Mode::ProbeBw
+                self.enter_probe_bw(s.now)
             }
+            Mode::ProbeBw => self.advance_cycle(s),
             Mode::ProbeRtt => match self.probe_rtt_done {
                 None if s.inflight <= MIN_PIPE_SEGS * mss => {
                     self.probe_rtt_done = Some(s.now.add_micros(PROBE_RTT_US));
@@ -229,11 +324,11 @@ impl Bbr {
                     // The minimum RTT just measured (or confirmed) is good for another window.
                     self.min_rtt_at = s.now;
                     self.probe_rtt_done = None;
-                    self.mode = if self.filled_pipe {
-                        Mode::ProbeBw
+                    if self.filled_pipe {
+                        self.enter_probe_bw(s.now);
                     } else {
-                        Mode::Startup
-                    };
+                        self.mode = Mode::Startup;
+                    }
                 }
                 _ => {}
             },
@@ -260,6 +355,16 @@ impl Bbr {
             self.prior_cwnd = 0;
             return restored;
         }
+        if let Some(until) = self.conserve_until {
+            if s.now < until {
+                // Packet conservation: what is still in flight plus what this ACK delivered
+                // (what the losses took out of the window stays out, as Linux's `cwnd −
+                // losses`).
+                let keep = s.inflight.saturating_add(s.acked);
+                return keep.clamp(floor, super::cc::MAX_CWND);
+            }
+            self.conserve_until = None;
+        }
         let mut cwnd = cwnd;
         if self.restore_at != 0 && self.delivered >= self.restore_at {
             // Everything in flight at the timeout has been delivered.
@@ -272,8 +377,9 @@ impl Bbr {
             Mode::Drain => 1000,
             Mode::ProbeBw | Mode::ProbeRtt => PROBE_BW_GAIN_MILLI,
         };
-        // Drain aims at one BDP exactly (without pacing, the window is what drains the
-        // queue); the others allow for ACKs that come delayed or aggregated.
+        // Drain aims at one BDP exactly (with pacing off, the window is what drains the
+        // queue; with it, Drain's low pacing gain as well); the others allow for ACKs that come
+        // delayed or aggregated.
         let allowance = if self.mode == Mode::Drain {
             0
         } else {
@@ -293,10 +399,40 @@ impl Bbr {
         cwnd.clamp(floor, super::cc::MAX_CWND)
     }
 
+    /// Loss recovery starts at `now` with `inflight` bytes in the network: packet conservation
+    /// for a round trip. Returns the new window.
+    pub(crate) fn enter_recovery(
+        &mut self,
+        now: Instant,
+        cwnd: u32,
+        inflight: u32,
+        mss: u32,
+    ) -> u32 {
+        self.recovery_prior = Some(self.recovery_prior.unwrap_or(0).max(cwnd));
+        if self.filled_pipe {
+            return cwnd;
+        }
+        let rtt = if self.min_rtt_us == u64::MAX {
+            0
+        } else {
+            self.min_rtt_us
+        };
+        self.conserve_until = Some(now.add_micros(rtt));
+        inflight.max(mss)
+    }
+
+    /// Loss recovery ended: the window from before it comes back. Returns the new window.
+    pub(crate) fn exit_recovery(&mut self, cwnd: u32) -> u32 {
+        self.conserve_until = None;
+        cwnd.max(self.recovery_prior.take().unwrap_or(0))
+    }
+
     /// A retransmission timeout with `flight` bytes outstanding: one segment until what was in
-    /// flight has been delivered, then the window from before.
+    /// flight has been delivered, then the window from before (recovery, if any, is over).
     pub(crate) fn on_rto(&mut self, cwnd: u32, flight: u32) {
-        self.prior_cwnd = self.prior_cwnd.max(cwnd);
+        self.conserve_until = None;
+        let before = self.recovery_prior.take().unwrap_or(0);
+        self.prior_cwnd = self.prior_cwnd.max(cwnd).max(before);
         self.restore_at = self.delivered + u64::from(flight).max(1);
     }
 }
@@ -314,6 +450,8 @@ mod tests {
         now: Instant,
         bw: u64,
         rtt_us: u64,
+        /// Bytes acknowledged so far (the sequence space, from 0).
+        seq: u32,
     }
 
     impl Path {
@@ -322,10 +460,12 @@ mod tests {
         fn round(&mut self, b: &mut Bbr, cwnd: u32, app_limited: bool) -> u32 {
             let rtt = self.rtt_us.max(u64::from(cwnd) * 1_000_000 / self.bw);
             self.now = self.now.add_micros(rtt);
-            ack(b, self.now, cwnd, cwnd, Some(rtt), app_limited)
+            self.seq = self.seq.wrapping_add(cwnd);
+            ack(b, self.now, cwnd, cwnd, Some(rtt), app_limited, self.seq)
         }
     }
 
+    /// An ACK up to `seq` (everything sent so far: the next window goes after it).
     fn ack(
         b: &mut Bbr,
         now: Instant,
@@ -333,6 +473,7 @@ mod tests {
         cwnd: u32,
         rtt_us: Option<u64>,
         app_limited: bool,
+        seq: u32,
     ) -> u32 {
         b.on_ack(
             &AckSample {
@@ -340,6 +481,8 @@ mod tests {
                 acked,
                 sacked: 0,
                 inflight: cwnd,
+                ack: seq,
+                snd_max: seq,
                 rtt_us,
                 app_limited,
             },
@@ -355,6 +498,7 @@ mod tests {
             now: Instant::from_secs(1),
             bw: 10_000_000,
             rtt_us: 10_000,
+            seq: 0,
         }
     }
 
@@ -406,11 +550,27 @@ mod tests {
         b.on_rto(cwnd, 150_000);
         let mut now = p.now.add_micros(10_000);
         // The retransmission fills the hole: the ACK covers 100,000 of them, not all yet.
-        let w = ack(&mut b, now, 100_000, MSS, None, false);
+        let w = ack(
+            &mut b,
+            now,
+            100_000,
+            MSS,
+            None,
+            false,
+            p.seq.wrapping_add(100_000),
+        );
         assert!(w < steady, "restored early: {w}");
         assert!(w >= 100_000, "grows by what is delivered: {w}");
         now = now.add_micros(10_000);
-        let w = ack(&mut b, now, 50_000, w, None, false);
+        let w = ack(
+            &mut b,
+            now,
+            50_000,
+            w,
+            None,
+            false,
+            p.seq.wrapping_add(150_000),
+        );
         assert_eq!(w, steady, "the window from before the timeout");
     }
 

@@ -115,53 +115,51 @@ impl RingBuf {
     }
 }
 
-/// Most out-of-order ranges any connection can track.
-pub(crate) const MAX_RANGES: usize = 16;
+/// Most out-of-order ranges any connection can track, each way.
+pub(crate) const MAX_RANGES: usize = 4096;
 
-/// Out-of-order ranges `[start, end)` in sequence space, sorted, disjoint, non-adjacent.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Assembler {
-    ranges: [(u32, u32); MAX_RANGES],
-    len: u8,
-    /// Index of the range holding the most recently received segment (reported first in SACK).
-    last: u8,
+/// Ranges needed to track every hole a window of `bytes` can have with segments of `mss`
+/// bytes: one per two segments (a hole, then data), at least 8, at most [`MAX_RANGES`].
+pub(crate) fn ranges_for(bytes: usize, mss: usize) -> usize {
+    (bytes / (2 * mss.max(1)) + 1).clamp(8, MAX_RANGES)
 }
 
-impl Default for Assembler {
-    fn default() -> Self {
-        Assembler {
-            ranges: [(0, 0); MAX_RANGES],
-            len: 0,
-            last: 0,
-        }
-    }
+/// Out-of-order ranges `[start, end)` in sequence space, sorted, disjoint, non-adjacent.
+///
+/// The ranges live on the heap: nothing until a connection first has data out of order, then
+/// room for the limit at once. A connection slot keeps that room for its later connections
+/// (see `Conn::reset`), so a steady exchange allocates nothing.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Assembler {
+    ranges: Vec<(u32, u32)>,
+    /// Index of the range holding the most recently received segment (reported first in SACK).
+    last: usize,
 }
 
 impl Assembler {
     /// True when nothing is held out of order.
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
+        self.ranges.is_empty()
     }
     /// The ranges, lowest first.
+    #[inline]
     pub(crate) fn ranges(&self) -> &[(u32, u32)] {
-        &self.ranges[..self.len as usize]
+        &self.ranges
     }
-    /// Forgets everything.
+    /// Forgets everything (keeping the room).
     pub(crate) fn clear(&mut self) {
-        self.len = 0;
+        self.ranges.clear();
         self.last = 0;
     }
 
     /// Adds `[start, end)`, merging with neighbours. Fails (nothing changes) when it would need a
     /// range beyond `limit`.
     pub(crate) fn insert(&mut self, start: u32, end: u32, limit: usize) -> bool {
-        let n = self.len as usize;
+        let n = self.ranges.len();
         let limit = limit.clamp(1, MAX_RANGES);
         // First range whose end is at or past `start` (could merge or lies after).
-        let mut i = 0;
-        while i < n && seq::lt(self.ranges[i].1, start) {
-            i += 1;
-        }
+        let i = self.ranges.partition_point(|r| seq::lt(r.1, start));
         // Ranges i..j overlap or touch [start, end).
         let mut j = i;
         let (mut s, mut e) = (start, end);
@@ -176,14 +174,16 @@ impl Assembler {
             if n >= limit {
                 return false;
             }
-            self.ranges.copy_within(i..n, i + 1);
-            self.len += 1;
+            if self.ranges.capacity() == n {
+                // Room for the limit at once: one allocation per slot, not one per growth.
+                self.ranges.reserve_exact(limit - n);
+            }
+            self.ranges.insert(i, (s, e));
         } else {
-            self.ranges.copy_within(j..n, i + 1);
-            self.len -= (j - i - 1) as u8;
+            self.ranges[i] = (s, e);
+            self.ranges.drain(i + 1..j);
         }
-        self.ranges[i] = (s, e);
-        self.last = i as u8;
+        self.last = i;
         true
     }
 
@@ -192,19 +192,14 @@ impl Assembler {
     pub(crate) fn advance(&mut self, nxt: u32) -> u32 {
         let mut edge = nxt;
         let mut k = 0;
-        let n = self.len as usize;
+        let n = self.ranges.len();
         while k < n && seq::le(self.ranges[k].0, edge) {
             edge = seq::max(edge, self.ranges[k].1);
             k += 1;
         }
         if k > 0 {
-            self.ranges.copy_within(k..n, 0);
-            self.len -= k as u8;
-            self.last = if (self.last as usize) < k {
-                0
-            } else {
-                self.last - k as u8
-            };
+            self.ranges.drain(..k);
+            self.last = self.last.saturating_sub(k);
         }
         edge
     }
@@ -212,14 +207,14 @@ impl Assembler {
     /// Writes up to `out.len()` SACK blocks: the most recent range first, then the others from
     /// the lowest (RFC 2018 §4). Returns the count.
     pub(crate) fn sack_blocks(&self, out: &mut [(u32, u32)]) -> usize {
-        let n = self.len as usize;
+        let n = self.ranges.len();
         if n == 0 || out.is_empty() {
             return 0;
         }
-        let last = (self.last as usize).min(n - 1);
+        let last = self.last.min(n - 1);
         out[0] = self.ranges[last];
         let mut k = 1;
-        for (i, r) in self.ranges[..n].iter().enumerate() {
+        for (i, r) in self.ranges.iter().enumerate() {
             if k == out.len() {
                 break;
             }
@@ -329,5 +324,50 @@ mod tests {
         assert_eq!(out[0], (0xffff_fffc, 4));
         assert_eq!(out[1], (0xffff_fff0, 0xffff_fff8));
         assert_eq!(a.advance(0xffff_fff0), 0xffff_fff8);
+    }
+
+    #[test]
+    fn a_window_of_holes_is_tracked_whole() {
+        // 2 MiB of 1448-byte segments, every other one lost: 724 ranges, all kept.
+        let limit = ranges_for(2 << 20, 1448);
+        assert_eq!(limit, 725);
+        let mut a = Assembler::default();
+        let base = 0xffff_0000u32; // across the wrap of the sequence space
+        for k in 0..724u32 {
+            let s = base.wrapping_add((2 * k + 1) * 1448);
+            assert!(a.insert(s, s.wrapping_add(1448), limit), "range {k}");
+        }
+        assert_eq!(a.ranges().len(), 724);
+        assert_eq!(a.ranges()[0].0, base.wrapping_add(1448));
+        // One more distinct range is refused, a merge is not.
+        let past = base.wrapping_add(2000 * 1448);
+        assert!(!a.insert(past, past.wrapping_add(10), 724));
+        assert!(a.insert(
+            base.wrapping_add(2 * 1448),
+            base.wrapping_add(3 * 1448),
+            724
+        ));
+        assert_eq!(a.ranges().len(), 723);
+        // The holes fill from the front: the in-order edge runs through every range.
+        let mut edge = base;
+        for k in 0..724u32 {
+            let hole = base.wrapping_add(2 * k * 1448);
+            if hole == edge {
+                edge = a.advance(hole.wrapping_add(1448));
+            }
+        }
+        assert!(a.is_empty());
+        assert_eq!(edge, base.wrapping_add(1448 * 1448));
+        // The room stays (no allocation for the next connection of the slot).
+        let room = a.ranges.capacity();
+        a.clear();
+        assert_eq!(a.ranges.capacity(), room);
+    }
+
+    #[test]
+    fn ranges_follow_the_window() {
+        assert_eq!(ranges_for(64 * 1024, 1448), 23);
+        assert_eq!(ranges_for(1, 1448), 8);
+        assert_eq!(ranges_for(usize::MAX / 2, 1), MAX_RANGES);
     }
 }

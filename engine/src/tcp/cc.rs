@@ -85,6 +85,18 @@ impl Cc {
         }
     }
 
+    /// BBR: loss recovery starts with `inflight` bytes in the network (packet conservation,
+    /// see [`super::bbr`]), or ends. Nothing for the other algorithms.
+    pub(crate) fn bbr_recovery(&mut self, now: Instant, start: bool, inflight: u32) {
+        if let Some(b) = &mut self.bbr {
+            self.cwnd = if start {
+                b.enter_recovery(now, self.cwnd, inflight, self.mss)
+            } else {
+                b.exit_recovery(self.cwnd)
+            };
+        }
+    }
+
     /// SACK loss recovery (RFC 6675 §5) starts or ends: the window is `ssthresh` (BBR keeps
     /// its own).
     pub(crate) fn sack_recovery_window(&mut self) {

@@ -14,8 +14,8 @@ pub enum Congestion {
     /// NewReno (RFC 5681, RFC 6582).
     #[value(name = "newreno")]
     NewReno,
-    /// BBR version 1, without pacing (see the `bbr` module): a window of two bandwidth-delay
-    /// products that loss does not shrink. For lossy paths.
+    /// BBR version 1 (see the `bbr` module): paced at the bottleneck bandwidth it measures,
+    /// with a window of two bandwidth-delay products that loss does not shrink. For lossy paths.
     Bbr,
 }
 
@@ -65,7 +65,10 @@ pub struct TcpConfig {
     pub send_buf: usize,
     /// Per-connection receive buffer, in bytes (also the largest window advertised).
     pub recv_buf: usize,
-    /// Out-of-order data kept per connection: most distinct ranges (at most 16).
+    /// Out-of-order data kept per connection: most distinct ranges (at most 4096); 0, the
+    /// default, allows one per two segments of `recv_buf`, every hole a full window can have.
+    /// Data that would need a range beyond it is dropped and comes again. (The scoreboard of
+    /// SACKed ranges of sent data follows `send_buf` the same way.)
     pub ooo_max_ranges: usize,
     /// First port of the ephemeral range used by `connect`.
     pub ephemeral_first: u16,
@@ -100,6 +103,9 @@ pub struct TcpConfig {
     pub congestion: Congestion,
     /// Initial congestion window in segments (RFC 6928: 10).
     pub initial_cwnd: u32,
+    /// With BBR: space data segments at BBR's pacing rate (true, the default) instead of sending
+    /// whatever the window allows at once.
+    pub pacing: bool,
     /// Offer and accept window scaling (RFC 7323); the shift follows from `recv_buf`.
     pub window_scale: bool,
     /// Offer and accept SACK (RFC 2018).
@@ -133,7 +139,7 @@ impl Default for TcpConfig {
             accept_backlog: 1024,
             send_buf: 64 * 1024,
             recv_buf: 64 * 1024,
-            ooo_max_ranges: 8,
+            ooo_max_ranges: 0,
             ephemeral_first: 32768,
             ephemeral_last: 60999,
             time_wait_ms: 60_000,
@@ -149,6 +155,7 @@ impl Default for TcpConfig {
             keepalive: None,
             congestion: Congestion::Cubic,
             initial_cwnd: 10,
+            pacing: true,
             window_scale: true,
             sack: true,
             timestamps: true,

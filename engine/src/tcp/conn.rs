@@ -76,6 +76,8 @@ pub(crate) struct Conn {
     /// The application called `close`: no more reads, no more events but `Closed`.
     pub(crate) orphan: bool,
     pub(crate) in_txq: bool,
+    /// On `Tcp`'s list of connections pacing holds back.
+    pub(crate) in_paced: bool,
     pub(crate) nodelay: bool,
     pub(crate) notify: u8,
     pub(crate) readable_signaled: bool,
@@ -185,6 +187,13 @@ pub(crate) struct Conn {
     // RFC 5961 challenge ACK rate limit, per connection.
     pub(crate) chal_start: Instant,
     pub(crate) chal_count: u32,
+
+    // Pacing (BBR, see `super::bbr::Bbr::pacing_rate`).
+    /// The next data segment may go at or after this time.
+    pub(crate) pace_at: Instant,
+    /// Output was held back for pacing until then (`MAX`: not held); `Tcp::handle_pacing`
+    /// schedules it again.
+    pub(crate) pace_wait: Instant,
 }
 
 impl Default for Conn {
@@ -199,6 +208,7 @@ impl Default for Conn {
             reported_closed: false,
             orphan: false,
             in_txq: false,
+            in_paced: false,
             nodelay: false,
             notify: 0,
             readable_signaled: false,
@@ -270,6 +280,8 @@ impl Default for Conn {
             reo_timer: false,
             chal_start: Instant::ZERO,
             chal_count: 0,
+            pace_at: Instant::ZERO,
+            pace_wait: Instant::MAX,
         }
     }
 }
@@ -280,7 +292,16 @@ impl Conn {
     pub(crate) fn reset(&mut self, cfg: &TcpConfig, now: Instant) {
         let (id, wheel_at) = (self.id, self.wheel_at);
         let bbr = self.cc.bbr.take();
+        // The slot keeps the room its range lists grew (no allocation per connection).
+        let (mut asm, mut sacked) = (
+            core::mem::take(&mut self.asm),
+            core::mem::take(&mut self.sacked),
+        );
+        asm.clear();
+        sacked.clear();
         *self = Conn::default();
+        self.asm = asm;
+        self.sacked = sacked;
         self.id = id;
         // The timer wheel may still hold an entry for this slot (see `Tcp::sync_timer`).
         self.wheel_at = wheel_at;
@@ -757,7 +778,8 @@ impl Conn {
                 && seq::lt(b.left, b.right)
                 && seq::le(b.right, self.snd_max)
             {
-                self.sacked.insert(b.left, b.right, super::buf::MAX_RANGES);
+                let limit = super::buf::ranges_for(self.tx.capacity(), self.mss);
+                self.sacked.insert(b.left, b.right, limit);
             }
         }
         self.sacked_bytes() != before
@@ -824,6 +846,7 @@ impl Conn {
                         let flight = self.snd_max.wrapping_sub(self.snd_una);
                         self.cc.exit_recovery(flight);
                     }
+                    self.cc.bbr_recovery(now, false, 0);
                     self.rtx_budget = 0;
                 } else if !self.sack_ok {
                     // NewReno partial ACK (RFC 6582 §3.2 step 5).
@@ -977,6 +1000,8 @@ impl Conn {
         } else {
             self.cc.enter_recovery();
         }
+        let inflight = if self.sack_ok { self.pipe() } else { flight };
+        self.cc.bbr_recovery(env.now, true, inflight);
         self.in_recovery = true;
         self.recovery_probed = false;
         self.reo_timer = false;
@@ -1132,6 +1157,8 @@ impl Conn {
             acked,
             sacked: self.sacked_bytes(),
             inflight,
+            ack: self.snd_una,
+            snd_max: self.snd_max,
             rtt_us,
             app_limited,
         });
@@ -1483,6 +1510,9 @@ impl Conn {
         if len > 0 {
             let n = self.tx.peek_at(off, &mut buf[hl..hl + len]);
             debug_assert_eq!(n, len);
+            if self.cc.bbr.is_some() && env.cfg.pacing {
+                self.pace(env.now, len);
+            }
         }
         if fl & flags::ACK != 0 {
             self.ack_now = false;
@@ -1628,6 +1658,36 @@ impl Conn {
         self.arm_rtx(env.cfg, env.now);
     }
 
+    /// True when BBR's pacing holds data back at `env.now`; arms the wakeup for when it may go.
+    #[inline]
+    fn paced_out(&mut self, env: &Env<'_>) -> bool {
+        if self.pace_at <= env.now || self.cc.bbr.is_none() || !env.cfg.pacing {
+            return false;
+        }
+        self.pace_wait = self.pace_at;
+        true
+    }
+
+    /// A data segment of `len` bytes left at `now`: the next may go `len` / rate later, after a
+    /// credit of at most [`super::bbr::PACING_BURST_US`] (see [`super::bbr::Bbr::pacing_rate`]).
+    #[inline(never)]
+    fn pace(&mut self, now: Instant, len: usize) {
+        let srtt = if self.have_rtt { self.srtt_us } else { 0 };
+        let Some(rate) = self
+            .cc
+            .bbr
+            .as_ref()
+            .and_then(|b| b.pacing_rate(self.cc.cwnd, srtt))
+        else {
+            return;
+        };
+        let floor = now.as_micros().saturating_sub(super::bbr::PACING_BURST_US);
+        let start = self.pace_at.as_micros().max(floor);
+        let gap = (len as u64).saturating_mul(1_000_000) / rate;
+        self.pace_at = Instant::from_micros(start.saturating_add(gap));
+        self.pace_wait = Instant::MAX;
+    }
+
     /// Writes the next segment of this connection into `buf` (checksum left to the caller).
     pub(crate) fn output(&mut self, env: &mut Env<'_>, buf: &mut [u8]) -> Option<usize> {
         let now = env.now;
@@ -1647,6 +1707,14 @@ impl Conn {
                 };
             }
             _ => {}
+        }
+        if self.paced_out(env) {
+            // Data waits for its pacing time (the timer is armed); an ACK owed goes now.
+            return if self.ack_now {
+                self.emit(env, buf, self.ack_seq(), ack, 0, 0)
+            } else {
+                None
+            };
         }
         let tx_len = self.tx.len();
         // Retransmissions allowed by duplicate or partial ACKs (and SACK holes).

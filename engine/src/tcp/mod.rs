@@ -14,7 +14,7 @@
 //! - Options: MSS (clamped by the MTU), window scale, timestamps with PAWS and RTT samples
 //!   (RFC 7323), SACK both ways (RFC 2018, a simplified RFC 6675 scoreboard for retransmits).
 //! - RFC 6298 RTO with Karn's rule and backoff; NewReno (RFC 5681, RFC 6582), CUBIC
-//!   (RFC 9438) or BBR v1 without pacing; delayed ACK, Nagle, SWS avoidance, zero-window persist, keepalive.
+//!   (RFC 9438) or BBR v1 with pacing; delayed ACK, Nagle, SWS avoidance, zero-window persist, keepalive.
 //!
 //! The application sees [`Event`]s: `Accepted`, `Connected`, `Readable`, `Writable`,
 //! `PeerClosed` and finally `Closed` (once per connection the application knows of, when it
@@ -340,6 +340,11 @@ pub struct Tcp {
     table: FlowTable,
     wheel: Wheel,
     expired: Vec<u32>,
+    /// Connections whose data BBR's pacing holds back (slot, generation), and the earliest
+    /// time one of them may send. Off the timer wheel: pacing gaps are microseconds, the
+    /// wheel's tick a millisecond.
+    paced: Vec<(u32, u32)>,
+    pace_next: Instant,
     txq: VecDeque<(u32, u32)>,
     events: VecDeque<Event>,
     ctl: VecDeque<Ctl>,
@@ -372,7 +377,11 @@ impl Tcp {
     pub fn new(cfg: TcpConfig, secret: [u8; 32]) -> Self {
         let mut cfg = cfg;
         cfg.max_flows = cfg.max_flows.clamp(1, u32::MAX as usize / 4);
-        cfg.ooo_max_ranges = cfg.ooo_max_ranges.clamp(1, buf::MAX_RANGES);
+        cfg.ooo_max_ranges = if cfg.ooo_max_ranges == 0 {
+            buf::ranges_for(cfg.recv_buf, cfg.effective_mss() as usize)
+        } else {
+            cfg.ooo_max_ranges.clamp(1, buf::MAX_RANGES)
+        };
         cfg.send_buf = cfg.send_buf.max(1);
         cfg.recv_buf = cfg.recv_buf.max(1);
         if cfg.ephemeral_last < cfg.ephemeral_first {
@@ -411,6 +420,8 @@ impl Tcp {
             table: FlowTable::new(n),
             wheel: Wheel::new(n),
             expired: Vec::with_capacity(n),
+            paced: Vec::new(),
+            pace_next: Instant::MAX,
             txq: VecDeque::with_capacity(n),
             events: VecDeque::with_capacity(cfg.max_events.min(1 << 16)),
             ctl: VecDeque::with_capacity(cfg.max_control.min(1 << 16)),
@@ -643,9 +654,11 @@ impl Tcp {
                     c.in_txq = true;
                     self.txq.push_back((idx, gen));
                 }
+                self.note_paced(idx);
                 self.sync_timer(idx);
                 return Some(Transmit { src, dst, len });
             }
+            self.note_paced(idx);
             self.sync_timer(idx);
         }
         None
@@ -653,11 +666,64 @@ impl Tcp {
 
     /// When [`Self::handle_timeout`] should next be called (`None`: no timer armed).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.wheel.next_wakeup()
+        match self.wheel.next_wakeup() {
+            Some(t) => Some(t.min(self.pace_next)),
+            None => (self.pace_next != Instant::MAX).then_some(self.pace_next),
+        }
     }
 
-    /// Runs every timer due at `now`.
+    /// Lets the connections that pacing held back send again once their time has come (cheap
+    /// when none is due: call it every batch).
+    #[inline]
+    pub fn handle_pacing(&mut self, now: Instant) {
+        if now >= self.pace_next {
+            self.release_paced(now);
+        }
+    }
+
+    #[inline(never)]
+    fn release_paced(&mut self, now: Instant) {
+        let mut next = Instant::MAX;
+        let mut i = 0;
+        while i < self.paced.len() {
+            let (idx, gen) = self.paced[i];
+            let c = &mut self.conns[idx as usize];
+            if c.id.gen != gen || c.state == State::Closed || c.pace_wait == Instant::MAX {
+                c.in_paced &= c.id.gen != gen;
+                self.paced.swap_remove(i);
+                continue;
+            }
+            if c.pace_wait <= now {
+                c.pace_wait = Instant::MAX;
+                c.in_paced = false;
+                self.paced.swap_remove(i);
+                if self.conns[idx as usize].wants_output() {
+                    self.schedule(idx);
+                }
+                continue;
+            }
+            next = next.min(c.pace_wait);
+            i += 1;
+        }
+        self.pace_next = next;
+    }
+
+    /// After output: a connection that pacing now holds back joins the paced list.
+    #[inline]
+    fn note_paced(&mut self, idx: u32) {
+        let c = &mut self.conns[idx as usize];
+        if c.pace_wait != Instant::MAX {
+            self.pace_next = self.pace_next.min(c.pace_wait);
+            if !c.in_paced {
+                c.in_paced = true;
+                self.paced.push((idx, c.id.gen));
+            }
+        }
+    }
+
+    /// Runs every timer due at `now` (pacing included, see [`Tcp::handle_pacing`]).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_pacing(now);
         let mut expired = core::mem::take(&mut self.expired);
         expired.clear();
         self.wheel.expire(now, &mut expired);
