@@ -586,7 +586,7 @@ impl<B: Backend> Port<B> {
         Ok(())
     }
 
-    /// Sleeps until the RX ring has frames or `timeout` passes (`poll(2)` on the socket), unless
+    /// Sleeps until the RX ring has frames or `timeout` passes (`ppoll(2)` on the socket), unless
     /// `busy_poll` is set, in which case it returns at once. `Ok(true)` if frames may be ready.
     pub fn wait(&mut self, timeout: Duration) -> Result<bool, XskError> {
         if self.busy_poll {

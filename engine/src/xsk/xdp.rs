@@ -367,9 +367,30 @@ impl Backend for XskBackend {
     }
 
     fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
-        // Round up so that a sub-millisecond timeout still sleeps rather than spins.
-        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-        self.rx.poll(ms)
+        // ppoll(2), not poll(2): a timeout of microseconds (a paced connection's next segment)
+        // sleeps that long on a high-resolution timer instead of a whole millisecond.
+        let mut pfd = libc::pollfd {
+            fd: self.rx.fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `pfd` is one valid pollfd for the duration of the call (nfds = 1), `ts` a
+        // valid timespec, and a null signal mask keeps the thread's own; ppoll only reads `ts`
+        // and writes `pfd.revents`. No frame is involved.
+        let r = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(r > 0)
     }
 
     fn kernel_stats(&self) -> io::Result<KernelStats> {
