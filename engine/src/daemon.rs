@@ -123,7 +123,7 @@ impl Worker {
         self.metrics.publish(&v);
     }
 
-    /// Runs until `stop` is set. `idle(dev, timeout)` waits for frames (poll(2)) or returns at
+    /// Runs until `stop` is set. `idle(dev, timeout)` waits for frames (ppoll(2)) or returns at
     /// once (busy polling); `shell(dev, counters)` reads the device's counters when publishing.
     pub fn run<D: Device>(
         &mut self,

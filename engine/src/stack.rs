@@ -968,8 +968,16 @@ impl Stack {
         Other::Nothing
     }
 
-    /// When the stack next needs [`Stack::handle_timeout`] (or has frames to send at once).
+    /// When the stack next needs a batch ([`run_batch`]): a timer due (no earlier than
+    /// [`Stack::maybe_handle_timeout`] looks at them), a paced connection's next segment, or
+    /// at once when it has frames to send.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let timers = self.timers_due().map(|t| t.max(self.next_timer_check));
+        [timers, self.tcp.poll_pacing()].into_iter().flatten().min()
+    }
+
+    /// The earliest timer (`ZERO` when frames wait to be sent), unclamped.
+    fn timers_due(&self) -> Option<Instant> {
         if self.gratuitous > 0
             || !self.icmp_errors.is_empty()
             || self.neighbors.has_ready()
@@ -979,7 +987,7 @@ impl Stack {
         }
         [
             self.neighbors.poll_timeout(),
-            self.tcp.poll_timeout(),
+            self.tcp.poll_timers(),
             self.reasm.poll_timeout(),
             self.dns.as_ref().and_then(|d| d.poll_timeout()),
         ]
@@ -999,7 +1007,7 @@ impl Stack {
             return;
         }
         self.next_timer_check = now + core::time::Duration::from_millis(1);
-        if self.poll_timeout().is_some_and(|t| t <= now) {
+        if self.timers_due().is_some_and(|t| t <= now) {
             self.handle_timeout(now);
         }
     }

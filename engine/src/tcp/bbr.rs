@@ -8,11 +8,12 @@
 //! What this engine has of BBR, and what it leaves out:
 //! - **Delivery rate**: one sample per round trip, the bytes delivered (cumulatively acknowledged
 //!   plus SACKed) over the round's duration. A round ends when data sent after it began is
-//!   acknowledged (the cumulative ACK passes what had been sent at its start), as Linux counts
-//!   rounds: with ACKs processed a batch at a time, a count of bytes in flight would end a round
-//!   at the first ACK after a batch that acknowledged everything. The bottleneck bandwidth is the maximum of the last [`BW_ROUNDS`] rounds'
-//!   samples. A round in which the sender ran out of data (application-limited) counts only if it
-//!   raises the estimate, and does not age the others out.
+//!   delivered (the cumulative ACK or a SACK block passes what had been sent at its start), as
+//!   Linux counts rounds: with ACKs processed a batch at a time, a count of bytes in flight
+//!   would end a round at the first ACK after a batch that acknowledged everything. The
+//!   bottleneck bandwidth is the maximum of the last [`BW_ROUNDS`] rounds' samples. A round in
+//!   which the sender ran out of data (application-limited) counts only if it raises the
+//!   estimate, and does not age the others out.
 //! - **Minimum RTT**: from the timed segment (microseconds, Karn's rule), over a 10 s window.
 //! - **States**: Startup (pacing and window gain 2/ln 2 until the bandwidth grew less than 25% in
 //!   three rounds), Drain (pacing gain ln 2/2 until the flight is down to one BDP), ProbeBW
@@ -20,11 +21,13 @@
 //!   ProbeRTT (4 segments for 200 ms and a round when the minimum RTT is 10 s old).
 //! - **Pacing** ([`Bbr::pacing_rate`]): the connection spaces its data segments at the pacing
 //!   rate, with at most [`PACING_BURST_US`] of credit so that a segment due between two batches
-//!   does not lower the average rate; held-back connections wait on a list of their own, not
-//!   on the timer wheel, whose millisecond tick is too coarse for gaps of microseconds. Before the first bandwidth sample
-//!   the rate is the initial window per smoothed RTT times Startup's gain; before any RTT sample
-//!   nothing is paced. `TcpConfig::pacing` turns it off (the window alone then limits BBR, as in
-//!   the engine's first version).
+//!   does not lower the average rate, and never more than a round trip (1 ms at least) between
+//!   two segments; held-back connections wait on a list of their own, not on the timer wheel,
+//!   whose millisecond tick is too coarse for gaps of microseconds. Until the pipe is full the
+//!   rate is at least the initial window per RTT times Startup's gain (before any RTT sample,
+//!   nothing is paced); a retransmission timeout's resend is not held back.
+//!   `TcpConfig::pacing = false` turns pacing off: the window alone limits BBR (the rest of
+//!   the model, recovery included, is the same).
 //! - **Loss**: fast recovery starts with packet conservation, as Linux's BBR: for its first
 //!   round the window is what is in flight plus what each ACK delivers, so nothing beyond what
 //!   left the network goes into it (a queue that overflowed drains, the retransmissions are not
@@ -90,7 +93,8 @@ pub(crate) struct AckSample {
     pub sacked: u32,
     /// Bytes in flight after it.
     pub inflight: u32,
-    /// The cumulative acknowledgment (SND.UNA after it).
+    /// The end of the highest data delivered: SND.UNA after it, or the right edge of the
+    /// highest SACKed range above it.
     pub ack: u32,
     /// The highest sequence number sent so far (SND.MAX).
     pub snd_max: u32,
@@ -143,6 +147,11 @@ pub(crate) struct Bbr {
     cycle_start: Instant,
     /// In loss recovery: the window before it (restored after).
     recovery_prior: Option<u32>,
+    /// Bytes the latest acknowledgment delivered (cumulatively acknowledged or SACKed).
+    newly_delivered: u32,
+    /// The initial window per the first RTT sample, times Startup's gain, bytes per second (0:
+    /// no sample yet): the pacing rate's floor until the pipe is full.
+    initial_rate: u64,
     /// The end of recovery's first round trip (one minimum RTT after it began), packet
     /// conservation until then (`None`: not conserving).
     conserve_until: Option<Instant>,
@@ -173,6 +182,8 @@ impl Default for Bbr {
             cycle: 0,
             cycle_start: Instant::ZERO,
             recovery_prior: None,
+            newly_delivered: 0,
+            initial_rate: 0,
             conserve_until: None,
         }
     }
@@ -192,11 +203,13 @@ impl Bbr {
     /// `None` (do not pace) before any RTT sample.
     pub(crate) fn pacing_rate(&self, cwnd: u32, srtt_us: u64) -> Option<u64> {
         if self.btl_bw == 0 {
-            if srtt_us == 0 {
-                return None;
+            if self.initial_rate > 0 {
+                return Some(self.initial_rate);
             }
-            let rate = u64::from(cwnd).saturating_mul(1_000_000) / srtt_us;
-            return Some((rate.saturating_mul(HIGH_GAIN_MILLI) / 1000).max(1));
+            return (srtt_us > 0).then(|| {
+                let rate = u64::from(cwnd).saturating_mul(1_000_000) / srtt_us;
+                (rate.saturating_mul(HIGH_GAIN_MILLI) / 1000).max(1)
+            });
         }
         let gain = match self.mode {
             Mode::Startup => HIGH_GAIN_MILLI,
@@ -204,7 +217,15 @@ impl Bbr {
             Mode::ProbeBw => PROBE_BW_PACING_MILLI[self.cycle],
             Mode::ProbeRtt => 1000,
         };
-        Some((self.btl_bw.saturating_mul(gain) / 1000).max(1))
+        let rate = (self.btl_bw.saturating_mul(gain) / 1000).max(1);
+        // Until the pipe is full, never below the initial window's rate (as Linux, whose
+        // pacing rate only grows before then): a first estimate taken from a few small,
+        // application-limited rounds must not pace a bulk transfer that follows at their rate.
+        Some(if self.filled_pipe {
+            rate
+        } else {
+            rate.max(self.initial_rate)
+        })
     }
 
     /// ProbeBW's gain cycle: the next phase after a minimum RTT; the probing phase also waits
@@ -243,10 +264,17 @@ impl Bbr {
         self.acked_total += u64::from(s.acked);
         // SACKed bytes count as delivered when they arrive; the cumulative ACK that covers
         // them later only moves them from one term to the other.
+        let before = self.delivered;
         self.delivered = self.delivered.max(self.acked_total + u64::from(s.sacked));
+        self.newly_delivered = (self.delivered - before).min(u64::from(u32::MAX)) as u32;
         self.round_app_limited |= s.app_limited;
         if let Some(rtt) = s.rtt_us {
             self.update_min_rtt(s.now, rtt);
+            if self.initial_rate == 0 {
+                // The initial window per RTT, times Startup's gain.
+                let rate = u64::from(initial).saturating_mul(1_000_000) / self.min_rtt_us.max(1);
+                self.initial_rate = (rate.saturating_mul(HIGH_GAIN_MILLI) / 1000).max(1);
+            }
         }
         if self
             .round_end_seq
@@ -357,10 +385,10 @@ impl Bbr {
         }
         if let Some(until) = self.conserve_until {
             if s.now < until {
-                // Packet conservation: what is still in flight plus what this ACK delivered
-                // (what the losses took out of the window stays out, as Linux's `cwnd −
-                // losses`).
-                let keep = s.inflight.saturating_add(s.acked);
+                // Packet conservation: what is still in flight plus what this ACK delivered,
+                // SACKed bytes included (what the losses took out of the window stays out, as
+                // Linux's `cwnd − losses`; each ACK lets out as much as it says arrived).
+                let keep = s.inflight.saturating_add(self.newly_delivered);
                 return keep.clamp(floor, super::cc::MAX_CWND);
             }
             self.conserve_until = None;
@@ -617,5 +645,70 @@ mod tests {
         assert_eq!(b.mode, Mode::ProbeBw);
         assert!(cwnd >= steady, "window {cwnd} after ProbeRTT, was {steady}");
         assert_eq!(b.min_rtt_us, 10_000, "the minimum seen in ProbeRTT");
+    }
+
+    #[test]
+    fn a_small_early_estimate_does_not_pace_startup_below_the_window_rate() {
+        // A few small requests: application-limited rounds of 200 bytes a second.
+        let mut b = Bbr::default();
+        let mut now = Instant::from_secs(1);
+        let mut seq = 0u32;
+        for _ in 0..5 {
+            now = now.add_micros(1_000_000);
+            seq = seq.wrapping_add(200);
+            let s = AckSample {
+                now,
+                acked: 200,
+                sacked: 0,
+                inflight: 0,
+                ack: seq,
+                snd_max: seq,
+                rtt_us: Some(10_000),
+                app_limited: true,
+            };
+            b.on_ack(&s, 10 * MSS, MSS, 10 * MSS);
+        }
+        assert!(b.btl_bw > 0 && b.btl_bw < 1_000, "estimate {}", b.btl_bw);
+        assert!(!b.filled_pipe);
+        // A bulk transfer follows: paced at the window's rate times Startup's gain at least
+        // (10 segments per 10 ms RTT: 1 MB/s, times 2.885), not at 200 B/s.
+        let rate = b.pacing_rate(10 * MSS, 10_000).unwrap();
+        assert!(rate >= 2_800_000, "pacing rate {rate}");
+        // Without an RTT sample, nothing is paced before the first bandwidth sample.
+        assert_eq!(Bbr::default().pacing_rate(10 * MSS, 0), None);
+    }
+
+    #[test]
+    fn conservation_lets_out_what_each_ack_delivers_sacked_bytes_included() {
+        let (p, mut b, cwnd) = steady();
+        // Recovery while still in Startup (a fresh model that has seen one RTT).
+        let mut b2 = Bbr::default();
+        b2.update_min_rtt(p.now, 10_000);
+        let w = b2.enter_recovery(p.now, 100 * MSS, 60 * MSS, MSS);
+        assert_eq!(w, 60 * MSS, "the window starts at what is in flight");
+        // A duplicate ACK whose SACK block reports 3 segments: 3 more may go.
+        let s = AckSample {
+            now: p.now.add_micros(1_000),
+            acked: 0,
+            sacked: 3 * MSS,
+            inflight: 57 * MSS,
+            ack: 0,
+            snd_max: 0,
+            rtt_us: None,
+            app_limited: false,
+        };
+        assert_eq!(b2.on_ack(&s, w, MSS, 10 * MSS), 60 * MSS);
+        // After a round trip the window grows back, and recovery's end restores the old one.
+        let s = AckSample {
+            now: p.now.add_micros(20_000),
+            sacked: 4 * MSS,
+            inflight: 50 * MSS,
+            ..s
+        };
+        let w = b2.on_ack(&s, 60 * MSS, MSS, 10 * MSS);
+        assert!(w > 51 * MSS, "{w}");
+        assert_eq!(b2.exit_recovery(w), 100 * MSS);
+        // In ProbeBW (the pipe was full), recovery keeps the window: loss is not congestion.
+        assert_eq!(b.enter_recovery(p.now, cwnd, 10 * MSS, MSS), cwnd);
     }
 }

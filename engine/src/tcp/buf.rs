@@ -119,9 +119,9 @@ impl RingBuf {
 pub(crate) const MAX_RANGES: usize = 4096;
 
 /// Ranges needed to track every hole a window of `bytes` can have with segments of `mss`
-/// bytes: one per two segments (a hole, then data), at least 8, at most [`MAX_RANGES`].
+/// bytes: one per two segments (a hole, then data), at least 16, at most [`MAX_RANGES`].
 pub(crate) fn ranges_for(bytes: usize, mss: usize) -> usize {
-    (bytes / (2 * mss.max(1)) + 1).clamp(8, MAX_RANGES)
+    (bytes / (2 * mss.max(1)) + 1).clamp(16, MAX_RANGES)
 }
 
 /// Out-of-order ranges `[start, end)` in sequence space, sorted, disjoint, non-adjacent.
@@ -367,7 +367,7 @@ mod tests {
     #[test]
     fn ranges_follow_the_window() {
         assert_eq!(ranges_for(64 * 1024, 1448), 23);
-        assert_eq!(ranges_for(1, 1448), 8);
+        assert_eq!(ranges_for(1, 1448), 16);
         assert_eq!(ranges_for(usize::MAX / 2, 1), MAX_RANGES);
     }
 }

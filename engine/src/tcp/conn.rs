@@ -1157,7 +1157,13 @@ impl Conn {
             acked,
             sacked: self.sacked_bytes(),
             inflight,
-            ack: self.snd_una,
+            // The highest byte delivered: the cumulative ACK, or above it the top of the
+            // highest SACK block (a round may end in recovery, before the hole is repaired).
+            ack: self
+                .sacked
+                .ranges()
+                .last()
+                .map_or(self.snd_una, |r| seq::max(self.snd_una, r.1)),
             snd_max: self.snd_max,
             rtt_us,
             app_limited,
@@ -1376,6 +1382,8 @@ impl Conn {
                     };
                 }
                 env.stats.rto_fired += 1;
+                // The resend goes at once (pacing resumes from it).
+                self.pace_at = Instant::ZERO;
                 self.backoff = (self.backoff + 1).min(20);
                 if !handshake {
                     let flight = self.snd_max.wrapping_sub(self.snd_una);
@@ -1683,7 +1691,11 @@ impl Conn {
         };
         let floor = now.as_micros().saturating_sub(super::bbr::PACING_BURST_US);
         let start = self.pace_at.as_micros().max(floor);
-        let gap = (len as u64).saturating_mul(1_000_000) / rate;
+        // At most a round trip (smoothed or BBR's minimum, 1 ms at least): a rate far below
+        // the path's never stalls the connection.
+        let min_rtt = self.cc.bbr.as_ref().map_or(0, |b| b.min_rtt_us);
+        let rtt = srtt.max(if min_rtt == u64::MAX { 0 } else { min_rtt });
+        let gap = ((len as u64).saturating_mul(1_000_000) / rate).min(rtt.max(1000));
         self.pace_at = Instant::from_micros(start.saturating_add(gap));
         self.pace_wait = Instant::MAX;
     }

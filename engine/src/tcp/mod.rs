@@ -666,10 +666,20 @@ impl Tcp {
 
     /// When [`Self::handle_timeout`] should next be called (`None`: no timer armed).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.wheel.next_wakeup() {
-            Some(t) => Some(t.min(self.pace_next)),
-            None => (self.pace_next != Instant::MAX).then_some(self.pace_next),
-        }
+        [self.poll_timers(), self.poll_pacing()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// When the timer wheel next has something due (pacing aside).
+    pub fn poll_timers(&self) -> Option<Instant> {
+        self.wheel.next_wakeup()
+    }
+
+    /// When a connection that pacing holds back may send ([`Tcp::handle_pacing`]).
+    pub fn poll_pacing(&self) -> Option<Instant> {
+        (self.pace_next != Instant::MAX).then_some(self.pace_next)
     }
 
     /// Lets the connections that pacing held back send again once their time has come (cheap

@@ -96,7 +96,7 @@ pub struct XskConfig {
     /// Bind with `XDP_USE_NEED_WAKEUP` and only make a syscall when the kernel asks for one
     /// (default true).
     pub need_wakeup: bool,
-    /// Spin on the rings instead of sleeping in `poll(2)`: [`Port::wait`] returns at once
+    /// Spin on the rings instead of sleeping in `ppoll(2)`: [`Port::wait`] returns at once
     /// (default false).
     pub busy_poll: bool,
     /// Most frames read from the RX ring per `receive` call, 1..=64 (default 64).
@@ -438,7 +438,7 @@ pub struct PortStats {
     pub tx_wakeups: u64,
     /// Failed wakeup syscalls (transient errors such as `EAGAIN` are not failures).
     pub wakeup_errors: u64,
-    /// Calls to `poll(2)` from [`Port::wait`].
+    /// Calls to `ppoll(2)` from [`Port::wait`].
     pub waits: u64,
 }
 
