@@ -1,5 +1,5 @@
-//! Congestion control: slow start and congestion avoidance with NewReno (RFC 5681) or CUBIC
-//! (RFC 9438). Loss recovery itself (fast retransmit, NewReno partial ACKs, RFC 6582) is driven
+//! Congestion control: slow start (with HyStart++, RFC 9406) and congestion avoidance with
+//! NewReno (RFC 5681) or CUBIC (RFC 9438). Loss recovery itself (fast retransmit, NewReno partial ACKs, RFC 6582) is driven
 //! by the connection; this module owns `cwnd` and `ssthresh`. With BBR ([`super::bbr`]) the
 //! window comes from a model of the path instead, and loss does not shrink it.
 
@@ -39,7 +39,46 @@ pub(crate) struct Cc {
     /// carry (and reset) its 200 bytes; the box stays with the connection slot
     /// ([`Cc::reuse_bbr`]), so it is allocated once per slot, not per connection.
     pub(crate) bbr: Option<Box<Bbr>>,
+    /// HyStart++ (RFC 9406), slow start's exit before the queue overflows.
+    hs: HyStart,
 }
+
+/// HyStart++ (RFC 9406): in slow start, the minimum RTT of each round's first samples; when it
+/// grows by a threshold (an eighth of the last round's, between 4 and 16 ms) a queue is
+/// building, and slow start turns conservative (a quarter of the growth), then ends after
+/// five such rounds, before the queue overflows. A round whose minimum falls back below the
+/// baseline resumes slow start.
+#[derive(Debug, Clone, Copy)]
+struct HyStart {
+    /// The round ends when this is acknowledged (`None`: before the first).
+    window_end: Option<u32>,
+    last_min_us: u64,
+    cur_min_us: u64,
+    samples: u32,
+    /// Conservative slow start: its baseline minimum RTT and the rounds spent in it.
+    css: Option<(u64, u32)>,
+}
+
+impl Default for HyStart {
+    fn default() -> Self {
+        HyStart {
+            window_end: None,
+            last_min_us: u64::MAX,
+            cur_min_us: u64::MAX,
+            samples: 0,
+            css: None,
+        }
+    }
+}
+
+/// RTT samples per round before a decision (RFC 9406 `N_RTT_SAMPLE`).
+const HS_SAMPLES: u32 = 8;
+/// Bounds of the RTT growth that means a queue (RFC 9406 `MIN_RTT_THRESH`, `MAX_RTT_THRESH`).
+const HS_MIN_THRESH_US: u64 = 4_000;
+const HS_MAX_THRESH_US: u64 = 16_000;
+/// Conservative slow start: growth divisor and rounds (`CSS_GROWTH_DIVISOR`, `CSS_ROUNDS`).
+const HS_CSS_DIVISOR: u32 = 4;
+const HS_CSS_ROUNDS: u32 = 5;
 
 impl Cc {
     /// Initial state: `initial` segments of `mss` bytes, unbounded ssthresh.
@@ -58,6 +97,7 @@ impl Cc {
             cwnd_f: 0.0,
             initial: initial.max(1).saturating_mul(mss),
             bbr: None,
+            hs: HyStart::default(),
         }
     }
 
@@ -114,17 +154,59 @@ impl Cc {
         self.cwnd = segs.saturating_mul(mss).min(MAX_CWND);
     }
 
+    /// In slow start: an acknowledgment up to `ack`, with `snd_nxt` the next byte to send and
+    /// an RTT sample if it gave one, for HyStart++ (call before [`Cc::on_ack`]).
+    pub(crate) fn slow_start_sample(&mut self, ack: u32, snd_nxt: u32, rtt_us: Option<u64>) {
+        if self.is_bbr() || self.cwnd >= self.ssthresh {
+            return;
+        }
+        let h = &mut self.hs;
+        if h.window_end.is_none_or(|end| super::seq::ge(ack, end)) {
+            if let Some((_, rounds)) = &mut h.css {
+                *rounds += 1;
+                if *rounds >= HS_CSS_ROUNDS {
+                    // RFC 9406 §4.2: enough rounds of a growing queue: slow start ends.
+                    self.ssthresh = self.cwnd;
+                    h.css = None;
+                }
+            }
+            h.last_min_us = h.cur_min_us;
+            h.cur_min_us = u64::MAX;
+            h.samples = 0;
+            h.window_end = Some(snd_nxt);
+        }
+        let Some(rtt) = rtt_us else { return };
+        h.cur_min_us = h.cur_min_us.min(rtt);
+        h.samples += 1;
+        if h.samples < HS_SAMPLES || h.last_min_us == u64::MAX {
+            return;
+        }
+        match h.css {
+            None => {
+                let thresh = (h.last_min_us / 8).clamp(HS_MIN_THRESH_US, HS_MAX_THRESH_US);
+                if h.cur_min_us >= h.last_min_us.saturating_add(thresh) {
+                    h.css = Some((h.cur_min_us, 0));
+                }
+            }
+            // The RTT came back down: the growth was a spurious, slow start resumes.
+            Some((baseline, _)) if h.cur_min_us < baseline => h.css = None,
+            Some(_) => {}
+        }
+    }
+
     /// New data acknowledged outside recovery.
     pub(crate) fn on_ack(&mut self, now: Instant, acked: u32, srtt_us: u32) {
         if self.is_bbr() {
             return;
         }
         if self.cwnd < self.ssthresh {
-            // Slow start, with appropriate byte counting (L = 2·SMSS, RFC 3465).
-            self.cwnd = self
-                .cwnd
-                .saturating_add(acked.min(2 * self.mss))
-                .min(MAX_CWND);
+            // Slow start, with appropriate byte counting (L = 2·SMSS, RFC 3465); a quarter of
+            // it in HyStart++'s conservative phase.
+            let mut inc = acked.min(2 * self.mss);
+            if self.hs.css.is_some() {
+                inc /= HS_CSS_DIVISOR;
+            }
+            self.cwnd = self.cwnd.saturating_add(inc).min(MAX_CWND);
             return;
         }
         match self.algo {
@@ -178,6 +260,8 @@ impl Cc {
     /// A loss detected by duplicate ACKs or SACK: sets `ssthresh` (and CUBIC's state) from the
     /// data in flight; the caller inflates `cwnd` for recovery.
     pub(crate) fn on_loss(&mut self, flight: u32) {
+        // Slow start is over; HyStart++ starts again only after a timeout (RFC 9406 §4.3).
+        self.hs = HyStart::default();
         match self.algo {
             Congestion::Bbr => {}
             Congestion::NewReno => {
@@ -302,5 +386,67 @@ mod tests {
         assert!((95_000..=105_000).contains(&at_k), "cwnd at K: {at_k}");
         assert!(c.cwnd > 105_000, "convex growth past w_max: {}", c.cwnd);
         let _ = now;
+    }
+
+    /// Slow start over rounds of `cwnd` bytes, `rtt(round)` each ACK's RTT, one ACK per two
+    /// segments of 1000 bytes; returns the rounds run before slow start ended (or `max`).
+    /// (HyStart++'s own rounds end a couple of ACKs into these: it marks SND.NXT.)
+    fn slow_start_rounds(c: &mut Cc, max: u32, rtt: impl Fn(u32) -> u64) -> u32 {
+        let mut seq = 0u32;
+        for round in 0..max {
+            if c.cwnd >= c.ssthresh {
+                return round;
+            }
+            let window = c.cwnd;
+            let end = seq.wrapping_add(window);
+            let mut acked = 0;
+            while acked < window {
+                acked += 2000;
+                // Each ACK lets out twice what it acknowledged (slow start): SND.NXT runs ahead.
+                let snd_nxt = end.wrapping_add(2 * acked);
+                c.slow_start_sample(seq.wrapping_add(acked), snd_nxt, Some(rtt(round)));
+                c.on_ack(Instant::ZERO, 2000, 10_000);
+            }
+            seq = end;
+        }
+        max
+    }
+
+    #[test]
+    fn hystart_ends_slow_start_when_a_queue_builds() {
+        // 10 ms of path, and from round 6 a queue: 6 ms more (over the 4 ms threshold).
+        let mut c = Cc::new(Congestion::Cubic, 1000, 10);
+        let rounds = slow_start_rounds(&mut c, 40, |r| if r < 6 { 10_000 } else { 16_000 });
+        // Conservative slow start from round 6, then five rounds at a quarter of the growth.
+        assert!(
+            (10..=13).contains(&rounds),
+            "slow start ended after {rounds} rounds"
+        );
+        // ssthresh is the window where slow start ended (avoidance may have added a little).
+        assert!(c.ssthresh != u32::MAX && c.cwnd >= c.ssthresh);
+        assert!(c.cwnd - c.ssthresh < 100_000, "{} {}", c.cwnd, c.ssthresh);
+        // Without HyStart++ the window would have doubled every one of those rounds.
+        assert!(c.cwnd < (10_000u32 << rounds) / 16, "cwnd {}", c.cwnd);
+        eprintln!("slow start ended after {rounds} rounds at {} bytes", c.cwnd);
+    }
+
+    #[test]
+    fn hystart_leaves_a_steady_rtt_alone_and_resumes_after_a_spurious_rise() {
+        let mut c = Cc::new(Congestion::NewReno, 1000, 10);
+        assert_eq!(slow_start_rounds(&mut c, 12, |_| 10_000), 12);
+        assert_eq!(c.ssthresh, u32::MAX, "still in slow start");
+        assert_eq!(c.cwnd, 10_000 << 12, "doubling every round");
+        // A rise for one round (conservative), then the RTT is back: slow start again.
+        let mut c = Cc::new(Congestion::Cubic, 1000, 10);
+        let rounds = slow_start_rounds(
+            &mut c,
+            9,
+            |r| if r == 4 || r == 5 { 20_000 } else { 10_000 },
+        );
+        assert_eq!(rounds, 9);
+        assert!(c.hs.css.is_none());
+        assert_eq!(c.ssthresh, u32::MAX);
+        // It did turn conservative for a while: less than pure doubling.
+        assert!(c.cwnd < 10_000 << 9, "cwnd {}", c.cwnd);
     }
 }

@@ -818,11 +818,13 @@ impl Conn {
             self.backoff = 0;
             // RTT: from the timestamp echo, else from the timed segment (Karn's rule).
             let mut sampled = false;
+            let mut ack_rtt = None;
             if let (true, Some(ts)) = (self.ts_ok, seg.options.timestamps) {
                 let d = self.ts_now(now).wrapping_sub(ts.ecr);
                 if ts.ecr != 0 && (d as i32) >= 0 {
                     self.rtt_sample(env.cfg, d as u64 * 1000);
                     sampled = true;
+                    ack_rtt = Some(d as u64 * 1000);
                 }
             }
             if let Some(t) = self.rtt_at {
@@ -832,8 +834,12 @@ impl Conn {
                     rtt_us = Some(r);
                     if !sampled {
                         self.rtt_sample(env.cfg, r);
+                        ack_rtt = Some(r);
                     }
                 }
+            }
+            if !self.in_recovery {
+                self.cc.slow_start_sample(ack, self.snd_nxt, ack_rtt);
             }
             // Congestion control and recovery (RFC 5681, RFC 6582).
             if self.in_recovery {
