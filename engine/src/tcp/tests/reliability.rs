@@ -33,6 +33,31 @@ fn established_with(cfg: TcpConfig, mss: u16, window: u16) -> (T, ConnId) {
     (t, conn)
 }
 
+/// A NewReno connection (4 KiB send buffer, no Nagle) whose peer offers MSS 100 and a 4096-byte
+/// window, with `len` bytes of `i as u8` queued: the setup of the loss-recovery tests.
+fn newreno_sender(len: u32) -> (T, ConnId, Vec<u8>) {
+    let cf = TcpConfig {
+        send_buf: 4096,
+        congestion: Congestion::NewReno,
+        ..cfg()
+    };
+    let (mut t, c) = established_with(cf, 100, 4096);
+    t.tcp.set_nodelay(c, true).unwrap();
+    let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+    t.tcp.send(c, &data).unwrap();
+    (t, c, data)
+}
+
+/// The peer's ACK of the first `n` bytes we sent, window 4096.
+fn peer_ack(n: u32) -> TcpRepr<'static> {
+    TcpRepr {
+        seq: REMOTE_SEQ + 1,
+        ack: LOCAL_SEQ + 1 + n,
+        window: 4096,
+        ..SEND_TEMPL
+    }
+}
+
 #[test]
 fn test_established_rto_retransmit_with_backoff() {
     let (mut t, c) = tcp_established();
@@ -119,26 +144,13 @@ fn test_rto_retransmission_does_not_reach_past_what_was_sent() {
 /// buffers).
 #[test]
 fn test_partial_ack_retransmission_stops_at_snd_max() {
-    let cf = TcpConfig {
-        send_buf: 4096,
-        congestion: Congestion::NewReno,
-        ..cfg()
-    };
-    let (mut t, c) = established_with(cf, 100, 4096);
-    t.tcp.set_nodelay(c, true).unwrap();
-    let data: Vec<u8> = (0..450u32).map(|i| i as u8).collect();
-    t.tcp.send(c, &data).unwrap();
+    let (mut t, c, _) = newreno_sender(450);
     let mut buf = [0u8; 2048];
     for _ in 0..5 {
         assert!(t.recv(&mut buf).is_some());
     }
     recv_nothing!(t);
-    let ack = |n: u32| TcpRepr {
-        seq: REMOTE_SEQ + 1,
-        ack: LOCAL_SEQ + 1 + n,
-        window: 4096,
-        ..SEND_TEMPL
-    };
+    let ack = peer_ack;
     // 0..100 arrived, 100..200 lost: three duplicates start recovery (recover = 450).
     send!(t, ack(100));
     for _ in 0..3 {
@@ -961,15 +973,7 @@ fn test_keepalive_answered_keeps_connection() {
 
 #[test]
 fn test_fast_retransmit_and_newreno_partial_ack() {
-    let cf = TcpConfig {
-        send_buf: 4096,
-        congestion: Congestion::NewReno,
-        ..cfg()
-    };
-    let (mut t, c) = established_with(cf, 100, 4096);
-    t.tcp.set_nodelay(c, true).unwrap();
-    let data: Vec<u8> = (0..500u32).map(|i| i as u8).collect();
-    t.tcp.send(c, &data).unwrap();
+    let (mut t, c, data) = newreno_sender(500);
     for i in 0..5u32 {
         let fl = if i == 4 { ACK | PSH } else { ACK };
         let p = &data[100 * i as usize..100 * (i as usize + 1)];
@@ -986,12 +990,7 @@ fn test_fast_retransmit_and_newreno_partial_ack() {
         );
     }
     recv_nothing!(t);
-    let ack = |n: u32| TcpRepr {
-        seq: REMOTE_SEQ + 1,
-        ack: LOCAL_SEQ + 1 + n,
-        window: 4096,
-        ..SEND_TEMPL
-    };
+    let ack = peer_ack;
     send!(t, ack(100));
     send!(t, ack(100));
     send!(t, ack(100));
