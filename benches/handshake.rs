@@ -6,7 +6,9 @@
 //! - `arp_reply`, `icmp_echo`: 64 requests injected, one batch, replies discarded.
 //! - `tcp_conn_life`: a connection's whole server-side life, SYN … last ACK, with a 100-byte echo;
 //!   64 concurrent connections per round, one at a time, and 1,024 concurrent (where smoltcp's
-//!   per-packet scan of its sockets shows).
+//!   per-packet scan of its sockets shows). Beside them, the floor (`harness::floor`): a server
+//!   written for this exchange alone, with none of a TCP's other work, to show what the exchange
+//!   itself costs on this device (a lower bound, not a competitor).
 //! - `tcp_bulk`: 1 MiB from the server's app to a client that ACKs every second segment.
 //! - `tls`: a whole HTTPS connection (TLS 1.3 full handshake or resumption, `GET /`, 200, close)
 //!   through the engine (client and server stacks in memory, TLS inline or on one pool thread)
@@ -26,6 +28,7 @@ use handshake::device::Device;
 use handshake::stack::run_batch;
 use handshake::wire::{arp, checksum, ipv4, tcp};
 use harness::client::{stopwatch_cost, Bulk, Clock, ConnLife, Trace};
+use harness::floor::Floor;
 use harness::frames;
 use harness::servers::{Ours, Server, Smol, SmolApp};
 use harness::tls::{bare_connection, Engine, Fixture, Mode};
@@ -321,6 +324,14 @@ fn bench_conn_life(c: &mut Criterion) {
             let key = format!("tcp_conn_life/smoltcp/{n}");
             b.iter_custom(|iters| conn_life(&mut s, &mut clock, &mut client, iters, n as u64, &key))
         });
+        g.bench_function(BenchmarkId::new("floor", n), |b| {
+            let (mut s, mut clock, mut client) =
+                (Floor::new(n.max(16)), Clock::new(), ConnLife::new(n));
+            arp_warm(&mut s, &mut clock);
+            warm_round(&mut s, &mut clock, &mut client);
+            let key = format!("tcp_conn_life/floor/{n}");
+            b.iter_custom(|iters| conn_life(&mut s, &mut clock, &mut client, iters, n as u64, &key))
+        });
     }
     g.finish();
 }
@@ -429,9 +440,16 @@ fn check_conn_life() -> (String, bool) {
     for _ in 0..2 {
         smol.2.round(&mut smol.0, &mut smol.1);
     }
-    let (a, b) = (
+    let mut floor = (Floor::new(16), Clock::new(), ConnLife::new(2));
+    trace(&mut floor.2);
+    arp_warm(&mut floor.0, &mut floor.1);
+    for _ in 0..2 {
+        floor.2.round(&mut floor.0, &mut floor.1);
+    }
+    let (a, b, fl) = (
         ours.2.trace.take().unwrap_or_default(),
         smol.2.trace.take().unwrap_or_default(),
+        floor.2.trace.take().unwrap_or_default(),
     );
     let mask = |t: &Trace| -> Vec<(u8, usize, usize)> {
         t.segments
@@ -439,11 +457,12 @@ fn check_conn_life() -> (String, bool) {
             .map(|&(f, h, n)| (f & !0x08, h, n))
             .collect()
     };
-    let same = mask(&a[0]) == mask(&b[0]);
+    let same = mask(&a[0]) == mask(&b[0]) && mask(&fl[0]) == mask(&a[0]);
     let text = format!(
-        "server segments per connection (2 rounds):\n  handshake: {}\n  smoltcp:   {}",
+        "server segments per connection (2 rounds):\n  handshake: {}\n  smoltcp:   {}\n  floor:     {}",
         show(&a[0]),
-        show(&b[0])
+        show(&b[0]),
+        show(&fl[0])
     );
     (text, same)
 }
@@ -534,6 +553,14 @@ fn summary(conn_check: &str, conn_same: bool, bulk_check: &str, bulk_same: bool)
                 b / 1000.0,
                 b / a
             );
+            if let Some(f) = ns(&format!("tcp_conn_life/floor/{n}")) {
+                println!(
+                    "  floor (this exchange alone, no TCP beyond it) {:.2} µs/conn: smoltcp/floor {:.1}x, handshake/floor {:.1}x",
+                    f / 1000.0,
+                    b / f,
+                    a / f
+                );
+            }
         }
     }
     if let (Some(a), Some(b)) = (ns("tcp_bulk/handshake"), ns("tcp_bulk/smoltcp")) {

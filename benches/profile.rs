@@ -164,6 +164,7 @@ fn main() {
     let rounds = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
     match which {
         "smoltcp" => run(Smol::new(n, SmolApp::Echo), n, rounds),
+        "floor" => run(harness::floor::Floor::new(n.max(16)), n, rounds),
         "ours-bulk" | "smoltcp-bulk" => bulk(which == "ours-bulk", rounds),
         "ours-idle" | "smoltcp-idle" => {
             // Steps with nothing received: the fixed cost of a step, `n` times.

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod dev;
+pub mod floor;
 pub mod frames;
 pub mod servers;
 pub mod tls;
