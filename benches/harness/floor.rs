@@ -47,8 +47,9 @@ struct Flow {
     rcv_nxt: u32,
     rto_at: u64,
     wheel_at: u64,
-    /// Bytes sent and not yet acknowledged (kept for retransmission).
+    /// Bytes sent and not yet acknowledged (kept for retransmission): a ring from `tx_head`.
     tx: Box<[u8]>,
+    tx_head: usize,
     tx_len: usize,
 }
 
@@ -148,6 +149,7 @@ impl Core {
                     rto_at: u64::MAX,
                     wheel_at: u64::MAX,
                     tx: vec![0; TCP_BUF].into_boxed_slice(),
+                    tx_head: 0,
                     tx_len: 0,
                 })
                 .collect(),
@@ -256,8 +258,7 @@ impl Core {
         ip[10..12].copy_from_slice(&[0, 0]);
         let c = checksum::checksum(ip);
         ip[10..12].copy_from_slice(&c.to_be_bytes());
-        let (src_ip, dst_ip) = (a, [ip[12], ip[13], ip[14], ip[15]]);
-        let _ = src_ip;
+        let dst_ip = [ip[12], ip[13], ip[14], ip[15]];
         // TCP: ports swapped.
         let t = &mut f[TCP..TCP + tcp_len];
         let (sp, dp) = (be16(t, 0), be16(t, 2));
@@ -335,7 +336,11 @@ impl Core {
         let (src, dst) = ([ip[12], ip[13], ip[14], ip[15]], SERVER_IP);
         let t = &f[TCP..ETH + total];
         let hl = (t[12] >> 4) as usize * 4;
-        if hl < 20 || hl > t.len() || !checksum::verify_transport(src, dst, 6, t) {
+        if hl < 20 || hl > t.len() {
+            self.drops += 1;
+            return None;
+        }
+        if !checksum::verify_transport(src, dst, 6, t) {
             self.drops += 1;
             return None;
         }
@@ -376,6 +381,7 @@ impl Core {
                 fl.snd_una = iss;
                 fl.snd_nxt = iss.wrapping_add(1);
                 fl.rcv_nxt = seq.wrapping_add(1);
+                fl.tx_head = 0;
                 fl.tx_len = 0;
                 self.insert(raddr, sport, idx);
                 self.arm(idx);
@@ -408,7 +414,7 @@ impl Core {
                     fw.state = ESTABLISHED;
                 } else {
                     let gone = acked.min(fw.tx_len);
-                    fw.tx.copy_within(gone..fw.tx_len, 0);
+                    fw.tx_head = (fw.tx_head + gone) % fw.tx.len();
                     fw.tx_len -= gone;
                 }
                 fw.snd_una = ack;
@@ -430,8 +436,12 @@ impl Core {
                         self.drops += 1;
                         return None;
                     }
-                    let (from, at) = (TCP + hl, fw.tx_len);
-                    fw.tx[at..at + payload].copy_from_slice(&f[from..from + payload]);
+                    let from = TCP + hl;
+                    let cap = fw.tx.len();
+                    let at = (fw.tx_head + fw.tx_len) % cap;
+                    let first = payload.min(cap - at);
+                    fw.tx[at..at + first].copy_from_slice(&f[from..from + first]);
+                    fw.tx[..payload - first].copy_from_slice(&f[from + first..from + payload]);
                     fw.tx_len += payload;
                     if hl != 20 {
                         f.copy_within(from..from + payload, TCP + 20);
