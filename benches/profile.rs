@@ -12,6 +12,10 @@
 //! one phase alone. `ours-idle N` / `smoltcp-idle N` count `N` steps with nothing received (the
 //! fixed cost of a step).
 //!
+//! `floor` runs the floor server (`harness/floor.rs`: this exchange alone, a lower bound);
+//! `smoltcp-1024` gives smoltcp 1,024 listening sockets, the capacity of ours (1,024 flows),
+//! whatever the number of connections the round runs.
+//!
 //! `ours-traced` installs a connection trace whose filter (`port 40000`, limit 1) matches the
 //! first client port: the first connection is traced, every later one on that port matches the
 //! filter but is over the limit, the other ports do not match. What the trace costs the
@@ -165,6 +169,9 @@ fn main() {
     match which {
         "smoltcp" => run(Smol::new(n, SmolApp::Echo), n, rounds),
         "floor" => run(harness::floor::Floor::new(n.max(16)), n, rounds),
+        // smoltcp able to hold as many connections as ours (1,024 flows): one listening
+        // socket per possible connection, whatever the load.
+        "smoltcp-1024" => run(Smol::new(1024, SmolApp::Echo), n, rounds),
         "ours-bulk" | "smoltcp-bulk" => bulk(which == "ours-bulk", rounds),
         "ours-idle" | "smoltcp-idle" => {
             // Steps with nothing received: the fixed cost of a step, `n` times.
