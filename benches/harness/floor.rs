@@ -18,6 +18,8 @@ use super::frames::{SERVER_IP, SERVER_MAC};
 use super::servers::{Server, ECHO_PORT, TCP_BUF};
 use handshake::device::{Device, Verdict};
 use handshake::wire::checksum;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 
 const ETH: usize = 14;
 const IP: usize = ETH;
@@ -68,50 +70,13 @@ pub struct Core {
     /// Open addressing, linear probing: flow index + 1, 0 empty.
     table: Vec<u32>,
     hkey: u64,
-    sip: (u64, u64),
+    /// Keys the ISNs (std's SipHash-1-3, random keys).
+    isn_key: RandomState,
     wheel: Vec<Vec<u32>>,
     ident: u16,
     now_us: u64,
     /// Frames dropped (anything outside the exchange).
     pub drops: u64,
-}
-
-#[inline(always)]
-fn round(v: &mut [u64; 4]) {
-    v[0] = v[0].wrapping_add(v[1]);
-    v[1] = v[1].rotate_left(13);
-    v[1] ^= v[0];
-    v[0] = v[0].rotate_left(32);
-    v[2] = v[2].wrapping_add(v[3]);
-    v[3] = v[3].rotate_left(16);
-    v[3] ^= v[2];
-    v[0] = v[0].wrapping_add(v[3]);
-    v[3] = v[3].rotate_left(21);
-    v[3] ^= v[0];
-    v[2] = v[2].wrapping_add(v[1]);
-    v[1] = v[1].rotate_left(17);
-    v[1] ^= v[2];
-    v[2] = v[2].rotate_left(32);
-}
-
-/// SipHash-1-3 of two words (the 4-tuple).
-fn sip13(k: (u64, u64), a: u64, b: u64) -> u64 {
-    let mut v = [
-        k.0 ^ 0x736f_6d65_7073_6575,
-        k.1 ^ 0x646f_7261_6e64_6f6d,
-        k.0 ^ 0x6c79_6765_6e65_7261,
-        k.1 ^ 0x7465_6462_7974_6573,
-    ];
-    for m in [a, b, 16u64 << 56] {
-        v[3] ^= m;
-        round(&mut v);
-        v[0] ^= m;
-    }
-    v[2] ^= 0xff;
-    round(&mut v);
-    round(&mut v);
-    round(&mut v);
-    v[0] ^ v[1] ^ v[2] ^ v[3]
 }
 
 #[inline(always)]
@@ -156,7 +121,7 @@ impl Core {
             free: (0..max_flows as u32).rev().collect(),
             table: vec![0; cap],
             hkey: 0x9e37_79b9_7f4a_7c15,
-            sip: (0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908),
+            isn_key: RandomState::new(),
             wheel: (0..WHEEL).map(|_| Vec::with_capacity(64)).collect(),
             ident: 0,
             now_us: 0,
@@ -368,10 +333,12 @@ impl Core {
                     self.drops += 1;
                     return None;
                 };
-                let h = sip13(
-                    self.sip,
-                    (raddr as u64) << 32 | u32::from_be_bytes(dst) as u64,
-                    (sport as u64) << 16 | dport as u64,
+                // RFC 6528: a keyed hash of the 4-tuple plus a 4 µs clock.
+                let h = self.isn_key.hash_one(
+                    (raddr as u128) << 64
+                        | (u32::from_be_bytes(dst) as u128) << 32
+                        | (sport as u128) << 16
+                        | dport as u128,
                 );
                 let iss = ((self.now_us / 4) as u32).wrapping_add(h as u32);
                 let fl = &mut self.flows[idx as usize];
