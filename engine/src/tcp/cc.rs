@@ -156,8 +156,14 @@ impl Cc {
 
     /// In slow start: an acknowledgment up to `ack`, with `snd_nxt` the next byte to send and
     /// an RTT sample if it gave one, for HyStart++ (call before [`Cc::on_ack`]).
+    ///
+    /// Only the initial slow start (`ssthresh` still at its initial, infinite value) uses it,
+    /// as RFC 9406 §4.3 asks: later ones stop at the `ssthresh` a loss set. It needs
+    /// `HS_SAMPLES` RTT samples per round, so it acts only with timestamps (a sample per ACK);
+    /// without them a connection times one segment per round trip (Karn) and its slow start
+    /// is the classic one.
     pub(crate) fn slow_start_sample(&mut self, ack: u32, snd_nxt: u32, rtt_us: Option<u64>) {
-        if self.is_bbr() || self.cwnd >= self.ssthresh {
+        if self.is_bbr() || self.cwnd >= self.ssthresh || self.ssthresh != u32::MAX {
             return;
         }
         let h = &mut self.hs;
@@ -200,9 +206,12 @@ impl Cc {
             return;
         }
         if self.cwnd < self.ssthresh {
-            // Slow start, with appropriate byte counting (L = 2·SMSS, RFC 3465); a quarter of
-            // it in HyStart++'s conservative phase.
-            let mut inc = acked.min(2 * self.mss);
+            // Slow start with appropriate byte counting: L = 8·SMSS in the initial one, as
+            // RFC 9406 §4.3 recommends for a sender that does not pace (a stretch ACK after a
+            // lost one still counts), a quarter of that in HyStart++'s conservative phase;
+            // L = 2·SMSS after a loss (RFC 3465).
+            let l = if self.ssthresh == u32::MAX { 8 } else { 2 };
+            let mut inc = acked.min(l * self.mss);
             if self.hs.css.is_some() {
                 inc /= HS_CSS_DIVISOR;
             }
@@ -260,7 +269,8 @@ impl Cc {
     /// A loss detected by duplicate ACKs or SACK: sets `ssthresh` (and CUBIC's state) from the
     /// data in flight; the caller inflates `cwnd` for recovery.
     pub(crate) fn on_loss(&mut self, flight: u32) {
-        // Slow start is over; HyStart++ starts again only after a timeout (RFC 9406 §4.3).
+        // Slow start is over, and HyStart++ with it: later slow starts end at the ssthresh
+        // set here (RFC 9406 §4.3).
         self.hs = HyStart::default();
         match self.algo {
             Congestion::Bbr => {}
@@ -342,8 +352,10 @@ mod tests {
         assert_eq!(c.cwnd, 10_000);
         c.on_ack(Instant::ZERO, 1000, 0);
         assert_eq!(c.cwnd, 11_000);
-        c.on_ack(Instant::ZERO, 5000, 0); // ABC caps at 2 SMSS
-        assert_eq!(c.cwnd, 13_000);
+        // Appropriate byte counting in the initial slow start: L = 8 SMSS (RFC 9406 §4.3).
+        c.on_ack(Instant::ZERO, 10_000, 0);
+        assert_eq!(c.cwnd, 19_000);
+        c.cwnd = 13_000;
         c.on_loss(13_000);
         assert_eq!(c.ssthresh, 6500);
         c.enter_recovery();
@@ -364,6 +376,9 @@ mod tests {
         assert_eq!(c.cwnd, 7500);
         c.on_rto(7500);
         assert_eq!((c.cwnd, c.ssthresh), (1000, 3750));
+        // Slow start after a loss: ABC caps at 2 SMSS (RFC 3465).
+        c.on_ack(Instant::ZERO, 5000, 0);
+        assert_eq!(c.cwnd, 3000);
     }
 
     #[test]
@@ -448,5 +463,27 @@ mod tests {
         assert_eq!(c.ssthresh, u32::MAX);
         // It did turn conservative for a while: less than pure doubling.
         assert!(c.cwnd < 10_000 << 9, "cwnd {}", c.cwnd);
+    }
+
+    #[test]
+    fn hystart_only_in_the_initial_slow_start() {
+        // After a timeout, slow start runs up to the ssthresh the loss set, whatever the RTT
+        // does (RFC 9406 §4.3): a queue that builds does not end it earlier.
+        let mut c = Cc::new(Congestion::Cubic, 1000, 10);
+        c.cwnd = 200_000;
+        c.on_rto(200_000);
+        let ssthresh = c.ssthresh;
+        assert_eq!((c.cwnd, ssthresh), (1000, 140_000));
+        let rounds = slow_start_rounds(&mut c, 40, |r| 10_000 + 10_000 * r as u64);
+        assert!(c.hs.css.is_none(), "no conservative phase after a loss");
+        assert_eq!(
+            c.ssthresh, ssthresh,
+            "slow start ended at the loss's ssthresh"
+        );
+        assert!(
+            c.cwnd >= ssthresh && rounds <= 9,
+            "{rounds} rounds, cwnd {}",
+            c.cwnd
+        );
     }
 }

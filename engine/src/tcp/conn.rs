@@ -23,6 +23,9 @@ pub(crate) const N_PEER_CLOSED: u8 = 4;
 const PAWS_IDLE_US: u64 = 24 * 24 * 3600 * 1_000_000;
 /// Clock granularity G of RFC 6298 (one timer tick).
 const CLOCK_G_US: u64 = 1000;
+/// The longest pause pacing puts between two data segments: a round trip at most, and never
+/// more than this, whatever a first RTT sample said.
+const MAX_PACING_GAP_US: u64 = 1_000_000;
 
 /// What the engine must do with the connection after an input or a timer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +191,9 @@ pub(crate) struct Conn {
     pub(crate) chal_start: Instant,
     pub(crate) chal_count: u32,
 
+    /// When the connection was created: a timestamp echo older than this is not one of ours.
+    pub(crate) born: Instant,
+
     // Pacing (BBR, see `super::bbr::Bbr::pacing_rate`).
     /// The next data segment may go at or after this time.
     pub(crate) pace_at: Instant,
@@ -279,6 +285,7 @@ impl Default for Conn {
             recovery_probed: false,
             reo_timer: false,
             chal_start: Instant::ZERO,
+            born: Instant::ZERO,
             chal_count: 0,
             pace_at: Instant::ZERO,
             pace_wait: Instant::MAX,
@@ -311,6 +318,7 @@ impl Conn {
         self.rto_us = cfg.rto_initial_ms * 1000;
         self.last_rx = now;
         self.chal_start = now;
+        self.born = now;
     }
 
     fn set_options(&mut self, cfg: &TcpConfig, o: &TcpOptions) {
@@ -778,7 +786,9 @@ impl Conn {
                 && seq::lt(b.left, b.right)
                 && seq::le(b.right, self.snd_max)
             {
-                let limit = super::buf::ranges_for(self.tx.capacity(), self.mss);
+                // Per segment of at least 536 bytes: a peer that negotiated a tiny MSS does
+                // not get a scoreboard thousands of ranges long to walk on every ACK.
+                let limit = super::buf::ranges_for(self.tx.capacity(), self.mss.max(536));
                 self.sacked.insert(b.left, b.right, limit);
             }
         }
@@ -821,7 +831,11 @@ impl Conn {
             let mut ack_rtt = None;
             if let (true, Some(ts)) = (self.ts_ok, seg.options.timestamps) {
                 let d = self.ts_now(now).wrapping_sub(ts.ecr);
-                if ts.ecr != 0 && (d as i32) >= 0 {
+                // Only an echo of a TSval this connection sent: one older than the connection
+                // (forged, or from a cookie's SYN-ACK) would set an RTT of up to 24 days, and
+                // BBR would pace at a segment per RTT.
+                let age_ms = now.as_millis().saturating_sub(self.born.as_millis());
+                if ts.ecr != 0 && (d as i32) >= 0 && u64::from(d) <= age_ms {
                     self.rtt_sample(env.cfg, d as u64 * 1000);
                     sampled = true;
                     ack_rtt = Some(d as u64 * 1000);
@@ -1701,7 +1715,8 @@ impl Conn {
         // the path's never stalls the connection.
         let min_rtt = self.cc.bbr.as_ref().map_or(0, |b| b.min_rtt_us);
         let rtt = srtt.max(if min_rtt == u64::MAX { 0 } else { min_rtt });
-        let gap = ((len as u64).saturating_mul(1_000_000) / rate).min(rtt.max(1000));
+        let gap =
+            ((len as u64).saturating_mul(1_000_000) / rate).min(rtt.clamp(1000, MAX_PACING_GAP_US));
         self.pace_at = Instant::from_micros(start.saturating_add(gap));
         self.pace_wait = Instant::MAX;
     }

@@ -378,7 +378,11 @@ impl Tcp {
         let mut cfg = cfg;
         cfg.max_flows = cfg.max_flows.clamp(1, u32::MAX as usize / 4);
         cfg.ooo_max_ranges = if cfg.ooo_max_ranges == 0 {
-            buf::ranges_for(cfg.recv_buf, cfg.effective_mss() as usize)
+            // Segments carry 12 bytes of timestamps when the peer offers them.
+            buf::ranges_for(
+                cfg.recv_buf,
+                (cfg.effective_mss() as usize).saturating_sub(12),
+            )
         } else {
             cfg.ooo_max_ranges.clamp(1, buf::MAX_RANGES)
         };

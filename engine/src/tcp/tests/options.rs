@@ -327,6 +327,38 @@ fn test_rtt_from_timestamps_even_for_retransmissions() {
 }
 
 #[test]
+fn test_forged_timestamp_echo_gives_no_rtt_sample() {
+    // An echo of a TSval this connection never sent (2^30 ms before it existed) is no RTT
+    // sample: taken, SRTT would be 12 days, and the RTO and BBR's pacing with it.
+    let mut t = tcp_listen_with(opts_cfg());
+    t.tcp.test_ts_offset = Some(1000);
+    send!(
+        t,
+        TcpRepr {
+            options: peer_syn_opts(),
+            ..syn()
+        }
+    );
+    let mut buf = [0u8; 2048];
+    let syn_ack = t.recv(&mut buf).unwrap();
+    assert_eq!(syn_ack.options.timestamps.unwrap().val, 1000);
+    send!(t, time 30, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 1, window: 100, options: ts(PEER_TS + 1, 1000u32.wrapping_sub(1 << 30)), ..SEND_TEMPL });
+    let Some(Event::Accepted { conn, .. }) = t.tcp.poll_event() else {
+        panic!("the handshake completes")
+    };
+    // The SYN-ACK's own timing (Karn) gives the sample instead: 30 ms.
+    assert_eq!(t.tcp.conns[conn.index() as usize].srtt_us, 30_000);
+    // A true echo still counts: data at TSval 1030, echoed 20 ms later.
+    t.tcp.send(conn, b"abc").unwrap();
+    assert_eq!(
+        t.recv(&mut buf).unwrap().options.timestamps.unwrap().val,
+        1030
+    );
+    send!(t, time 50, TcpRepr { seq: REMOTE_SEQ + 1, ack: LOCAL_SEQ + 4, window: 100, options: ts(PEER_TS + 2, 1030), ..SEND_TEMPL });
+    assert_eq!(t.tcp.conns[conn.index() as usize].srtt_us, 28_750);
+}
+
+#[test]
 fn test_sack_blocks_reported_most_recent_first() {
     let (mut t, _c) = established_opts();
     let seg = |off: u32, p: &'static [u8]| TcpRepr {
