@@ -259,6 +259,42 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn send_times_give_the_rtt_of_the_latest_segment_acked() {
+        use crate::Instant;
+        let t = Instant::from_micros;
+        let mut s = SendTimes::default();
+        s.push(u32::MAX - 99, t(1_000));
+        s.push(900, t(2_000)); // across the sequence wrap
+        s.push(2_000, t(3_000));
+        assert_eq!(
+            s.ack(u32::MAX - 200, t(5_000)),
+            None,
+            "covers no whole segment"
+        );
+        assert_eq!(
+            s.ack(1_000, t(10_000)),
+            Some(8_000),
+            "the latest covered, sent at 2 ms"
+        );
+        assert_eq!(s.ack(2_000, t(10_500)), Some(7_500));
+        assert_eq!(s.ack(2_000, t(11_000)), None, "nothing left");
+        // At most SEND_TIMES are kept; the rest go untimed.
+        for i in 0..40 {
+            s.push(3_000 + i, t(11_000));
+        }
+        assert_eq!(s.q.len(), SEND_TIMES);
+        assert_eq!(s.ack(3_000 + 39, t(12_000)), Some(1_000));
+        // The microsecond clock kept modulo 2^32 (71 minutes).
+        let edge = u64::from(u32::MAX) - 10;
+        s.push(4_000, t(edge));
+        assert_eq!(s.ack(4_000, t(edge + 30)), Some(30));
+        // A retransmission forgets every send time (Karn).
+        s.push(5_000, t(13_000));
+        s.clear();
+        assert_eq!(s.ack(5_000, t(14_000)), None);
+    }
+
     use super::*;
 
     #[test]
@@ -369,5 +405,61 @@ mod tests {
         assert_eq!(ranges_for(64 * 1024, 1448), 23);
         assert_eq!(ranges_for(1, 1448), 16);
         assert_eq!(ranges_for(usize::MAX / 2, 1), MAX_RANGES);
+    }
+}
+
+/// Most segments [`SendTimes`] remembers (a round needs 8 samples).
+pub(crate) const SEND_TIMES: usize = 32;
+
+/// When each data segment in flight was sent, oldest first, for an RTT sample on every ACK
+/// without timestamps: HyStart++ needs several per round, and Karn's single timed segment
+/// gives one per round trip. Entries are `(end sequence number, microseconds sent, modulo
+/// 2^32)`; at most [`SEND_TIMES`] (beyond that, segments go untimed). A retransmission empties
+/// it: an ACK after one could be for either transmission (Karn's rule).
+///
+/// Its room (256 bytes) is allocated when a slot takes its first connection and kept by the
+/// slot ([`SendTimes::reset`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SendTimes {
+    q: std::collections::VecDeque<(u32, u32)>,
+}
+
+impl SendTimes {
+    /// A new segment ending at `end`, sent at `at`.
+    #[inline]
+    pub(crate) fn push(&mut self, end: u32, at: crate::Instant) {
+        if self.q.len() < SEND_TIMES {
+            self.q.push_back((end, at.as_micros() as u32));
+        }
+    }
+
+    /// An acknowledgment up to `ack` at `now`: forgets the segments it covers and returns the
+    /// RTT of the last of them, in microseconds.
+    #[inline]
+    pub(crate) fn ack(&mut self, ack: u32, now: crate::Instant) -> Option<u64> {
+        let mut last = None;
+        while let Some(&(end, at)) = self.q.front() {
+            if !seq::le(end, ack) {
+                break;
+            }
+            last = Some(at);
+            self.q.pop_front();
+        }
+        last.map(|at| u64::from((now.as_micros() as u32).wrapping_sub(at)))
+    }
+
+    /// Forgets everything (a retransmission, a new connection).
+    #[inline]
+    pub(crate) fn clear(&mut self) {
+        self.q.clear();
+    }
+
+    /// Empty, with its room allocated: called as a slot takes a new connection, so that a
+    /// connection whose window grows in the middle of a steady exchange allocates nothing.
+    pub(crate) fn reset(&mut self) {
+        self.q.clear();
+        if self.q.capacity() < SEND_TIMES {
+            self.q.reserve_exact(SEND_TIMES);
+        }
     }
 }

@@ -154,14 +154,19 @@ impl Cc {
         self.cwnd = segs.saturating_mul(mss).min(MAX_CWND);
     }
 
+    /// True while HyStart++ may end slow start: the initial one, not BBR.
+    #[inline]
+    pub(crate) fn hystart_active(&self) -> bool {
+        !self.is_bbr() && self.ssthresh == u32::MAX
+    }
+
     /// In slow start: an acknowledgment up to `ack`, with `snd_nxt` the next byte to send and
     /// an RTT sample if it gave one, for HyStart++ (call before [`Cc::on_ack`]).
     ///
     /// Only the initial slow start (`ssthresh` still at its initial, infinite value) uses it,
     /// as RFC 9406 §4.3 asks: later ones stop at the `ssthresh` a loss set. It needs
-    /// `HS_SAMPLES` RTT samples per round, so it acts only with timestamps (a sample per ACK);
-    /// without them a connection times one segment per round trip (Karn) and its slow start
-    /// is the classic one.
+    /// `HS_SAMPLES` RTT samples per round: every ACK gives one, from its timestamp echo or,
+    /// without timestamps, from the send time of the latest segment it covers.
     pub(crate) fn slow_start_sample(&mut self, ack: u32, snd_nxt: u32, rtt_us: Option<u64>) {
         if self.is_bbr() || self.cwnd >= self.ssthresh || self.ssthresh != u32::MAX {
             return;

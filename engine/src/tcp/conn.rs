@@ -4,7 +4,7 @@
 //! The engine ([`super::Tcp`]) owns the slab, the flow table, the timer wheel, the events and
 //! the per-state counters, and applies what these return.
 
-use super::buf::{Assembler, RingBuf};
+use super::buf::{Assembler, RingBuf, SendTimes};
 use super::cc::Cc;
 use super::seq;
 use super::table::FlowKey;
@@ -173,6 +173,8 @@ pub(crate) struct Conn {
     pub(crate) high_rxt: u32,
     /// SACKed ranges above `snd_una` (the scoreboard).
     pub(crate) sacked: Assembler,
+    /// Send times of the segments in flight, without timestamps, in HyStart++'s slow start.
+    pub(crate) send_times: SendTimes,
     /// SND.MAX when the latest retransmission was sent: SACKed data beyond it means the
     /// retransmissions still unacknowledged were lost (as RACK, RFC 8985 §6.1).
     pub(crate) rtx_snd_max: u32,
@@ -278,6 +280,7 @@ impl Default for Conn {
             rtx_budget: 0,
             high_rxt: 0,
             sacked: Assembler::default(),
+            send_times: SendTimes::default(),
             rtx_snd_max: 0,
             pto: false,
             tlp_probe: false,
@@ -304,11 +307,14 @@ impl Conn {
             core::mem::take(&mut self.asm),
             core::mem::take(&mut self.sacked),
         );
+        let mut send_times = core::mem::take(&mut self.send_times);
         asm.clear();
         sacked.clear();
+        send_times.reset();
         *self = Conn::default();
         self.asm = asm;
         self.sacked = sacked;
+        self.send_times = send_times;
         self.id = id;
         // The timer wheel may still hold an entry for this slot (see `Tcp::sync_timer`).
         self.wheel_at = wheel_at;
@@ -852,8 +858,15 @@ impl Conn {
                     }
                 }
             }
+            // Without timestamps, the latest segment this ACK covers gives the sample.
+            let sent_rtt = if self.ts_ok {
+                None
+            } else {
+                self.send_times.ack(ack, now)
+            };
             if !self.in_recovery {
-                self.cc.slow_start_sample(ack, self.snd_nxt, ack_rtt);
+                self.cc
+                    .slow_start_sample(ack, self.snd_nxt, sent_rtt.or(ack_rtt));
             }
             // Congestion control and recovery (RFC 5681, RFC 6582).
             if self.in_recovery {
@@ -1668,9 +1681,18 @@ impl Conn {
         if seq::lt(seqn, self.snd_max) {
             env.stats.retransmits += 1;
             self.rtt_at = None;
-        } else if self.rtt_at.is_none() {
-            self.rtt_at = Some(env.now);
-            self.rtt_seq = end;
+            self.send_times.clear();
+        } else {
+            if self.rtt_at.is_none() {
+                self.rtt_at = Some(env.now);
+                self.rtt_seq = end;
+            }
+            // Timestamps give every ACK its RTT; without them, HyStart++ needs these, from a
+            // window of 16 segments on (as Linux's HyStart: below, a short exchange would pay
+            // for samples that cannot end its slow start).
+            if !self.ts_ok && self.cc.hystart_active() && self.cc.cwnd >= 16 * self.mss as u32 {
+                self.send_times.push(end, env.now);
+            }
         }
         let new_data = seq::gt(end, self.snd_max);
         if new_data {
