@@ -35,9 +35,9 @@ fn ts(val: u32, ecr: u32) -> TcpOptions {
     }
 }
 
-/// Established with window scale 7 (peer) / 5 (ours), SACK and timestamps; our TS clock
-/// offset is 1000 (so TSval = 1000 + ms).
-fn established_opts() -> (T, ConnId) {
+/// A listener with every option on that got the peer's SYN (window scale 7, SACK,
+/// timestamps); our TS clock offset is 1000 (so TSval = 1000 + ms).
+fn syn_received_opts() -> T {
     let mut t = tcp_listen_with(opts_cfg());
     t.tcp.test_ts_offset = Some(1000);
     send!(
@@ -47,6 +47,13 @@ fn established_opts() -> (T, ConnId) {
             ..syn()
         }
     );
+    t
+}
+
+/// Established with window scale 7 (peer) / 5 (ours), SACK and timestamps; our TS clock
+/// offset is 1000 (so TSval = 1000 + ms).
+fn established_opts() -> (T, ConnId) {
+    let mut t = syn_received_opts();
     recv!(
         t,
         [TcpRepr {
@@ -330,15 +337,7 @@ fn test_rtt_from_timestamps_even_for_retransmissions() {
 fn test_forged_timestamp_echo_gives_no_rtt_sample() {
     // An echo of a TSval this connection never sent (2^30 ms before it existed) is no RTT
     // sample: taken, SRTT would be 12 days, and the RTO and BBR's pacing with it.
-    let mut t = tcp_listen_with(opts_cfg());
-    t.tcp.test_ts_offset = Some(1000);
-    send!(
-        t,
-        TcpRepr {
-            options: peer_syn_opts(),
-            ..syn()
-        }
-    );
+    let mut t = syn_received_opts();
     let mut buf = [0u8; 2048];
     let syn_ack = t.recv(&mut buf).unwrap();
     assert_eq!(syn_ack.options.timestamps.unwrap().val, 1000);
