@@ -168,7 +168,7 @@ impl Cc {
     /// `HS_SAMPLES` RTT samples per round: every ACK gives one, from its timestamp echo or,
     /// without timestamps, from the send time of the latest segment it covers.
     pub(crate) fn slow_start_sample(&mut self, ack: u32, snd_nxt: u32, rtt_us: Option<u64>) {
-        if self.is_bbr() || self.cwnd >= self.ssthresh || self.ssthresh != u32::MAX {
+        if !self.hystart_active() || self.cwnd >= self.ssthresh {
             return;
         }
         let h = &mut self.hs;
