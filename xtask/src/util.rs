@@ -126,7 +126,8 @@ pub fn run_tests(cmd: &mut Command) -> Result<()> {
 }
 
 /// What libtest's output says failed: `test NAME ... FAILED` lines, and in each
-/// `---- NAME stdout ----` section the message after `panicked at`.
+/// `---- NAME stdout ----` section the message after `panicked at`, or the `Error: …` line a
+/// test returning `Err` prints.
 #[derive(Default)]
 struct TestFailures {
     failed: Vec<String>,
@@ -150,6 +151,10 @@ impl TestFailures {
             self.want_message = false;
         } else if line.contains("panicked at") {
             self.want_message = self.section.is_some();
+        } else if let Some(msg) = line.strip_prefix("Error: ") {
+            if let Some(name) = self.section.take() {
+                self.messages.push((name, msg.trim().to_owned()));
+            }
         } else if self.want_message {
             self.want_message = false;
             if let Some(name) = self.section.take() {
@@ -188,10 +193,12 @@ mod tests {
     #[test]
     fn failing_tests_are_named_with_their_panic_message() {
         let log = "\
-running 3 tests
+running 5 tests
 test a::passes ... ok
 test b::breaks ... FAILED
 test c::also ... FAILED
+test d::returns_err ... FAILED
+test e::silent ... FAILED
 
 failures:
 
@@ -203,6 +210,10 @@ assertion `left == right` failed: wrong count
   left: 1
 ---- c::also stdout ----
 no panic line here
+---- d::returns_err stdout ----
+flood round 1: ...
+Error: RSS still grew in flood round 3: [1, 2, 3, 4] kB
+---- e::silent stdout ----
 ";
         let mut f = TestFailures::default();
         for line in log.lines() {
@@ -210,7 +221,8 @@ no panic line here
         }
         assert_eq!(
             f.describe(),
-            "; failed: b::breaks (assertion `left == right` failed: wrong count); c::also"
+            "; failed: b::breaks (assertion `left == right` failed: wrong count); c::also; \
+             d::returns_err (RSS still grew in flood round 3: [1, 2, 3, 4] kB); e::silent"
         );
         assert_eq!(TestFailures::default().describe(), "");
     }
