@@ -110,6 +110,42 @@ fn rss_kb(d: &Daemon) -> Result<u64> {
         .parse()?)
 }
 
+/// The daemon's resident set by mapping kind, kB: `(heap, other anonymous, the rest)`.
+fn rss_parts_kb(d: &Daemon) -> Result<(u64, u64, u64)> {
+    let pid = d.pid();
+    let o = std::process::Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()?;
+    let p = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .next()
+        .map(str::to_owned)
+        .unwrap_or_else(|| pid.to_string());
+    let smaps = std::fs::read_to_string(format!("/proc/{p}/smaps"))?;
+    let (mut heap, mut anon, mut rest) = (0, 0, 0);
+    let mut kind = 2;
+    for l in smaps.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.first()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
+            kind = match w.get(5) {
+                Some(&"[heap]") => 0,
+                None => 1,
+                _ => 2,
+            };
+        } else if w.first() == Some(&"Rss:") {
+            let kb: u64 = w[1].parse()?;
+            match kind {
+                0 => heap += kb,
+                1 => anon += kb,
+                _ => rest += kb,
+            }
+        }
+    }
+    Ok((heap, anon, rest))
+}
+
 /// Adds an nftables table in the peer namespace.
 fn nft(topo: &Topology, script: &str) -> Result<()> {
     let o = topo.run_peer_args(["sh", "-c", "printf '%s' \"$0\" | nft -f -", script])?;
@@ -1476,7 +1512,7 @@ print('after ok', ok, 'of 20')
 /// (`handshake_tls_refused_total`: an RST at accept), the handshakes counted are exactly the
 /// clients that completed, no legitimate client hangs (each is served or refused within 5 s;
 /// while the flood holds every session, refusal is the expected answer), all are served right
-/// after the flood, and a third round does not grow memory.
+/// after the flood, and memory does not grow over rounds 4 to 6 of six.
 #[test]
 fn tls_handshake_flood_stays_within_the_session_limit_inline() -> Result<()> {
     tls_flood("0")
@@ -1536,11 +1572,13 @@ fn tls_flood(tls_threads: &str) -> Result<()> {
         "{refused_a} refusals counted for 41 refused"
     );
 
-    // The flood, three times: connection buffers are allocated on first use, up to the most
-    // connections ever open at once, which varies a little from round to round; a leak would
-    // grow every round.
+    // The flood, six times. Connection buffers are allocated on first use, up to the most
+    // connections ever open at once, which varies a little from round to round, and the
+    // threads' malloc arenas settle over the first rounds (all of the growth is in anonymous
+    // mappings, none in the main heap). A leak grows every round: rounds 4 to 6 are measured.
     let mut rss = vec![rss0];
-    for round in 1..=3 {
+    let mut parts = vec![rss_parts_kb(&d)?];
+    for round in 1..=6 {
         // Metrics are published every 100 ms: let the previous clients' counts land first.
         std::thread::sleep(Duration::from_millis(300));
         let m0 = metrics(&topo)?;
@@ -1594,6 +1632,7 @@ fn tls_flood(tls_threads: &str) -> Result<()> {
         let after = topo.py(HTTPS_CLIENTS, &[&ca, "20", "2"])?;
         let rss1 = rss_kb(&d)?;
         rss.push(rss1);
+        parts.push(rss_parts_kb(&d)?);
         let legit_ok = https_figure(&legit, "ok")?;
         let legit_refused = https_figure(&legit, "refused")?;
         eprintln!(
@@ -1652,12 +1691,16 @@ fn tls_flood(tls_threads: &str) -> Result<()> {
             "not served after the flood: {after}"
         );
     }
-    eprintln!("TLS handshake flood RSS (start, after each round): {rss:?} kB");
-    // 3%: a leak of 100 bytes per connection (at least 1.5 MB a round) fails it; allocator
-    // fragmentation under 15,100 connections a round has been seen to add up to 1.5%.
+    eprintln!(
+        "TLS handshake flood RSS (start, after each round): {rss:?} kB; (heap, other anonymous, the rest): {parts:?} kB"
+    );
+    // 5% over rounds 4 to 6: a leak of 100 bytes per connection (at least 15,100 connections a
+    // round, 4.5 MB over the three) adds more than 8%. Once settled (after round 3), the arenas
+    // have been seen to add up to 1.6% over three rounds in 4 runs of 6 rounds; before, single
+    // jumps of 1.7 MB (3.3%) in round 3 failed the earlier 3% bound on round 3 alone.
     ensure!(
-        rss[3] * 100 <= rss[1].max(rss[2]) * 103,
-        "RSS still grew in flood round 3: {rss:?} kB"
+        rss[6] * 100 <= rss[3] * 105,
+        "RSS grew over flood rounds 4 to 6: {rss:?} kB; (heap, other anonymous, the rest): {parts:?} kB"
     );
     Ok(())
 }
