@@ -16,6 +16,8 @@ use crate::wire::tcp::{
 
 /// Event bits a connection raises for the engine to turn into [`super::Event`]s.
 pub(crate) const N_READABLE: u8 = 1;
+/// `Conn::paced_at` of a connection that is not on the paced list.
+pub(crate) const NOT_PACED: u32 = u32::MAX;
 pub(crate) const N_WRITABLE: u8 = 2;
 pub(crate) const N_PEER_CLOSED: u8 = 4;
 
@@ -79,8 +81,9 @@ pub(crate) struct Conn {
     /// The application called `close`: no more reads, no more events but `Closed`.
     pub(crate) orphan: bool,
     pub(crate) in_txq: bool,
-    /// On `Tcp`'s list of connections pacing holds back.
-    pub(crate) in_paced: bool,
+    /// Where this connection is on `Tcp`'s list of connections pacing holds back
+    /// ([`NOT_PACED`] when it is not on it).
+    pub(crate) paced_at: u32,
     pub(crate) nodelay: bool,
     pub(crate) notify: u8,
     pub(crate) readable_signaled: bool,
@@ -216,7 +219,7 @@ impl Default for Conn {
             reported_closed: false,
             orphan: false,
             in_txq: false,
-            in_paced: false,
+            paced_at: NOT_PACED,
             nodelay: false,
             notify: 0,
             readable_signaled: false,

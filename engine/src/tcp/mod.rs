@@ -43,7 +43,7 @@ use crate::wire::tcp::{self as wire, flags, TcpOptions, TcpRepr, Timestamps};
 pub use config::{Congestion, Keepalive, SynCookies, TcpConfig};
 
 use buf::{Pool, RingBuf};
-use conn::{Conn, Disp, Env};
+use conn::{Conn, Disp, Env, NOT_PACED};
 use hash::Keys;
 use table::{FlowKey, FlowTable};
 use wheel::Wheel;
@@ -340,10 +340,12 @@ pub struct Tcp {
     table: FlowTable,
     wheel: Wheel,
     expired: Vec<u32>,
-    /// Connections whose data BBR's pacing holds back (slot, generation), and the earliest
-    /// time one of them may send. Off the timer wheel: pacing gaps are microseconds, the
-    /// wheel's tick a millisecond.
-    paced: Vec<(u32, u32)>,
+    /// The slots of the connections whose data pacing holds back (each knows its place,
+    /// `Conn::paced_at`, and leaves when freed, so the list never holds more than
+    /// `max_flows` and never grows past its first allocation), and the earliest time one of
+    /// them may send. Off the timer wheel: pacing gaps are microseconds, the wheel's tick a
+    /// millisecond.
+    paced: Vec<u32>,
     pace_next: Instant,
     txq: VecDeque<(u32, u32)>,
     events: VecDeque<Event>,
@@ -424,7 +426,7 @@ impl Tcp {
             table: FlowTable::new(n),
             wheel: Wheel::new(n),
             expired: Vec::with_capacity(n),
-            paced: Vec::new(),
+            paced: Vec::with_capacity(n),
             pace_next: Instant::MAX,
             txq: VecDeque::with_capacity(n),
             events: VecDeque::with_capacity(cfg.max_events.min(1 << 16)),
@@ -700,17 +702,16 @@ impl Tcp {
         let mut next = Instant::MAX;
         let mut i = 0;
         while i < self.paced.len() {
-            let (idx, gen) = self.paced[i];
+            let idx = self.paced[i];
             let c = &mut self.conns[idx as usize];
-            if c.id.gen != gen || c.state == State::Closed || c.pace_wait == Instant::MAX {
-                c.in_paced &= c.id.gen != gen;
-                self.paced.swap_remove(i);
+            if c.pace_wait == Instant::MAX {
+                // Released by its own output meanwhile.
+                self.unpace(idx);
                 continue;
             }
             if c.pace_wait <= now {
                 c.pace_wait = Instant::MAX;
-                c.in_paced = false;
-                self.paced.swap_remove(i);
+                self.unpace(idx);
                 if self.conns[idx as usize].wants_output() {
                     self.schedule(idx);
                 }
@@ -722,15 +723,27 @@ impl Tcp {
         self.pace_next = next;
     }
 
+    /// Takes slot `idx` off the paced list (if it is on it), in constant time.
+    fn unpace(&mut self, idx: u32) {
+        let at = core::mem::replace(&mut self.conns[idx as usize].paced_at, NOT_PACED);
+        if at == NOT_PACED {
+            return;
+        }
+        self.paced.swap_remove(at as usize);
+        if let Some(&moved) = self.paced.get(at as usize) {
+            self.conns[moved as usize].paced_at = at;
+        }
+    }
+
     /// After output: a connection that pacing now holds back joins the paced list.
     #[inline]
     fn note_paced(&mut self, idx: u32) {
         let c = &mut self.conns[idx as usize];
         if c.pace_wait != Instant::MAX {
             self.pace_next = self.pace_next.min(c.pace_wait);
-            if !c.in_paced {
-                c.in_paced = true;
-                self.paced.push((idx, c.id.gen));
+            if c.paced_at == NOT_PACED {
+                c.paced_at = self.paced.len() as u32;
+                self.paced.push(idx);
             }
         }
     }
@@ -1093,6 +1106,7 @@ impl Tcp {
         self.rx_pool.put(c.rx.take());
         c.in_txq = false;
         c.id.gen = c.id.gen.wrapping_add(1);
+        self.unpace(idx);
         self.table.remove(hash, idx);
         // The slot's wheel entry stays (lazy timers): it fires once more, finds the slot
         // closed or its new connection's deadlines not due, and is re-armed as needed.

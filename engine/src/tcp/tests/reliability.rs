@@ -1329,3 +1329,58 @@ fn test_batch_of_full_segments_acked_every_second_segment() {
         ]
     );
 }
+
+/// A BBR connection whose pacing holds data back is on the paced list exactly while it lives:
+/// freeing it (here by `abort`) takes it off at once, so connections that come and go between
+/// two release passes cannot pile stale entries up, and the list never grows past the
+/// `max_flows` it reserved.
+#[test]
+fn paced_connections_leave_the_paced_list_when_freed() {
+    let cf = TcpConfig {
+        congestion: Congestion::Bbr,
+        pacing: true,
+        send_buf: 64 * 1024,
+        ..cfg()
+    };
+    let mut t = tcp_listen_with(cf);
+    let cap = t.tcp.paced.capacity();
+    assert!(cap >= t.tcp.config().max_flows);
+    let mut buf = [0u8; 2048];
+    for round in 0..100u64 {
+        // The handshake takes 10 ms (the first RTT sample), then 20 kB are queued at once:
+        // pacing lets the first segments out and holds the rest back.
+        t.at(round * 100);
+        send!(t, syn());
+        assert!(t.recv(&mut buf).unwrap().has(SYN | ACK));
+        t.at(round * 100 + 10);
+        send!(
+            t,
+            TcpRepr {
+                seq: REMOTE_SEQ + 1,
+                ack: LOCAL_SEQ + 1,
+                window: 65535,
+                ..SEND_TEMPL
+            }
+        );
+        let Some(Event::Accepted { conn, .. }) = t.tcp.poll_event() else {
+            panic!("round {round}: no Accepted")
+        };
+        assert_eq!(t.tcp.send(conn, &[7u8; 20_000]).unwrap(), 20_000);
+        let mut sent = 0;
+        while t.recv(&mut buf).is_some() {
+            sent += 1;
+        }
+        assert!(
+            (1..13).contains(&sent),
+            "round {round}: pacing let {sent} segments out at once"
+        );
+        assert_eq!(t.tcp.paced.as_slice(), &[conn.idx], "round {round}");
+        assert_eq!(t.tcp.conns[conn.idx as usize].paced_at, 0);
+        t.tcp.abort(conn).unwrap();
+        assert!(t.recv(&mut buf).unwrap().has(RST));
+        assert!(t.tcp.paced.is_empty(), "round {round}: {:?}", t.tcp.paced);
+        assert_eq!(t.tcp.conns[conn.idx as usize].paced_at, NOT_PACED);
+        t.events();
+    }
+    assert_eq!(t.tcp.paced.capacity(), cap, "the paced list reallocated");
+}
