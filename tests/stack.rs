@@ -1100,3 +1100,30 @@ fn large_pings_in_one_batch_are_all_answered_up_to_the_reply_queue() {
     assert_eq!(st.stats().drops_of(DropReason::Ipv4FragReplyBusy), 1);
     assert_eq!(st.stats().total_drops(), 1, "{:?}", st.stats());
 }
+
+/// A datagram whose first fragment never came also times out and is counted as a drop
+/// (`ipv4_frag_timeout`), without an ICMP error (RFC 792: only when fragment zero arrived).
+#[test]
+fn a_datagram_without_its_first_fragment_times_out_counted_without_icmp() {
+    let mut st = stack();
+    let mut dev = MemDevice::new(2048);
+    let t0 = Instant::from_secs(1);
+    exchange(&mut st, &mut dev, t0, &[arp_request(PEER_MAC, PEER, US)]);
+    let request = echo_request(1, 1, &[7u8; 2000]);
+    let frags = fragments(&request, 1, 0x0202, 1480);
+    assert!(exchange(&mut st, &mut dev, t0, &frags[1..]).is_empty());
+    assert_eq!(st.reassembly().in_progress(), 1);
+    let out = exchange(
+        &mut st,
+        &mut dev,
+        t0 + std::time::Duration::from_secs(30),
+        &[],
+    );
+    assert!(
+        out.iter().all(|f| f[12..14] == [0x08, 0x06]),
+        "only the ARP refresh, no ICMP error: {out:02x?}"
+    );
+    assert_eq!(st.reassembly().in_progress(), 0);
+    assert_eq!(st.reassembly().stats().timeouts, 1);
+    assert_eq!(st.stats().drops_of(DropReason::Ipv4FragTimeout), 1);
+}

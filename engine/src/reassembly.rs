@@ -13,7 +13,9 @@
 //!
 //! Buffers stay with their slots once grown, so a worker that reassembles now and then stops
 //! allocating after its first datagrams; fragments are not on the fast path (TCP avoids them with
-//! its MSS and DF).
+//! its MSS and DF). The room they keep counts against the same byte budget: a slot that needs
+//! more takes it from the buffers idle slots keep, so what the slots hold in all never passes
+//! `max_bytes`, however fragments cycle through them.
 
 use crate::time::Instant;
 use core::net::Ipv4Addr;
@@ -110,6 +112,8 @@ struct Slot {
     deadline: Instant,
     head: [u8; HEAD],
     head_len: usize,
+    /// The first fragment's IPv4 header length (0 until it has come).
+    header_len: usize,
 }
 
 impl Slot {
@@ -122,6 +126,7 @@ impl Slot {
             deadline: Instant::MAX,
             head: [0; HEAD],
             head_len: 0,
+            header_len: 0,
         }
     }
 
@@ -148,6 +153,9 @@ pub struct Reassembler {
     cfg: ReassemblyConfig,
     slots: Vec<Slot>,
     held: usize,
+    /// The room the slots' buffers keep, in progress or idle (lent ones included): at most
+    /// `max_bytes`.
+    reserved: usize,
     active: usize,
     stats: ReassemblyStats,
 }
@@ -160,6 +168,7 @@ impl Reassembler {
             cfg,
             slots,
             held: 0,
+            reserved: 0,
             active: 0,
             stats: ReassemblyStats::default(),
         }
@@ -185,6 +194,55 @@ impl Reassembler {
         self.held
     }
 
+    /// The room the slots' buffers keep (at most `max_bytes`).
+    pub fn reserved_bytes(&self) -> usize {
+        self.reserved
+    }
+
+    /// Makes slot `i`'s buffer at least `end` bytes long, within the budget: doubling when it
+    /// can, exactly when it must, taking idle slots' room back first. False when even that
+    /// does not fit.
+    fn grow(&mut self, i: usize, end: usize) -> bool {
+        let cap = self.slots[i].data.capacity();
+        if end > cap {
+            let budget = self.cfg.max_bytes;
+            // Doubling up to a slot's share of the budget, a quarter more at a time beyond it
+            // (large datagrams are rare; their slack stays small).
+            let share = self.share();
+            let step = if end <= share {
+                cap.saturating_mul(2).min(share)
+            } else {
+                cap + cap / 4
+            };
+            let want = end.max(step).min(MAX_PAYLOAD + 60);
+            let mut room = budget.saturating_sub(self.reserved - cap);
+            if room < end {
+                for (k, idle) in self.slots.iter_mut().enumerate() {
+                    if k != i && idle.key.is_none() && idle.data.capacity() > 0 {
+                        self.reserved -= idle.data.capacity();
+                        idle.data = Vec::new();
+                        room = budget.saturating_sub(self.reserved - cap);
+                        if room >= end {
+                            break;
+                        }
+                    }
+                }
+            }
+            if room < end {
+                return false;
+            }
+            let s = &mut self.slots[i];
+            let len = s.data.len();
+            s.data.reserve_exact(want.min(room) - len);
+            self.reserved = self.reserved - cap + s.data.capacity();
+        }
+        let s = &mut self.slots[i];
+        if end > s.data.len() {
+            s.data.resize(end, 0);
+        }
+        true
+    }
+
     fn find(&self, key: &FragKey) -> Option<usize> {
         if self.active == 0 {
             return None;
@@ -192,17 +250,29 @@ impl Reassembler {
         self.slots.iter().position(|s| s.key.as_ref() == Some(key))
     }
 
+    /// A slot's share of the byte budget: the most room an idle slot keeps.
+    fn share(&self) -> usize {
+        self.cfg.max_bytes / self.slots.len().max(1)
+    }
+
     fn free(&mut self, i: usize) {
+        let share = self.share();
         let s = &mut self.slots[i];
         if s.key.take().is_some() {
             self.active -= 1;
         }
         self.held -= s.data.len();
+        if s.data.capacity() > share {
+            // More than its share: the room goes back to the budget.
+            self.reserved -= s.data.capacity();
+            s.data = Vec::new();
+        }
         s.data.clear();
         s.ranges.clear();
         s.total = None;
         s.deadline = Instant::MAX;
         s.head_len = 0;
+        s.header_len = 0;
     }
 
     fn discard(&mut self, i: usize, why: FragDrop) -> FragDrop {
@@ -258,19 +328,31 @@ impl Reassembler {
         if s.ranges.get(pos) == Some(&(start, end)) {
             return Err(FragDrop::Duplicate);
         }
+        // The whole datagram, header included, must fit IPv4's 65,535 bytes (a first fragment
+        // with options leaves less room for the payload than MAX_PAYLOAD).
+        let header_len = if start == 0 {
+            header.len()
+        } else {
+            s.header_len
+        }
+        .max(20);
+        let top = s.ranges.last().map_or(end, |r| r.1.max(end));
+        if top as usize + header_len > 65_535 {
+            return Err(self.discard(i, FragDrop::Malformed));
+        }
         let overlaps_prev = pos > 0 && s.ranges[pos - 1].1 > start;
         let overlaps_next = s.ranges.get(pos).is_some_and(|r| r.0 < end);
         if overlaps_prev || overlaps_next {
             return Err(self.discard(i, FragDrop::Overlap));
         }
         let grow = (end as usize).saturating_sub(s.data.len());
-        if s.ranges.len() >= MAX_FRAGMENTS || self.held + grow > self.cfg.max_bytes {
+        if s.ranges.len() >= MAX_FRAGMENTS
+            || self.held + grow > self.cfg.max_bytes
+            || !self.grow(i, end as usize)
+        {
             return Err(self.discard(i, FragDrop::Memory));
         }
         let s = &mut self.slots[i];
-        if grow > 0 {
-            s.data.resize(end as usize, 0);
-        }
         self.held += grow;
         s.data[start as usize..end as usize].copy_from_slice(payload);
         s.ranges.insert(pos, (start, end));
@@ -278,6 +360,7 @@ impl Reassembler {
             s.total = Some(end);
         }
         if start == 0 {
+            s.header_len = header.len();
             let n = header.len().min(60);
             s.head[..n].copy_from_slice(&header[..n]);
             let m = payload.len().min(8).min(HEAD - n);
@@ -299,6 +382,8 @@ impl Reassembler {
     pub fn take(&mut self, slot: usize) -> (FragKey, [u8; HEAD], usize, Vec<u8>) {
         let s = &mut self.slots[slot];
         let key = s.key.expect("a complete datagram's slot");
+        // Lent: off the room count until it comes back.
+        self.reserved -= s.data.capacity();
         (key, s.head, s.head_len, core::mem::take(&mut s.data))
     }
 
@@ -308,6 +393,7 @@ impl Reassembler {
         let held = buf.len();
         buf.clear();
         let s = &mut self.slots[slot];
+        self.reserved += buf.capacity();
         s.data = buf;
         // `free` takes the slot's (now empty) data off `held`: take the lent bytes off here.
         self.held -= held;

@@ -1023,8 +1023,8 @@ impl Stack {
             &mut self.error_limit,
             &mut self.stats,
         );
+        let timeouts = self.reasm.stats().timeouts;
         self.reasm.handle_timeout(now, |e| {
-            stats.drop(DropReason::Ipv4FragTimeout);
             let Some(limit) = limit.as_mut() else { return };
             if queue.len() >= ICMP_QUEUE || !limit.allow(now) {
                 stats.drop(DropReason::IcmpErrorRateLimited);
@@ -1041,6 +1041,10 @@ impl Stack {
                 quote,
             });
         });
+        // Every datagram that timed out, whether its first fragment had come or not.
+        for _ in timeouts..self.reasm.stats().timeouts {
+            self.stats.drop(DropReason::Ipv4FragTimeout);
+        }
         if let Some(d) = self.dns.as_mut() {
             d.handle_timeout(now);
         }

@@ -304,6 +304,7 @@ fn random_fragments_keep_every_bound() {
                 r.give_back(slot, buf);
             }
             assert!(r.held_bytes() <= cfg.max_bytes);
+            assert!(r.reserved_bytes() <= cfg.max_bytes);
             assert!(r.in_progress() <= cfg.max_datagrams);
         }
         if !mutated && pieces.len() <= MAX_FRAGMENTS {
@@ -325,4 +326,100 @@ fn disabled_with_no_slots() {
         ..ReassemblyConfig::default()
     });
     assert!(!r.enabled());
+}
+
+/// The room idle slots keep counts against `max_bytes`: fragments that reach far (offset
+/// 65,000) cycled through every slot, each datagram then discarded, leave no slot holding
+/// 64 KiB for nothing; the next slot that needs room takes it back from them.
+#[test]
+fn max_bytes_bounds_the_room_idle_slots_keep() {
+    let cfg = ReassemblyConfig {
+        max_datagrams: 8,
+        max_bytes: 70_000,
+        ..Default::default()
+    };
+    let mut r = Reassembler::new(cfg);
+    let small = [0u8; 8];
+    for k in 0..8u16 {
+        assert_eq!(
+            r.handle(t(0), key(100 + k), 0, true, &small, &HEADER),
+            Ok(None)
+        );
+    }
+    for k in 0..8u16 {
+        // Slot k freed (an overlap discards its datagram), taken by a datagram reaching
+        // offset 65,000, discarded in turn, then refilled: the next round lands on slot k+1.
+        assert_eq!(
+            r.handle(t(0), key(100 + k), 0, true, &[1u8; 16], &HEADER),
+            Err(FragDrop::Overlap)
+        );
+        assert_eq!(
+            r.handle(t(0), key(200 + k), 65_000, true, &small, &HEADER),
+            Ok(None)
+        );
+        assert_eq!(
+            r.handle(t(0), key(200 + k), 64_992, true, &[1u8; 16], &HEADER),
+            Err(FragDrop::Overlap)
+        );
+        assert_eq!(
+            r.handle(t(0), key(100 + k), 0, true, &small, &HEADER),
+            Ok(None)
+        );
+        let kept: usize = r.slots.iter().map(|s| s.data.capacity()).sum();
+        assert!(kept <= 70_000, "round {k}: the slots keep {kept} bytes");
+        assert_eq!(kept, r.reserved_bytes(), "round {k}");
+    }
+    // Once the eight time out, a whole datagram of 60,000 bytes fits (the room comes back
+    // from the idle slots).
+    r.handle_timeout(t(30_000), |_| {});
+    assert_eq!(r.in_progress(), 0);
+    let data = payload(60_000);
+    let mut last = Ok(None);
+    for (off, len, more) in split(60_000, 1480) {
+        last = r.handle(t(30_001), key(7), off, more, &data[off..off + len], &HEADER);
+    }
+    let slot = last.unwrap().expect("whole");
+    let (_, _, _, buf) = r.take(slot);
+    assert_eq!(buf, data);
+    r.give_back(slot, buf);
+    assert!(r.reserved_bytes() <= 70_000);
+}
+
+/// A first fragment with options (a 60-byte header) leaves 65,475 bytes for the payload: a
+/// datagram reaching 65,515 would be 65,575 bytes long (the "ping of death") and is discarded,
+/// whichever fragment shows it, the first or the last.
+#[test]
+fn a_datagram_longer_than_65535_bytes_with_its_header_is_discarded() {
+    let mut h = [0u8; 60];
+    h[..20].copy_from_slice(&HEADER);
+    h[0] = 0x4f;
+    let cfg = ReassemblyConfig {
+        max_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let data = payload(65_515);
+    for first_last in [false, true] {
+        let mut r = Reassembler::new(cfg.clone());
+        let mut pieces = split(65_515, 1480);
+        if first_last {
+            pieces.rotate_left(1);
+        }
+        let mut verdicts = Vec::new();
+        for (off, len, more) in pieces {
+            let hdr: &[u8] = if off == 0 { &h } else { &HEADER };
+            verdicts.push(r.handle(t(0), key(9), off, more, &data[off..off + len], hdr));
+        }
+        assert!(
+            verdicts.contains(&Err(FragDrop::Malformed)),
+            "first fragment last: {first_last}: {verdicts:?}"
+        );
+        assert!(!verdicts.iter().any(|v| matches!(v, Ok(Some(_)))));
+        // With a 20-byte header the same payload is a legal 65,535-byte datagram.
+        let mut r = Reassembler::new(cfg.clone());
+        let mut last = Ok(None);
+        for (off, len, more) in split(65_515, 1480) {
+            last = r.handle(t(0), key(9), off, more, &data[off..off + len], &HEADER);
+        }
+        assert!(matches!(last, Ok(Some(_))), "{last:?}");
+    }
 }
