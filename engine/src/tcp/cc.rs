@@ -297,12 +297,15 @@ impl Cc {
         self.acc = 0;
     }
 
-    /// A retransmission timeout: loss as above, then one segment (RFC 5681 §3.1).
-    pub(crate) fn on_rto(&mut self, flight: u32) {
+    /// A retransmission timeout: loss as above, then one segment (RFC 5681 §3.1). When the
+    /// segment was already resent by the timer (`repeated`), ssthresh is held constant.
+    pub(crate) fn on_rto(&mut self, flight: u32, repeated: bool) {
         if let Some(b) = &mut self.bbr {
             b.on_rto(self.cwnd, flight);
         }
-        self.on_loss(flight);
+        if !repeated {
+            self.on_loss(flight);
+        }
         self.cwnd = self.mss;
     }
 
@@ -379,7 +382,7 @@ mod tests {
         assert_eq!(c.cwnd, 6500);
         c.on_ack(Instant::ZERO, 1000, 0);
         assert_eq!(c.cwnd, 7500);
-        c.on_rto(7500);
+        c.on_rto(7500, false);
         assert_eq!((c.cwnd, c.ssthresh), (1000, 3750));
         // Slow start after a loss: ABC caps at 2 SMSS (RFC 3465).
         c.on_ack(Instant::ZERO, 5000, 0);
@@ -476,7 +479,7 @@ mod tests {
         // does (RFC 9406 §4.3): a queue that builds does not end it earlier.
         let mut c = Cc::new(Congestion::Cubic, 1000, 10);
         c.cwnd = 200_000;
-        c.on_rto(200_000);
+        c.on_rto(200_000, false);
         let ssthresh = c.ssthresh;
         assert_eq!((c.cwnd, ssthresh), (1000, 140_000));
         let rounds = slow_start_rounds(&mut c, 40, |r| 10_000 + 10_000 * r as u64);

@@ -145,6 +145,9 @@ pub(crate) struct Conn {
     pub(crate) rto_us: u64,
     pub(crate) have_rtt: bool,
     pub(crate) backoff: u32,
+    /// SND.UNA when the retransmission timer last fired (a further timeout of the same
+    /// segment holds ssthresh).
+    pub(crate) rto_una: u32,
     pub(crate) retries: u32,
     pub(crate) rtt_seq: u32,
     pub(crate) rtt_at: Option<Instant>,
@@ -263,6 +266,7 @@ impl Default for Conn {
             rto_us: 1_000_000,
             have_rtt: false,
             backoff: 0,
+            rto_una: 0,
             retries: 0,
             rtt_seq: 0,
             rtt_at: None,
@@ -364,6 +368,7 @@ impl Conn {
         ts_offset: u32,
     ) {
         self.recover = self.iss;
+        self.high_rxt = self.iss;
         self.irs = seg.seq;
         self.rcv_nxt = seg.seq.wrapping_add(1);
         self.rcv_adv = self.rcv_nxt;
@@ -384,6 +389,7 @@ impl Conn {
     pub(crate) fn open_active(&mut self, _cfg: &TcpConfig, _now: Instant, ts_offset: u32) {
         // RFC 6582 §3.2: `recover` starts at the initial send sequence number.
         self.recover = self.iss;
+        self.high_rxt = self.iss;
         self.ts_offset = ts_offset;
     }
 
@@ -404,6 +410,7 @@ impl Conn {
         ts_offset: u32,
     ) {
         self.recover = self.iss;
+        self.high_rxt = self.iss;
         self.irs = seg.seq.wrapping_sub(1);
         self.rcv_nxt = seg.seq;
         self.ws_ok = cfg.window_scale && peer_ws.is_some();
@@ -673,7 +680,13 @@ impl Conn {
 
         // Timestamps: remember the peer's clock (RFC 7323 §4.3).
         if let (true, Some(ts)) = (self.ts_ok, seg.options.timestamps) {
-            if seq::ge(ts.val, self.ts_recent) && seq::le(seg.seq, self.last_ack_sent) {
+            // After 24 days idle TS.Recent is no longer valid (RFC 7323 §5.5): the next
+            // TSval replaces it, whatever its value.
+            let stale = now
+                .as_micros()
+                .saturating_sub(self.ts_recent_at.as_micros())
+                >= PAWS_IDLE_US;
+            if (stale || seq::ge(ts.val, self.ts_recent)) && seq::le(seg.seq, self.last_ack_sent) {
                 self.ts_recent = ts.val;
                 self.ts_recent_at = now;
             }
@@ -834,7 +847,12 @@ impl Conn {
             }
             self.sacked.advance(ack);
             self.retries = 0;
-            self.backoff = 0;
+            // Outside recovery `recover` follows SND.UNA, so that after 2 GiB without a loss
+            // it does not read as ahead of every ACK (serial arithmetic), which would keep
+            // fast retransmit from ever starting again.
+            if !self.in_recovery && seq::gt(ack, self.recover) {
+                self.recover = ack;
+            }
             // RTT: from the timestamp echo, else from the timed segment (Karn's rule).
             let mut sampled = false;
             let mut ack_rtt = None;
@@ -860,6 +878,11 @@ impl Conn {
                         ack_rtt = Some(r);
                     }
                 }
+            }
+            // Karn (RFC 6298 §5): the backed-off RTO stays until a valid RTT sample (an ACK of
+            // retransmitted data alone gives none).
+            if ack_rtt.is_some() {
+                self.backoff = 0;
             }
             // Without timestamps, the latest segment this ACK covers gives the sample.
             let sent_rtt = if self.ts_ok {
@@ -1420,10 +1443,13 @@ impl Conn {
                 env.stats.rto_fired += 1;
                 // The resend goes at once (pacing resumes from it).
                 self.pace_at = Instant::ZERO;
+                // SND.UNA already resent by the timer: ssthresh is held (RFC 5681 §3.1).
+                let repeated = self.backoff > 0 && self.rto_una == self.snd_una;
+                self.rto_una = self.snd_una;
                 self.backoff = (self.backoff + 1).min(20);
                 if !handshake {
                     let flight = self.snd_max.wrapping_sub(self.snd_una);
-                    self.cc.on_rto(flight);
+                    self.cc.on_rto(flight, repeated);
                 }
                 self.in_recovery = false;
                 self.dupacks = 0;
@@ -1439,6 +1465,12 @@ impl Conn {
                 self.high_rxt = self.snd_una;
                 self.rtt_at = None;
                 self.snd_nxt = if handshake { self.iss } else { self.snd_una };
+                if !handshake && self.snd_wnd == 0 {
+                    // The window shrank to zero over data in flight: the resend cannot go, and
+                    // nothing would re-arm a timer. Probe it as a closed window (RFC 9293
+                    // §3.8.6.1), so the persist timeout bounds how long the peer can hold us.
+                    self.arm_persist(env.cfg, now);
+                }
             }
         }
         if self.ka_at <= now {

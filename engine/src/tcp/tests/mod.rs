@@ -10,6 +10,7 @@ mod interop;
 mod options;
 mod passive;
 mod probes;
+mod recovery_timers;
 mod reliability;
 mod security;
 

@@ -78,12 +78,35 @@ fn test_established_rto_retransmit_with_backoff() {
     recv!(t, time 1400, data);
     assert_eq!(t.tcp.stats().retransmits, 3);
     assert_eq!(t.tcp.stats().rto_fired, 3);
-    // The ACK ends it; backoff resets.
+    // The ACK ends it, but an ACK of retransmitted data gives no RTT sample: the backoff
+    // stays (Karn, RFC 6298 §5) until new data is acknowledged with one.
     send!(
         t,
         TcpRepr {
             seq: REMOTE_SEQ + 1,
             ack: LOCAL_SEQ + 4,
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(t.tcp.conns[c.index() as usize].backoff, 3);
+    t.tcp.send(c, b"d").unwrap();
+    recv!(
+        t,
+        time 1500,
+        TcpRepr {
+            flags: ACK | PSH,
+            seq: LOCAL_SEQ + 4,
+            ack: REMOTE_SEQ + 1,
+            payload: b"d",
+            ..RECV_TEMPL
+        }
+    );
+    send!(
+        t,
+        time 1510,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 5,
             ..SEND_TEMPL
         }
     );

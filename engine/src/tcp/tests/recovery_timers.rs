@@ -1,0 +1,384 @@
+//! Loss recovery and timers at their edges: a window shrunk over data in flight, `recover`
+//! after 2 GiB, Karn's backoff, a repeated timeout, `high_rxt` of a
+//! fresh connection, TS.Recent after 24 days. Each test failed before its fix (found by a
+//! read-only review).
+
+use super::*;
+
+fn count_sent(t: &mut T) -> usize {
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    while t.recv(&mut buf).is_some() {
+        n += 1;
+    }
+    n
+}
+
+/// The peer shrinks its window to zero while data is in flight, then stays silent. The RTO
+/// fires, pulls SND.NXT back and finds the window shut: the connection must go on probing (the
+/// persist timer), not sit with no timer at all (it did: neither max_retries nor
+/// persist_timeout_ms ever reclaimed it).
+#[test]
+fn zero_window_over_data_in_flight_keeps_a_timer() {
+    let (mut t, c) = tcp_established();
+    t.tcp.set_nodelay(c, true).unwrap();
+    t.tcp.send(c, b"abcdef").unwrap();
+    assert_eq!(count_sent(&mut t), 1);
+    // The peer takes "abc" and closes its window (shrinking it over "def").
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 4,
+            window: 0,
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(count_sent(&mut t), 0);
+    let mut sent = 0;
+    for ms in (100..300_000).step_by(100) {
+        t.at(ms);
+        sent += count_sent(&mut t);
+    }
+    let closed = t.tcp.state(c).is_none();
+    assert!(
+        sent > 0 || closed,
+        "five minutes with a shut window and data in flight: {sent} segments sent, \
+         state {:?}, next timer {:?}",
+        t.tcp.state(c),
+        t.tcp.poll_timeout()
+    );
+}
+
+/// RFC 5681 §3.1: when the segment the timer resends has already been resent by the timer,
+/// ssthresh is held constant. (CUBIC computed it again from the one-segment window.)
+#[test]
+fn second_rto_of_the_same_segment_keeps_ssthresh() {
+    let cf = TcpConfig {
+        send_buf: 4096,
+        congestion: Congestion::Cubic,
+        ..cfg()
+    };
+    let mut t = tcp_listen_with(cf);
+    send!(
+        t,
+        TcpRepr {
+            options: TcpOptions {
+                mss: Some(100),
+                ..TcpOptions::NONE
+            },
+            window: 4096,
+            ..syn()
+        }
+    );
+    count_sent(&mut t);
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            window: 4096,
+            ..SEND_TEMPL
+        }
+    );
+    let Some(Event::Accepted { conn: c, .. }) = t.tcp.poll_event() else {
+        panic!()
+    };
+    t.tcp.set_nodelay(c, true).unwrap();
+    t.tcp.send(c, &[7u8; 1000]).unwrap();
+    assert_eq!(count_sent(&mut t), 10);
+    t.at(200);
+    assert_eq!(count_sent(&mut t), 1, "first RTO");
+    let first = t.tcp.conns[c.index() as usize].cc.ssthresh;
+    t.at(600);
+    assert_eq!(count_sent(&mut t), 1, "second RTO");
+    let second = t.tcp.conns[c.index() as usize].cc.ssthresh;
+    assert_eq!(
+        second, first,
+        "ssthresh after the 2nd RTO of the same segment"
+    );
+}
+
+/// After 2^31 bytes without a loss, `SND.UNA >= recover` must still hold: three duplicate ACKs
+/// start fast retransmit (when `recover` only moved at recoveries and timeouts, serial
+/// arithmetic read it as ahead and the loss waited for the RTO). Simulated by putting
+/// `recover` 2^31 − 150 bytes behind SND.UNA, as near the end of a 2 GiB loss-free transfer:
+/// two ACKs of 100 bytes then take SND.UNA across the 2^31 mark.
+#[test]
+fn recover_follows_snd_una_past_2_gib() {
+    let cf = TcpConfig {
+        send_buf: 4096,
+        congestion: Congestion::NewReno,
+        ..cfg()
+    };
+    let mut t = tcp_listen_with(cf);
+    send!(
+        t,
+        TcpRepr {
+            options: TcpOptions {
+                mss: Some(100),
+                ..TcpOptions::NONE
+            },
+            window: 4096,
+            ..syn()
+        }
+    );
+    count_sent(&mut t);
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            window: 4096,
+            ..SEND_TEMPL
+        }
+    );
+    let Some(Event::Accepted { conn: c, .. }) = t.tcp.poll_event() else {
+        panic!()
+    };
+    t.tcp.set_nodelay(c, true).unwrap();
+    {
+        let k = &mut t.tcp.conns[c.index() as usize];
+        k.recover = k.snd_una.wrapping_sub(0x8000_0000 - 150);
+    }
+    t.tcp.send(c, &[7u8; 500]).unwrap();
+    assert_eq!(count_sent(&mut t), 5);
+    let ack = |n: u32| TcpRepr {
+        seq: REMOTE_SEQ + 1,
+        ack: LOCAL_SEQ + 1 + n,
+        window: 4096,
+        ..SEND_TEMPL
+    };
+    // The second ACK takes SND.UNA 2^31 + 50 bytes past where `recover` was.
+    send!(t, ack(100));
+    send!(t, ack(200));
+    count_sent(&mut t);
+    for _ in 0..3 {
+        send!(t, ack(200));
+    }
+    assert_eq!(t.tcp.stats().fast_retransmits, 1, "three duplicate ACKs");
+}
+
+#[test]
+fn three_dupacks_start_fast_retransmit_with_a_fresh_recover() {
+    let cf = TcpConfig {
+        send_buf: 4096,
+        congestion: Congestion::NewReno,
+        ..cfg()
+    };
+    let mut t = tcp_listen_with(cf);
+    send!(
+        t,
+        TcpRepr {
+            options: TcpOptions {
+                mss: Some(100),
+                ..TcpOptions::NONE
+            },
+            window: 4096,
+            ..syn()
+        }
+    );
+    count_sent(&mut t);
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            window: 4096,
+            ..SEND_TEMPL
+        }
+    );
+    let Some(Event::Accepted { conn: c, .. }) = t.tcp.poll_event() else {
+        panic!()
+    };
+    t.tcp.set_nodelay(c, true).unwrap();
+    t.tcp.send(c, &[7u8; 500]).unwrap();
+    assert_eq!(count_sent(&mut t), 5);
+    let ack = |n: u32| TcpRepr {
+        seq: REMOTE_SEQ + 1,
+        ack: LOCAL_SEQ + 1 + n,
+        window: 4096,
+        ..SEND_TEMPL
+    };
+    send!(t, ack(100));
+    count_sent(&mut t);
+    for _ in 0..3 {
+        send!(t, ack(100));
+    }
+    assert_eq!(t.tcp.stats().fast_retransmits, 1, "three duplicate ACKs");
+}
+
+#[test]
+fn zero_window_with_nothing_acked_keeps_a_timer() {
+    let (mut t, c) = tcp_established();
+    t.tcp.set_nodelay(c, true).unwrap();
+    t.tcp.send(c, b"abcdef").unwrap();
+    assert_eq!(count_sent(&mut t), 1);
+    // The peer takes "abc" and closes its window (shrinking it over "def").
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            window: 0,
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(count_sent(&mut t), 0);
+    let mut sent = 0;
+    for ms in (100..300_000).step_by(100) {
+        t.at(ms);
+        sent += count_sent(&mut t);
+    }
+    let closed = t.tcp.state(c).is_none();
+    assert!(
+        sent > 0 || closed,
+        "five minutes with a shut window and data in flight: {sent} segments sent, \
+         state {:?}, next timer {:?}",
+        t.tcp.state(c),
+        t.tcp.poll_timeout()
+    );
+}
+
+/// RFC 7323 §5.5: after more than 24 days idle TS.Recent is invalid; the next segment's TSval
+/// is accepted and becomes TS.Recent, even when the peer's clock moved by 2^31 ms or more
+/// (the update rule wanted TSval >= TS.Recent, so TSecr went on echoing a 25-day-old value).
+#[test]
+fn ts_recent_replaced_after_24_days_idle() {
+    let cf = TcpConfig {
+        timestamps: true,
+        ..cfg()
+    };
+    let mut t = tcp_listen_with(cf);
+    let ts = |val: u32, ecr: u32| TcpOptions {
+        timestamps: Some(Timestamps { val, ecr }),
+        ..TcpOptions::NONE
+    };
+    send!(
+        t,
+        TcpRepr {
+            options: TcpOptions {
+                mss: Some(1460),
+                timestamps: Some(Timestamps { val: 1000, ecr: 0 }),
+                ..TcpOptions::NONE
+            },
+            ..syn()
+        }
+    );
+    count_sent(&mut t);
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            options: ts(1001, 0),
+            ..SEND_TEMPL
+        }
+    );
+    let Some(Event::Accepted { conn: c, .. }) = t.tcp.poll_event() else {
+        panic!()
+    };
+    // 25 days later the peer (1 ms clock) sends data.
+    let day_ms = 24 * 3600 * 1000u64;
+    let later = 1001u32.wrapping_add((25 * day_ms) as u32);
+    send!(
+        t,
+        time 25 * day_ms,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            options: ts(later, 0),
+            payload: b"hi",
+            ..SEND_TEMPL
+        }
+    );
+    let mut buf = [0u8; 2048];
+    let echo = t.recv(&mut buf).unwrap().options.timestamps.unwrap().ecr;
+    assert_eq!(t.tcp.recv_available(c), Ok(2));
+    assert_eq!(echo, later, "TSecr of the ACK");
+}
+
+/// RFC 6298 §5 / Karn: the backed-off RTO is kept until a valid RTT sample. Without
+/// timestamps, an ACK that covers only retransmitted data gives no sample and must not clear
+/// the backoff: after the path's RTT grew past the RTO, every new segment timed out
+/// spuriously again (cwnd back to one segment each time).
+#[test]
+fn karn_keeps_backoff_until_a_valid_sample() {
+    let (mut t, c) = tcp_established(); // RTT 0 in the handshake: RTO 200 ms
+    t.tcp.set_nodelay(c, true).unwrap();
+    t.tcp.send(c, b"abc").unwrap();
+    assert_eq!(count_sent(&mut t), 1);
+    t.at(200);
+    assert_eq!(count_sent(&mut t), 1, "first RTO (the RTT is now 300 ms)");
+    send!(
+        t,
+        time 300,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 4,
+            ..SEND_TEMPL
+        }
+    );
+    t.tcp.send(c, b"def").unwrap();
+    assert_eq!(count_sent(&mut t), 1);
+    for ms in 301..600 {
+        t.at(ms);
+        count_sent(&mut t);
+    }
+    send!(
+        t,
+        time 600,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 7,
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(t.tcp.stats().rto_fired, 1, "spurious second timeout");
+}
+
+/// `high_rxt` starts at the ISS. (It started at 0: with an ISS in the upper half of the
+/// sequence space, 0 read as ahead of SND.MAX and `pipe()`, BBR's inflight outside recovery,
+/// counted every unSACKed byte twice until the first recovery.)
+#[test]
+fn pipe_of_a_fresh_connection_is_its_flight() {
+    let mut t = tcp_listen_with(TcpConfig {
+        sack: true,
+        send_buf: 4096,
+        congestion: Congestion::Bbr,
+        ..cfg()
+    });
+    t.tcp.test_isn = Some(0x9000_0000);
+    send!(
+        t,
+        TcpRepr {
+            window: 4096,
+            options: TcpOptions {
+                mss: Some(100),
+                sack_permitted: true,
+                ..TcpOptions::NONE
+            },
+            ..syn()
+        }
+    );
+    count_sent(&mut t);
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: 0x9000_0001,
+            window: 4096,
+            ..SEND_TEMPL
+        }
+    );
+    let Some(Event::Accepted { conn: c, .. }) = t.tcp.poll_event() else {
+        panic!()
+    };
+    t.tcp.set_nodelay(c, true).unwrap();
+    t.tcp.send(c, &[1u8; 500]).unwrap();
+    count_sent(&mut t);
+    let k = &t.tcp.conns[c.index() as usize];
+    let flight = k.snd_max.wrapping_sub(k.snd_una);
+    assert!(flight > 0);
+    assert_eq!(k.pipe(), flight, "high_rxt = {:#x}", k.high_rxt);
+}
