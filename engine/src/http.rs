@@ -287,6 +287,8 @@ pub struct HttpConn {
     http10: bool,
     keep_alive: bool,
     content_length: u64,
+    /// A Content-Length field was seen in this request.
+    content_length_seen: bool,
     status: u16,
     /// The response head being sent, its body, and how much of head+body is already queued.
     resp_head: [u8; 256],
@@ -325,6 +327,7 @@ impl HttpConn {
             http10: false,
             keep_alive: true,
             content_length: 0,
+            content_length_seen: false,
             status: 0,
             resp_head: [0; 256],
             resp_head_len: 0,
@@ -358,6 +361,7 @@ impl HttpConn {
         self.head_len = 0;
         self.path_len = 0;
         self.content_length = 0;
+        self.content_length_seen = false;
         self.status = 0;
         self.keep_alive = true;
         self.http10 = false;
@@ -440,6 +444,12 @@ impl HttpConn {
             return self.fail(400);
         };
         let name = &line[..colon];
+        // RFC 9112 §5.1: no whitespace between the name and the colon (nor a folded line,
+        // §5.2, which starts with it): answered 400, so that a proxy in front cannot read
+        // the field differently.
+        if name.is_empty() || name.iter().any(|b| b.is_ascii_whitespace()) {
+            return self.fail(400);
+        }
         let value = trim(&line[colon + 1..]);
         if name.eq_ignore_ascii_case(b"content-length") {
             if self.line_overflow {
@@ -448,6 +458,12 @@ impl HttpConn {
             let Some(n) = parse_u64(value) else {
                 return self.fail(400);
             };
+            // RFC 9112 §6.3: Content-Length fields that disagree make the framing unknowable
+            // (request smuggling): 400. Repeats of the same value are accepted.
+            if self.content_length_seen && n != self.content_length {
+                return self.fail(400);
+            }
+            self.content_length_seen = true;
             self.content_length = n;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Chunked request bodies are not supported by this responder.
@@ -1015,5 +1031,39 @@ mod tests {
         assert!(e.contains("missing") && e.contains("--root"), "{e}");
         std::fs::remove_dir_all(&root).unwrap();
         std::fs::remove_file(&outside).unwrap();
+    }
+
+    /// RFC 9112 §6.3: Content-Length fields that disagree are answered 400 and the rest is not
+    /// served as a pipelined request (request smuggling); the same value twice is accepted.
+    #[test]
+    fn conflicting_content_lengths_are_rejected() {
+        let r = exchange(
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 22\r\nContent-Length: 0\r\n\r\nGET /index.html HTTP/1.1\r\n\r\n",
+            &page(),
+            0,
+            0,
+        );
+        let codes: Vec<u16> = r.iter().map(|x| x.0).collect();
+        assert_eq!(codes, [400]);
+        let r = exchange(
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            &page(),
+            0,
+            0,
+        );
+        assert_eq!(r.iter().map(|x| x.0).collect::<Vec<u16>>(), [200]);
+    }
+
+    /// RFC 9112 §5.1 and §5.2: whitespace before the colon, or a folded line, is answered 400.
+    #[test]
+    fn whitespace_in_a_field_name_or_a_folded_line_is_rejected() {
+        for req in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length : 27\r\n\r\nGET /index.html HTTP/1.1\r\n\r\n"[..],
+            &b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\r\n c: d\r\n\r\n"[..],
+        ] {
+            let r = exchange(req, &page(), 0, 0);
+            let codes: Vec<u16> = r.iter().map(|x| x.0).collect();
+            assert_eq!(codes, [400], "{}", String::from_utf8_lossy(req));
+        }
     }
 }
