@@ -74,6 +74,17 @@ enum State {
     Stale(Instant),
 }
 
+/// True when an entry has outlived what its state allows: stale past its lifetime, or reachable
+/// past its reachable time plus the stale lifetime `stale` without ever being used (a lookup is
+/// what turns a reachable entry stale).
+fn expired(state: State, now: Instant, stale: Duration) -> bool {
+    match state {
+        State::Stale(until) => until <= now,
+        State::Reachable(until) => until + stale <= now,
+        State::Incomplete => false,
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     mac: Mac,
@@ -339,12 +350,22 @@ impl NeighborCache {
         }
     }
 
-    /// Frees one stale entry past its lifetime, if any (rare path: the cache is full).
+    /// Frees one entry (rare path: the cache is full): an expired one if any, else one past its
+    /// reachable time (stale, or reachable but unconfirmed since); never one being resolved or
+    /// still confirmed.
     fn evict_one(&mut self, now: Instant) -> bool {
-        let victim = self.entries.iter().find_map(|(ip, e)| match e.state {
-            State::Stale(until) if until <= now => Some(*ip),
-            _ => None,
-        });
+        let victim = self
+            .entries
+            .iter()
+            .find(|(_, e)| expired(e.state, now, Duration::from_secs(self.cfg.stale_secs)))
+            .or_else(|| {
+                self.entries.iter().find(|(_, e)| match e.state {
+                    State::Stale(_) => true,
+                    State::Reachable(until) => until <= now,
+                    State::Incomplete => false,
+                })
+            })
+            .map(|(ip, _)| *ip);
         match victim {
             Some(ip) => {
                 self.entries.remove(&ip);
@@ -551,6 +572,7 @@ impl NeighborCache {
         let mut n = 0;
         let mut forget: [Ipv4Addr; 16] = [Ipv4Addr::UNSPECIFIED; 16];
         let mut f = 0;
+        let stale = Duration::from_secs(self.cfg.stale_secs);
         for (ip, e) in self.entries.iter_mut() {
             if let Some(at) = e.probe_at {
                 if at <= now {
@@ -573,11 +595,9 @@ impl NeighborCache {
                         self.requests.push_back(*ip);
                     }
                 }
-            } else if let State::Stale(until) = e.state {
-                if until <= now && f < forget.len() {
-                    forget[f] = *ip;
-                    f += 1;
-                }
+            } else if f < forget.len() && expired(e.state, now, stale) {
+                forget[f] = *ip;
+                f += 1;
             }
         }
         for ip in &give_up[..n] {
@@ -973,5 +993,70 @@ mod tests {
         // A later forged reply on the other worker is refused.
         assert!(!other.learn(t(4), GW, MAC_B, Learn::Reply));
         assert_eq!(other.lookup(t(4), GW), Lookup::Hit(MAC_A));
+    }
+
+    /// Entries that hosts made by asking for us (RFC 826 merge), never used by us since, are
+    /// forgotten once as old as an unused stale entry (reachable + stale lifetime), so they
+    /// cannot fill the cache for good and lock the gateway out. (They stayed for ever: only a
+    /// lookup turned a reachable entry stale.)
+    #[test]
+    fn unused_reachable_entries_expire_and_free_the_cache() {
+        let cfg = ArpConfig {
+            max_entries: 4,
+            ..Default::default()
+        };
+        let mut c = NeighborCache::new(cfg, 7, 64);
+        for i in 1..=4 {
+            assert!(c.learn(
+                t(0),
+                Ipv4Addr::new(198, 18, 0, i),
+                MAC_A,
+                Learn::RequestToUs
+            ));
+        }
+        assert_eq!(
+            c.lookup(t(1), GW),
+            Lookup::Unreachable,
+            "full of fresh entries"
+        );
+        // 30 s reachable + 120 s stale.
+        c.handle_timeout(t(149_999));
+        assert_eq!(c.len(), 4);
+        c.handle_timeout(t(150_000));
+        assert!(c.is_empty());
+        assert_eq!(c.lookup(t(150_001), GW), Lookup::Miss);
+    }
+
+    /// A full cache whose entries are past their reachable time but not yet expired (and whose
+    /// timers have not run) still makes room for a new address: one of them is evicted; fresh
+    /// and incomplete entries never are.
+    #[test]
+    fn a_full_cache_evicts_an_entry_past_its_reachable_time() {
+        let cfg = ArpConfig {
+            max_entries: 3,
+            ..Default::default()
+        };
+        let mut c = NeighborCache::new(cfg, 7, 64);
+        let old = Ipv4Addr::new(198, 18, 0, 7);
+        assert!(c.learn(t(0), old, MAC_A, Learn::RequestToUs));
+        assert_eq!(
+            c.lookup(t(20_000), Ipv4Addr::new(198, 18, 0, 8)),
+            Lookup::Miss
+        );
+        assert!(c.learn(
+            t(20_000),
+            Ipv4Addr::new(198, 18, 0, 9),
+            MAC_B,
+            Learn::RequestToUs
+        ));
+        // At 31 s: `old` is past its reachable time, .8 is being resolved, .9 is fresh.
+        assert_eq!(c.lookup(t(31_000), GW), Lookup::Miss);
+        assert_eq!(c.len(), 3);
+        assert!(!c.entries.contains_key(&old));
+        // Now nothing is evictable.
+        assert_eq!(
+            c.lookup(t(31_001), Ipv4Addr::new(198, 18, 0, 10)),
+            Lookup::Unreachable
+        );
     }
 }
