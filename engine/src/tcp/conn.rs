@@ -1097,6 +1097,11 @@ impl Conn {
             || !self.have_rtt
             || (self.tlp_high.is_some() && !recovery_probe)
             || self.persist
+            // Unlike RFC 8985 §7.2, the probe also runs in RTO recovery, after the timer's
+            // resend: when that resend is lost, the probe repairs it a few SRTTs later instead
+            // of the backed-off RTO. Measured (tests/faults.rs loss matrix, 10% loss): without
+            // it goodput fell 8-46% in six of its eight cells. On a dead path it costs one
+            // segment per backoff round.
             || !(matches!(self.state, State::Established | State::CloseWait)
                 || (recovery_probe
                     && matches!(
