@@ -240,6 +240,18 @@ fn malformed_frames_are_dropped_and_counted_by_reason() {
             DropReason::EthNotForUs,
         ),
         (
+            "ping from the broadcast MAC (the reply would go to the whole link)",
+            with(&good_ping, &|v| v[6..12].copy_from_slice(&[0xff; 6])),
+            DropReason::EthBadSource,
+        ),
+        (
+            "ARP request from a multicast MAC",
+            with(&good_arp, &|v| {
+                v[6..12].copy_from_slice(&[1, 0, 0x5e, 0, 0, 1])
+            }),
+            DropReason::EthBadSource,
+        ),
+        (
             "IPv6 ethertype",
             with(&good_ping, &|v| v[12..14].copy_from_slice(&[0x86, 0xdd])),
             DropReason::EthUnknownType,

@@ -354,6 +354,9 @@ impl Stack {
         if dst != self.mac && !dst.is_broadcast() {
             return Err(DropReason::EthNotForUs);
         }
+        if ethernet::src(frame).is_multicast() {
+            return Err(DropReason::EthBadSource);
+        }
         match ethernet::ethertype(frame) {
             ETHERTYPE_ARP => self.handle_arp(now, frame, len),
             ETHERTYPE_IPV4 => self.handle_ipv4(now, frame, len),

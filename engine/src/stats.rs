@@ -37,6 +37,9 @@ drop_reasons! {
     EthNotForUs => "eth_not_for_us",
     /// EtherType we do not handle (IPv6, VLAN, LLDP…).
     EthUnknownType => "eth_unknown_type",
+    /// Source MAC is a group address (multicast or broadcast): no station sends from one, and
+    /// a reply would go to the whole link.
+    EthBadSource => "eth_bad_source",
     /// ARP shorter than 28 bytes.
     ArpTruncated => "arp_truncated",
     /// ARP hardware type/size is not Ethernet/6.
