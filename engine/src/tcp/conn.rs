@@ -1339,6 +1339,11 @@ impl Conn {
         }
         self.peer_fin = true;
         self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
+        // A FIN taken at a zero window moves RCV.NXT past the right edge: the edge follows,
+        // or the window would read as 2^32 − 1.
+        if seq::lt(self.rcv_adv, self.rcv_nxt) {
+            self.rcv_adv = self.rcv_nxt;
+        }
         self.ack_now = true;
         self.notify |= N_PEER_CLOSED;
         if !self.readable_signaled {

@@ -382,3 +382,50 @@ fn pipe_of_a_fresh_connection_is_its_flight() {
     assert!(flight > 0);
     assert_eq!(k.pipe(), flight, "high_rxt = {:#x}", k.high_rxt);
 }
+
+/// A bare FIN at a zero receive window is taken (RFC 9293 §3.10.7.4 lets a zero-window
+/// receiver accept control at RCV.NXT); the ACK still advertises the full buffer as full. (It
+/// took RCV.NXT past the right edge: the window then read as 2^32 − 1 and we advertised
+/// 65,535 with no room, and segments far ahead became acceptable.)
+#[test]
+fn fin_at_a_zero_window_keeps_the_window_shut() {
+    let (mut t, c) = tcp_established();
+    let data = [9u8; 64];
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            payload: &data,
+            ..SEND_TEMPL
+        }
+    );
+    let mut buf = [0u8; 2048];
+    let ack = t.recv(&mut buf).unwrap();
+    assert_eq!((ack.ack, ack.window), (REMOTE_SEQ + 65, 0));
+    send!(
+        t,
+        TcpRepr {
+            flags: FIN | ACK,
+            seq: REMOTE_SEQ + 65,
+            ack: LOCAL_SEQ + 1,
+            ..SEND_TEMPL
+        }
+    );
+    let ack = t.recv(&mut buf).unwrap();
+    assert_eq!((ack.ack, ack.window), (REMOTE_SEQ + 66, 0), "the FIN's ACK");
+    assert_eq!(t.tcp.state(c), Some(State::CloseWait));
+    // Data far beyond the (shut) window is not acceptable: answered with an ACK, not taken.
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 66 + 30_000,
+            ack: LOCAL_SEQ + 1,
+            payload: b"x",
+            ..SEND_TEMPL
+        }
+    );
+    let ack = t.recv(&mut buf).unwrap();
+    assert_eq!((ack.ack, ack.window), (REMOTE_SEQ + 66, 0));
+    assert_eq!(t.tcp.recv_available(c), Ok(64));
+}
