@@ -422,8 +422,8 @@ fn icmp_echo_flood_is_rate_limited() -> Result<()> {
 /// each UDP one gets port unreachable (or is over the ICMP error rate) and counts
 /// `proto_unreachable`; each ICMP one is refused by its checksum (as many as the script finds
 /// broken) or ignored or answered. Of the second part the reassembly holds exactly its 64
-/// datagrams (64 bytes each) and refuses the other 4,936 `table_full`;
-/// memory must not grow, and the engine must still serve.
+/// datagrams (64 bytes each), each new one evicting the oldest (4,936 counted
+/// `ipv4_frag_evicted`); memory must not grow, and the engine must still serve.
 #[test]
 fn fragment_flood_is_reassembled_within_bounds() -> Result<()> {
     let topo = Topology::builder().kernel_address(false).up()?;
@@ -531,16 +531,17 @@ print('sent', len(pkts), 'in', round(time.time() - t, 2), 's; icmp_valid', icmp_
         "the engine sent only the ICMP answers (and ARP requests)"
     );
     ensure!(delta("handshake_arp_requests_total") <= 1);
-    // Datagrams that never complete: the table holds 64, the rest is refused and counted.
+    // Datagrams that never complete: the table holds 64, each new one evicts the oldest
+    // (counted).
     let out = topo.py(script, &[topo.peer_if(), &mac, "incomplete"])?;
     let m2 = settled_metrics(&topo)?;
-    let full = m2.drops("ipv4_frag_table_full") - m1.drops("ipv4_frag_table_full");
+    let evicted = m2.drops("ipv4_frag_evicted") - m1.drops("ipv4_frag_evicted");
     let held = m2.sum("handshake_ipv4_reassembly_datagrams", &[]);
     let bytes = m2.sum("handshake_ipv4_reassembly_bytes", &[]);
     curl_ok(&topo)?;
     let rss1 = rss_kb(&d)?;
     eprintln!(
-        "fragment flood, incomplete datagrams: {} ; held {held} datagrams of {bytes} bytes, refused table_full {full}; RSS {rss0} -> {rss1} kB",
+        "fragment flood, incomplete datagrams: {} ; held {held} datagrams of {bytes} bytes, evicted (oldest first) {evicted}; RSS {rss0} -> {rss1} kB",
         out.trim()
     );
     ensure!(out.contains("sent 5000 "), "{out}");
@@ -548,7 +549,7 @@ print('sent', len(pkts), 'in', round(time.time() - t, 2), 's; icmp_valid', icmp_
         held == 64 && bytes == 64 * 64,
         "held {held} datagrams, {bytes} bytes"
     );
-    ensure!(full == 5_000 - 64, "{full} refused");
+    ensure!(evicted == 5_000 - 64, "{evicted} evicted");
     ensure!(
         rss1 * 10 < rss0 * 11,
         "RSS grew 10% or more: {rss0} -> {rss1} kB"

@@ -1139,3 +1139,27 @@ fn a_datagram_without_its_first_fragment_times_out_counted_without_icmp() {
     assert_eq!(st.reassembly().stats().timeouts, 1);
     assert_eq!(st.stats().drops_of(DropReason::Ipv4FragTimeout), 1);
 }
+
+/// With `max_datagrams` (64) first fragments of datagrams that never complete held, a real
+/// fragmented ping still gets through: its first fragment evicts the oldest held datagram
+/// (counted `ipv4_frag_evicted`), and it is answered.
+#[test]
+fn a_full_reassembly_table_evicts_its_oldest_datagram_for_a_new_one() {
+    let mut st = stack();
+    let mut dev = MemDevice::new(2048);
+    let t0 = Instant::from_secs(1);
+    exchange(&mut st, &mut dev, t0, &[arp_request(PEER_MAC, PEER, US)]);
+    let junk = echo_request(9, 9, &[1u8; 2000]);
+    let stalled: Vec<Vec<u8>> = (0..64u16)
+        .map(|i| fragments(&junk, 1, 0x1000 + i, 1480).swap_remove(0))
+        .collect();
+    assert!(exchange(&mut st, &mut dev, t0, &stalled).is_empty());
+    assert_eq!(st.reassembly().in_progress(), 64);
+    let request = echo_request(1, 1, &[7u8; 2000]);
+    let frags = fragments(&request, 1, 0x0303, 1480);
+    let out = exchange(&mut st, &mut dev, t0, &frags);
+    assert!(!out.is_empty(), "the ping is answered");
+    assert_eq!(st.stats().drops_of(DropReason::Ipv4FragEvicted), 1);
+    assert_eq!(st.reassembly().stats().evicted, 1);
+    assert_eq!(st.reassembly().in_progress(), 63);
+}

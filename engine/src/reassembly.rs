@@ -81,7 +81,8 @@ pub enum FragDrop {
     Overlap,
     /// An exact copy of a fragment already held: ignored, the datagram goes on.
     Duplicate,
-    /// No room for another datagram in progress.
+    /// No room for a datagram at all (`max_datagrams = 0`); with room, a full table evicts
+    /// its oldest datagram instead ([`ReassemblyStats::evicted`]).
     TableFull,
     /// The payload bytes held would exceed the budget, or the datagram would need more than
     /// [`MAX_FRAGMENTS`] pieces: the datagram is discarded.
@@ -99,6 +100,9 @@ pub struct ReassemblyStats {
     pub timeouts: u64,
     /// Datagrams discarded for an overlapping, malformed or over-budget fragment.
     pub discarded: u64,
+    /// Datagrams in progress dropped, the oldest first, to make room for a new one while
+    /// `max_datagrams` were in progress.
+    pub evicted: u64,
 }
 
 #[derive(Debug)]
@@ -306,8 +310,21 @@ impl Reassembler {
         let i = match found {
             Some(i) => i,
             None => {
-                let Some(i) = self.slots.iter().position(|s| s.key.is_none()) else {
-                    return Err(FragDrop::TableFull);
+                let i = match self.slots.iter().position(|s| s.key.is_none()) {
+                    Some(i) => i,
+                    None => {
+                        // Full: the oldest datagram in progress makes room (as Linux evicts).
+                        // A sender that fills the table with first fragments that never
+                        // complete then has to keep all of it busy at the rate real datagrams
+                        // complete, not once per timeout.
+                        let oldest = (0..self.slots.len()).min_by_key(|&k| self.slots[k].deadline);
+                        let Some(i) = oldest else {
+                            return Err(FragDrop::TableFull);
+                        };
+                        self.free(i);
+                        self.stats.evicted += 1;
+                        i
+                    }
                 };
                 let s = &mut self.slots[i];
                 s.key = Some(key);

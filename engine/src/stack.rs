@@ -522,16 +522,21 @@ impl Stack {
         };
         let header = &frame[IP..IP + ip.header_len];
         let payload = &frame[IP + ip.header_len..IP + ip.total_len];
-        let slot = self
+        let evicted = self.reasm.stats().evicted;
+        let r = self
             .reasm
-            .handle(now, key, ip.frag_offset, ip.more_fragments, payload, header)
-            .map_err(|e| match e {
-                FragDrop::Malformed => DropReason::Ipv4FragMalformed,
-                FragDrop::Overlap => DropReason::Ipv4FragOverlap,
-                FragDrop::Duplicate => DropReason::Ipv4FragDuplicate,
-                FragDrop::TableFull => DropReason::Ipv4FragTableFull,
-                FragDrop::Memory => DropReason::Ipv4FragMemory,
-            })?;
+            .handle(now, key, ip.frag_offset, ip.more_fragments, payload, header);
+        if self.reasm.stats().evicted > evicted {
+            self.stats.drop(DropReason::Ipv4FragEvicted);
+        }
+        let slot = r.map_err(|e| match e {
+            FragDrop::Malformed => DropReason::Ipv4FragMalformed,
+            FragDrop::Overlap => DropReason::Ipv4FragOverlap,
+            FragDrop::Duplicate => DropReason::Ipv4FragDuplicate,
+            // No slot at all: reassembly is off (checked above).
+            FragDrop::TableFull => DropReason::Ipv4Fragment,
+            FragDrop::Memory => DropReason::Ipv4FragMemory,
+        })?;
         // Held: the frame goes back, the datagram waits for the rest.
         let Some(slot) = slot else {
             return Ok(Verdict::Drop);

@@ -76,8 +76,9 @@ drop_reasons! {
     Ipv4FragOverlap => "ipv4_frag_overlap",
     /// IPv4 fragment received twice (ignored).
     Ipv4FragDuplicate => "ipv4_frag_duplicate",
-    /// IPv4 fragment of a new datagram while `reassembly.max_datagrams` are in progress.
-    Ipv4FragTableFull => "ipv4_frag_table_full",
+    /// IPv4 datagram in progress dropped, the oldest, to make room for a new one while
+    /// `reassembly.max_datagrams` were in progress (counted once per datagram).
+    Ipv4FragEvicted => "ipv4_frag_evicted",
     /// IPv4 fragment beyond `reassembly.max_bytes` held, or beyond 64 pieces (the datagram is
     /// discarded).
     Ipv4FragMemory => "ipv4_frag_memory",

@@ -175,20 +175,34 @@ fn limits_table_bytes_and_pieces() {
         Ok(None)
     );
     assert_eq!(
-        r.handle(t(0), key(2), 0, true, &data[..1496], &HEADER),
+        r.handle(t(1), key(2), 0, true, &data[..1496], &HEADER),
         Ok(None)
     );
+    // The table is full: a new datagram evicts the oldest (key 1).
     assert_eq!(
-        r.handle(t(0), key(3), 0, true, &data[..8], &HEADER),
-        Err(FragDrop::TableFull)
+        r.handle(t(2), key(3), 0, true, &data[..8], &HEADER),
+        Ok(None)
     );
-    // 992 + 1496 held; 600 more would pass 3000.
+    assert_eq!(r.stats().evicted, 1);
+    assert_eq!((r.in_progress(), r.held_bytes()), (2, 1496 + 8));
+    // 1504 + 1496 = 3000 held, within the budget; 8 more would pass it and discard key 3.
     assert_eq!(
-        r.handle(t(0), key(1), 992, true, &data[992..1592], &HEADER),
+        r.handle(t(2), key(3), 8, true, &data[8..1504], &HEADER),
+        Ok(None)
+    );
+    assert_eq!(r.held_bytes(), 3000);
+    assert_eq!(
+        r.handle(t(2), key(3), 1504, true, &data[1504..1512], &HEADER),
         Err(FragDrop::Memory)
     );
     assert_eq!(r.in_progress(), 1);
     assert_eq!(r.held_bytes(), 1496);
+    // Key 1's rest now starts a datagram of its own (its first piece went with the eviction).
+    assert_eq!(
+        r.handle(t(3), key(1), 992, false, &data[992..1000], &HEADER),
+        Ok(None)
+    );
+    assert_eq!((r.in_progress(), r.stats().evicted), (2, 1));
     // Pieces: at most MAX_FRAGMENTS per datagram.
     let mut r = Reassembler::new(ReassemblyConfig::default());
     for k in 0..MAX_FRAGMENTS {
