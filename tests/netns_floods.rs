@@ -86,19 +86,22 @@ impl Metrics {
     }
 }
 
-/// The daemon's resident set in kB (the `handshake` process, child of `ip netns exec` or the
-/// same process).
-fn rss_kb(d: &Daemon) -> Result<u64> {
+/// The `handshake` process: the child of `ip netns exec`, or the daemon's process itself.
+fn engine_pid(d: &Daemon) -> Result<String> {
     let pid = d.pid();
     let o = std::process::Command::new("pgrep")
         .args(["-P", &pid.to_string()])
         .output()?;
-    let p = String::from_utf8_lossy(&o.stdout)
+    Ok(String::from_utf8_lossy(&o.stdout)
         .lines()
         .next()
         .map(str::to_owned)
-        .unwrap_or_else(|| pid.to_string());
-    let status = std::fs::read_to_string(format!("/proc/{p}/status"))?;
+        .unwrap_or_else(|| pid.to_string()))
+}
+
+/// The daemon's resident set in kB.
+fn rss_kb(d: &Daemon) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", engine_pid(d)?))?;
     let line = status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
@@ -112,16 +115,7 @@ fn rss_kb(d: &Daemon) -> Result<u64> {
 
 /// The daemon's resident set by mapping kind, kB: `(heap, other anonymous, the rest)`.
 fn rss_parts_kb(d: &Daemon) -> Result<(u64, u64, u64)> {
-    let pid = d.pid();
-    let o = std::process::Command::new("pgrep")
-        .args(["-P", &pid.to_string()])
-        .output()?;
-    let p = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .next()
-        .map(str::to_owned)
-        .unwrap_or_else(|| pid.to_string());
-    let smaps = std::fs::read_to_string(format!("/proc/{p}/smaps"))?;
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", engine_pid(d)?))?;
     let (mut heap, mut anon, mut rest) = (0, 0, 0);
     let mut kind = 2;
     for l in smaps.lines() {

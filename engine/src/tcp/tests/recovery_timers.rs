@@ -14,77 +14,73 @@ fn count_sent(t: &mut T) -> usize {
     n
 }
 
-/// The peer shrinks its window to zero while data is in flight, then stays silent. The RTO
-/// fires, pulls SND.NXT back and finds the window shut: the connection must go on probing (the
-/// persist timer), not sit with no timer at all (it did: neither max_retries nor
-/// persist_timeout_ms ever reclaimed it).
-#[test]
-fn zero_window_over_data_in_flight_keeps_a_timer() {
+/// Established with a peer that offers MSS 100 and a 4096-byte window, 4 KiB send buffer,
+/// congestion control `cc`, Nagle off.
+fn mss100(cc: Congestion) -> (T, ConnId) {
+    let cf = TcpConfig {
+        send_buf: 4096,
+        congestion: cc,
+        ..cfg()
+    };
+    let (mut t, c) = super::reliability::established_with(cf, 100, 4096);
+    t.tcp.set_nodelay(c, true).unwrap();
+    (t, c)
+}
+
+/// The peer acknowledges `acked` of six bytes in flight with a zero window (shrinking it over
+/// the rest), then stays silent for five minutes.
+fn shut_window_over_flight(acked: u32) {
     let (mut t, c) = tcp_established();
     t.tcp.set_nodelay(c, true).unwrap();
     t.tcp.send(c, b"abcdef").unwrap();
     assert_eq!(count_sent(&mut t), 1);
-    // The peer takes "abc" and closes its window (shrinking it over "def").
     send!(
         t,
         TcpRepr {
             seq: REMOTE_SEQ + 1,
-            ack: LOCAL_SEQ + 4,
+            ack: LOCAL_SEQ + 1 + acked,
             window: 0,
             ..SEND_TEMPL
         }
     );
     assert_eq!(count_sent(&mut t), 0);
-    let mut sent = 0;
+    let (mut sent, mut closed_at) = (0, None);
     for ms in (100..300_000).step_by(100) {
         t.at(ms);
         sent += count_sent(&mut t);
+        if closed_at.is_none() && t.tcp.state(c).is_none() {
+            closed_at = Some(ms);
+        }
     }
-    let closed = t.tcp.state(c).is_none();
+    assert!(sent > 1, "acked {acked}: {sent} segments in five minutes");
+    // The persist timeout (60 s) counts from the RTO at 200 ms.
     assert!(
-        sent > 0 || closed,
-        "five minutes with a shut window and data in flight: {sent} segments sent, \
-         state {:?}, next timer {:?}",
-        t.tcp.state(c),
+        closed_at.is_some_and(|ms| (60_000..=60_500).contains(&ms)),
+        "acked {acked}: closed at {closed_at:?} ms, next timer {:?}",
         t.tcp.poll_timeout()
     );
+    assert!(t.events().contains(&Event::Closed {
+        conn: c,
+        reason: CloseReason::PersistTimeout
+    }));
+}
+
+/// The peer shrinks its window to zero while data is in flight, then stays silent. The RTO
+/// fires, pulls SND.NXT back and finds the window shut: the connection goes on probing (the
+/// persist timer) until the persist timeout closes it (it sat with no timer at all: neither
+/// max_retries nor persist_timeout_ms ever reclaimed it). Both with part of the data acked and
+/// with none.
+#[test]
+fn a_window_shut_over_data_in_flight_is_probed_until_the_persist_timeout() {
+    shut_window_over_flight(3);
+    shut_window_over_flight(0);
 }
 
 /// RFC 5681 §3.1: when the segment the timer resends has already been resent by the timer,
 /// ssthresh is held constant. (CUBIC computed it again from the one-segment window.)
 #[test]
 fn second_rto_of_the_same_segment_keeps_ssthresh() {
-    let cf = TcpConfig {
-        send_buf: 4096,
-        congestion: Congestion::Cubic,
-        ..cfg()
-    };
-    let mut t = tcp_listen_with(cf);
-    send!(
-        t,
-        TcpRepr {
-            options: TcpOptions {
-                mss: Some(100),
-                ..TcpOptions::NONE
-            },
-            window: 4096,
-            ..syn()
-        }
-    );
-    count_sent(&mut t);
-    send!(
-        t,
-        TcpRepr {
-            seq: REMOTE_SEQ + 1,
-            ack: LOCAL_SEQ + 1,
-            window: 4096,
-            ..SEND_TEMPL
-        }
-    );
-    let Some(Event::Accepted { conn: c, .. }) = t.tcp.poll_event() else {
-        panic!()
-    };
-    t.tcp.set_nodelay(c, true).unwrap();
+    let (mut t, c) = mss100(Congestion::Cubic);
     t.tcp.send(c, &[7u8; 1000]).unwrap();
     assert_eq!(count_sent(&mut t), 10);
     t.at(200);
@@ -99,47 +95,14 @@ fn second_rto_of_the_same_segment_keeps_ssthresh() {
     );
 }
 
-/// After 2^31 bytes without a loss, `SND.UNA >= recover` must still hold: three duplicate ACKs
-/// start fast retransmit (when `recover` only moved at recoveries and timeouts, serial
-/// arithmetic read it as ahead and the loss waited for the RTO). Simulated by putting
-/// `recover` 2^31 − 150 bytes behind SND.UNA, as near the end of a 2 GiB loss-free transfer:
-/// two ACKs of 100 bytes then take SND.UNA across the 2^31 mark.
-#[test]
-fn recover_follows_snd_una_past_2_gib() {
-    let cf = TcpConfig {
-        send_buf: 4096,
-        congestion: Congestion::NewReno,
-        ..cfg()
-    };
-    let mut t = tcp_listen_with(cf);
-    send!(
-        t,
-        TcpRepr {
-            options: TcpOptions {
-                mss: Some(100),
-                ..TcpOptions::NONE
-            },
-            window: 4096,
-            ..syn()
-        }
-    );
-    count_sent(&mut t);
-    send!(
-        t,
-        TcpRepr {
-            seq: REMOTE_SEQ + 1,
-            ack: LOCAL_SEQ + 1,
-            window: 4096,
-            ..SEND_TEMPL
-        }
-    );
-    let Some(Event::Accepted { conn: c, .. }) = t.tcp.poll_event() else {
-        panic!()
-    };
-    t.tcp.set_nodelay(c, true).unwrap();
-    {
+/// Five segments out, the first acknowledged, then the second twice (taking SND.UNA 200 bytes
+/// on), then three duplicate ACKs: the fast retransmits counted. With `recover_behind`,
+/// `recover` first put that far behind SND.UNA.
+fn fast_retransmits_after_three_dupacks(recover_behind: Option<u32>) -> u64 {
+    let (mut t, c) = mss100(Congestion::NewReno);
+    if let Some(d) = recover_behind {
         let k = &mut t.tcp.conns[c.index() as usize];
-        k.recover = k.snd_una.wrapping_sub(0x8000_0000 - 150);
+        k.recover = k.snd_una.wrapping_sub(d);
     }
     t.tcp.send(c, &[7u8; 500]).unwrap();
     assert_eq!(count_sent(&mut t), 5);
@@ -149,94 +112,27 @@ fn recover_follows_snd_una_past_2_gib() {
         window: 4096,
         ..SEND_TEMPL
     };
-    // The second ACK takes SND.UNA 2^31 + 50 bytes past where `recover` was.
     send!(t, ack(100));
     send!(t, ack(200));
     count_sent(&mut t);
     for _ in 0..3 {
         send!(t, ack(200));
     }
-    assert_eq!(t.tcp.stats().fast_retransmits, 1, "three duplicate ACKs");
+    t.tcp.stats().fast_retransmits
 }
 
+/// After 2^31 bytes without a loss, `SND.UNA >= recover` must still hold: three duplicate ACKs
+/// start fast retransmit (when `recover` only moved at recoveries and timeouts, serial
+/// arithmetic read it as ahead and the loss waited for the RTO). Simulated by putting
+/// `recover` 2^31 − 150 bytes behind SND.UNA, as near the end of a 2 GiB loss-free transfer:
+/// the two ACKs take SND.UNA across the 2^31 mark. The control: a fresh connection.
 #[test]
-fn three_dupacks_start_fast_retransmit_with_a_fresh_recover() {
-    let cf = TcpConfig {
-        send_buf: 4096,
-        congestion: Congestion::NewReno,
-        ..cfg()
-    };
-    let mut t = tcp_listen_with(cf);
-    send!(
-        t,
-        TcpRepr {
-            options: TcpOptions {
-                mss: Some(100),
-                ..TcpOptions::NONE
-            },
-            window: 4096,
-            ..syn()
-        }
-    );
-    count_sent(&mut t);
-    send!(
-        t,
-        TcpRepr {
-            seq: REMOTE_SEQ + 1,
-            ack: LOCAL_SEQ + 1,
-            window: 4096,
-            ..SEND_TEMPL
-        }
-    );
-    let Some(Event::Accepted { conn: c, .. }) = t.tcp.poll_event() else {
-        panic!()
-    };
-    t.tcp.set_nodelay(c, true).unwrap();
-    t.tcp.send(c, &[7u8; 500]).unwrap();
-    assert_eq!(count_sent(&mut t), 5);
-    let ack = |n: u32| TcpRepr {
-        seq: REMOTE_SEQ + 1,
-        ack: LOCAL_SEQ + 1 + n,
-        window: 4096,
-        ..SEND_TEMPL
-    };
-    send!(t, ack(100));
-    count_sent(&mut t);
-    for _ in 0..3 {
-        send!(t, ack(100));
-    }
-    assert_eq!(t.tcp.stats().fast_retransmits, 1, "three duplicate ACKs");
-}
-
-#[test]
-fn zero_window_with_nothing_acked_keeps_a_timer() {
-    let (mut t, c) = tcp_established();
-    t.tcp.set_nodelay(c, true).unwrap();
-    t.tcp.send(c, b"abcdef").unwrap();
-    assert_eq!(count_sent(&mut t), 1);
-    // The peer takes "abc" and closes its window (shrinking it over "def").
-    send!(
-        t,
-        TcpRepr {
-            seq: REMOTE_SEQ + 1,
-            ack: LOCAL_SEQ + 1,
-            window: 0,
-            ..SEND_TEMPL
-        }
-    );
-    assert_eq!(count_sent(&mut t), 0);
-    let mut sent = 0;
-    for ms in (100..300_000).step_by(100) {
-        t.at(ms);
-        sent += count_sent(&mut t);
-    }
-    let closed = t.tcp.state(c).is_none();
-    assert!(
-        sent > 0 || closed,
-        "five minutes with a shut window and data in flight: {sent} segments sent, \
-         state {:?}, next timer {:?}",
-        t.tcp.state(c),
-        t.tcp.poll_timeout()
+fn recover_follows_snd_una_past_2_gib() {
+    assert_eq!(fast_retransmits_after_three_dupacks(None), 1, "fresh");
+    assert_eq!(
+        fast_retransmits_after_three_dupacks(Some(0x8000_0000 - 150)),
+        1,
+        "after 2 GiB"
     );
 }
 

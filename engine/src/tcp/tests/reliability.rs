@@ -3,7 +3,7 @@
 use super::*;
 
 /// Handshake with a peer SYN advertising `mss` and window `window`; returns the connection.
-fn established_with(cfg: TcpConfig, mss: u16, window: u16) -> (T, ConnId) {
+pub(super) fn established_with(cfg: TcpConfig, mss: u16, window: u16) -> (T, ConnId) {
     let mut t = tcp_listen_with(cfg);
     send!(
         t,
