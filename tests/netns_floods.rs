@@ -1507,7 +1507,7 @@ print('after ok', ok, 'of 20')
 /// (`handshake_tls_refused_total`: an RST at accept), the handshakes counted are exactly the
 /// clients that completed, no legitimate client hangs (each is served or refused within 5 s;
 /// while the flood holds every session, refusal is the expected answer), all are served right
-/// after the flood, and memory does not grow over rounds 4 to 6 of six.
+/// after the flood, and memory does not keep growing over rounds 4 to 6 of six.
 #[test]
 fn tls_handshake_flood_stays_within_the_session_limit_inline() -> Result<()> {
     tls_flood("0")
@@ -1689,13 +1689,20 @@ fn tls_flood(tls_threads: &str) -> Result<()> {
     eprintln!(
         "TLS handshake flood RSS (start, after each round): {rss:?} kB; (heap, other anonymous, the rest): {parts:?} kB"
     );
-    // 5% over rounds 4 to 6: a leak of 100 bytes per connection (at least 15,100 connections a
-    // round, 4.5 MB over the three) adds more than 8%. Once settled (after round 3), the arenas
-    // have been seen to add up to 1.6% over three rounds in 4 runs of 6 rounds; before, single
-    // jumps of 1.7 MB (3.3%) in round 3 failed the earlier 3% bound on round 3 alone.
+    // A leak grows every round; the arenas grow now and then, by jumps (up to 2.6 MB, 5%, in
+    // one round of a run where builds competed for the CPU). So the median of the three
+    // rounds' growths from round 3 to 6 must stay within 1.5%: a leak of 100 bytes per
+    // connection (at least 15,100 a round) adds 3% or more every round (measured: 3.3-3.4%
+    // inline, 4.5-8.2% on the pool, injected in Tcp::create), while a single jump leaves the
+    // median at the quiet rounds' 0-0.4%.
+    let mut growth: Vec<u64> = (3..6)
+        .map(|k| rss[k + 1].saturating_sub(rss[k]) * 1000 / rss[k])
+        .collect();
+    growth.sort_unstable();
     ensure!(
-        rss[6] * 100 <= rss[3] * 105,
-        "RSS grew over flood rounds 4 to 6: {rss:?} kB; (heap, other anonymous, the rest): {parts:?} kB"
+        growth[1] <= 15,
+        "RSS grew every round from round 3 to 6 (median {}‰ a round): {rss:?} kB; (heap, other anonymous, the rest): {parts:?} kB",
+        growth[1]
     );
     Ok(())
 }
