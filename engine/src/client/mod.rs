@@ -450,7 +450,7 @@ impl ClientConn {
                 // Only the alert or close_notify remained to send.
                 return !tls.has_ciphertext();
             }
-            match self.input.receive(tls, io, self.eof) {
+            match self.input.receive(tls, io) {
                 Ok(took) => progress |= took,
                 Err(e) => {
                     // The session queued its alert: it goes out on the next pass.
@@ -459,7 +459,7 @@ impl ClientConn {
                 }
             }
             if tls.is_handshaking() {
-                if self.eof && self.input.drained() {
+                if self.eof && self.input.finished() {
                     x.complete(
                         now,
                         Err(ClientError::Tcp(
@@ -487,7 +487,7 @@ impl ClientConn {
                 progress = true;
                 x.feed(now, &scratch[..n]);
             }
-            if tls.peer_closed() || (self.eof && self.input.drained()) {
+            if tls.peer_closed() || (self.eof && self.input.finished()) {
                 x.end_of_stream(now);
             }
             if x.closing {

@@ -93,6 +93,8 @@ pub struct CipherInput {
     buf: Box<[u8]>,
     off: usize,
     len: usize,
+    /// The transport's last read gave nothing.
+    exhausted: bool,
 }
 
 impl std::fmt::Debug for CipherInput {
@@ -109,6 +111,7 @@ impl Default for CipherInput {
             buf: vec![0; INPUT].into_boxed_slice(),
             off: 0,
             len: 0,
+            exhausted: false,
         }
     }
 }
@@ -118,11 +121,19 @@ impl CipherInput {
     pub fn reset(&mut self) {
         self.off = 0;
         self.len = 0;
+        self.exhausted = false;
     }
 
     /// True when the session has taken everything read from the transport.
     pub fn drained(&self) -> bool {
         self.off == self.len
+    }
+
+    /// True when the session has taken everything the transport had: drained, and the last
+    /// read found nothing more. After the peer's FIN this is the end of its input; bytes it
+    /// sent before the FIN may still wait in the transport until then.
+    pub fn finished(&self) -> bool {
+        self.drained() && self.exhausted
     }
 
     /// Moves ciphertext from `tls` to `io` as far as `io` has room (through `scratch`);
@@ -149,18 +160,18 @@ impl CipherInput {
         moved
     }
 
-    /// Reads from `io` when drained (unless the transport's peer finished: `eof`), then feeds
-    /// `tls`. Returns whether the session took bytes, or its error (the buffered bytes are then
-    /// dropped; the session has queued its alert).
+    /// Reads from `io` when drained (also after the peer's FIN: what it sent before is still
+    /// there to read), then feeds `tls`. Returns whether the session took bytes, or its error
+    /// (the buffered bytes are then dropped; the session has queued its alert).
     pub fn receive<S: CipherSession + ?Sized, T: Transport + ?Sized>(
         &mut self,
         tls: &mut S,
         io: &mut T,
-        eof: bool,
     ) -> Result<bool, TlsError> {
-        if self.drained() && !eof {
+        if self.drained() {
             self.off = 0;
             self.len = io.recv(&mut self.buf);
+            self.exhausted = self.len == 0;
         }
         if self.drained() {
             return Ok(false);
@@ -306,7 +317,7 @@ impl HttpsConn {
                 // Only the alert or close_notify remained to send.
                 return !tls.has_ciphertext();
             }
-            match self.input.receive(tls, io, self.eof) {
+            match self.input.receive(tls, io) {
                 Ok(took) => progress |= took,
                 Err(_) => {
                     stats.tls_errors += 1;
@@ -314,7 +325,7 @@ impl HttpsConn {
                 }
             }
             if tls.is_handshaking() {
-                if self.eof && self.input.drained() {
+                if self.eof && self.input.finished() {
                     // The peer gave up mid-handshake (e.g. a truncated ClientHello, then FIN):
                     // nothing more can happen. Counted as bad input.
                     stats.tls_errors += 1;
@@ -349,7 +360,7 @@ impl HttpsConn {
                 self.closing = true;
                 progress = true;
             }
-            if self.eof && self.input.drained() && !tls.has_ciphertext() && !self.closing {
+            if self.eof && self.input.finished() && !tls.has_ciphertext() && !self.closing {
                 // The transport is closed and nothing is left to answer.
                 return true;
             }
@@ -357,5 +368,150 @@ impl HttpsConn {
                 return false;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::StaticPage;
+    use crate::tls::{TlsClient, TlsClientConfig, TlsClientSession, TlsConfig, TlsServer};
+    use std::collections::VecDeque;
+
+    /// A ciphertext pipe: `inbox` client->server bytes, `outbox` server->client, `cap` bytes
+    /// the server may send now.
+    struct Pipe {
+        inbox: VecDeque<u8>,
+        outbox: Vec<u8>,
+        cap: usize,
+    }
+    impl Transport for Pipe {
+        fn recv(&mut self, buf: &mut [u8]) -> usize {
+            let n = buf.len().min(self.inbox.len());
+            for b in buf.iter_mut().take(n) {
+                *b = self.inbox.pop_front().unwrap();
+            }
+            n
+        }
+        fn send_capacity(&mut self) -> usize {
+            self.cap
+        }
+        fn send(&mut self, d: &[u8]) -> usize {
+            let n = d.len().min(self.cap);
+            self.outbox.extend_from_slice(&d[..n]);
+            self.cap -= n;
+            n
+        }
+    }
+
+    fn pair() -> (TlsServer, TlsClientSession) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let srv = TlsServer::from_pem(
+            &[(cert.pem().as_bytes(), key.serialize_pem().as_bytes())],
+            &TlsConfig::default(),
+        )
+        .unwrap();
+        let cli = TlsClient::from_pem_roots(cert.pem().as_bytes(), &TlsClientConfig::default())
+            .unwrap()
+            .connect("a.test")
+            .unwrap();
+        (srv, cli)
+    }
+
+    /// Feeds the server's output to the client; returns the responses it read.
+    fn to_client(c: &mut TlsClientSession, p: &mut Pipe) -> usize {
+        let mut off = 0;
+        let mut answered = 0;
+        let mut plain = vec![0u8; 1 << 16];
+        loop {
+            loop {
+                let k = c.read_plaintext(&mut plain);
+                if k == 0 {
+                    break;
+                }
+                answered += plain[..k]
+                    .windows(15)
+                    .filter(|w| w == b"HTTP/1.1 200 OK")
+                    .count();
+            }
+            if off >= p.outbox.len() {
+                break;
+            }
+            off += c.handle_ciphertext(&p.outbox[off..]).unwrap();
+        }
+        p.outbox.clear();
+        answered
+    }
+    fn from_client(c: &mut TlsClientSession, p: &mut Pipe) {
+        let mut b = [0u8; 4096];
+        loop {
+            let n = c.poll_ciphertext(&mut b);
+            if n == 0 {
+                break;
+            }
+            p.inbox.extend(&b[..n]);
+        }
+    }
+
+    /// Requests that arrived before the peer's FIN are all answered, even when the FIN is
+    /// reported while some of their ciphertext still waits in the transport (the input
+    /// stopped reading at the FIN: 938 of 2,000 were answered, 57 KB left unread).
+    #[test]
+    fn pipelined_requests_before_the_fin_are_all_answered() {
+        let (srv, mut cli) = pair();
+        let handler = StaticPage::default();
+        let mut stats = HttpsStats::default();
+        let mut scratch = vec![0u8; 16 * 1024];
+        let mut h = HttpsConn::default();
+        h.start(srv.accept().unwrap(), Limits::default(), Instant::ZERO);
+        let mut p = Pipe {
+            inbox: VecDeque::new(),
+            outbox: Vec::new(),
+            cap: usize::MAX,
+        };
+        for _ in 0..10 {
+            from_client(&mut cli, &mut p);
+            h.service(&mut p, &handler, Instant::ZERO, &mut scratch, &mut stats);
+            to_client(&mut cli, &mut p);
+        }
+        assert!(!cli.is_handshaking() && !h.is_handshaking());
+        // The client pipelines N requests (about 60 KB), then half-closes.
+        let req = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+        let n = 2000;
+        let mut queued = 0;
+        while queued < n {
+            if cli.write_plaintext(req) == req.len() {
+                queued += 1;
+            }
+            from_client(&mut cli, &mut p);
+        }
+        // The server's output is blocked for a while (the peer does not read yet)...
+        p.cap = 0;
+        h.service(&mut p, &handler, Instant::ZERO, &mut scratch, &mut stats);
+        let left_in_transport = p.inbox.len();
+        // ... and the FIN (after all the requests) is reported.
+        h.transport_closed();
+        p.cap = usize::MAX;
+        let mut answered = 0;
+        let mut finished = false;
+        for _ in 0..10_000 {
+            let done = h.service(&mut p, &handler, Instant::ZERO, &mut scratch, &mut stats);
+            answered += to_client(&mut cli, &mut p);
+            if done {
+                finished = true;
+                break;
+            }
+        }
+        assert!(finished);
+        assert_eq!(
+            (answered, p.inbox.len()),
+            (n, 0),
+            "{left_in_transport} bytes were still in the transport at the FIN; responses: {}",
+            stats.http.status[0]
+        );
     }
 }
