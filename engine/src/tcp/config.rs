@@ -119,7 +119,8 @@ pub struct TcpConfig {
     /// Most RSTs per second sent for segments to closed ports.
     pub rst_rate: u32,
     /// Most pending events (accept, readable, …) not yet polled; beyond it events are dropped
-    /// and counted.
+    /// and counted, except `Closed`, which the application needs to release what it holds
+    /// (at most `max_flows` more).
     pub max_events: usize,
     /// Most pending stateless replies (RSTs, cookie SYN-ACKs) not yet transmitted.
     pub max_control: usize,

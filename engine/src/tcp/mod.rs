@@ -1630,7 +1630,14 @@ fn rewind<T>(q: &mut VecDeque<T>) {
 }
 
 fn push_event(events: &mut VecDeque<Event>, cfg: &TcpConfig, stats: &mut TcpStats, e: Event) {
-    if events.len() >= cfg.max_events {
+    // `Closed` is what lets the application release what it holds for a connection (a TLS
+    // session, a slot): it is never dropped. At most one per connection that ends, so the
+    // queue stays bounded (`max_events` + `max_flows`).
+    let limit = match e {
+        Event::Closed { .. } => cfg.max_events.saturating_add(cfg.max_flows),
+        _ => cfg.max_events,
+    };
+    if events.len() >= limit {
         stats.events_dropped += 1;
         return;
     }

@@ -325,3 +325,42 @@ fn fin_at_a_zero_window_keeps_the_window_shut() {
     assert_eq!((ack.ack, ack.window), (REMOTE_SEQ + 66, 0));
     assert_eq!(t.tcp.recv_available(c), Ok(64));
 }
+
+/// `Closed` is queued even when the event queue is full (`max_events`): an application that
+/// never hears of the end of a connection never releases what it holds for it (a review found
+/// an inline TLS session and its count kept for good). Other events are still dropped.
+#[test]
+fn closed_is_queued_past_max_events() {
+    let cf = TcpConfig {
+        max_events: 1,
+        ..cfg()
+    };
+    let (mut t, c) = super::reliability::established_with(cf, 1460, 256);
+    send!(
+        t,
+        TcpRepr {
+            seq: REMOTE_SEQ + 1,
+            ack: LOCAL_SEQ + 1,
+            payload: b"hi",
+            ..SEND_TEMPL
+        }
+    );
+    send!(
+        t,
+        TcpRepr {
+            flags: RST,
+            seq: REMOTE_SEQ + 3,
+            ..SEND_TEMPL
+        }
+    );
+    let events = t.events();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(matches!(events[0], Event::Readable { conn } if conn == c));
+    assert!(matches!(
+        events[1],
+        Event::Closed {
+            conn,
+            reason: CloseReason::Reset
+        } if conn == c
+    ));
+}
