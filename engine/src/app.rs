@@ -567,7 +567,7 @@ impl Apps {
                     *since = self.now;
                 }
                 if done {
-                    let _ = tcp.close(conn);
+                    let _ = tcp.finish(conn);
                 }
             }
             Slot::Https(h, _) => {
@@ -583,7 +583,7 @@ impl Apps {
                     &mut self.scratch,
                     &mut self.stats.https,
                 ) {
-                    let _ = tcp.close(conn);
+                    let _ = tcp.finish(conn);
                 }
             }
             Slot::Remote(r) => {
@@ -635,7 +635,7 @@ impl Apps {
         if r.close {
             if r.pending.is_empty() && !r.closed {
                 r.closed = true;
-                let _ = tcp.close(conn);
+                let _ = tcp.finish(conn);
             }
             return;
         }
@@ -680,4 +680,123 @@ fn client_done(stats: &mut AppStats, events: &mut VecDeque<ClientEvent>, ev: Cli
         stats.client_failed += 1;
     }
     events.push_back(ev);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp::{SynCookies, TcpConfig};
+    use crate::wire::tcp::{flags, TcpOptions, TcpRepr};
+
+    const US: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+    fn seg(tcp: &mut Tcp, now: Instant, r: TcpRepr<'_>) {
+        let mut buf = vec![0u8; r.buffer_len()];
+        r.emit(&mut buf, PEER.octets(), US.octets()).unwrap();
+        tcp.handle_segment(now, PEER, US, &buf);
+    }
+
+    /// `(flags, seq, payload)` of every segment we send now.
+    fn sent(tcp: &mut Tcp, now: Instant) -> Vec<(u8, u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut b = [0u8; 2048];
+        while let Some(t) = tcp.poll_transmit(now, &mut b) {
+            let r = TcpRepr::parse_bytes(&b[..t.len]).unwrap();
+            out.push((r.flags, r.seq, r.payload.to_vec()));
+        }
+        out
+    }
+
+    fn from_peer(seq: u32, ack: u32, fl: u8, payload: &[u8]) -> TcpRepr<'_> {
+        TcpRepr {
+            src_port: 40000,
+            dst_port: 80,
+            seq,
+            ack,
+            flags: fl,
+            window: 65535,
+            urgent: 0,
+            options: TcpOptions::NONE,
+            payload,
+        }
+    }
+
+    /// A request whose body is too large gets its 413 and a FIN, not a bare RST that throws
+    /// the queued answer away (RFC 9112 §9.6: close in stages); the rest of the body the
+    /// client still streams is acknowledged and dropped. (Found by a review: the 413 was
+    /// counted but never sent.)
+    #[test]
+    fn a_413_reaches_a_client_still_sending_its_body() {
+        let cfg = TcpConfig {
+            max_flows: 8,
+            window_scale: false,
+            sack: false,
+            timestamps: false,
+            delayed_ack_ms: 0,
+            syn_cookies: SynCookies::Never,
+            ..TcpConfig::default()
+        };
+        let mut tcp = Tcp::new(cfg, [7; 32]);
+        tcp.listen(80).unwrap();
+        let mut apps = Apps::new(
+            &AppConfig {
+                http: Some(80),
+                ..AppConfig::default()
+            },
+            8,
+        );
+        let now = Instant::from_secs(1);
+        let isn = 1000u32;
+        seg(
+            &mut tcp,
+            now,
+            TcpRepr {
+                options: TcpOptions {
+                    mss: Some(1460),
+                    ..TcpOptions::NONE
+                },
+                ..from_peer(isn, 0, flags::SYN, &[])
+            },
+        );
+        let our = sent(&mut tcp, now)[0].1.wrapping_add(1);
+        seg(&mut tcp, now, from_peer(isn + 1, our, flags::ACK, &[]));
+        apps.run(&mut tcp, now);
+        // The head, then 8 KB of a 5 MB body, as a client streams it.
+        let head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n";
+        let mut seq = isn + 1;
+        seg(
+            &mut tcp,
+            now,
+            from_peer(seq, our, flags::ACK | flags::PSH, head),
+        );
+        seq += head.len() as u32;
+        for _ in 0..8 {
+            seg(
+                &mut tcp,
+                now,
+                from_peer(seq, our, flags::ACK, &[b'x'; 1000]),
+            );
+            seq += 1000;
+        }
+        apps.run(&mut tcp, now);
+        let out = sent(&mut tcp, now);
+        let text: Vec<u8> = out.iter().flat_map(|s| s.2.clone()).collect();
+        assert_eq!(apps.stats().http.responses(413), 1);
+        assert!(
+            text.starts_with(b"HTTP/1.1 413"),
+            "{:?}",
+            String::from_utf8_lossy(&text)
+        );
+        assert!(out.iter().all(|s| s.0 & flags::RST == 0), "no RST");
+        assert!(out.iter().any(|s| s.0 & flags::FIN != 0), "a FIN after it");
+        // More of the body: acknowledged and dropped, still no RST.
+        seg(
+            &mut tcp,
+            now,
+            from_peer(seq, our, flags::ACK, &[b'x'; 1000]),
+        );
+        let out = sent(&mut tcp, now);
+        assert!(!out.is_empty() && out.iter().all(|s| s.0 & flags::RST == 0));
+    }
 }

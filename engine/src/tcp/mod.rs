@@ -918,6 +918,19 @@ impl Tcp {
         Ok(())
     }
 
+    /// Closes after the data queued to send, like [`Tcp::close`], but discards what is unread
+    /// instead of resetting: a server's lingering close (RFC 9112 §9.6). A response sent before
+    /// the request was read to the end (413, 400, `Connection: close` with more pipelined)
+    /// reaches the client; what it still sends is acknowledged and dropped until it closes or
+    /// the FIN-WAIT-2 timeout ends the connection.
+    pub fn finish(&mut self, conn: ConnId) -> Result<(), TcpError> {
+        let idx = self.check(conn)?;
+        let c = &mut self.conns[idx as usize];
+        let unread = c.rx.len();
+        c.rx.discard(unread);
+        self.close(conn)
+    }
+
     /// Resets the connection (RST to the peer) and forgets it.
     pub fn abort(&mut self, conn: ConnId) -> Result<(), TcpError> {
         let idx = self.check(conn)?;
