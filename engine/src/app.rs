@@ -561,9 +561,11 @@ impl Apps {
                     conn,
                     moved: 0,
                 };
+                let before = (h.in_request(), h.responses());
                 let done = h.service(&mut io, self.handler.as_ref(), &mut self.stats.http);
-                if io.moved > 0 {
-                    // The request/idle deadline runs from the latest bytes moved.
+                if io.moved > 0 && h.restarts_deadline(before) {
+                    // The idle deadline runs from the latest bytes moved, a request's from its
+                    // first byte: one byte every 29 s does not keep a request open.
                     *since = self.now;
                 }
                 if done {
@@ -798,5 +800,74 @@ mod tests {
         );
         let out = sent(&mut tcp, now);
         assert!(!out.is_empty() && out.iter().all(|s| s.0 & flags::RST == 0));
+    }
+
+    /// A request's deadline (`Timeouts::request`, 30 s) runs from its first byte: a client
+    /// that sends its request line a byte every 20 s gets its 408 30 s after the first, not
+    /// never (each byte restarted the deadline: a review held a connection for 600 s).
+    #[test]
+    fn a_request_trickled_a_byte_at_a_time_gets_408_from_its_start() {
+        let cfg = TcpConfig {
+            max_flows: 8,
+            window_scale: false,
+            sack: false,
+            timestamps: false,
+            delayed_ack_ms: 0,
+            syn_cookies: SynCookies::Never,
+            ..TcpConfig::default()
+        };
+        let mut tcp = Tcp::new(cfg, [7; 32]);
+        tcp.listen(80).unwrap();
+        let mut apps = Apps::new(
+            &AppConfig {
+                http: Some(80),
+                ..AppConfig::default()
+            },
+            8,
+        );
+        let t0 = Instant::from_secs(1);
+        let isn = 1000u32;
+        seg(
+            &mut tcp,
+            t0,
+            TcpRepr {
+                options: TcpOptions {
+                    mss: Some(1460),
+                    ..TcpOptions::NONE
+                },
+                ..from_peer(isn, 0, flags::SYN, &[])
+            },
+        );
+        let our = sent(&mut tcp, t0)[0].1.wrapping_add(1);
+        seg(&mut tcp, t0, from_peer(isn + 1, our, flags::ACK, &[]));
+        apps.run(&mut tcp, t0);
+        let line = b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n";
+        let mut seq = isn + 1;
+        let mut answered_at = None;
+        for s in 1..=600u64 {
+            let now = Instant::from_secs(1 + s);
+            tcp.handle_timeout(now);
+            if s % 20 == 0 && answered_at.is_none() {
+                let k = (s / 20) as usize - 1;
+                seg(
+                    &mut tcp,
+                    now,
+                    from_peer(seq, our, flags::ACK, &line[k..k + 1]),
+                );
+                seq += 1;
+            }
+            apps.run(&mut tcp, now);
+            let text: Vec<u8> = sent(&mut tcp, now).into_iter().flat_map(|x| x.2).collect();
+            // (Resent later: the peer here never acknowledges.)
+            if answered_at.is_none() && text.starts_with(b"HTTP/1.1 408") {
+                answered_at = Some(s);
+            }
+        }
+        assert_eq!(apps.stats().http.responses(408), 1);
+        // First byte at 20 s; the sweep runs every 100 ms, the loop every second.
+        assert!(
+            answered_at.is_some_and(|s| (50..=51).contains(&s)),
+            "408 sent at {answered_at:?} s"
+        );
     }
 }

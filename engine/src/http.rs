@@ -298,6 +298,8 @@ pub struct HttpConn {
     close_after: bool,
     /// The peer finished sending: once the input runs dry, the connection is done.
     peer_fin: bool,
+    /// Responses queued in full so far (tells one request from the next).
+    responses: u64,
     /// Input read and not yet parsed.
     input: Box<[u8]>,
     in_off: usize,
@@ -335,6 +337,7 @@ impl HttpConn {
             resp_sent: 0,
             close_after: false,
             peer_fin: false,
+            responses: 0,
             input: vec![0; 2048].into_boxed_slice(),
             in_off: 0,
             in_len: 0,
@@ -365,6 +368,23 @@ impl HttpConn {
         self.status = 0;
         self.keep_alive = true;
         self.http10 = false;
+    }
+
+    /// True while a request has begun to arrive and is not read to its end (its deadline runs
+    /// from its first byte, not from the latest).
+    pub fn in_request(&self) -> bool {
+        matches!(self.phase, Phase::Line | Phase::Headers | Phase::Body(_)) && !self.is_idle()
+    }
+
+    /// Responses queued in full so far.
+    pub fn responses(&self) -> u64 {
+        self.responses
+    }
+
+    /// Whether bytes moved between `before` (`(in_request, responses)` taken before a service
+    /// call) and now restart the request/idle deadline: anything but more of the same request.
+    pub fn restarts_deadline(&self, before: (bool, u64)) -> bool {
+        !(before.0 && self.in_request() && before.1 == self.responses)
     }
 
     /// True between requests: nothing of a request has arrived and no response is pending.
@@ -572,6 +592,7 @@ impl HttpConn {
                         self.resp_sent += n;
                     }
                     let close = self.close_after || !self.keep_alive;
+                    self.responses += 1;
                     self.resp_head_len = 0;
                     self.resp_sent = 0;
                     self.resp_body = None;

@@ -349,11 +349,15 @@ impl HttpsConn {
                 self.http.peer_closed();
             }
             let mut plain = Plain { tls, moved: 0 };
+            let before = (self.http.in_request(), self.http.responses());
             let done = self.http.service(&mut plain, handler, &mut stats.http);
             if plain.moved > 0 {
-                // Activity: the request/idle deadline runs from the latest bytes moved.
                 progress = true;
-                self.since = now;
+                // The idle deadline runs from the latest bytes moved, a request's from its
+                // first byte (a byte per TLS record every 29 s does not keep it open).
+                if self.http.restarts_deadline(before) {
+                    self.since = now;
+                }
             }
             if done {
                 tls.close();
