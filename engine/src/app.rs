@@ -724,12 +724,9 @@ mod tests {
         }
     }
 
-    /// A request whose body is too large gets its 413 and a FIN, not a bare RST that throws
-    /// the queued answer away (RFC 9112 §9.6: close in stages); the rest of the body the
-    /// client still streams is acknowledged and dropped. (Found by a review: the 413 was
-    /// counted but never sent.)
-    #[test]
-    fn a_413_reaches_a_client_still_sending_its_body() {
+    /// A TCP engine with the HTTP app on port 80 and one connection accepted at `now` (the
+    /// peer's ISN 1000): `(tcp, apps, peer ISN, our ISN + 1)`.
+    fn http_connection(now: Instant) -> (Tcp, Apps, u32, u32) {
         let cfg = TcpConfig {
             max_flows: 8,
             window_scale: false,
@@ -748,22 +745,29 @@ mod tests {
             },
             8,
         );
-        let now = Instant::from_secs(1);
         let isn = 1000u32;
-        seg(
-            &mut tcp,
-            now,
-            TcpRepr {
-                options: TcpOptions {
-                    mss: Some(1460),
-                    ..TcpOptions::NONE
-                },
-                ..from_peer(isn, 0, flags::SYN, &[])
+        let syn = TcpRepr {
+            options: TcpOptions {
+                mss: Some(1460),
+                ..TcpOptions::NONE
             },
-        );
+            ..from_peer(isn, 0, flags::SYN, &[])
+        };
+        seg(&mut tcp, now, syn);
         let our = sent(&mut tcp, now)[0].1.wrapping_add(1);
         seg(&mut tcp, now, from_peer(isn + 1, our, flags::ACK, &[]));
         apps.run(&mut tcp, now);
+        (tcp, apps, isn, our)
+    }
+
+    /// A request whose body is too large gets its 413 and a FIN, not a bare RST that throws
+    /// the queued answer away (RFC 9112 §9.6: close in stages); the rest of the body the
+    /// client still streams is acknowledged and dropped. (Found by a review: the 413 was
+    /// counted but never sent.)
+    #[test]
+    fn a_413_reaches_a_client_still_sending_its_body() {
+        let now = Instant::from_secs(1);
+        let (mut tcp, mut apps, isn, our) = http_connection(now);
         // The head, then 8 KB of a 5 MB body, as a client streams it.
         let head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n";
         let mut seq = isn + 1;
@@ -807,40 +811,7 @@ mod tests {
     /// never (each byte restarted the deadline: a review held a connection for 600 s).
     #[test]
     fn a_request_trickled_a_byte_at_a_time_gets_408_from_its_start() {
-        let cfg = TcpConfig {
-            max_flows: 8,
-            window_scale: false,
-            sack: false,
-            timestamps: false,
-            delayed_ack_ms: 0,
-            syn_cookies: SynCookies::Never,
-            ..TcpConfig::default()
-        };
-        let mut tcp = Tcp::new(cfg, [7; 32]);
-        tcp.listen(80).unwrap();
-        let mut apps = Apps::new(
-            &AppConfig {
-                http: Some(80),
-                ..AppConfig::default()
-            },
-            8,
-        );
-        let t0 = Instant::from_secs(1);
-        let isn = 1000u32;
-        seg(
-            &mut tcp,
-            t0,
-            TcpRepr {
-                options: TcpOptions {
-                    mss: Some(1460),
-                    ..TcpOptions::NONE
-                },
-                ..from_peer(isn, 0, flags::SYN, &[])
-            },
-        );
-        let our = sent(&mut tcp, t0)[0].1.wrapping_add(1);
-        seg(&mut tcp, t0, from_peer(isn + 1, our, flags::ACK, &[]));
-        apps.run(&mut tcp, t0);
+        let (mut tcp, mut apps, isn, our) = http_connection(Instant::from_secs(1));
         let line = b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n";
         let mut seq = isn + 1;
         let mut answered_at = None;
