@@ -627,7 +627,13 @@ fn sack_established(cc: Congestion) -> (T, ConnId) {
 
 /// [`sack_established`] with the configuration `cf`.
 fn sack_established_with(cf: TcpConfig) -> (T, ConnId) {
+    sack_established_isn(cf, LOCAL_SEQ)
+}
+
+/// [`sack_established_with`] with our ISN `isn`.
+pub(super) fn sack_established_isn(cf: TcpConfig, isn: u32) -> (T, ConnId) {
     let mut t = tcp_listen_with(cf);
+    t.tcp.test_isn = Some(isn);
     send!(
         t,
         TcpRepr {
@@ -646,7 +652,7 @@ fn sack_established_with(cf: TcpConfig) -> (T, ConnId) {
         t,
         TcpRepr {
             seq: REMOTE_SEQ + 1,
-            ack: LOCAL_SEQ + 1,
+            ack: isn.wrapping_add(1),
             window: 4096,
             ..SEND_TEMPL
         }

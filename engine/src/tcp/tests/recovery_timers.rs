@@ -238,39 +238,13 @@ fn karn_keeps_backoff_until_a_valid_sample() {
 /// counted every unSACKed byte twice until the first recovery.)
 #[test]
 fn pipe_of_a_fresh_connection_is_its_flight() {
-    let mut t = tcp_listen_with(TcpConfig {
+    let cf = TcpConfig {
         sack: true,
         send_buf: 4096,
         congestion: Congestion::Bbr,
         ..cfg()
-    });
-    t.tcp.test_isn = Some(0x9000_0000);
-    send!(
-        t,
-        TcpRepr {
-            window: 4096,
-            options: TcpOptions {
-                mss: Some(100),
-                sack_permitted: true,
-                ..TcpOptions::NONE
-            },
-            ..syn()
-        }
-    );
-    count_sent(&mut t);
-    send!(
-        t,
-        TcpRepr {
-            seq: REMOTE_SEQ + 1,
-            ack: 0x9000_0001,
-            window: 4096,
-            ..SEND_TEMPL
-        }
-    );
-    let Some(Event::Accepted { conn: c, .. }) = t.tcp.poll_event() else {
-        panic!()
     };
-    t.tcp.set_nodelay(c, true).unwrap();
+    let (mut t, c) = super::options::sack_established_isn(cf, 0x9000_0000);
     t.tcp.send(c, &[1u8; 500]).unwrap();
     count_sent(&mut t);
     let k = &t.tcp.conns[c.index() as usize];
